@@ -1,0 +1,46 @@
+"""genro-tasks: long-running background jobs for trio, in worker processes,
+with precise status, progress, and hard cancellation.
+
+Layers, top to bottom:
+
+* :mod:`._manager` — :class:`TaskManager`, the public facade: the registry of
+  task records and every public call.
+* :mod:`._supervisor` — the one trio task that owns the worker processes,
+  the dispatch queue and every state transition (and the single kill path).
+* :mod:`._worker_proc` — the parent's handle of one worker process: its
+  framed, non-blocking pipes and its process sentinel.
+* :mod:`genro_tasks_worker` — what runs *inside* a worker: a stdlib-only loop
+  that never imports trio, plus :func:`report_progress`.
+* :mod:`._task` and :mod:`._errors` — the records and exceptions users see.
+"""
+
+from genro_tasks_worker import report_progress as report_progress
+
+from ._errors import ManagerClosed as ManagerClosed
+from ._errors import RemoteError as RemoteError
+from ._errors import SupervisorFailed as SupervisorFailed
+from ._errors import TaskCancelled as TaskCancelled
+from ._errors import TaskTimeout as TaskTimeout
+from ._errors import UnpicklableJob as UnpicklableJob
+from ._errors import UnpicklableResult as UnpicklableResult
+from ._errors import WorkerCrashed as WorkerCrashed
+from ._manager import TaskManager as TaskManager
+from ._task import TaskInfo as TaskInfo
+from ._task import TaskStatus as TaskStatus
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "ManagerClosed",
+    "RemoteError",
+    "SupervisorFailed",
+    "TaskCancelled",
+    "TaskInfo",
+    "TaskManager",
+    "TaskStatus",
+    "TaskTimeout",
+    "UnpicklableJob",
+    "UnpicklableResult",
+    "WorkerCrashed",
+    "report_progress",
+)

@@ -1,0 +1,135 @@
+"""Every exception genro-tasks raises, and who raises it when.
+
+Failures of a *task* reach you from :meth:`TaskManager.result` (and
+:meth:`TaskManager.run`): the job's own exception, or one of
+:class:`TaskCancelled`, :class:`TaskTimeout`, :class:`WorkerCrashed`,
+:class:`RemoteError`, :class:`UnpicklableResult`. Failures of a *call* are
+raised by the call itself: :class:`UnpicklableJob` by ``submit``,
+:class:`ManagerClosed` by ``submit`` on a manager that is not running.
+"""
+
+from __future__ import annotations
+
+
+class TaskCancelled(Exception):
+    """Raised by ``result()``/``run()`` for a task that ended CANCELLED.
+
+    *Your* code (or a shutdown with ``wait=False`` or ``cancel_pending=True``)
+    cancelled it: it was removed from the queue, or its worker process was
+    killed while it ran. The job never returned.
+    """
+
+    def __init__(self, task_id: str, detail: str = "") -> None:
+        self.task_id = task_id
+        super().__init__(f"Task {task_id!r} was cancelled{': ' + detail if detail else ''}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task_id,))
+
+
+class TaskTimeout(TimeoutError):
+    """Raised by ``result()``/``run()`` for a task that exceeded its own ``timeout``.
+
+    The task ran longer than the ``timeout=`` given to ``submit`` (counted
+    from the moment it became RUNNING), so its worker was killed and the task
+    recorded FAILED. Not to be confused with ``result(timeout=...)`` running
+    out, which raises a plain :class:`TimeoutError` and leaves the task alone.
+    """
+
+    def __init__(self, task_id: str, timeout: float) -> None:
+        self.task_id = task_id
+        self.timeout = timeout
+        super().__init__(f"Task {task_id!r} exceeded its timeout of {timeout:g}s and was killed")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task_id, self.timeout))
+
+
+class WorkerCrashed(Exception):
+    """Raised by ``result()``/``run()`` when the worker process died mid-task.
+
+    The job did not raise: its process ended underneath it (``os._exit``, a
+    segfault, the OOM killer, a ``kill`` from outside, or a corrupt message
+    on its pipe). Only this task fails; the pool replaces the worker.
+    ``exitcode`` is the process's exit code, negative for a signal number.
+    """
+
+    def __init__(self, task_id: str, pid: int | None, exitcode: int | None, detail: str = "") -> None:
+        self.task_id = task_id
+        self.pid = pid
+        self.exitcode = exitcode
+        super().__init__(
+            f"Worker process {pid} died while running task {task_id!r}: {describe_exit(exitcode)}"
+            + (f" ({detail})" if detail else "")
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task_id, self.pid, self.exitcode))
+
+
+class RemoteError(Exception):
+    """Stands in for a job's exception that could not cross the process boundary.
+
+    Raised by ``result()`` when the job raised an exception that cannot be
+    pickled in the worker or unpickled in the parent. It carries the original
+    exception's type name, message and formatted remote traceback.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+        super().__init__(f"{type_name}: {message}\n\nRemote traceback:\n{remote_traceback}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.type_name, self.message, self.remote_traceback))
+
+
+class UnpicklableResult(TypeError):
+    """Raised by ``result()`` when the job returned a value that cannot be pickled.
+
+    The job finished, but its return value could not be sent back to the
+    parent; the task is recorded FAILED. Return plain data (or write large or
+    special objects to a file and return the path).
+    """
+
+
+class UnpicklableJob(TypeError):
+    """Raised by ``submit()`` when the function or its arguments cannot be pickled.
+
+    Nothing is recorded for the task. Jobs cross into another process, so the
+    function must be importable by name (a module-level ``def``: not a lambda,
+    a closure or a local class's method) and its arguments must pickle.
+    """
+
+
+class ManagerClosed(RuntimeError):
+    """Raised by ``submit()`` (and ``run()``) when the TaskManager is not running.
+
+    Either ``startup()`` was never awaited (use ``async with TaskManager()``
+    or call ``await tm.startup()`` first), or ``shutdown()`` has begun.
+    """
+
+
+class SupervisorFailed(RuntimeError):
+    """Raised for tasks that were in flight when the supervisor itself failed.
+
+    The supervisor hit an unexpected internal error; it killed its workers and
+    failed every queued and running task with this error. The manager can no
+    longer be used; its ``__cause__`` is the internal error.
+    """
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Describe a process exit code the way a person reads it."""
+    import signal
+
+    if exitcode is None:
+        return "exit status unknown"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"killed by {name} (signal {-exitcode})"
+    return f"exited with code {exitcode}"

@@ -1,0 +1,546 @@
+"""The supervisor: the one trio task that owns every worker and every transition.
+
+It keeps the dispatch queue (a heap: higher priority first, FIFO among
+equals), hands a job only to an idle worker, turns worker messages into task
+transitions, and runs the single kill path: *signal → reap → record → refill*,
+shared by cancel, timeout, crash and shutdown.
+
+Everything that changes a task's state happens here, in plain synchronous
+methods that never await halfway through a transition. The facade
+(:mod:`._manager`) calls those methods from its own tasks; that is safe
+because trio runs one task at a time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import multiprocessing
+import os
+import pickle
+from collections.abc import Callable
+from multiprocessing.context import BaseContext
+
+import trio
+
+from genro_tasks_worker._protocol import (
+    DONE_BAD_RESULT,
+    DONE_ERROR,
+    DONE_OK,
+    PROGRESS,
+    READY,
+    STARTED,
+    ProtocolError,
+)
+
+from ._errors import SupervisorFailed, TaskTimeout, UnpicklableResult, WorkerCrashed, describe_exit
+from ._task import TaskRecord, TaskStatus
+from ._worker_proc import Frame, KillReason, WorkerProcess, WorkerState
+
+log = logging.getLogger("genro_tasks")
+
+#: How often a task whose worker died before starting it is sent again.
+MAX_REQUEUES = 3
+#: Respawn back-off after workers die before becoming ready.
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 5.0
+#: How long a graceful stop waits for workers to exit before killing them.
+_STOP_GRACE = 5.0
+#: How long a worker may live on after closing its result pipe.
+_EOF_GRACE = 1.0
+#: Safety net around reaping a SIGKILLed process.
+_REAP_LIMIT = 10.0
+
+
+class Supervisor:
+    """Owns the worker processes and the queue of one TaskManager."""
+
+    def __init__(
+        self,
+        max_workers: int,
+        ctx: BaseContext,
+        on_change: Callable[[TaskRecord], None],
+    ) -> None:
+        self.max_workers = max_workers
+        self._ctx = ctx
+        self._on_change = on_change
+        self._queue: list[tuple[int, int, TaskRecord]] = []
+        self.queued = 0
+        self.workers: set[WorkerProcess] = set()
+        self._idle: list[WorkerProcess] = []
+        self.busy = 0
+        self._numbers = 0
+        self._nursery: trio.Nursery | None = None
+        self._alive_r, self._alive_w = os.pipe()
+        self.accepting = True
+        self._stopping = False
+        self.failed: BaseException | None = None
+        self._starting = True
+        self._ready = trio.Event()
+        self._startup_error: BaseException | None = None
+        self._drained = trio.Event()
+        self._no_workers = trio.Event()
+        self._stop = trio.Event()
+        self.finished = trio.Event()
+        self._backoff = 0.0
+        self._respawn_pending = 0
+        self._ready_count = 0
+        self.restarts = 0
+        self.crashes = 0
+
+    # ------------------------------------------------------------------ running
+    async def run(self) -> None:
+        """Body of the supervisor task (a trio system task)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for _ in range(self.max_workers):
+                    self._spawn()
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            if not isinstance(exc, trio.Cancelled):
+                self._fail(exc)
+            raise
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._kill_everything(KillReason.SHUTDOWN)
+            self._nursery = None
+            self.finished.set()
+            os.close(self._alive_w)
+            os.close(self._alive_r)
+
+    async def wait_ready(self) -> None:
+        """Wait until the initial workers all reported READY (or raise why not)."""
+        await self._ready.wait()
+        self._starting = False
+        if self._startup_error is not None:
+            raise self._startup_error
+
+    def _fail(self, exc: BaseException) -> None:
+        """The supervisor broke: fail everything in flight, refuse new work."""
+        log.critical("genro_tasks supervisor failed; failing all tasks", exc_info=exc)
+        self.failed = exc
+        self.accepting = False
+        error = SupervisorFailed(f"the task supervisor failed: {type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        for _, _, rec in self._queue:
+            if rec.status is TaskStatus.PENDING and rec.worker is None:
+                rec.finish_failed(error)
+                self._on_change(rec)
+        self._queue.clear()
+        self.queued = 0
+        for w in list(self.workers):
+            rec = w.task
+            if rec is not None and not rec.status.is_terminal:
+                rec.finish_failed(error)
+                self._on_change(rec)
+            w.task = None
+            self._kill(w, KillReason.SUPERVISOR)
+        if not self._ready.is_set():
+            self._startup_error = error
+            self._ready.set()
+
+    # ----------------------------------------------------------------- workers
+    def _spawn(self) -> None:
+        assert self._nursery is not None
+        self._numbers += 1
+        try:
+            w = WorkerProcess(self._ctx, self._alive_r, self._numbers)
+        except Exception as exc:
+            log.error("could not start a genro_tasks worker process: %s", exc)
+            if self._starting:
+                self._startup_error = RuntimeError(f"TaskManager could not start a worker process: {exc}")
+                self._startup_error.__cause__ = exc
+                self._ready.set()
+                return
+            self._schedule_respawn()
+            return
+        self.workers.add(w)
+        self._no_workers = trio.Event()
+        log.info("worker %d started (pid %d)", w.number, w.pid)
+        self._nursery.start_soon(self._serve, w, name=f"genro_tasks worker {w.pid}")
+
+    def _schedule_respawn(self) -> None:
+        assert self._nursery is not None
+        self._backoff = _BACKOFF_FIRST if self._backoff == 0 else min(self._backoff * 2, _BACKOFF_MAX)
+        self._respawn_pending += 1
+        self._nursery.start_soon(self._respawn_later, self._backoff)
+
+    async def _respawn_later(self, delay: float) -> None:
+        await trio.sleep(delay)
+        self._respawn_pending -= 1
+        if not self._stopping:
+            self._spawn()
+
+    async def _serve(self, w: WorkerProcess) -> None:
+        """Run one worker's pipes until its process exits, then account for it."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_loop, w)
+                nursery.start_soon(w.write_loop)
+                await self._watch_exit(w)
+                nursery.cancel_scope.cancel()
+        except trio.Cancelled:
+            # Only the supervisor's own nursery cancels us: it is going down.
+            self._stopping = True
+            self.accepting = False
+            raise
+        finally:
+            with trio.CancelScope(shield=True):
+                if w.state is not WorkerState.DEAD:
+                    if w.exitcode is None and w.process.is_alive():
+                        self._kill(w, w.kill_reason or KillReason.SHUTDOWN)
+                        with trio.move_on_after(_REAP_LIMIT):
+                            await w.wait_exit()
+                    self._on_exit(w)
+
+    async def _watch_exit(self, w: WorkerProcess) -> None:
+        """Wait for the process to exit; meanwhile enforce the running task's timeout."""
+        while True:
+            with trio.CancelScope() as w.timer:
+                rec = w.task
+                if rec is not None and rec.status is TaskStatus.RUNNING:
+                    w.timer.deadline = rec.deadline
+                await w.wait_exit()
+                return
+            rec = w.task
+            if (
+                rec is not None
+                and w.state is WorkerState.BUSY
+                and rec.status is TaskStatus.RUNNING
+                and rec.deadline <= trio.current_time()
+            ):
+                log.info("task %r exceeded its timeout of %gs; killing worker %d", rec.task_id, rec.timeout, w.pid)
+                self._kill(w, KillReason.TIMEOUT)
+
+    async def _read_loop(self, w: WorkerProcess) -> None:
+        frames: list[Frame] = []
+        reader = w.reader
+        while True:
+            try:
+                alive = reader.read(frames)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(reader.fd)
+                continue
+            except ProtocolError as exc:
+                self._protocol_error(w, exc)
+                return
+            if frames:
+                try:
+                    for frame in frames:
+                        self._on_frame(w, frame)
+                except ProtocolError as exc:
+                    self._protocol_error(w, exc)
+                    return
+                finally:
+                    frames.clear()
+            if not alive:
+                # Normally the process has exited and _serve cancels us any
+                # moment now; one that lives on without its pipe is broken.
+                await trio.sleep(_EOF_GRACE)
+                self._kill(w, KillReason.CRASH, "it closed its result pipe but kept running")
+                return
+            await trio.lowlevel.checkpoint_if_cancelled()
+
+    def _protocol_error(self, w: WorkerProcess, exc: ProtocolError) -> None:
+        log.warning("worker %d sent a corrupt message (%s); treating it as crashed", w.pid, exc)
+        self._kill(w, KillReason.CRASH, f"it sent a corrupt message: {exc}")
+
+    def _drain(self, w: WorkerProcess) -> None:
+        """Handle the whole frames an exited worker left in its pipe."""
+        frames: list[Frame] = []
+        for _ in range(1 << 16):
+            try:
+                if not w.reader.read(frames):
+                    break
+            except (BlockingIOError, ProtocolError, OSError):
+                break
+        for frame in frames:
+            try:
+                self._on_frame(w, frame)
+            except ProtocolError:
+                break
+
+    # ---------------------------------------------------------------- messages
+    def _on_frame(self, w: WorkerProcess, frame: Frame) -> None:
+        kind, seq, body = frame
+        if w.state is WorkerState.DYING or w.state is WorkerState.DEAD:
+            return  # we already decided how its task ends
+        if kind == READY:
+            if w.state is not WorkerState.STARTING or seq != w.pid:
+                raise ProtocolError(f"unexpected READY (pid {seq})")
+            w.state = WorkerState.IDLE
+            w.ready = True
+            self._backoff = 0.0
+            log.debug("worker %d ready", w.pid)
+            if self._stopping:
+                w.state = WorkerState.STOPPING
+                w.close_jobs()
+                return
+            self._idle.append(w)
+            self._ready_count += 1
+            if not self._ready.is_set() and self._ready_count >= self.max_workers:
+                self._ready.set()
+            self.dispatch()
+            return
+        rec = w.task
+        if rec is None or rec.seq != seq:
+            raise ProtocolError(f"message kind {kind} about task #{seq}, which this worker does not run")
+        if kind == STARTED:
+            if rec.status is not TaskStatus.PENDING:
+                raise ProtocolError("STARTED twice")
+            rec.set_running(w.pid)
+            if rec.timeout is not None:
+                rec.deadline = trio.current_time() + rec.timeout
+                if w.timer is not None:
+                    w.timer.deadline = rec.deadline
+            log.debug("task %r running in worker %d", rec.task_id, w.pid)
+            self._on_change(rec)
+            return
+        if rec.status is not TaskStatus.RUNNING:
+            raise ProtocolError(f"message kind {kind} before STARTED")
+        if kind == PROGRESS:
+            try:
+                fraction, message = pickle.loads(body)
+            except Exception as exc:
+                raise ProtocolError(f"bad PROGRESS body: {exc}") from None
+            rec.set_progress(fraction, message)
+            self._on_change(rec)
+            return
+        if kind == DONE_OK:
+            rec.finish_ok(body)
+        elif kind == DONE_ERROR:
+            try:
+                failure = pickle.loads(body)
+            except Exception as exc:
+                raise ProtocolError(f"bad DONE_ERROR body: {exc}") from None
+            rec.finish_remote_error(failure)
+        elif kind == DONE_BAD_RESULT:
+            type_name, why = pickle.loads(body)
+            rec.finish_failed(
+                UnpicklableResult(
+                    f"Task {rec.task_id!r} ({rec.name}) returned a {type_name} that cannot be pickled "
+                    f"({why}); return plain data instead, e.g. write it to a file and return the path"
+                )
+            )
+        else:  # pragma: no cover - FrameReader filters kinds
+            raise ProtocolError(f"unknown message kind {kind}")
+        log.debug("task %r %s", rec.task_id, rec.status.value)
+        w.task = None
+        w.jobs_done += 1
+        if w.timer is not None:
+            w.timer.deadline = math.inf
+        self.busy -= 1
+        self._on_change(rec)
+        if w.state is WorkerState.BUSY:
+            w.state = WorkerState.IDLE
+            self._idle.append(w)
+            self.dispatch()
+        self._check_drained()
+
+    # ---------------------------------------------------------------- the queue
+    def enqueue(self, rec: TaskRecord) -> None:
+        heapq.heappush(self._queue, (-rec.priority, rec.seq, rec))
+        self.queued += 1
+        self._drained = trio.Event() if self._drained.is_set() else self._drained
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Hand queued jobs to idle workers until one of them runs out."""
+        queue = self._queue
+        idle = self._idle
+        while idle and queue:
+            rec = heapq.heappop(queue)[2]
+            if rec.status is not TaskStatus.PENDING or rec.worker is not None:
+                continue  # cancelled while queued
+            self.queued -= 1
+            w = idle.pop()
+            w.state = WorkerState.BUSY
+            w.task = rec
+            rec.worker = w
+            self.busy += 1
+            assert rec.payload is not None
+            w.send_job(rec.seq, rec.payload)
+
+    def cancel(self, rec: TaskRecord) -> bool:
+        """Start cancelling ``rec``; True if it ended (or will end) CANCELLED by us.
+
+        A queued task is CANCELLED at once. A task on a worker (even one
+        that has not started it yet) gets its worker killed; the task is
+        recorded CANCELLED when the process has been reaped.
+        """
+        if rec.status.is_terminal:
+            return False
+        w = rec.worker
+        if w is None:
+            self.queued -= 1
+            rec.finish_cancelled("cancelled while queued")
+            log.debug("task %r cancelled while queued", rec.task_id)
+            self._on_change(rec)
+            self._check_drained()
+            return True
+        if w.state is WorkerState.DYING:
+            return w.kill_reason in (KillReason.CANCEL, KillReason.SHUTDOWN)
+        log.debug("cancelling task %r: killing worker %d", rec.task_id, w.pid)
+        self._kill(w, KillReason.CANCEL)
+        return True
+
+    def cancel_queued(self) -> None:
+        for _, _, rec in self._queue:
+            if rec.status is TaskStatus.PENDING and rec.worker is None:
+                rec.finish_cancelled("cancelled by shutdown")
+                self._on_change(rec)
+        self._queue.clear()
+        self.queued = 0
+        self._check_drained()
+
+    def kill_busy(self) -> None:
+        for w in list(self.workers):
+            if w.task is not None:
+                self._kill(w, KillReason.SHUTDOWN)
+
+    def _check_drained(self) -> None:
+        if self.queued == 0 and self.busy == 0:
+            self._drained.set()
+
+    # ---------------------------------------------------------------- kill path
+    def _kill(self, w: WorkerProcess, reason: KillReason, detail: str = "") -> None:
+        """Step 1 of the kill path: signal. Reaping and recording follow in _on_exit."""
+        if w.state in (WorkerState.DYING, WorkerState.DEAD):
+            return
+        if w in self._idle:
+            self._idle.remove(w)
+        w.state = WorkerState.DYING
+        w.kill_reason = reason
+        w.kill_detail = detail
+        w.kill()
+
+    def _on_exit(self, w: WorkerProcess) -> None:
+        """Steps 2-4 of the kill path, and the whole story of a crash: reap, record, refill."""
+        self._drain(w)
+        exitcode = w.reap()
+        reason = w.kill_reason
+        was_ready = w.ready
+        stopping = w.state is WorkerState.STOPPING
+        if w in self._idle:
+            self._idle.remove(w)
+        w.state = WorkerState.DEAD
+        self.workers.discard(w)
+        w.release()
+        rec = w.task
+        w.task = None
+        if rec is not None:
+            self.busy -= 1
+            self._account_task(w, rec, reason, exitcode)
+        elif reason is None and not stopping:
+            self.crashes += 1
+            if was_ready:
+                log.warning("idle worker %d died (%s); replacing it", w.pid, describe_exit(exitcode))
+            else:
+                log.warning("worker %d died before it was ready (%s)", w.pid, describe_exit(exitcode))
+        else:
+            log.info("worker %d exited (%s)", w.pid, describe_exit(exitcode))
+        if self._starting and not was_ready and not self._ready.is_set():
+            self._startup_error = RuntimeError(
+                f"TaskManager could not start its worker processes: worker {w.pid} {describe_exit(exitcode)} "
+                "before it was ready (its stderr says why). If your main module starts a TaskManager when "
+                "imported, guard that code with `if __name__ == '__main__':`."
+            )
+            self._ready.set()
+        if not self.workers:
+            self._no_workers.set()
+        self._check_drained()
+        if not self._stopping and self.failed is None:
+            self.restarts += 1
+            if was_ready:
+                self._spawn()
+            else:
+                self._schedule_respawn()
+        self.dispatch()
+
+    def _account_task(self, w: WorkerProcess, rec: TaskRecord, reason: KillReason | None, exitcode: int | None) -> None:
+        if rec.status.is_terminal:  # pragma: no cover - finished by _fail
+            return
+        if reason is KillReason.CANCEL:
+            rec.finish_cancelled(f"cancelled by the caller; worker {w.pid} was killed")
+        elif reason is KillReason.SHUTDOWN:
+            rec.finish_cancelled("cancelled by shutdown")
+        elif reason is KillReason.TIMEOUT:
+            assert rec.timeout is not None
+            rec.finish_failed(TaskTimeout(rec.task_id, rec.timeout))
+        elif reason is KillReason.SUPERVISOR:  # pragma: no cover - _fail finished it
+            return
+        elif rec.status is TaskStatus.PENDING and rec.requeues < MAX_REQUEUES and not self._stopping:
+            # The worker died before it even unpacked the job: send it elsewhere.
+            self.crashes += 1
+            log.warning("worker %d died (%s) before starting task %r; requeueing it", w.pid, describe_exit(exitcode), rec.task_id)
+            rec.requeues += 1
+            rec.worker = None
+            heapq.heappush(self._queue, (-rec.priority, rec.seq, rec))
+            self.queued += 1
+            return
+        else:
+            self.crashes += 1
+            crash = WorkerCrashed(rec.task_id, w.pid, exitcode, w.kill_detail)
+            log.warning("%s", crash)
+            rec.finish_failed(crash)
+        self._on_change(rec)
+
+    # ------------------------------------------------------------------ stopping
+    async def stop(self, wait: bool, cancel_pending: bool) -> None:
+        """Stop accepting, settle every task as asked, stop the workers, end the supervisor.
+
+        Idempotent. If the awaiting task is cancelled, escalates to killing
+        everything (shielded) before letting the cancellation through.
+        """
+        self.accepting = False
+        try:
+            if cancel_pending or not wait:
+                self.cancel_queued()
+            if not wait:
+                self.kill_busy()
+            self._check_drained()
+            await self._drained.wait()
+            self._stopping = True
+            for w in list(self.workers):
+                if w.state in (WorkerState.IDLE, WorkerState.STARTING):
+                    if w in self._idle:
+                        self._idle.remove(w)
+                    if w.state is WorkerState.IDLE:
+                        w.state = WorkerState.STOPPING
+                        w.close_jobs()
+            with trio.move_on_after(_STOP_GRACE):
+                if self.workers:
+                    await self._no_workers.wait()
+        finally:
+            self._stopping = True
+            self._stop.set()
+            with trio.CancelScope(shield=True):
+                await self.finished.wait()
+
+    async def _kill_everything(self, reason: KillReason) -> None:
+        self._stopping = True
+        self.accepting = False
+        self.cancel_queued()
+        for w in list(self.workers):
+            self._kill(w, reason)
+        with trio.move_on_after(_REAP_LIMIT):
+            for w in list(self.workers):
+                await w.wait_exit()
+        for w in list(self.workers):
+            self._on_exit(w)
+
+
+def default_context(start_method: str) -> BaseContext:
+    """Return the multiprocessing context for ``start_method`` (forkserver or spawn)."""
+    if start_method not in ("forkserver", "spawn"):
+        raise ValueError(
+            f"start_method must be 'forkserver' or 'spawn', not {start_method!r}: 'fork' would copy the "
+            "parent's trio state into every worker"
+        )
+    ctx = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        ctx.set_forkserver_preload(["__main__", "genro_tasks_worker._loop"])  # type: ignore[attr-defined]
+    return ctx

@@ -1,0 +1,255 @@
+"""Task records: the public :class:`TaskStatus` and :class:`TaskInfo`, and the
+supervisor's mutable :class:`TaskRecord` behind them."""
+
+from __future__ import annotations
+
+import enum
+import math
+import pickle
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._errors import RemoteError, TaskCancelled, UnpicklableResult
+
+if TYPE_CHECKING:
+    from ._worker_proc import WorkerProcess
+
+
+class TaskStatus(str, enum.Enum):
+    """Where a task is in its life. It only ever moves forward.
+
+    ``PENDING`` → ``RUNNING`` → one of ``COMPLETED`` / ``FAILED`` /
+    ``CANCELLED``, or ``PENDING`` → ``CANCELLED``. A terminal status never
+    changes again.
+    """
+
+    #: Queued, or handed to a worker that has not yet said it started the job.
+    PENDING = "pending"
+    #: A worker process reported that it started the job.
+    RUNNING = "running"
+    #: The job returned; ``result()`` gives its value.
+    COMPLETED = "completed"
+    #: The job raised, timed out, returned an unpicklable value, or its worker died.
+    FAILED = "failed"
+    #: Cancelled by ``cancel()`` or shutdown before it could finish.
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for COMPLETED, FAILED and CANCELLED."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """A snapshot of one task; it never changes after you receive it.
+
+    Attributes:
+        task_id: The id ``submit`` returned.
+        status: The status when the snapshot was taken.
+        created_at: When ``submit`` accepted the task (UTC).
+        started_at: When a worker reported it started the job, else None.
+        completed_at: When the task reached its terminal status, else None.
+        error: ``"Type: message"`` of what made it FAILED or CANCELLED, else None.
+        progress: Last fraction the job reported (0.0-1.0), else None.
+        metadata: The ``metadata`` given to ``submit`` (a copy).
+        name: Qualified name of the job function.
+        worker_pid: Pid of the worker process that ran (or runs) it, else None.
+        progress_message: Last message the job reported, else None.
+        timeout: The task's own running-time limit in seconds, else None.
+    """
+
+    task_id: str
+    status: TaskStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    error: str | None = None
+    progress: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    worker_pid: int | None = None
+    progress_message: str | None = None
+    timeout: float | None = None
+
+
+class TaskRecord:
+    """The supervisor's live, mutable view of one task (internal)."""
+
+    __slots__ = (
+        "seq",
+        "task_id",
+        "name",
+        "status",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "error",
+        "progress",
+        "progress_message",
+        "metadata",
+        "worker_pid",
+        "timeout",
+        "priority",
+        "payload",
+        "worker",
+        "requeues",
+        "_result",
+        "_failure",
+        "_done",
+        "version",
+        "deadline",
+    )
+
+    def __init__(
+        self,
+        seq: int,
+        task_id: str,
+        name: str,
+        payload: bytes,
+        metadata: dict[str, Any] | None,
+        timeout: float | None,
+        priority: int = 0,
+    ) -> None:
+        self.seq = seq
+        self.task_id = task_id
+        self.name = name
+        self.status = TaskStatus.PENDING
+        self.created_at = utcnow()
+        self.started_at: datetime | None = None
+        self.completed_at: datetime | None = None
+        self.error: str | None = None
+        self.progress: float | None = None
+        self.progress_message: str | None = None
+        self.metadata = metadata
+        self.worker_pid: int | None = None
+        self.timeout = timeout
+        self.priority = priority
+        self.payload: bytes | None = payload
+        self.worker: WorkerProcess | None = None
+        self.requeues = 0
+        self._result: Any = _UNSET
+        self._failure: BaseException | tuple[bytes | None, str, str, str] | None = None
+        self._done: trio.Event | None = None
+        self.version = 0
+        #: trio clock time at which a RUNNING task with a timeout is killed.
+        self.deadline = math.inf
+
+    # --- reading -----------------------------------------------------------
+    def snapshot(self) -> TaskInfo:
+        return TaskInfo(
+            task_id=self.task_id,
+            status=self.status,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            completed_at=self.completed_at,
+            error=self.error,
+            progress=self.progress,
+            metadata=dict(self.metadata) if self.metadata else {},
+            name=self.name,
+            worker_pid=self.worker_pid,
+            progress_message=self.progress_message,
+            timeout=self.timeout,
+        )
+
+    async def wait_done(self) -> None:
+        if self.status.is_terminal:
+            return
+        if self._done is None:
+            self._done = trio.Event()
+        await self._done.wait()
+
+    def outcome(self) -> Any:
+        """Return the job's value, or raise what the task ended with."""
+        status = self.status
+        if status is TaskStatus.COMPLETED:
+            if self._result is _UNSET:
+                raise AssertionError("completed task without a result")  # pragma: no cover
+            if isinstance(self._result, _Pickled):
+                try:
+                    self._result = pickle.loads(self._result.data)
+                except Exception as exc:
+                    raise UnpicklableResult(
+                        f"Task {self.task_id!r} ({self.name}) completed, but its result cannot be unpickled "
+                        f"in this process: {type(exc).__name__}: {exc}"
+                    ) from exc
+            return self._result
+        if status is TaskStatus.CANCELLED:
+            raise TaskCancelled(self.task_id, self.error or "")
+        failure = self._failure
+        if isinstance(failure, BaseException):
+            raise failure.with_traceback(None)
+        if failure is None:  # pragma: no cover
+            raise AssertionError(f"task {self.task_id!r} is {status.value}, not finished")
+        exc_bytes, type_name, message, tb_text = failure
+        exc: BaseException | None = None
+        if exc_bytes is not None:
+            try:
+                exc = pickle.loads(exc_bytes)
+            except Exception:
+                exc = None
+        if not isinstance(exc, BaseException):
+            exc = RemoteError(type_name, message, tb_text)
+        raise exc
+
+    # --- transitions (the supervisor's alone) ------------------------------
+    def set_running(self, pid: int) -> None:
+        self.status = TaskStatus.RUNNING
+        self.started_at = utcnow()
+        self.worker_pid = pid
+        self.payload = None
+        self.version += 1
+
+    def set_progress(self, fraction: float | None, message: str | None) -> None:
+        if fraction is not None:
+            self.progress = fraction
+        if message is not None:
+            self.progress_message = message
+        self.version += 1
+
+    def finish_ok(self, data: bytes | bytearray) -> None:
+        self._result = _Pickled(data)
+        self._finish(TaskStatus.COMPLETED, None)
+
+    def finish_remote_error(self, failure: tuple[bytes | None, str, str, str]) -> None:
+        self._failure = failure
+        self._finish(TaskStatus.FAILED, f"{failure[1]}: {failure[2]}")
+
+    def finish_failed(self, exc: BaseException) -> None:
+        self._failure = exc
+        self._finish(TaskStatus.FAILED, f"{type(exc).__name__}: {exc}")
+
+    def finish_cancelled(self, detail: str) -> None:
+        self._finish(TaskStatus.CANCELLED, detail)
+
+    def _finish(self, status: TaskStatus, error: str | None) -> None:
+        if self.status.is_terminal:  # pragma: no cover - a bug, never user error
+            raise AssertionError(f"task {self.task_id!r} is already {self.status.value}")
+        self.status = status
+        self.error = error
+        self.completed_at = utcnow()
+        self.payload = None
+        self.worker = None
+        self.version += 1
+        if self._done is not None:
+            self._done.set()
+
+
+class _Pickled:
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+
+
+_UNSET: Any = object()

@@ -1,0 +1,280 @@
+"""Parent-side handle of one worker process: start, framed async pipes, kill.
+
+The handle owns three file descriptors: the write end of the worker's job
+pipe, the read end of its result pipe (both non-blocking, waited on through
+trio), and the process sentinel. It knows nothing about tasks' meaning; the
+supervisor drives it.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+from multiprocessing.context import BaseContext
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from genro_tasks_worker import _loop
+from genro_tasks_worker._protocol import (
+    HEADER,
+    HEADER_SIZE,
+    JOB,
+    MAX_BODY,
+    WORKER_KINDS,
+    ProtocolError,
+    pack_header,
+)
+
+if TYPE_CHECKING:
+    from ._task import TaskRecord
+
+log = logging.getLogger("genro_tasks")
+
+#: Bodies at least this large are read straight into their own buffer.
+_BIG_BODY = 1 << 20
+_READ_CHUNK = 1 << 18
+#: Pipe capacity asked of Linux (F_SETPIPE_SZ); fewer wake-ups for big payloads.
+_PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+Frame = tuple[int, int, "bytes | bytearray"]
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"  # process started, READY not yet received
+    IDLE = "idle"
+    BUSY = "busy"  # a task is assigned (PENDING until STARTED, then RUNNING)
+    STOPPING = "stopping"  # job pipe closed: exits when its current job is done
+    DYING = "dying"  # SIGKILL sent, waiting for the exit to be reaped
+    DEAD = "dead"
+
+
+class KillReason(enum.Enum):
+    CANCEL = "cancelled by the caller"
+    TIMEOUT = "task timeout"
+    SHUTDOWN = "cancelled by shutdown"
+    CRASH = "worker misbehaved"
+    SUPERVISOR = "supervisor failed"
+
+
+def _enlarge_pipe(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+    except OSError:  # pragma: no cover - not Linux, or over /proc/sys/fs/pipe-max-size
+        pass
+
+
+class FrameReader:
+    """Incremental, non-blocking reader of frames from one pipe."""
+
+    __slots__ = ("fd", "_buf", "_big", "_big_view", "_big_got", "_big_head")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buf = bytearray()
+        self._big: bytearray | None = None
+        self._big_view: memoryview | None = None
+        self._big_got = 0
+        self._big_head: tuple[int, int] = (0, 0)
+
+    def read(self, frames: list[Frame]) -> bool:
+        """Read what the pipe holds now, appending whole frames to ``frames``.
+
+        Returns False at end-of-file. Raises BlockingIOError when nothing
+        was available and ProtocolError for a corrupt frame.
+        """
+        if self._big_view is not None:
+            n = os.readv(self.fd, [self._big_view[self._big_got :]])
+            if n == 0:
+                return False
+            self._big_got += n
+            if self._big_got == len(self._big_view):
+                assert self._big is not None
+                kind, seq = self._big_head
+                frames.append((kind, seq, self._big))
+                self._big_view.release()
+                self._big = self._big_view = None
+            return True
+        chunk = os.read(self.fd, _READ_CHUNK)
+        if not chunk:
+            return False
+        buf = self._buf
+        if buf:
+            buf += chunk
+            data: bytes | bytearray = buf
+        else:
+            data = chunk
+        pos = 0
+        end = len(data)
+        while end - pos >= HEADER_SIZE:
+            kind, seq, length = HEADER.unpack_from(data, pos)
+            if kind not in WORKER_KINDS or length > MAX_BODY:
+                raise ProtocolError(f"corrupt frame header (kind={kind}, length={length})")
+            start = pos + HEADER_SIZE
+            if end - start >= length:
+                frames.append((kind, seq, data[start : start + length]))
+                pos = start + length
+                continue
+            if length >= _BIG_BODY:
+                have = end - start
+                self._big = bytearray(length)
+                self._big_view = memoryview(self._big)
+                self._big_view[:have] = memoryview(data)[start:end]
+                self._big_got = have
+                self._big_head = (kind, seq)
+                pos = end
+            break
+        if data is buf:
+            del buf[:pos]
+        else:
+            self._buf = bytearray(data[pos:]) if pos < end else bytearray()
+        return True
+
+
+class WorkerProcess:
+    """One worker process and the parent's ends of its pipes."""
+
+    def __init__(self, ctx: BaseContext, alive_r: int, number: int) -> None:
+        job_r, job_w = os.pipe()
+        res_r, res_w = os.pipe()
+        _enlarge_pipe(job_w)
+        _enlarge_pipe(res_w)
+        child_ends = [
+            multiprocessing.connection.Connection(job_r, writable=False),
+            multiprocessing.connection.Connection(res_w, readable=False),
+            multiprocessing.connection.Connection(os.dup(alive_r), writable=False),
+        ]
+        self.number = number
+        self.process: Any = ctx.Process(  # type: ignore[attr-defined]
+            target=_loop.main,
+            args=tuple(child_ends),
+            name=f"genro-tasks-worker-{number}",
+            daemon=False,
+        )
+        try:
+            self.process.start()
+        except BaseException:
+            for fd in (job_w, res_r):
+                os.close(fd)
+            raise
+        finally:
+            for conn in child_ends:
+                conn.close()
+        self.pid: int = self.process.pid
+        self.sentinel: int = self.process.sentinel
+        os.set_blocking(job_w, False)
+        os.set_blocking(res_r, False)
+        self.job_fd: int | None = job_w
+        self.reader = FrameReader(res_r)
+        self.state = WorkerState.STARTING
+        self.ready = False
+        self.task: TaskRecord | None = None
+        self.kill_reason: KillReason | None = None
+        self.kill_detail = ""
+        self.exitcode: int | None = None
+        self.jobs_done = 0
+        self.timer: trio.CancelScope | None = None
+        self._out: list[memoryview] = []
+        self._out_ready = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"<worker {self.number} pid={self.pid} {self.state.value}>"
+
+    # --- sending -------------------------------------------------------------
+    def send_job(self, seq: int, payload: bytes) -> None:
+        """Queue a JOB frame; writes at once what the pipe accepts (never blocks)."""
+        header = pack_header(JOB, seq, len(payload))
+        if len(payload) < 1 << 16:
+            self._send(memoryview(header + payload))
+        else:
+            self._send(memoryview(header))
+            self._send(memoryview(payload))
+
+    def _send(self, view: memoryview) -> None:
+        if self._out or self.job_fd is None:
+            self._out.append(view)
+            return
+        try:
+            n = os.write(self.job_fd, view)
+        except BlockingIOError:
+            n = 0
+        except (BrokenPipeError, OSError):
+            return  # the worker is gone; its exit is handled via the sentinel
+        if n < len(view):
+            self._out.append(view[n:])
+            self._out_ready.set()
+
+    async def write_loop(self) -> None:
+        """Flush queued bytes whenever the pipe has room (runs for the worker's life)."""
+        while True:
+            await self._out_ready.wait()
+            self._out_ready = trio.Event()
+            while self._out:
+                fd = self.job_fd
+                if fd is None:
+                    self._out.clear()
+                    break
+                await trio.lowlevel.wait_writable(fd)
+                view = self._out[0]
+                try:
+                    n = os.write(fd, view)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    self._out.clear()
+                    return
+                if n == len(view):
+                    self._out.pop(0)
+                else:
+                    self._out[0] = view[n:]
+
+    def close_jobs(self) -> None:
+        """Close the job pipe: the worker exits after its current job."""
+        fd, self.job_fd = self.job_fd, None
+        if fd is not None:
+            trio.lowlevel.notify_closing(fd)
+            os.close(fd)
+        self._out.clear()
+
+    # --- killing and reaping ---------------------------------------------------
+    def kill(self) -> None:
+        """SIGKILL the worker's process group (the worker and what its job spawned)."""
+        if self.exitcode is not None:
+            return
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            # Not yet its own group leader (still starting) or already gone.
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    async def wait_exit(self) -> None:
+        """Wait until the process has exited and been reaped."""
+        await trio.lowlevel.wait_readable(self.sentinel)
+
+    def reap(self) -> int | None:
+        """Collect the exit code of an exited worker and release its sentinel."""
+        self.process.join(0)
+        self.exitcode = self.process.exitcode
+        return self.exitcode
+
+    def release(self) -> None:
+        """Close every descriptor the parent holds for this worker."""
+        self.close_jobs()
+        fd = self.reader.fd
+        if fd >= 0:
+            trio.lowlevel.notify_closing(fd)
+            os.close(fd)
+            self.reader.fd = -1
+        try:
+            self.process.close()
+        except ValueError:  # pragma: no cover - still running: never after reap()
+            log.error("worker %s released before it exited", self.pid)

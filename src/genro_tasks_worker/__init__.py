@@ -1,0 +1,14 @@
+"""Child-side runtime of genro-tasks: what runs inside a worker process.
+
+This package is stdlib-only on purpose and never imports trio, so worker
+processes start light. It holds the worker loop (:mod:`._loop`), the wire
+format (:mod:`._protocol`) and :func:`report_progress`, which jobs call.
+
+Job modules that want to keep their workers free of trio can import
+``report_progress`` from here; ``genro_tasks.report_progress`` is the same
+function.
+"""
+
+from ._progress import report_progress as report_progress
+
+__all__ = ("report_progress",)

@@ -1,0 +1,189 @@
+"""The worker process's main loop (stdlib only: never imports trio).
+
+A worker reads one JOB frame at a time from its job pipe, says STARTED before
+it even unpickles the job, runs it, and answers with exactly one DONE_* frame.
+It exits when the job pipe reaches end-of-file (the parent closed it), and
+kills itself and everything it spawned the moment the parent process dies
+(end-of-file on the shared *alive* pipe), even while a job is busy.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import threading
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from . import _progress
+from ._protocol import (
+    DONE_BAD_RESULT,
+    DONE_ERROR,
+    DONE_OK,
+    HEADER,
+    HEADER_SIZE,
+    MAX_BODY,
+    PICKLE_PROTOCOL,
+    READY,
+    STARTED,
+    ProtocolError,
+    pack_header,
+)
+
+#: Bodies at least this large are written with a separate syscall from their header.
+_SPLIT_WRITE = 1 << 16
+
+
+def _read_exact(fd: int, size: int) -> bytearray | None:
+    """Read exactly ``size`` bytes, or return None at a clean end-of-file."""
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            if got == 0:
+                return None
+            raise ProtocolError(f"job pipe closed after {got} of {size} bytes")
+        got += n
+    return buf
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class _Sender:
+    """Serialises frame writes from the job thread and the progress flusher."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    def send_locked(self, kind: int, seq: int, body: bytes) -> None:
+        header = pack_header(kind, seq, len(body))
+        if len(body) < _SPLIT_WRITE:
+            _write_all(self.fd, header + body)
+        else:
+            _write_all(self.fd, header)
+            _write_all(self.fd, body)
+
+    def send(self, kind: int, seq: int, body: bytes = b"") -> None:
+        with self.lock:
+            self.send_locked(kind, seq, body)
+
+
+def _die_with_parent(alive_fd: int) -> None:
+    """Block until the parent is gone, then kill this worker's process group."""
+    while True:
+        try:
+            if not os.read(alive_fd, 1):
+                break
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+            continue
+        except OSError:
+            break
+    try:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    finally:  # pragma: no cover - killpg above kills us first
+        os._exit(70)
+
+
+def _type_name(obj: object) -> str:
+    cls = obj if isinstance(obj, type) else type(obj)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def _error_body(exc: BaseException) -> bytes:
+    """Pickle ``exc`` with its remote traceback and causes, plus a text fallback."""
+    tb_text = "".join(traceback.format_exception(exc))
+    try:
+        from tblib import pickling_support
+
+        pickling_support.install(exc)
+        exc_bytes: bytes | None = pickle.dumps(exc, PICKLE_PROTOCOL)
+    except Exception:
+        exc_bytes = None
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<str() of {_type_name(exc)} failed>"
+    return pickle.dumps((exc_bytes, _type_name(exc), message, tb_text), PICKLE_PROTOCOL)
+
+
+def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payload: bytearray) -> None:
+    sender.send(STARTED, seq)
+    channel.begin(seq)
+    _progress._activate(channel)
+    try:
+        func, args, kwargs = pickle.loads(payload)
+        del payload
+        value: Any = func(*args, **kwargs)
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task too
+        _progress._activate(None)
+        body = _error_body(exc)
+        del exc
+        kind = DONE_ERROR
+    else:
+        _progress._activate(None)
+        try:
+            body = pickle.dumps(value, PICKLE_PROTOCOL)
+            kind = DONE_OK
+        except BaseException as exc:
+            body = pickle.dumps((_type_name(value), f"{_type_name(exc)}: {exc}"), PICKLE_PROTOCOL)
+            kind = DONE_BAD_RESULT
+        del value
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+    with sender.lock:
+        channel.finish_locked()
+        sender.send_locked(kind, seq, body)
+
+
+def _take_fd(conn: Connection) -> int:
+    """Own the descriptor behind ``conn`` as a plain fd."""
+    fd = os.dup(conn.fileno())
+    conn.close()
+    return fd
+
+
+def main(job_conn: Connection, result_conn: Connection, alive_conn: Connection) -> None:
+    """Entry point of a worker process (the target given to ``multiprocessing``).
+
+    Args:
+        job_conn: Read end of the pipe the parent sends JOB frames on.
+        result_conn: Write end of the pipe this worker answers on.
+        alive_conn: Read end of a pipe whose write end only the parent holds.
+    """
+    job_fd, result_fd, alive_fd = (_take_fd(conn) for conn in (job_conn, result_conn, alive_conn))
+    try:
+        os.setpgid(0, 0)  # our own process group: a kill reaches what the job spawned
+    except OSError:  # pragma: no cover - already a group or session leader
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    threading.Thread(target=_die_with_parent, args=(alive_fd,), name="genro-tasks-watchdog", daemon=True).start()
+    sender = _Sender(result_fd)
+    channel = _progress.ProgressChannel(sender.send_locked, sender.lock)
+    sender.send(READY, os.getpid())
+    while True:
+        header = _read_exact(job_fd, HEADER_SIZE)
+        if header is None:
+            return
+        _kind, seq, length = HEADER.unpack(header)
+        if length > MAX_BODY:
+            raise ProtocolError(f"job frame claims {length} bytes")
+        payload = _read_exact(job_fd, length) if length else bytearray()
+        if payload is None:
+            return
+        _run_job(sender, channel, seq, payload)

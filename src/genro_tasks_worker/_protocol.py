@@ -1,0 +1,48 @@
+"""Wire format shared by the parent and the worker processes (stdlib only).
+
+Every message is one *frame*: a fixed 17-byte header followed by ``length``
+bytes of body::
+
+    kind: uint8 | seq: uint64 | length: uint64 | body[length]
+
+``seq`` is the manager's sequence number of the task the frame is about (the
+worker's pid for ``READY``). Bodies are pickles, except that a job's payload
+and a successful result are carried as opaque pickled bytes so that the
+supervisor never has to unpickle user objects.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+HEADER: Final = struct.Struct("<BQQ")
+HEADER_SIZE: Final = HEADER.size
+
+#: Largest body either side accepts (1 TiB): anything above is a corrupt frame.
+MAX_BODY: Final = 1 << 40
+
+# parent -> worker
+JOB: Final = 1
+
+# worker -> parent
+READY: Final = 10
+STARTED: Final = 11
+PROGRESS: Final = 12
+DONE_OK: Final = 13
+DONE_ERROR: Final = 14
+DONE_BAD_RESULT: Final = 15
+
+WORKER_KINDS: Final = frozenset({READY, STARTED, PROGRESS, DONE_OK, DONE_ERROR, DONE_BAD_RESULT})
+
+#: Pickle protocol used on both sides (out-of-band buffers are not used).
+PICKLE_PROTOCOL: Final = 5
+
+
+class ProtocolError(Exception):
+    """A peer sent bytes that are not a valid frame."""
+
+
+def pack_header(kind: int, seq: int, length: int) -> bytes:
+    """Return the header of a frame."""
+    return HEADER.pack(kind, seq, length)

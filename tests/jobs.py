@@ -1,0 +1,141 @@
+"""Job functions the tests send to worker processes (importable by name)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from genro_tasks_worker import report_progress
+
+
+def simple_task(n: int) -> int:
+    return n * 2
+
+
+def slow_task(duration: float) -> str:
+    time.sleep(duration)
+    return "done"
+
+
+def failing_task() -> None:
+    raise ValueError("Task failed intentionally")
+
+
+def echo(value: Any) -> Any:
+    return value
+
+
+def add(a: int, b: int, *, scale: int = 1) -> int:
+    return (a + b) * scale
+
+
+def sleep_forever() -> None:
+    time.sleep(3600)
+
+
+def getpid() -> int:
+    return os.getpid()
+
+
+def announce_and_sleep(seconds: float = 3600) -> None:
+    """Report the worker pid as progress, then sleep (so tests can see it is running)."""
+    report_progress(0.0, f"pid={os.getpid()}")
+    time.sleep(seconds)
+
+
+def spawn_child_and_sleep() -> None:
+    """Start a grandchild process, report its pid, and sleep forever."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    report_progress(0.5, f"child={child.pid}")
+    time.sleep(3600)
+
+
+def chained_failure() -> None:
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        raise RuntimeError("outer failure") from exc
+
+
+class CustomError(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"code {code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+def raise_custom() -> None:
+    raise CustomError(7, "custom init signature")
+
+
+class UnpicklableError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()  # locks cannot be pickled
+
+    def __reduce__(self) -> Any:
+        raise TypeError("UnpicklableError refuses to be pickled")
+
+
+def raise_unpicklable() -> None:
+    raise UnpicklableError("this exception cannot cross processes")
+
+
+def return_unpicklable() -> Any:
+    return threading.Lock()
+
+
+def exit_hard(code: int) -> None:
+    os._exit(code)
+
+
+def kill_self(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+    time.sleep(60)
+
+
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+def trio_loaded() -> bool:
+    return "trio" in sys.modules
+
+
+def noisy(n: int) -> int:
+    """Write protocol-looking garbage to stdout/stderr, then return normally."""
+    for _ in range(n):
+        print("\x0d\x00\x00\x00 not a frame \xff", flush=True)
+        sys.stdout.buffer.write(bytes(range(256)))
+        sys.stderr.write("stderr noise\n")
+    sys.stdout.flush()
+    os.write(1, b"\x0b" * 64)
+    return n
+
+
+def interrupt_self() -> str:
+    """Send SIGINT to this worker's process group; a worker must ignore it."""
+    os.killpg(os.getpgid(0), signal.SIGINT)
+    time.sleep(0.2)
+    return "survived"
+
+
+def raise_system_exit() -> None:
+    sys.exit(3)
+
+
+def raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def progress_steps(steps: int, delay: float) -> int:
+    for i in range(steps):
+        report_progress((i + 1) / steps, f"step {i + 1}/{steps}")
+        time.sleep(delay)
+    return steps
