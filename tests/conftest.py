@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -26,9 +27,35 @@ async def wait_until(tm: TaskManager, predicate: Callable[[], bool], timeout: fl
 
 
 async def wait_status(tm: TaskManager, task_id: str, status: TaskStatus, timeout: float = 20) -> None:
-    rec = tm._records[task_id]
-    await wait_until(tm, lambda: rec.status is status, timeout)
+    def reached() -> bool:
+        rec = tm._records.get(task_id)
+        return rec is not None and rec.status is status
+
+    await wait_until(tm, reached, timeout)
 
 
 def statuses(tm: TaskManager, ids: list[str]) -> list[TaskStatus]:
     return [tm._records[i].status for i in ids]
+
+
+def pid_gone(pid: int) -> bool:
+    """True if ``pid`` has exited (a zombie counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def wait_pids_gone(pids: list[int], limit: float) -> None:
+    """Wait until every pid has exited, woken by pidfds (no polling)."""
+    with trio.fail_after(limit):
+        for pid in pids:
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            try:
+                await trio.lowlevel.wait_readable(fd)
+            finally:
+                os.close(fd)

@@ -58,7 +58,8 @@ def spawn_child_and_sleep() -> None:
 
 def chained_failure() -> None:
     try:
-        {}["missing"]
+        empty: dict[str, int] = {}
+        empty["missing"]
     except KeyError as exc:
         raise RuntimeError("outer failure") from exc
 

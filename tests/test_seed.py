@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import trio
-from conftest import wait_status
-from jobs import failing_task, simple_task, slow_task
 
+from conftest import wait_status
 from genro_tasks import ManagerClosed, TaskInfo, TaskManager, TaskStatus
+from jobs import failing_task, simple_task, slow_task
 
 
 async def test_startup_shutdown() -> None:
@@ -20,7 +20,8 @@ async def test_startup_shutdown() -> None:
     assert not tm.is_running
     with trio.fail_after(30):
         await tm.startup()
-        assert tm.is_running
+        running: bool = tm.is_running
+        assert running
         await tm.shutdown()
     assert not tm.is_running
 

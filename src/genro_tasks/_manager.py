@@ -223,7 +223,9 @@ class TaskManager:
     def _closed_error(self) -> ManagerClosed:
         sup = self._sup
         if sup is None:
-            return ManagerClosed("TaskManager not started: await tm.startup() first (or use 'async with TaskManager()')")
+            return ManagerClosed(
+                "TaskManager not started: await tm.startup() first (or use 'async with TaskManager()')"
+            )
         if sup.failed is not None:
             return ManagerClosed(f"TaskManager stopped because its supervisor failed: {sup.failed!r}")
         return ManagerClosed("TaskManager is shut down: it accepts no new tasks; create and start a new one")

@@ -60,7 +60,7 @@ class Supervisor:
         self,
         max_workers: int,
         ctx: BaseContext,
-        on_change: Callable[[TaskRecord], None],
+        on_change: Callable[[TaskRecord | None], None],
     ) -> None:
         self.max_workers = max_workers
         self._ctx = ctx
@@ -132,9 +132,9 @@ class Supervisor:
         self._queue.clear()
         self.queued = 0
         for w in list(self.workers):
-            rec = w.task
-            if rec is not None and not rec.status.is_terminal:
-                rec.finish_failed(error)
+            running = w.task
+            if running is not None and not running.status.is_terminal:
+                running.finish_failed(error)
                 self._on_change(rec)
             w.task = None
             self._kill(w, KillReason.SUPERVISOR)
@@ -280,6 +280,7 @@ class Supervisor:
                 w.close_jobs()
                 return
             self._idle.append(w)
+            self._on_change(None)
             self._ready_count += 1
             if not self._ready.is_set() and self._ready_count >= self.max_workers:
                 self._ready.set()
@@ -459,6 +460,7 @@ class Supervisor:
             else:
                 self._schedule_respawn()
         self.dispatch()
+        self._on_change(None)
 
     def _account_task(self, w: WorkerProcess, rec: TaskRecord, reason: KillReason | None, exitcode: int | None) -> None:
         if rec.status.is_terminal:  # pragma: no cover - finished by _fail
@@ -475,7 +477,12 @@ class Supervisor:
         elif rec.status is TaskStatus.PENDING and rec.requeues < MAX_REQUEUES and not self._stopping:
             # The worker died before it even unpacked the job: send it elsewhere.
             self.crashes += 1
-            log.warning("worker %d died (%s) before starting task %r; requeueing it", w.pid, describe_exit(exitcode), rec.task_id)
+            log.warning(
+                "worker %d died (%s) before starting task %r; requeueing it",
+                w.pid,
+                describe_exit(exitcode),
+                rec.task_id,
+            )
             rec.requeues += 1
             rec.worker = None
             heapq.heappush(self._queue, (-rec.priority, rec.seq, rec))
@@ -542,5 +549,5 @@ def default_context(start_method: str) -> BaseContext:
         )
     ctx = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
-        ctx.set_forkserver_preload(["__main__", "genro_tasks_worker._loop"])  # type: ignore[attr-defined]
+        ctx.set_forkserver_preload(["__main__", "genro_tasks_worker._loop"])
     return ctx

@@ -7,7 +7,7 @@ import enum
 import math
 import pickle
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ._worker_proc import WorkerProcess
 
 
-class TaskStatus(str, enum.Enum):
+class TaskStatus(enum.StrEnum):
     """Where a task is in its life. It only ever moves forward.
 
     ``PENDING`` → ``RUNNING`` → one of ``COMPLETED`` / ``FAILED`` /
@@ -47,7 +47,7 @@ _TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCE
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,28 +87,28 @@ class TaskRecord:
     """The supervisor's live, mutable view of one task (internal)."""
 
     __slots__ = (
-        "seq",
-        "task_id",
-        "name",
-        "status",
-        "created_at",
-        "started_at",
+        "_done",
+        "_failure",
+        "_result",
         "completed_at",
+        "created_at",
+        "deadline",
         "error",
+        "metadata",
+        "name",
+        "payload",
+        "priority",
         "progress",
         "progress_message",
-        "metadata",
-        "worker_pid",
-        "timeout",
-        "priority",
-        "payload",
-        "worker",
         "requeues",
-        "_result",
-        "_failure",
-        "_done",
+        "seq",
+        "started_at",
+        "status",
+        "task_id",
+        "timeout",
         "version",
-        "deadline",
+        "worker",
+        "worker_pid",
     )
 
     def __init__(
@@ -192,15 +192,15 @@ class TaskRecord:
         if failure is None:  # pragma: no cover
             raise AssertionError(f"task {self.task_id!r} is {status.value}, not finished")
         exc_bytes, type_name, message, tb_text = failure
-        exc: BaseException | None = None
+        remote: object = None
         if exc_bytes is not None:
             try:
-                exc = pickle.loads(exc_bytes)
+                remote = pickle.loads(exc_bytes)
             except Exception:
-                exc = None
-        if not isinstance(exc, BaseException):
-            exc = RemoteError(type_name, message, tb_text)
-        raise exc
+                remote = None
+        if isinstance(remote, BaseException):
+            raise remote
+        raise RemoteError(type_name, message, tb_text)
 
     # --- transitions (the supervisor's alone) ------------------------------
     def set_running(self, pid: int) -> None:

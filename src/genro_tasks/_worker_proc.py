@@ -8,6 +8,7 @@ supervisor drives it.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import fcntl
 import logging
@@ -73,7 +74,7 @@ def _enlarge_pipe(fd: int) -> None:
 class FrameReader:
     """Incremental, non-blocking reader of frames from one pipe."""
 
-    __slots__ = ("fd", "_buf", "_big", "_big_view", "_big_got", "_big_head")
+    __slots__ = ("_big", "_big_got", "_big_head", "_big_view", "_buf", "fd")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -251,10 +252,8 @@ class WorkerProcess:
             os.killpg(self.pid, signal.SIGKILL)
         except OSError:
             # Not yet its own group leader (still starting) or already gone.
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(self.pid, signal.SIGKILL)
-            except OSError:
-                pass
 
     async def wait_exit(self) -> None:
         """Wait until the process has exited and been reaped."""

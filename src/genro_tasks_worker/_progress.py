@@ -117,9 +117,10 @@ def report_progress(fraction: float | None = None, message: str | None = None) -
         TypeError: ``message`` is not a string.
     """
     if fraction is not None:
-        if isinstance(fraction, bool) or not isinstance(fraction, Real):
+        value: object = fraction
+        if isinstance(value, bool) or not isinstance(value, Real):
             raise ValueError(f"report_progress: fraction must be a number in [0.0, 1.0], got {fraction!r}")
-        fraction = float(fraction)
+        fraction = float(value)
         if not (0.0 <= fraction <= 1.0) or math.isnan(fraction):
             raise ValueError(f"report_progress: fraction must be a finite number in [0.0, 1.0], got {fraction!r}")
     if message is not None and not isinstance(message, str):

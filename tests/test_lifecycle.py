@@ -1,0 +1,158 @@
+"""Startup, shutdown, and the no-orphans promise."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from conftest import pid_gone, statuses, wait_pids_gone, wait_status, wait_until
+from genro_tasks import ManagerClosed, TaskCancelled, TaskManager, TaskStatus
+from jobs import interrupt_self, noisy, simple_task, slow_task, trio_loaded
+
+HERE = Path(__file__).parent
+
+
+async def test_async_with() -> None:
+    with trio.fail_after(30):
+        async with TaskManager(2) as tm:
+            assert tm.is_running
+            assert await tm.run(simple_task, 2) == 4
+        assert not tm.is_running
+
+
+async def test_startup_twice_is_noop_and_restart_refused() -> None:
+    tm = TaskManager(1)
+    with trio.fail_after(30):
+        await tm.startup()
+        await tm.startup()
+        await tm.shutdown()
+        await tm.shutdown()
+        with pytest.raises(RuntimeError, match="shut down"):
+            await tm.startup()
+
+
+async def test_shutdown_wait_lets_everything_finish() -> None:
+    tm = TaskManager(2)
+    with trio.fail_after(30):
+        await tm.startup()
+        ids = [tm.submit(slow_task, 0.2) for _ in range(5)]
+        await wait_status(tm, ids[0], TaskStatus.RUNNING)
+        workers = [w.pid for w in tm._sup.workers]  # type: ignore[union-attr]
+        await tm.shutdown(wait=True)
+        assert statuses(tm, ids) == [TaskStatus.COMPLETED] * 5
+        assert all(pid_gone(p) for p in workers)
+        with pytest.raises(ManagerClosed, match="shut down"):
+            tm.submit(simple_task, 1)
+        assert await tm.result(ids[0]) == "done"
+        assert (await tm.info(ids[4])).status is TaskStatus.COMPLETED
+
+
+async def test_shutdown_cancel_pending() -> None:
+    tm = TaskManager(2)
+    with trio.fail_after(30):
+        await tm.startup()
+        ids = [tm.submit(slow_task, 0.3) for _ in range(5)]
+        await wait_until(tm, lambda: statuses(tm, ids).count(TaskStatus.RUNNING) == 2)
+        await tm.shutdown(wait=True, cancel_pending=True)
+    assert statuses(tm, ids) == [TaskStatus.COMPLETED] * 2 + [TaskStatus.CANCELLED] * 3
+
+
+async def test_shutdown_no_wait_kills_running() -> None:
+    tm = TaskManager(2)
+    with trio.fail_after(30):
+        await tm.startup()
+        ids = [tm.submit(slow_task, 60) for _ in range(4)]
+        await wait_until(tm, lambda: statuses(tm, ids).count(TaskStatus.RUNNING) == 2)
+        workers = [w.pid for w in tm._sup.workers]  # type: ignore[union-attr]
+        await tm.shutdown(wait=False)
+        assert statuses(tm, ids) == [TaskStatus.CANCELLED] * 4
+        assert all(pid_gone(p) for p in workers)
+        with pytest.raises(TaskCancelled):
+            await tm.result(ids[0])
+
+
+async def test_cancelled_shutdown_still_kills_everything() -> None:
+    tm = TaskManager(2)
+    await tm.startup()
+    ids = [tm.submit(slow_task, 60) for _ in range(2)]
+    await wait_until(tm, lambda: statuses(tm, ids).count(TaskStatus.RUNNING) == 2)
+    workers = [w.pid for w in tm._sup.workers]  # type: ignore[union-attr]
+    with trio.move_on_after(0.2):
+        await tm.shutdown(wait=True)  # would wait 60 s
+    assert statuses(tm, ids) == [TaskStatus.CANCELLED] * 2
+    assert all(pid_gone(p) for p in workers)
+
+
+async def test_async_with_error_kills_running() -> None:
+    async def body() -> None:
+        async with TaskManager(1) as tm:
+            holder.append(tm)
+            await wait_status(tm, tm.submit(slow_task, 60, task_id="t"), TaskStatus.RUNNING)
+            raise ZeroDivisionError
+
+    holder: list[TaskManager] = []
+    with trio.fail_after(30), pytest.raises(ZeroDivisionError):
+        await body()
+    tm = holder[0]
+    tid = "t"
+    assert tm._records[tid].status is TaskStatus.CANCELLED
+
+
+async def test_no_trio_in_workers(tasks: TaskManager) -> None:
+    with trio.fail_after(20):
+        assert await tasks.run(trio_loaded) is False
+
+
+async def test_workers_ignore_sigint(tasks: TaskManager) -> None:
+    with trio.fail_after(20):
+        assert await tasks.run(interrupt_self) == "survived"
+
+
+async def test_print_cannot_corrupt_protocol(tasks: TaskManager, capfd: pytest.CaptureFixture[str]) -> None:
+    with trio.fail_after(20):
+        assert await tasks.run(noisy, 50) == 50
+        assert await tasks.run(simple_task, 1) == 2
+
+
+async def test_spawn_start_method() -> None:
+    with trio.fail_after(60):
+        async with TaskManager(1, start_method="spawn") as tm:
+            assert await tm.run(simple_task, 8) == 16
+            assert await tm.run(trio_loaded) is False
+    with pytest.raises(ValueError, match="fork"):
+        TaskManager(1, start_method="fork")
+
+
+async def test_parent_sigkill_leaves_no_orphans() -> None:
+    """SIGKILL the parent while workers sleep in time.sleep(120): all gone within 2 s."""
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, str(HERE / "orphan_parent.py"), str(HERE)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = b""
+        with trio.fail_after(60):
+            while not line.endswith(b"\n"):
+                chunk = await proc.stdout.receive_some(4096)
+                assert chunk, "orphan_parent.py exited early"
+                line += chunk
+        info = json.loads(line)
+        pids = [*info["workers"], info["grandchild"], info["forkserver"]]
+        assert len(info["workers"]) == 3
+        assert not any(pid_gone(p) for p in pids)
+        proc.send_signal(signal.SIGKILL)
+        await wait_pids_gone(pids, limit=2.0)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        with trio.CancelScope(shield=True):
+            await proc.wait()
+        if proc.stdout is not None:
+            await proc.stdout.aclose()
