@@ -140,3 +140,34 @@ def progress_steps(steps: int, delay: float) -> int:
         report_progress((i + 1) / steps, f"step {i + 1}/{steps}")
         time.sleep(delay)
     return steps
+
+
+def progress_then_return() -> str:
+    report_progress(0.25, "quarter")
+    report_progress(None, "message only")  # keeps 0.25
+    report_progress(0.5)  # keeps the message
+    report_progress(1.0, "finished")  # last call, right before returning
+    return "ok"
+
+
+def progress_flood(n: int) -> int:
+    for i in range(n):
+        report_progress(i / n, "flooding")
+    report_progress(1.0, "flood over")
+    return n
+
+
+def no_progress_loop(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i
+    return n
+
+
+def progress_and_block(seconds: float) -> None:
+    report_progress(0.1, "started")
+    time.sleep(seconds)
+
+
+def bad_progress(value: Any) -> None:
+    report_progress(value)

@@ -27,10 +27,13 @@ from ._errors import WorkerCrashed as WorkerCrashed
 from ._manager import TaskManager as TaskManager
 from ._task import TaskInfo as TaskInfo
 from ._task import TaskStatus as TaskStatus
+from ._watch import ChangeStream as ChangeStream
+from ._watch import TaskWatcher as TaskWatcher
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "ChangeStream",
     "ManagerClosed",
     "RemoteError",
     "SupervisorFailed",
@@ -39,6 +42,7 @@ __all__ = (
     "TaskManager",
     "TaskStatus",
     "TaskTimeout",
+    "TaskWatcher",
     "UnpicklableJob",
     "UnpicklableResult",
     "WorkerCrashed",

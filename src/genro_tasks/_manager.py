@@ -11,6 +11,7 @@ import math
 import os
 import pickle
 import uuid
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from genro_tasks_worker._protocol import PICKLE_PROTOCOL
 from ._errors import ManagerClosed, UnpicklableJob
 from ._supervisor import Supervisor, default_context
 from ._task import TaskInfo, TaskRecord, TaskStatus
+from ._watch import ChangeStream, TaskWatcher
 
 T = TypeVar("T")
 
@@ -72,12 +74,16 @@ class TaskManager:
         self._running = False
         self._seq = 0
         self._changed: trio.Event | None = None
+        self._streams: weakref.WeakSet[ChangeStream] = weakref.WeakSet()
 
     # ------------------------------------------------------------------ lifespan
     @property
     def is_running(self) -> bool:
-        """True between a successful ``startup()`` and the start of ``shutdown()``."""
-        return self._running
+        """True between a successful ``startup()`` and the start of ``shutdown()``.
+
+        Also False once the supervisor has failed (see SupervisorFailed).
+        """
+        return self._running and self._sup is not None and self._sup.failed is None
 
     @property
     def max_workers(self) -> int:
@@ -135,8 +141,12 @@ class TaskManager:
         if sup is None:
             return
         self._running = False
-        await sup.stop(wait=wait, cancel_pending=cancel_pending)
-        self._note_change(None)
+        try:
+            await sup.stop(wait=wait, cancel_pending=cancel_pending)
+        finally:
+            for stream in list(self._streams):
+                stream.close()
+            self._note_change(None)
 
     async def __aenter__(self) -> TaskManager:
         await self.startup()
@@ -374,7 +384,56 @@ class TaskManager:
         return len(done)
 
     # ------------------------------------------------------------------- changes
+    def watch(self, task_id: str) -> TaskWatcher:
+        """Follow one task live: ``async for info in tm.watch(task_id): ...``.
+
+        The iterator yields the current :class:`TaskInfo` at once, then a
+        new snapshot for every change (status or progress), and ends after
+        the terminal snapshot. A slow reader may skip intermediate progress
+        values, never a status change or the final snapshot. Leaving the
+        loop early releases everything.
+
+        Raises:
+            KeyError: ``Task not found: <id>`` (raised by this call).
+        """
+        rec = self._get(task_id)
+        watcher = TaskWatcher(rec)
+        if not rec.status.is_terminal:
+            if rec.watchers is None:
+                rec.watchers = weakref.WeakSet()
+            rec.watchers.add(watcher)
+        return watcher
+
+    def open_change_stream(self, *, max_pending: int = 10_000) -> ChangeStream:
+        """Subscribe to every change of every task (for dashboards and logs).
+
+        Use as ``async with tm.open_change_stream() as changes:`` and then
+        ``async for info in changes:``. Each item is the *newest*
+        :class:`TaskInfo` of a task that changed since you last read it, so
+        a reader that stalls never blocks the supervisor, and buffers at
+        most ``max_pending`` tasks (oldest dropped first, counted in
+        ``changes.dropped``). Any number of streams may be open at once;
+        the stream ends when the manager shuts down or when the ``async
+        with`` block exits.
+        """
+        stream = ChangeStream(max_pending)
+        if self._sup is not None and self._sup.finished.is_set():
+            stream.close()
+        else:
+            self._streams.add(stream)
+        return stream
+
     def _note_change(self, rec: TaskRecord | None) -> None:
+        if rec is not None:
+            watchers = rec.watchers
+            if watchers:
+                info = rec.snapshot()
+                for watcher in watchers:
+                    watcher._push(info)
+                if rec.status.is_terminal:
+                    rec.watchers = None
+            for stream in self._streams:
+                stream._push(rec)
         changed = self._changed
         if changed is not None:
             self._changed = None

@@ -100,8 +100,9 @@ class Supervisor:
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()
         except BaseException as exc:
-            if not isinstance(exc, trio.Cancelled):
+            if not _only_cancelled(exc):
                 self._fail(exc)
+            self._stopping = True
             raise
         finally:
             with trio.CancelScope(shield=True):
@@ -182,10 +183,11 @@ class Supervisor:
                 nursery.start_soon(w.write_loop)
                 await self._watch_exit(w)
                 nursery.cancel_scope.cancel()
-        except trio.Cancelled:
-            # Only the supervisor's own nursery cancels us: it is going down.
-            self._stopping = True
-            self.accepting = False
+        except BaseException as exc:
+            if _only_cancelled(exc):
+                # Only the supervisor's own nursery cancels us: it is going down.
+                self._stopping = True
+                self.accepting = False
             raise
         finally:
             with trio.CancelScope(shield=True):
@@ -538,6 +540,13 @@ class Supervisor:
                 await w.wait_exit()
         for w in list(self.workers):
             self._on_exit(w)
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    """True if ``exc`` is trio.Cancelled, or a group of nothing else."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return isinstance(exc, trio.Cancelled)
 
 
 def default_context(start_method: str) -> BaseContext:

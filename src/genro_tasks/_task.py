@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import math
 import pickle
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ import trio
 from ._errors import RemoteError, TaskCancelled, UnpicklableResult
 
 if TYPE_CHECKING:
+    from ._watch import TaskWatcher
     from ._worker_proc import WorkerProcess
 
 
@@ -107,6 +109,7 @@ class TaskRecord:
         "task_id",
         "timeout",
         "version",
+        "watchers",
         "worker",
         "worker_pid",
     )
@@ -144,6 +147,8 @@ class TaskRecord:
         self.version = 0
         #: trio clock time at which a RUNNING task with a timeout is killed.
         self.deadline = math.inf
+        #: Live TaskWatchers of this task (weakly held), created on first watch().
+        self.watchers: weakref.WeakSet[TaskWatcher] | None = None
 
     # --- reading -----------------------------------------------------------
     def snapshot(self) -> TaskInfo:

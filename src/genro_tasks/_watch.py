@@ -1,0 +1,144 @@
+"""Live views of tasks: one task's snapshots (:class:`TaskWatcher`) and every
+task's changes (:class:`ChangeStream`).
+
+Both are fed synchronously by the manager when the supervisor records a
+change, never block the supervisor, and keep bounded memory however slowly
+they are read. Registrations are weak: an iterator you drop (for example by
+leaving an ``async for`` early) unregisters itself as soon as it is garbage.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from types import TracebackType
+
+import trio
+
+from ._task import TaskInfo, TaskRecord
+
+
+class TaskWatcher:
+    """Async iterator of one task's :class:`TaskInfo` snapshots.
+
+    Yields the current snapshot at once, then one per change, and stops after
+    the terminal snapshot. If you read slowly, consecutive snapshots with the
+    same status are merged (you see the newest progress), so you may skip
+    intermediate progress values but never a status change or the final
+    snapshot. At most one snapshot per status is ever buffered.
+    """
+
+    def __init__(self, rec: TaskRecord) -> None:
+        self._pending: list[TaskInfo] = [rec.snapshot()]
+        self._wakeup: trio.Event | None = None
+        self._finished = False
+        self._closed = False
+
+    def _push(self, info: TaskInfo) -> None:
+        pending = self._pending
+        if pending and pending[-1].status is info.status:
+            pending[-1] = info
+        else:
+            pending.append(info)
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
+
+    def __aiter__(self) -> TaskWatcher:
+        return self
+
+    async def __anext__(self) -> TaskInfo:
+        """Return the next snapshot.
+
+        **Cancellation:** Cancelling the wait loses nothing: the next call
+        returns what arrived meanwhile. The task itself is not affected.
+        """
+        if self._finished or self._closed:
+            raise StopAsyncIteration
+        if not self._pending:
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+        info = self._pending.pop(0)
+        if info.status.is_terminal:
+            self._finished = True
+        return info
+
+    async def aclose(self) -> None:
+        """Stop watching; the iterator ends. Dropping it has the same effect."""
+        self._closed = True
+        await trio.lowlevel.checkpoint()
+
+
+class ChangeStream:
+    """Async iterator of :class:`TaskInfo` for every change of every task.
+
+    Use it as ``async with tm.open_change_stream() as changes: async for info
+    in changes: ...``. Newest state wins: while you are not reading, the
+    stream keeps only the latest snapshot of each changed task, in order of
+    their first unread change, so a stalled reader never blocks the
+    supervisor. If more than ``max_pending`` distinct tasks pile up unread,
+    the oldest are dropped and counted in :attr:`dropped`.
+    """
+
+    def __init__(self, max_pending: int) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, not {max_pending!r}")
+        self._max_pending = max_pending
+        self._pending: OrderedDict[str, TaskRecord] = OrderedDict()
+        self._wakeup: trio.Event | None = None
+        self._closed = False
+        #: How many unread changes were dropped because of ``max_pending``.
+        self.dropped = 0
+
+    def _push(self, rec: TaskRecord) -> None:
+        pending = self._pending
+        if rec.task_id not in pending:
+            pending[rec.task_id] = rec
+            if len(pending) > self._max_pending:
+                pending.popitem(last=False)
+                self.dropped += 1
+        else:
+            pending[rec.task_id] = rec
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
+
+    def __aiter__(self) -> ChangeStream:
+        return self
+
+    async def __anext__(self) -> TaskInfo:
+        """Return the next change, waiting for one if needed.
+
+        **Cancellation:** Cancelling the wait loses nothing.
+        """
+        if self._pending:
+            await trio.lowlevel.checkpoint()
+        while not self._pending:
+            if self._closed:
+                raise StopAsyncIteration
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        if self._closed:
+            raise StopAsyncIteration
+        _, rec = self._pending.popitem(last=False)
+        return rec.snapshot()
+
+    def close(self) -> None:
+        """End the stream: pending and future ``__anext__`` calls stop iterating."""
+        self._closed = True
+        self._pending.clear()
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
+
+    async def __aenter__(self) -> ChangeStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
