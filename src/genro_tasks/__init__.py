@@ -14,6 +14,8 @@ Layers, top to bottom:
 * :mod:`._task` and :mod:`._errors` — the records and exceptions users see.
 """
 
+import logging as _logging
+
 from genro_tasks_worker import report_progress as report_progress
 
 from ._errors import ManagerClosed as ManagerClosed
@@ -31,6 +33,9 @@ from ._watch import ChangeStream as ChangeStream
 from ._watch import TaskWatcher as TaskWatcher
 
 __version__ = "0.1.0"
+
+# A library logs, the application decides where logs go.
+_logging.getLogger("genro_tasks").addHandler(_logging.NullHandler())
 
 __all__ = (
     "ChangeStream",
