@@ -21,6 +21,7 @@ async def test_demo_runs_non_interactively() -> None:
     assert "\x1b[" not in out  # plain lines when stdout is not a terminal
     assert "PENDING" in out  # queued jobs are visibly pending
     assert "reindex-search    CANCELLED" in out
-    assert "WorkerCrashed" in out and "SIGSEGV" in out
+    assert "WorkerCrashed" in out
+    assert "SIGSEGV" in out
     assert "TaskTimeout" in out
     assert "1 cancelled, 5 completed, 2 failed" in out

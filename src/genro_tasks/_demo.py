@@ -191,9 +191,8 @@ def _summary(out: TextIO, infos: list[TaskInfo], total: float) -> None:
             else "    - "
         )
         outcome = info.error or info.progress_message or ""
-        out.write(
-            f"{info.task_id:<17} {info.status.value.upper():<10} {ran:>6}  {info.worker_pid or '-':>7}  {outcome[:70]}\n"
-        )
+        pid = info.worker_pid or "-"
+        out.write(f"{info.task_id:<17} {info.status.value.upper():<10} {ran:>6}  {pid:>7}  {outcome[:70]}\n")
     counts: dict[str, int] = {}
     for info in infos:
         counts[info.status.value] = counts.get(info.status.value, 0) + 1
@@ -206,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m genro_tasks", description=__doc__.splitlines()[0] if __doc__ else ""
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the live demo (about 15 seconds)")
+    demo = sub.add_parser("demo", help="run the live demo (about 10 seconds)")
     demo.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
     mode = demo.add_mutually_exclusive_group()
     mode.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
