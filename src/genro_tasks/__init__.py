@@ -16,9 +16,12 @@ Layers, top to bottom:
 
 import logging as _logging
 
+from genro_tasks_worker import CancelRequested as CancelRequested
 from genro_tasks_worker import report_progress as report_progress
 
 from ._errors import ManagerClosed as ManagerClosed
+from ._errors import MemoryLimitExceeded as MemoryLimitExceeded
+from ._errors import QueueFull as QueueFull
 from ._errors import RemoteError as RemoteError
 from ._errors import SupervisorFailed as SupervisorFailed
 from ._errors import TaskCancelled as TaskCancelled
@@ -26,8 +29,10 @@ from ._errors import TaskTimeout as TaskTimeout
 from ._errors import UnpicklableJob as UnpicklableJob
 from ._errors import UnpicklableResult as UnpicklableResult
 from ._errors import WorkerCrashed as WorkerCrashed
+from ._errors import WorkerInitError as WorkerInitError
 from ._manager import TaskManager as TaskManager
 from ._task import TaskInfo as TaskInfo
+from ._task import TaskManagerStatistics as TaskManagerStatistics
 from ._task import TaskStatus as TaskStatus
 from ._watch import ChangeStream as ChangeStream
 from ._watch import TaskWatcher as TaskWatcher
@@ -38,18 +43,23 @@ __version__ = "0.1.0"
 _logging.getLogger("genro_tasks").addHandler(_logging.NullHandler())
 
 __all__ = (
+    "CancelRequested",
     "ChangeStream",
     "ManagerClosed",
+    "MemoryLimitExceeded",
+    "QueueFull",
     "RemoteError",
     "SupervisorFailed",
     "TaskCancelled",
     "TaskInfo",
     "TaskManager",
+    "TaskManagerStatistics",
     "TaskStatus",
     "TaskTimeout",
     "TaskWatcher",
     "UnpicklableJob",
     "UnpicklableResult",
     "WorkerCrashed",
+    "WorkerInitError",
     "report_progress",
 )

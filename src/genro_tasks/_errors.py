@@ -103,6 +103,61 @@ class UnpicklableJob(TypeError):
     """
 
 
+class MemoryLimitExceeded(MemoryError):
+    """Raised by ``result()`` for a task that ran out of its ``memory_limit``.
+
+    The job tried to allocate beyond the ``memory_limit=`` given to
+    ``submit`` and got a MemoryError in the worker; the task is FAILED and
+    the worker (its limit lifted again) serves the next task.
+    """
+
+    def __init__(self, task_id: str, limit: int, remote_traceback: str = "") -> None:
+        self.task_id = task_id
+        self.limit = limit
+        self.remote_traceback = remote_traceback
+        super().__init__(
+            f"Task {task_id!r} exceeded its memory_limit of {limit:,} bytes; raise the limit or make the job "
+            "use less memory"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task_id, self.limit, self.remote_traceback))
+
+
+class WorkerInitError(RuntimeError):
+    """Raised when the ``initializer`` given to TaskManager fails in a worker.
+
+    Raised by ``startup()`` if the first workers cannot initialise, and by
+    ``result()`` for queued tasks that no worker could run because every
+    worker's initializer kept failing. Workers are restarted with an
+    exponential back-off (up to 5 s), never in a hot loop.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str, task_id: str | None = None) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+        self.task_id = task_id
+        prefix = f"Task {task_id!r} could not run: " if task_id else ""
+        super().__init__(
+            f"{prefix}the worker initializer raised {type_name}: {message}\n\nRemote traceback:\n{remote_traceback}"
+        )
+
+    def for_task(self, task_id: str) -> WorkerInitError:
+        """The same error, naming the task it prevented."""
+        return WorkerInitError(self.type_name, self.message, self.remote_traceback, task_id)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.type_name, self.message, self.remote_traceback, self.task_id))
+
+
+class QueueFull(RuntimeError):
+    """Raised by ``submit()`` when ``max_queued`` tasks are already waiting.
+
+    Back off, or use ``await tm.submit_wait(...)``, which waits for room.
+    """
+
+
 class ManagerClosed(RuntimeError):
     """Raised by ``submit()`` (and ``run()``) when the TaskManager is not running.
 

@@ -12,6 +12,7 @@ import os
 import pickle
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -20,9 +21,9 @@ import trio
 
 from genro_tasks_worker._protocol import PICKLE_PROTOCOL
 
-from ._errors import ManagerClosed, UnpicklableJob
+from ._errors import ManagerClosed, QueueFull, UnpicklableJob
 from ._supervisor import Supervisor, default_context
-from ._task import TaskInfo, TaskRecord, TaskStatus
+from ._task import TaskInfo, TaskManagerStatistics, TaskRecord, TaskStatus
 from ._watch import ChangeStream, TaskWatcher
 
 T = TypeVar("T")
@@ -31,6 +32,13 @@ log = logging.getLogger("genro_tasks")
 
 #: How long ``run()`` waits, shielded, for the kill of a task whose caller was cancelled.
 _CANCEL_LIMIT = 10.0
+
+
+def _check_count(name: str, value: object, *, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, not {value!r}")
 
 
 def _func_name(func: Callable[..., Any]) -> str:
@@ -59,17 +67,60 @@ class TaskManager:
         max_workers: Number of worker processes; ``None`` means ``os.cpu_count()``.
         start_method: ``"forkserver"`` (default: a worker starts in a few
             milliseconds) or ``"spawn"`` (a fresh interpreter per worker).
+        initializer: Called as ``initializer(*initargs)`` in every new
+            worker before it takes tasks (must be picklable).
+        initargs: Arguments for ``initializer``.
+        max_tasks_per_worker: Replace a worker after it ran this many tasks
+            (``None``: never).
+        max_queued: Most tasks allowed to wait in the queue at once;
+            ``submit`` raises QueueFull beyond it, ``submit_wait`` waits.
+            ``None``: unbounded.
+        max_finished: Most finished tasks (with their results) kept for
+            ``info``/``result``; the oldest finished are forgotten first.
+        finished_ttl: Seconds a finished task is kept (``None``: no age limit).
     """
 
-    def __init__(self, max_workers: int | None = None, *, start_method: str = "forkserver") -> None:
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        start_method: str = "forkserver",
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_worker: int | None = None,
+        max_queued: int | None = None,
+        max_finished: int = 10_000,
+        finished_ttl: float | None = None,
+    ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
-        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
-            raise ValueError(f"max_workers must be a positive int or None, not {max_workers!r}")
+        _check_count("max_workers", max_workers, allow_none=False)
+        _check_count("max_tasks_per_worker", max_tasks_per_worker)
+        _check_count("max_queued", max_queued)
+        _check_count("max_finished", max_finished, allow_none=False)
+        if finished_ttl is not None and not (isinstance(finished_ttl, int | float) and 0 < finished_ttl < math.inf):
+            raise ValueError(f"finished_ttl must be a positive number of seconds or None, not {finished_ttl!r}")
+        if initializer is not None:
+            if not callable(initializer):
+                raise TypeError(f"initializer must be callable, not {initializer!r}")
+            try:
+                pickle.dumps((initializer, initargs), PICKLE_PROTOCOL)
+            except Exception as exc:
+                raise UnpicklableJob(
+                    f"initializer {_func_name(initializer)} or its initargs cannot be sent to worker processes: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
         self._max_workers = max_workers
         self._ctx = default_context(start_method)
         self._start_method = start_method
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._max_tasks = max_tasks_per_worker
+        self._max_queued = max_queued
+        self._max_finished = max_finished
+        self._finished_ttl = finished_ttl
         self._records: dict[str, TaskRecord] = {}
+        self._finished: deque[tuple[float, TaskRecord]] = deque()
         self._sup: Supervisor | None = None
         self._running = False
         self._seq = 0
@@ -108,7 +159,14 @@ class TaskManager:
             return
         if self._sup is not None:
             raise RuntimeError("this TaskManager was shut down; create a new one")
-        sup = Supervisor(self._max_workers, self._ctx, self._note_change)
+        sup = Supervisor(
+            self._max_workers,
+            self._ctx,
+            self._note_change,
+            initializer=self._initializer,
+            initargs=self._initargs,
+            max_tasks_per_worker=self._max_tasks,
+        )
         self._sup = sup
         trio.lowlevel.spawn_system_task(sup.run, name="genro_tasks supervisor")
         try:
@@ -169,6 +227,8 @@ class TaskManager:
         task_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         timeout: float | None = None,
+        priority: int = 0,
+        memory_limit: int | None = None,
         **kwargs: Any,
     ) -> str:
         """Queue ``func(*args, **kwargs)`` to run in a worker process; never blocks.
@@ -186,6 +246,10 @@ class TaskManager:
             metadata: Anything you want to find again in ``info()``.
             timeout: Seconds the task may run (counted from RUNNING) before
                 its worker is killed and the task FAILED with TaskTimeout.
+            priority: Higher runs first; equal priorities run in submission order.
+            memory_limit: Bytes of memory the job may allocate on top of what
+                its worker already uses; beyond it the job gets MemoryError
+                and the task fails with MemoryLimitExceeded.
             **kwargs: Keyword arguments for ``func``.
 
         Returns:
@@ -193,13 +257,19 @@ class TaskManager:
 
         Raises:
             ManagerClosed: The manager is not running (a RuntimeError).
-            ValueError: ``task_id`` is already used, or ``timeout`` is not a
-                positive number.
+            QueueFull: ``max_queued`` tasks are already waiting (a RuntimeError).
+            ValueError: ``task_id`` is already used, or ``timeout``,
+                ``priority`` or ``memory_limit`` is out of range.
             UnpicklableJob: ``func`` or an argument cannot be pickled (a TypeError).
         """
         sup = self._sup
         if not self._running or sup is None or not sup.accepting:
             raise self._closed_error()
+        if self._max_queued is not None and sup.queued >= self._max_queued:
+            raise QueueFull(
+                f"{sup.queued} tasks are already queued (max_queued={self._max_queued}); retry later, "
+                "or use 'await tm.submit_wait(...)' to wait for room"
+            )
         if task_id is None:
             task_id = str(uuid.uuid4())
         elif not isinstance(task_id, str) or not task_id:
@@ -212,11 +282,17 @@ class TaskManager:
             if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
                 raise ValueError(f"timeout for task {task_id!r} must be a positive number of seconds, not {timeout!r}")
             timeout = float(timeout)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ValueError(f"priority for task {task_id!r} must be an int, not {priority!r}")
+        if memory_limit is not None and (
+            isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit <= 0
+        ):
+            raise ValueError(f"memory_limit for task {task_id!r} must be a positive int (bytes), not {memory_limit!r}")
         if not callable(func):
             raise TypeError(f"Task {task_id!r}: {func!r} is not callable")
         name = _func_name(func)
         try:
-            payload = pickle.dumps((func, args, kwargs), PICKLE_PROTOCOL)
+            payload = pickle.dumps((func, args, kwargs, memory_limit), PICKLE_PROTOCOL)
         except Exception as exc:
             raise UnpicklableJob(
                 f"Task {task_id!r} ({name}) cannot be sent to a worker process: {type(exc).__name__}: {exc}. "
@@ -224,11 +300,53 @@ class TaskManager:
                 "local function) and every argument must be picklable."
             ) from exc
         self._seq += 1
-        rec = TaskRecord(self._seq, task_id, name, payload, dict(metadata) if metadata else None, timeout)
+        rec = TaskRecord(
+            self._seq, task_id, name, payload, dict(metadata) if metadata else None, timeout, priority, memory_limit
+        )
         self._records[task_id] = rec
         sup.enqueue(rec)
         self._note_change(rec)
         return task_id
+
+    async def submit_wait(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        task_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        memory_limit: int | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Like :meth:`submit`, but wait for room when ``max_queued`` tasks are queued.
+
+        Raises what :meth:`submit` raises, except QueueFull.
+
+        **Cancellation:** If cancelled while waiting for room, nothing was
+        submitted.
+        """
+        while True:
+            sup = self._sup
+            if (
+                self._max_queued is None
+                or sup is None
+                or not self._running
+                or not sup.accepting
+                or sup.queued < self._max_queued
+            ):
+                await trio.lowlevel.checkpoint_if_cancelled()
+                return self.submit(
+                    func,
+                    *args,
+                    task_id=task_id,
+                    metadata=metadata,
+                    timeout=timeout,
+                    priority=priority,
+                    memory_limit=memory_limit,
+                    **kwargs,
+                )
+            await self._wait_change()
 
     def _closed_error(self) -> ManagerClosed:
         sup = self._sup
@@ -309,7 +427,7 @@ class TaskManager:
             await trio.lowlevel.checkpoint()
         return rec.outcome()
 
-    async def cancel(self, task_id: str) -> bool:
+    async def cancel(self, task_id: str, *, grace: float | None = None) -> bool:
         """Cancel a task.
 
         A PENDING task is removed from the queue and recorded CANCELLED. A
@@ -317,6 +435,14 @@ class TaskManager:
         job started, by process group); once the worker is reaped the task is
         recorded CANCELLED, a fresh worker takes its slot, and only then does
         this return True. A task that already finished is left alone.
+
+        With ``grace`` (seconds), a RUNNING job is first asked to stop: its
+        worker gets SIGTERM, which raises
+        :class:`~genro_tasks_worker.CancelRequested` inside the job (for an
+        ``async def`` job, its trio scope is cancelled). If the job ends by
+        raising, the task is CANCELLED; if it returns a value anyway, it is
+        COMPLETED and this returns False; if it is still running when the
+        grace period ends, its worker is killed as above.
 
         Returns:
             True if the task is now CANCELLED through this call (or a
@@ -330,13 +456,13 @@ class TaskManager:
         ends CANCELLED.
         """
         rec = self._get(task_id)
+        if grace is not None and not (isinstance(grace, int | float) and 0 <= grace < math.inf):
+            raise ValueError(f"grace for task {task_id!r} must be a non-negative number of seconds, not {grace!r}")
         sup = self._sup
         if sup is None or rec.status.is_terminal:
             await trio.lowlevel.checkpoint()
             return False
-        if not sup.cancel(rec):
-            await rec.wait_done()
-            return rec.status is TaskStatus.CANCELLED
+        sup.cancel(rec, grace)
         await rec.wait_done()
         return rec.status is TaskStatus.CANCELLED
 
@@ -371,6 +497,7 @@ class TaskManager:
 
     def list_tasks(self, status: TaskStatus | None = None) -> list[TaskInfo]:
         """Return snapshots of all tracked tasks, oldest first, optionally of one status."""
+        self._prune()
         if status is None:
             return [rec.snapshot() for rec in self._records.values()]
         status = TaskStatus(status)
@@ -381,7 +508,32 @@ class TaskManager:
         done = [tid for tid, rec in self._records.items() if rec.status.is_terminal]
         for tid in done:
             del self._records[tid]
+        self._finished.clear()
         return len(done)
+
+    def statistics(self) -> TaskManagerStatistics:
+        """Return a frozen snapshot of the manager's counters (trio's ``statistics()`` convention)."""
+        sup = self._sup
+        self._prune()
+        if sup is None:
+            return TaskManagerStatistics(0, 0, 0, 0, 0, 0, 0, 0, len(self._records), 0, 0)
+        return sup.statistics(len(self._records))
+
+    def _prune(self) -> None:
+        """Apply the retention limits: forget the oldest finished tasks first."""
+        finished = self._finished
+        records = self._records
+        while len(finished) > self._max_finished:
+            _, rec = finished.popleft()
+            if records.get(rec.task_id) is rec:
+                del records[rec.task_id]
+        ttl = self._finished_ttl
+        if ttl is not None and finished:
+            cutoff = trio.current_time() - ttl
+            while finished and finished[0][0] <= cutoff:
+                _, rec = finished.popleft()
+                if records.get(rec.task_id) is rec:
+                    del records[rec.task_id]
 
     # ------------------------------------------------------------------- changes
     def watch(self, task_id: str) -> TaskWatcher:
@@ -424,6 +576,10 @@ class TaskManager:
         return stream
 
     def _note_change(self, rec: TaskRecord | None) -> None:
+        if rec is not None and rec.status.is_terminal and not rec.noted:
+            rec.noted = True
+            self._finished.append((trio.current_time(), rec))
+            self._prune()
         if rec is not None:
             watchers = rec.watchers
             if watchers:

@@ -21,6 +21,7 @@ import os
 import pickle
 from collections.abc import Callable
 from multiprocessing.context import BaseContext
+from typing import Any
 
 import trio
 
@@ -28,14 +29,23 @@ from genro_tasks_worker._protocol import (
     DONE_BAD_RESULT,
     DONE_ERROR,
     DONE_OK,
+    INIT_FAILED,
     PROGRESS,
     READY,
     STARTED,
     ProtocolError,
 )
 
-from ._errors import SupervisorFailed, TaskTimeout, UnpicklableResult, WorkerCrashed, describe_exit
-from ._task import TaskRecord, TaskStatus
+from ._errors import (
+    MemoryLimitExceeded,
+    SupervisorFailed,
+    TaskTimeout,
+    UnpicklableResult,
+    WorkerCrashed,
+    WorkerInitError,
+    describe_exit,
+)
+from ._task import TaskManagerStatistics, TaskRecord, TaskStatus
 from ._worker_proc import Frame, KillReason, WorkerProcess, WorkerState
 
 log = logging.getLogger("genro_tasks")
@@ -61,10 +71,22 @@ class Supervisor:
         max_workers: int,
         ctx: BaseContext,
         on_change: Callable[[TaskRecord | None], None],
+        *,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_worker: int | None = None,
     ) -> None:
         self.max_workers = max_workers
         self._ctx = ctx
         self._on_change = on_change
+        self._initializer = initializer
+        self._initargs = initargs
+        self._max_tasks = max_tasks_per_worker
+        #: The last initializer failure (a remote error), while workers keep failing to start.
+        self.init_error: WorkerInitError | None = None
+        self.completed = 0
+        self.failed_count = 0
+        self.cancelled = 0
         self._queue: list[tuple[int, int, TaskRecord]] = []
         self.queued = 0
         self.workers: set[WorkerProcess] = set()
@@ -129,6 +151,7 @@ class Supervisor:
         for _, _, rec in self._queue:
             if rec.status is TaskStatus.PENDING and rec.worker is None:
                 rec.finish_failed(error)
+                self._count(rec)
                 self._on_change(rec)
         self._queue.clear()
         self.queued = 0
@@ -148,7 +171,7 @@ class Supervisor:
         assert self._nursery is not None
         self._numbers += 1
         try:
-            w = WorkerProcess(self._ctx, self._alive_r, self._numbers)
+            w = WorkerProcess(self._ctx, self._alive_r, self._numbers, self._initializer, self._initargs)
         except Exception as exc:
             log.error("could not start a genro_tasks worker process: %s", exc)
             if self._starting:
@@ -199,23 +222,33 @@ class Supervisor:
                     self._on_exit(w)
 
     async def _watch_exit(self, w: WorkerProcess) -> None:
-        """Wait for the process to exit; meanwhile enforce the running task's timeout."""
+        """Wait for the process to exit; meanwhile enforce timeouts and grace periods."""
         while True:
-            with trio.CancelScope() as w.timer:
-                rec = w.task
-                if rec is not None and rec.status is TaskStatus.RUNNING:
-                    w.timer.deadline = rec.deadline
+            with trio.CancelScope(deadline=self._deadline(w)) as w.timer:
                 await w.wait_exit()
                 return
+            if w.state is not WorkerState.BUSY:
+                continue
+            now = trio.current_time()
             rec = w.task
-            if (
-                rec is not None
-                and w.state is WorkerState.BUSY
-                and rec.status is TaskStatus.RUNNING
-                and rec.deadline <= trio.current_time()
-            ):
+            if w.grace_deadline <= now:
+                log.info("worker %d: grace period over; killing it", w.pid)
+                self._kill(w, KillReason.CANCEL)
+            elif rec is not None and rec.status is TaskStatus.RUNNING and rec.deadline <= now:
                 log.info("task %r exceeded its timeout of %gs; killing worker %d", rec.task_id, rec.timeout, w.pid)
                 self._kill(w, KillReason.TIMEOUT)
+
+    @staticmethod
+    def _deadline(w: WorkerProcess) -> float:
+        if w.state is not WorkerState.BUSY:
+            return math.inf  # dying, stopping or idle: nothing left to enforce
+        rec = w.task
+        task_deadline = rec.deadline if rec is not None and rec.status is TaskStatus.RUNNING else math.inf
+        return min(task_deadline, w.grace_deadline)
+
+    def _rearm(self, w: WorkerProcess) -> None:
+        if w.timer is not None:
+            w.timer.deadline = self._deadline(w)
 
     async def _read_loop(self, w: WorkerProcess) -> None:
         frames: list[Frame] = []
@@ -270,12 +303,18 @@ class Supervisor:
         kind, seq, body = frame
         if w.state is WorkerState.DYING or w.state is WorkerState.DEAD:
             return  # we already decided how its task ends
+        if kind == INIT_FAILED:
+            if w.state is not WorkerState.STARTING:
+                raise ProtocolError("unexpected INIT_FAILED")
+            self._init_failed(w, body)
+            return
         if kind == READY:
             if w.state is not WorkerState.STARTING or seq != w.pid:
                 raise ProtocolError(f"unexpected READY (pid {seq})")
             w.state = WorkerState.IDLE
             w.ready = True
             self._backoff = 0.0
+            self.init_error = None
             log.debug("worker %d ready", w.pid)
             if self._stopping:
                 w.state = WorkerState.STOPPING
@@ -297,8 +336,7 @@ class Supervisor:
             rec.set_running(w.pid)
             if rec.timeout is not None:
                 rec.deadline = trio.current_time() + rec.timeout
-                if w.timer is not None:
-                    w.timer.deadline = rec.deadline
+                self._rearm(w)
             log.debug("task %r running in worker %d", rec.task_id, w.pid)
             self._on_change(rec)
             return
@@ -319,7 +357,13 @@ class Supervisor:
                 failure = pickle.loads(body)
             except Exception as exc:
                 raise ProtocolError(f"bad DONE_ERROR body: {exc}") from None
-            rec.finish_remote_error(failure)
+            if w.grace_deadline < math.inf:
+                rec.finish_cancelled(f"cancelled gracefully; the job ended with {failure[1]}: {failure[2]}")
+            elif failure[1] == "MemoryError" and rec.memory_limit is not None:
+                limit_error = MemoryLimitExceeded(rec.task_id, rec.memory_limit, failure[3])
+                rec.finish_failed(limit_error)
+            else:
+                rec.finish_remote_error(failure)
         elif kind == DONE_BAD_RESULT:
             type_name, why = pickle.loads(body)
             rec.finish_failed(
@@ -333,15 +377,60 @@ class Supervisor:
         log.debug("task %r %s", rec.task_id, rec.status.value)
         w.task = None
         w.jobs_done += 1
-        if w.timer is not None:
-            w.timer.deadline = math.inf
+        w.grace_deadline = math.inf
+        self._rearm(w)
         self.busy -= 1
+        self._count(rec)
         self._on_change(rec)
         if w.state is WorkerState.BUSY:
-            w.state = WorkerState.IDLE
-            self._idle.append(w)
+            if self._max_tasks is not None and w.jobs_done >= self._max_tasks and not self._stopping:
+                self._retire(w)
+            else:
+                w.state = WorkerState.IDLE
+                self._idle.append(w)
             self.dispatch()
         self._check_drained()
+
+    def _init_failed(self, w: WorkerProcess, body: bytes | bytearray) -> None:
+        """A worker's initializer raised: remember why; fail what cannot run anywhere."""
+        try:
+            _exc_bytes, type_name, message, tb_text = pickle.loads(body)
+        except Exception:
+            type_name, message, tb_text = "<unknown>", "initializer failed", ""
+        error = WorkerInitError(type_name, message, tb_text)
+        self.init_error = error
+        log.warning("worker %d: initializer failed: %s: %s", w.pid, type_name, message)
+        if self._starting and not self._ready.is_set():
+            self._startup_error = error
+            self._ready.set()
+        if not self._idle and self.busy == 0:
+            # No worker can run anything: tell the queued tasks now, not never.
+            for _, _, rec in self._queue:
+                if rec.status is TaskStatus.PENDING and rec.worker is None:
+                    rec.finish_failed(error.for_task(rec.task_id))
+                    self._count(rec)
+                    self._on_change(rec)
+            self._queue.clear()
+            self.queued = 0
+            self._check_drained()
+
+    def _retire(self, w: WorkerProcess) -> None:
+        """Recycle a worker that did its max_tasks_per_worker: it exits, a new one starts now."""
+        log.info("worker %d retiring after %d tasks", w.pid, w.jobs_done)
+        w.state = WorkerState.STOPPING
+        w.retired = True
+        w.close_jobs()
+        self.restarts += 1
+        self._spawn()
+
+    def _count(self, rec: TaskRecord) -> None:
+        status = rec.status
+        if status is TaskStatus.COMPLETED:
+            self.completed += 1
+        elif status is TaskStatus.FAILED:
+            self.failed_count += 1
+        elif status is TaskStatus.CANCELLED:
+            self.cancelled += 1
 
     # ---------------------------------------------------------------- the queue
     def enqueue(self, rec: TaskRecord) -> None:
@@ -367,33 +456,43 @@ class Supervisor:
             assert rec.payload is not None
             w.send_job(rec.seq, rec.payload)
 
-    def cancel(self, rec: TaskRecord) -> bool:
-        """Start cancelling ``rec``; True if it ended (or will end) CANCELLED by us.
+    def cancel(self, rec: TaskRecord, grace: float | None = None) -> None:
+        """Start cancelling ``rec``; the caller then waits for it to be terminal.
 
         A queued task is CANCELLED at once. A task on a worker (even one
         that has not started it yet) gets its worker killed; the task is
-        recorded CANCELLED when the process has been reaped.
+        recorded CANCELLED when the process has been reaped. With ``grace``,
+        a RUNNING job first gets SIGTERM (CancelRequested inside the job)
+        and is killed only if it has not ended ``grace`` seconds later.
         """
         if rec.status.is_terminal:
-            return False
+            return
         w = rec.worker
         if w is None:
             self.queued -= 1
             rec.finish_cancelled("cancelled while queued")
             log.debug("task %r cancelled while queued", rec.task_id)
+            self._count(rec)
             self._on_change(rec)
             self._check_drained()
-            return True
+            return
         if w.state is WorkerState.DYING:
-            return w.kill_reason in (KillReason.CANCEL, KillReason.SHUTDOWN)
+            return
+        if grace is not None and rec.status is TaskStatus.RUNNING:
+            if w.grace_deadline == math.inf:
+                log.debug("cancelling task %r gracefully (%gs)", rec.task_id, grace)
+                w.grace_deadline = trio.current_time() + grace
+                w.terminate()
+                self._rearm(w)
+            return
         log.debug("cancelling task %r: killing worker %d", rec.task_id, w.pid)
         self._kill(w, KillReason.CANCEL)
-        return True
 
     def cancel_queued(self) -> None:
         for _, _, rec in self._queue:
             if rec.status is TaskStatus.PENDING and rec.worker is None:
                 rec.finish_cancelled("cancelled by shutdown")
+                self._count(rec)
                 self._on_change(rec)
         self._queue.clear()
         self.queued = 0
@@ -437,7 +536,7 @@ class Supervisor:
         if rec is not None:
             self.busy -= 1
             self._account_task(w, rec, reason, exitcode)
-        elif reason is None and not stopping:
+        elif reason is None and not stopping and self.init_error is None:
             self.crashes += 1
             if was_ready:
                 log.warning("idle worker %d died (%s); replacing it", w.pid, describe_exit(exitcode))
@@ -445,7 +544,7 @@ class Supervisor:
                 log.warning("worker %d died before it was ready (%s)", w.pid, describe_exit(exitcode))
         else:
             log.info("worker %d exited (%s)", w.pid, describe_exit(exitcode))
-        if self._starting and not was_ready and not self._ready.is_set():
+        if self._starting and not was_ready and not self._ready.is_set() and self._startup_error is None:
             self._startup_error = RuntimeError(
                 f"TaskManager could not start its worker processes: worker {w.pid} {describe_exit(exitcode)} "
                 "before it was ready (its stderr says why). If your main module starts a TaskManager when "
@@ -455,7 +554,7 @@ class Supervisor:
         if not self.workers:
             self._no_workers.set()
         self._check_drained()
-        if not self._stopping and self.failed is None:
+        if not self._stopping and self.failed is None and not w.retired:
             self.restarts += 1
             if was_ready:
                 self._spawn()
@@ -495,7 +594,24 @@ class Supervisor:
             crash = WorkerCrashed(rec.task_id, w.pid, exitcode, w.kill_detail)
             log.warning("%s", crash)
             rec.finish_failed(crash)
+        self._count(rec)
         self._on_change(rec)
+
+    def statistics(self, tracked: int) -> TaskManagerStatistics:
+        running = sum(1 for w in self.workers if w.task is not None and w.task.status is TaskStatus.RUNNING)
+        return TaskManagerStatistics(
+            workers_total=len(self.workers),
+            workers_idle=len(self._idle),
+            workers_busy=self.busy,
+            tasks_queued=self.queued,
+            tasks_running=running,
+            tasks_completed=self.completed,
+            tasks_failed=self.failed_count,
+            tasks_cancelled=self.cancelled,
+            tasks_tracked=tracked,
+            worker_restarts=self.restarts,
+            worker_crashes=self.crashes,
+        )
 
     # ------------------------------------------------------------------ stopping
     async def stop(self, wait: bool, cancel_pending: bool) -> None:

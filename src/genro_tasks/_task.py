@@ -69,6 +69,7 @@ class TaskInfo:
         worker_pid: Pid of the worker process that ran (or runs) it, else None.
         progress_message: Last message the job reported, else None.
         timeout: The task's own running-time limit in seconds, else None.
+        priority: The task's priority (higher runs first).
     """
 
     task_id: str
@@ -83,6 +84,38 @@ class TaskInfo:
     worker_pid: int | None = None
     progress_message: str | None = None
     timeout: float | None = None
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskManagerStatistics:
+    """Counters of a TaskManager at one moment (see ``TaskManager.statistics()``).
+
+    Attributes:
+        workers_total: Worker processes alive (including starting and retiring ones).
+        workers_idle: Workers ready and waiting for a task.
+        workers_busy: Workers with a task assigned.
+        tasks_queued: Tasks waiting in the queue.
+        tasks_running: Tasks RUNNING right now.
+        tasks_completed: Tasks that ended COMPLETED since startup.
+        tasks_failed: Tasks that ended FAILED since startup.
+        tasks_cancelled: Tasks that ended CANCELLED since startup.
+        tasks_tracked: Task records currently kept (see retention limits).
+        worker_restarts: Workers started to replace one that exited.
+        worker_crashes: Workers that died without being asked to.
+    """
+
+    workers_total: int
+    workers_idle: int
+    workers_busy: int
+    tasks_queued: int
+    tasks_running: int
+    tasks_completed: int
+    tasks_failed: int
+    tasks_cancelled: int
+    tasks_tracked: int
+    worker_restarts: int
+    worker_crashes: int
 
 
 class TaskRecord:
@@ -96,8 +129,10 @@ class TaskRecord:
         "created_at",
         "deadline",
         "error",
+        "memory_limit",
         "metadata",
         "name",
+        "noted",
         "payload",
         "priority",
         "progress",
@@ -123,6 +158,7 @@ class TaskRecord:
         metadata: dict[str, Any] | None,
         timeout: float | None,
         priority: int = 0,
+        memory_limit: int | None = None,
     ) -> None:
         self.seq = seq
         self.task_id = task_id
@@ -149,6 +185,9 @@ class TaskRecord:
         self.deadline = math.inf
         #: Live TaskWatchers of this task (weakly held), created on first watch().
         self.watchers: weakref.WeakSet[TaskWatcher] | None = None
+        self.memory_limit = memory_limit
+        #: Set once the manager has accounted for this task's terminal state.
+        self.noted = False
 
     # --- reading -----------------------------------------------------------
     def snapshot(self) -> TaskInfo:
@@ -165,6 +204,7 @@ class TaskRecord:
             worker_pid=self.worker_pid,
             progress_message=self.progress_message,
             timeout=self.timeout,
+            priority=self.priority,
         )
 
     async def wait_done(self) -> None:

@@ -12,10 +12,12 @@ import contextlib
 import enum
 import fcntl
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+from collections.abc import Callable
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
@@ -141,7 +143,14 @@ class FrameReader:
 class WorkerProcess:
     """One worker process and the parent's ends of its pipes."""
 
-    def __init__(self, ctx: BaseContext, alive_r: int, number: int) -> None:
+    def __init__(
+        self,
+        ctx: BaseContext,
+        alive_r: int,
+        number: int,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
         job_r, job_w = os.pipe()
         res_r, res_w = os.pipe()
         _enlarge_pipe(job_w)
@@ -154,7 +163,7 @@ class WorkerProcess:
         self.number = number
         self.process: Any = ctx.Process(  # type: ignore[attr-defined]
             target=_loop.main,
-            args=tuple(child_ends),
+            args=(*child_ends, initializer, initargs),
             name=f"genro-tasks-worker-{number}",
             daemon=False,
         )
@@ -181,6 +190,10 @@ class WorkerProcess:
         self.exitcode: int | None = None
         self.jobs_done = 0
         self.timer: trio.CancelScope | None = None
+        #: Set when a graceful cancel sent SIGTERM: kill at this trio time.
+        self.grace_deadline = math.inf
+        #: Replaced already (max_tasks_per_worker): do not respawn on exit.
+        self.retired = False
         self._out: list[memoryview] = []
         self._out_ready = trio.Event()
 
@@ -244,6 +257,13 @@ class WorkerProcess:
         self._out.clear()
 
     # --- killing and reaping ---------------------------------------------------
+    def terminate(self) -> None:
+        """SIGTERM the worker's process group: a graceful cancel request to the job."""
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+        except OSError:
+            pass
+
     def kill(self) -> None:
         """SIGKILL the worker's process group (the worker and what its job spawned)."""
         if self.exitcode is not None:

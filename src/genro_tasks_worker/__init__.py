@@ -10,5 +10,6 @@ function.
 """
 
 from ._progress import report_progress as report_progress
+from ._protocol import CancelRequested as CancelRequested
 
-__all__ = ("report_progress",)
+__all__ = ("CancelRequested", "report_progress")

@@ -9,12 +9,14 @@ kills itself and everything it spawned the moment the parent process dies
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -25,10 +27,12 @@ from ._protocol import (
     DONE_OK,
     HEADER,
     HEADER_SIZE,
+    INIT_FAILED,
     MAX_BODY,
     PICKLE_PROTOCOL,
     READY,
     STARTED,
+    CancelRequested,
     ProtocolError,
     pack_header,
 )
@@ -118,14 +122,85 @@ def _error_body(exc: BaseException) -> bytes:
     return pickle.dumps((exc_bytes, _type_name(exc), message, tb_text), PICKLE_PROTOCOL)
 
 
+class _JobState:
+    """What the SIGTERM handler needs to know about the job in progress."""
+
+    in_job = False
+    trio_cancel: Callable[[], None] | None = None
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Graceful cancel: interrupt the running job (never the worker's own code)."""
+    if not _JobState.in_job:
+        return
+    cancel = _JobState.trio_cancel
+    if cancel is not None:
+        cancel()
+        return
+    _JobState.in_job = False
+    raise CancelRequested("the task was cancelled; clean up and return")
+
+
+def _call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Call the job; ``async def`` jobs run under ``trio.run`` (imported only then)."""
+    if not inspect.iscoroutinefunction(func):
+        return func(*args, **kwargs)
+    import trio
+
+    async def runner() -> Any:
+        with trio.CancelScope() as scope:
+            token = trio.lowlevel.current_trio_token()
+            _JobState.trio_cancel = lambda: token.run_sync_soon(scope.cancel)
+            try:
+                return await func(*args, **kwargs)
+            finally:
+                _JobState.trio_cancel = None
+        raise CancelRequested("the task was cancelled; its trio scope was cancelled")
+
+    return trio.run(runner)
+
+
+def _limit_memory(extra: int) -> tuple[int, int] | None:
+    """Cap the address space at its current size plus ``extra`` bytes."""
+    import resource
+
+    try:
+        with open("/proc/self/statm") as f:
+            current = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # pragma: no cover - no /proc
+        current = 0
+    old = resource.getrlimit(resource.RLIMIT_AS)
+    hard = old[1]
+    limit = current + extra
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    return old
+
+
+def _restore_memory(old: tuple[int, int] | None) -> None:
+    if old is not None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, old)
+
+
 def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payload: bytearray) -> None:
     sender.send(STARTED, seq)
     channel.begin(seq)
     _progress._activate(channel)
+    limits: tuple[int, int] | None = None
     try:
-        func, args, kwargs = pickle.loads(payload)
-        del payload
-        value: Any = func(*args, **kwargs)
+        try:
+            func, args, kwargs, memory_limit = pickle.loads(payload)
+            del payload
+            if memory_limit is not None:
+                limits = _limit_memory(memory_limit)
+            _JobState.in_job = True
+            value: Any = _call(func, args, kwargs)
+        finally:
+            _JobState.in_job = False
+            _restore_memory(limits)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task too
         _progress._activate(None)
         body = _error_body(exc)
@@ -158,13 +233,21 @@ def _take_fd(conn: Connection) -> int:
     return fd
 
 
-def main(job_conn: Connection, result_conn: Connection, alive_conn: Connection) -> None:
+def main(
+    job_conn: Connection,
+    result_conn: Connection,
+    alive_conn: Connection,
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple[Any, ...] = (),
+) -> None:
     """Entry point of a worker process (the target given to ``multiprocessing``).
 
     Args:
         job_conn: Read end of the pipe the parent sends JOB frames on.
         result_conn: Write end of the pipe this worker answers on.
         alive_conn: Read end of a pipe whose write end only the parent holds.
+        initializer: Called with ``initargs`` before the worker says READY.
+        initargs: Arguments for ``initializer``.
     """
     job_fd, result_fd, alive_fd = (_take_fd(conn) for conn in (job_conn, result_conn, alive_conn))
     try:
@@ -173,7 +256,14 @@ def main(job_conn: Connection, result_conn: Connection, alive_conn: Connection) 
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     threading.Thread(target=_die_with_parent, args=(alive_fd,), name="genro-tasks-watchdog", daemon=True).start()
+    signal.signal(signal.SIGTERM, _on_sigterm)
     sender = _Sender(result_fd)
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as exc:
+            sender.send(INIT_FAILED, os.getpid(), _error_body(exc))
+            os._exit(3)
     channel = _progress.ProgressChannel(sender.send_locked, sender.lock)
     sender.send(READY, os.getpid())
     while True:

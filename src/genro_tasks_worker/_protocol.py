@@ -32,11 +32,23 @@ PROGRESS: Final = 12
 DONE_OK: Final = 13
 DONE_ERROR: Final = 14
 DONE_BAD_RESULT: Final = 15
+INIT_FAILED: Final = 16
 
-WORKER_KINDS: Final = frozenset({READY, STARTED, PROGRESS, DONE_OK, DONE_ERROR, DONE_BAD_RESULT})
+WORKER_KINDS: Final = frozenset({READY, STARTED, PROGRESS, DONE_OK, DONE_ERROR, DONE_BAD_RESULT, INIT_FAILED})
 
 #: Pickle protocol used on both sides (out-of-band buffers are not used).
 PICKLE_PROTOCOL: Final = 5
+
+
+class CancelRequested(BaseException):
+    """Raised inside a job when the parent asks it to stop (graceful cancel).
+
+    It derives from BaseException, like KeyboardInterrupt, so a broad
+    ``except Exception`` in the job does not swallow it; ``finally`` blocks
+    and context managers run as usual. Clean up and let it propagate: the
+    task is then recorded CANCELLED. If the job does not end before the
+    grace period runs out, its worker is killed.
+    """
 
 
 class ProtocolError(Exception):

@@ -1,0 +1,114 @@
+"""One measurement per invocation, in a fresh process: prints one JSON line.
+
+    python benchmarks/_measure.py LIB METRIC [--size N] [--workers N] [--calls N] [--warmup N] [--timeout S]
+
+Output: ``{"ok": true, "values": {...}}`` or ``{"ok": false, "error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+BENCH_DIR = str(Path(__file__).resolve().parent)
+if BENCH_DIR not in sys.path:
+    sys.path.insert(0, BENCH_DIR)  # workers inherit sys.path and import bench_jobs from here
+
+# Workers of every library import this main module again (as __mp_main__): keep its
+# top level light, and import the libraries only inside the functions.
+if TYPE_CHECKING:
+    from _common import Numbers, Params, PoolOpener
+
+LIBS = ("genro_tasks", "trio_parallel", "anyio", "ppe", "pebble")
+POOL_METRICS = ("throughput", "roundtrip", "cancel", "startup", "echo", "status_truth")
+GENRO_METRICS = ("progress_flood", "progress_latency", "scale")
+
+
+def _opener(lib: str) -> PoolOpener:
+    if lib == "genro_tasks":
+        from _genro import open_genro
+
+        return open_genro
+    from _peers import OPENERS
+
+    return OPENERS[lib]  # type: ignore[no-any-return]
+
+
+def _coroutine(lib: str, metric: str, p: Params) -> Callable[[], Awaitable[Numbers]]:
+    if metric in POOL_METRICS:
+        import _metrics
+
+        func: Callable[[PoolOpener, Params], Awaitable[Numbers]] = getattr(_metrics, metric)
+        opener = _opener(lib)
+        return lambda: func(opener, p)
+    if lib == "genro_tasks" and metric in GENRO_METRICS:
+        import _genro
+
+        genro_func: Callable[[Params], Awaitable[Numbers]] = getattr(_genro, metric)
+        return lambda: genro_func(p)
+    if lib == "ppe" and metric == "scale":
+        from _peers import ppe_scale
+
+        return lambda: ppe_scale(p)
+    raise ValueError(f"no measurement {metric!r} for {lib!r}")
+
+
+def measure(lib: str, metric: str, p: Params, timeout: float) -> Numbers:
+    if lib == "raw":
+        if metric != "echo":
+            raise ValueError("raw only measures echo")
+        from _metrics import raw_pipe_echo
+
+        return raw_pipe_echo(p)
+    import trio
+
+    make = _coroutine(lib, metric, p)
+
+    async def body() -> Numbers:
+        with trio.fail_after(timeout):
+            return await make()
+
+    if lib == "anyio":
+        import anyio
+
+        return anyio.run(body, backend="trio")
+    return trio.run(body)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of the innermost exception (unwrapping single-exception groups)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("lib", choices=(*LIBS, "raw"))
+    parser.add_argument("metric", choices=(*POOL_METRICS, *GENRO_METRICS))
+    parser.add_argument("--size", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--timeout", type=float, default=280.0, help="in-process limit, seconds")
+    args = parser.parse_args()
+    from _common import Params
+
+    with tempfile.TemporaryDirectory(prefix="genro-bench-") as tmp:
+        p = Params(workers=args.workers, size=args.size, calls=args.calls, warmup=args.warmup, tmpdir=Path(tmp))
+        try:
+            values = measure(args.lib, args.metric, p, args.timeout)
+        except BaseException as exc:
+            print(json.dumps({"ok": False, "error": describe(exc)}), flush=True)
+            return 1
+    print(json.dumps({"ok": True, "values": values}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":  # workers (spawn, forkserver, anyio) import this module: keep the guard
+    sys.exit(main())

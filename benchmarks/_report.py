@@ -1,0 +1,217 @@
+"""Turn the raw rounds into medians, ratios and targets; write RESULTS.md, results.json, results.png."""
+
+from __future__ import annotations
+
+import datetime
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+LIBS = ("genro_tasks", "trio_parallel", "anyio", "ppe", "pebble")
+PEERS = LIBS[1:]
+GENRO = "genro_tasks"
+
+Raw = dict[str, dict[str, list[dict[str, Any]]]]
+#: key -> lib -> value name -> {"median", "min", "max", "n"}
+Summary = dict[str, dict[str, dict[str, dict[str, float]]]]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One row of the plan: a results key, the _measure.py metric, its libraries and arguments."""
+
+    key: str
+    metric: str
+    libs: tuple[str, ...]
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    key: str
+    value: str
+    title: str
+    unit: str
+    higher_better: bool
+    mult: float = 1.0
+
+
+TABLES = (
+    Table("throughput", "tps", "Throughput: {throughput:,} trivial tasks submitted at once, all awaited", "tasks/s", True),
+    Table("roundtrip", "median_us", "Sequential round trip: one trivial task at a time, median per call", "µs", False),
+    Table("cancel", "cancel_ms", "Cancel latency: both workers busy, cancel request until the call returns", "ms", False),
+    Table("cancel", "restore_ms", "Capacity restore: cancel request until two new trivial jobs completed", "ms", False),
+    Table("cancel", "worker_gone_ms", "Cancelled job's worker process exited, from the cancel request", "ms", False),
+    Table("startup_2", "ready_ms", "Startup until ready, 2 workers (one trivial job per worker completed)", "ms", False),
+    Table("startup_8", "ready_ms", "Startup until ready, 8 workers (one trivial job per worker completed)", "ms", False),
+    Table("echo", "echo_s", "{echo_mib:g} MiB bytes argument echoed back by the job", "ms", False, 1e3),
+    Table("scale_big", "bytes_per_task", "Parent memory per queued task, {scale_big:,} queued", "bytes", False),
+    Table("scale_big", "drain_tps", "Draining {scale_big:,} queued trivial tasks", "tasks/s", True),
+    Table("scale_small", "drain_tps", "Draining {scale_small:,} queued trivial tasks", "tasks/s", True),
+)
+
+REASONS = {
+    ("cancel", "ppe"): "cannot: a running ProcessPoolExecutor future cannot be cancelled",
+    ("status_truth", "trio_parallel"): "n/a: exposes no job state",
+    ("status_truth", "anyio"): "n/a: exposes no job state",
+}
+
+HOW_DRIVEN = {
+    GENRO: ("TaskManager(max_workers=2): submit / result / run / cancel / watch", "forkserver"),
+    "trio_parallel": ("open_worker_context(idle_timeout=inf).run_sync(kill_on_cancel=True), CapacityLimiter", "spawn"),
+    "anyio": ("anyio.to_process.run_sync(cancellable=True), backend trio, CapacityLimiter", "subprocess"),
+    "ppe": ("ProcessPoolExecutor(max_workers=2), futures awaited via done-callback + trio.Event", "default"),
+    "pebble": ("pebble.ProcessPool(max_workers=2), futures as ppe; future.cancel() kills", "default"),
+}
+
+DISTS = {GENRO: "genro-tasks", "trio": "trio", "trio_parallel": "trio-parallel", "anyio": "anyio"}
+DISTS.update(pebble="Pebble", matplotlib="matplotlib")
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name, dist in DISTS.items():
+        try:
+            versions[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "python": sys.version.split()[0],
+        "os": platform.platform(),
+        "load_before": list(os.getloadavg()),
+        "versions": versions,
+        "default_start_method": multiprocessing.get_context().get_start_method(),
+    }
+
+
+def summarize(raw: Raw) -> Summary:
+    out: Summary = {}
+    for key, libs in raw.items():
+        for lib, rounds in libs.items():
+            values: dict[str, list[float]] = {}
+            for r in rounds:
+                for name, v in (r.get("values") or {}).items():
+                    values.setdefault(name, []).append(float(v))
+            out.setdefault(key, {})[lib] = {
+                name: {"median": statistics.median(vs), "min": min(vs), "max": max(vs), "n": len(vs)}
+                for name, vs in values.items()
+            }
+    return out
+
+
+def median(s: Summary, key: str, lib: str, value: str) -> float | None:
+    stat = s.get(key, {}).get(lib, {}).get(value)
+    return None if stat is None else stat["median"]
+
+
+def num(v: float) -> str:
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3g}"
+
+
+def advantage(t: Table, genro: float, peer: float) -> float:
+    """How many times better genro_tasks is than the peer (> 1: genro_tasks better)."""
+    if genro <= 0 or peer <= 0:
+        return float("nan")
+    return genro / peer if t.higher_better else peer / genro
+
+
+def errors_of(raw: Raw, key: str, lib: str) -> str:
+    rounds = raw.get(key, {}).get(lib, [])
+    errs = [r["error"] for r in rounds if not r.get("ok")]
+    if not errs:
+        return ""
+    return f"error in {len(errs)} of {len(rounds)} rounds: {errs[0]}"
+
+
+def leftovers(raw: Raw) -> list[str]:
+    return [
+        f"{key} / {lib}: {r['leftover_processes']} process(es) left after the measurement (killed)"
+        for key, libs in raw.items()
+        for lib, rounds in libs.items()
+        for r in rounds
+        if r.get("leftover_processes")
+    ]
+
+
+TargetRow = tuple[str, bool | None, str]
+
+
+def _row(name: str, values: tuple[float | None, ...], test: Callable[..., bool], show: Callable[..., str]) -> TargetRow:
+    if any(v is None for v in values):
+        return (name, None, "not measured")
+    return (name, test(*values), show(*values))
+
+
+def target_rows(s: Summary) -> list[TargetRow]:
+    """(target, passed or None if not measured, the numbers) for genro_tasks, all from this run."""
+    peers = {p: v for p in PEERS if (v := median(s, "throughput", p, "tps")) is not None}
+    best = max(peers, key=lambda p: peers[p]) if peers else ""
+    rows = [
+        _row(
+            "Throughput >= 2x the best peer",
+            (median(s, "throughput", GENRO, "tps"), peers.get(best)),
+            lambda g, b: g >= 2 * b,
+            lambda g, b: f"{num(g)} tasks/s vs {best} {num(b)} ({g / b:.2f}x)",
+        ),
+        _row(
+            "Sequential round trip <= 0.6x trio_parallel's",
+            (median(s, "roundtrip", GENRO, "median_us"), median(s, "roundtrip", "trio_parallel", "median_us")),
+            lambda g, t: g <= 0.6 * t,
+            lambda g, t: f"{num(g)} µs vs {num(t)} µs ({g / t:.2f}x)",
+        ),
+    ]
+    for name, key, value, limit, unit in (
+        ("Cancel -> CANCELLED <= 5 ms median", "cancel", "cancel_ms", 5.0, "ms"),
+        ("Capacity restored <= 25 ms median", "cancel", "restore_ms", 25.0, "ms"),
+        ("Progress flood overhead <= 0.5 s", "progress_flood", "overhead_s", 0.5, "s"),
+    ):
+        rows.append(_row(name, (median(s, key, GENRO, value),), lambda v, lim=limit: v <= lim, lambda v, u=unit: f"{num(v)} {u}"))
+    rows += [
+        _row(
+            "Big-payload round trip <= 2x the raw pipe time",
+            (median(s, "echo", GENRO, "echo_s"), median(s, "echo", "raw", "echo_s")),
+            lambda g, r: g <= 2 * r,
+            lambda g, r: f"{num(g * 1e3)} ms vs raw pipe {num(r * 1e3)} ms ({g / r:.2f}x)",
+        ),
+        _row(
+            "Parent memory <= 2 KiB per queued task",
+            (median(s, "scale_big", GENRO, "bytes_per_task"),),
+            lambda v: v <= 2048,
+            lambda v: f"{num(v)} bytes per task",
+        ),
+        _row(
+            "Throughput with many queued within 15% of 1k queued",
+            (median(s, "scale_big", GENRO, "drain_tps"), median(s, "scale_small", GENRO, "drain_tps")),
+            lambda big, small: big >= 0.85 * small,
+            lambda big, small: f"{num(big)} vs {num(small)} tasks/s ({big / small:.2f}x)",
+        ),
+    ]
+    return rows
