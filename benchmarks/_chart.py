@@ -10,8 +10,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-from _report import GENRO, PEERS, TABLES, Summary, advantage, median  # noqa: E402
+import matplotlib.pyplot as plt
+
+from _report import GENRO, PEERS, REASONS, TABLES, Summary, advantage, median
 
 LABELS = {
     ("throughput", "tps"): "throughput",
@@ -29,7 +30,11 @@ LABELS = {
 
 
 def write_chart(path: Path, s: Summary, meta: dict[str, Any]) -> None:
-    tables = [t for t in TABLES if median(s, t.key, GENRO, t.value) is not None]
+    tables = [
+        t
+        for t in TABLES
+        if median(s, t.key, GENRO, t.value) is not None and any(median(s, t.key, p, t.value) for p in PEERS)
+    ]
     fig, ax = plt.subplots(figsize=(max(8.0, 1.25 * len(tables) + 2), 5.5))
     width = 0.8 / len(PEERS)
     for i, peer in enumerate(PEERS):
@@ -40,12 +45,16 @@ def write_chart(path: Path, s: Summary, meta: dict[str, Any]) -> None:
             if genro is not None and other is not None and math.isfinite(adv := advantage(t, genro, other)):
                 xs.append(j - 0.4 + width * (i + 0.5))
                 ys.append(adv)
+            else:  # cannot, n/a or error: say so where the bar would be
+                word = REASONS.get((t.key, peer), "n/a").split(":")[0]
+                x = j - 0.4 + width * (i + 0.5)
+                ax.text(x, 1.05, word, fontsize=6, rotation=90, ha="center", va="bottom", color="gray")
         bars = ax.bar(xs, ys, width, label=peer)
         ax.bar_label(bars, labels=[f"{y:.2g}" for y in ys], fontsize=6, rotation=90, padding=2)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
     ax.set_xticks(range(len(tables)), [LABELS.get((t.key, t.value), t.key) for t in tables], fontsize=8)
-    ax.set_ylabel("genro_tasks advantage (×, log scale)\n> 1: genro_tasks better, < 1: the peer is better")
+    ax.set_ylabel("genro_tasks advantage (x, log scale)\n> 1: genro_tasks better, < 1: the peer is better")
     ax.set_title(
         f"genro_tasks vs peers, medians of {meta['rounds']} interleaved round(s), {meta['mode']} run, {meta['date']}",
         fontsize=10,

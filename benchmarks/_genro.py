@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import statistics
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
@@ -11,10 +12,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import bench_jobs
 import trio
-from _common import Job, Numbers, Params, Pool, call_many, now
 
+import bench_jobs
+from _common import Job, Numbers, Params, Pool, call_many, now
 from genro_tasks import TaskManager, TaskStatus
 
 
@@ -85,10 +86,9 @@ async def progress_flood(p: Params) -> Numbers:
     async with TaskManager(max_workers=p.workers) as tm:
         for name, fn in (("without", bench_jobs.plain_loop), ("with", bench_jobs.progress_flood)):
             t0 = now()
-            tid = tm.submit(fn, p.size)
-            await tm.result(tid)
+            await tm.run(fn, p.size, task_id=name)
             out[f"wall_{name}_s"] = now() - t0
-            info = await tm.info(tid)
+            info = await tm.info(name)
             out[f"{name}_s"] = _span(info.started_at, info.completed_at)
     out["overhead_s"] = out["with_s"] - out["without_s"]
     out["wall_overhead_s"] = out["wall_with_s"] - out["wall_without_s"]
@@ -111,25 +111,33 @@ async def progress_latency(p: Params) -> Numbers:
 
 
 async def scale(p: Params) -> Numbers:
-    """p.size trivial tasks queued at once: parent memory per queued task, then drain rate."""
+    """p.size trivial tasks queued at once: parent memory per queued task, then the drain rate.
+
+    The first batch is submitted under tracemalloc (stopped before the drain);
+    p.repeat batches in all are drained and timed, and the median rate is reported.
+    """
     n = p.size
+    rates: list[float] = []
+    per_task = 0.0
     async with open_genro(p.workers) as pool:
         assert isinstance(pool, GenroPool)
         tm = pool.tm
         await call_many(pool, bench_jobs.double, [(i,) for i in range(p.workers)])
-        gc.collect()
-        tracemalloc.start()
-        before = tracemalloc.get_traced_memory()[0]
-        t_sub = now()
-        ids = [tm.submit(bench_jobs.double, i) for i in range(n)]  # no checkpoint: nothing runs yet
-        t_sub = now() - t_sub
-        after = tracemalloc.get_traced_memory()[0]
-        tracemalloc.stop()
-        t0 = now()
-        total = 0
-        for tid in ids:
-            total += await tm.result(tid)
-        elapsed = now() - t0
-    if total != n * (n - 1):
-        raise RuntimeError("wrong results")
-    return {"bytes_per_task": (after - before) / n, "drain_tps": n / elapsed, "drain_s": elapsed, "submit_s": t_sub}
+        for batch in range(p.repeat):
+            tm.clear_completed()
+            gc.collect()
+            if batch == 0:
+                tracemalloc.start()
+                before = tracemalloc.get_traced_memory()[0]
+            ids = [tm.submit(bench_jobs.double, i) for i in range(n)]  # no checkpoint: nothing runs yet
+            if batch == 0:
+                per_task = (tracemalloc.get_traced_memory()[0] - before) / n
+                tracemalloc.stop()
+            t0 = now()
+            total = 0
+            for tid in ids:
+                total += await tm.result(tid)
+            rates.append(n / (now() - t0))
+            if total != n * (n - 1):
+                raise RuntimeError("wrong results")
+    return {"bytes_per_task": per_task, "drain_tps": statistics.median(rates), "batches": float(len(rates))}

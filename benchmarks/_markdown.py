@@ -8,6 +8,7 @@ from _report import (
     GENRO,
     HOW_DRIVEN,
     LIBS,
+    NOTES,
     REASONS,
     TABLES,
     Raw,
@@ -15,24 +16,27 @@ from _report import (
     Summary,
     Table,
     TargetRow,
+    advantage,
     errors_of,
     leftovers,
-    advantage,
     median,
     num,
 )
 
 
 def _cell(stat: dict[str, float], mult: float) -> tuple[str, str]:
-    return num(stat["median"] * mult), f"{num(stat['min'] * mult)} – {num(stat['max'] * mult)}"
+    return num(stat["median"] * mult), f"{num(stat['min'] * mult)} - {num(stat['max'] * mult)}"
 
 
 def _lib_table(t: Table, params: dict[str, Any], plan: dict[str, Spec], raw: Raw, s: Summary) -> list[str]:
     better = "higher is better" if t.higher_better else "lower is better"
-    lines = [f"### {t.title.format(**params)}", "", f"Unit: {t.unit}, {better}. Ratio = library / genro_tasks; "
-             "advantage = how many times better genro_tasks is (> 1: genro_tasks better).", ""]  # fmt: skip
+    about = (
+        f"Unit: {t.unit}, {better}. Ratio = library / genro_tasks; advantage = how many times better "
+        f"genro_tasks is (> 1: genro_tasks better). {NOTES.get((t.key, t.value), '').format(**params)}"
+    )
+    lines = [f"### {t.title.format(**params)}", "", about.strip(), ""]
     extra = t.key == "echo"
-    head = "| library | median | min – max | rounds | ratio | genro_tasks advantage |"
+    head = "| library | median | min - max | rounds | ratio | genro_tasks advantage |"
     lines += [head + (" vs raw pipe |" if extra else ""), "|---" * (7 if extra else 6) + "|"]
     genro = median(s, t.key, GENRO, t.value)
     raw_pipe = median(s, t.key, "raw", t.value) if extra else None
@@ -40,27 +44,27 @@ def _lib_table(t: Table, params: dict[str, Any], plan: dict[str, Spec], raw: Raw
         stat = s.get(t.key, {}).get(lib, {}).get(t.value)
         spec = plan.get(t.key)
         if spec is None or lib not in spec.libs:
-            reason = REASONS.get((t.key, lib), "n/a (not measured for this library)")
-            lines.append(f"| {lib} | {reason} | | | | |" + (" |" if extra else ""))
+            if (reason := REASONS.get((t.key, lib))) is not None:
+                lines.append(f"| {lib} | {reason} | | | | |" + (" |" if extra else ""))
             continue
         if stat is None:
             lines.append(f"| {lib} | {errors_of(raw, t.key, lib) or 'no data'} | | | | |" + (" |" if extra else ""))
             continue
         med, rng = _cell(stat, t.mult)
-        ratio = adv = "–"
+        ratio = adv = "-"
         if genro is not None and lib not in (GENRO, "raw"):
             ratio = f"{stat['median'] / genro:.2f}"
-            adv = f"{advantage(t, genro, stat['median']):.2f}×"
+            adv = f"{advantage(t, genro, stat['median']):.2f}x"
         row = f"| {lib} | {med} | {rng} | {stat['n']:.0f} | {ratio} | {adv} |"
         if extra:
-            row += f" {stat['median'] / raw_pipe:.2f}× |" if raw_pipe else " – |"
+            row += f" {stat['median'] / raw_pipe:.2f}x |" if raw_pipe else " - |"
         note = errors_of(raw, t.key, lib)
         lines.append(row + (f" ({note})" if note else ""))
     return [*lines, ""]
 
 
 def _genro_table(title: str, rows: list[tuple[str, str, str]], s: Summary, raw: Raw) -> list[str]:
-    lines = [f"### {title}", "", "| measurement | median | min – max |", "|---|---|---|"]
+    lines = [f"### {title}", "", "| measurement | median | min - max |", "|---|---|---|"]
     for label, key, value in rows:
         stat = s.get(key, {}).get(GENRO, {}).get(value)
         if stat is None:
@@ -78,7 +82,7 @@ def _status_table(s: Summary, raw: Raw) -> list[str]:
         "Truth: 2 are running. Closer to 2 is better (genro_tasks: status RUNNING; ppe and pebble: "
         "`future.running()`).",
         "",
-        "| library | reported running (median) | min – max |",
+        "| library | reported running (median) | min - max |",
         "|---|---|---|",
     ]
     for lib in LIBS:
@@ -88,7 +92,7 @@ def _status_table(s: Summary, raw: Raw) -> list[str]:
         elif stat is None:
             lines.append(f"| {lib} | {errors_of(raw, 'status_truth', lib) or 'no data'} | |")
         else:
-            lines.append(f"| {lib} | {stat['median']:.0f} | {stat['min']:.0f} – {stat['max']:.0f} |")
+            lines.append(f"| {lib} | {stat['median']:.0f} | {stat['min']:.0f} - {stat['max']:.0f} |")
     return [*lines, ""]
 
 
@@ -115,7 +119,8 @@ def _header(meta: dict[str, Any]) -> list[str]:
         how, start = HOW_DRIVEN[lib]
         if start == "default":
             start = f"multiprocessing default ({meta['default_start_method']})"
-        lines.append(f"| {lib} | {v.get(lib, '?')} | {how} | {start} |")
+        version = v.get(lib, f"stdlib (Python {meta['python']})")
+        lines.append(f"| {lib} | {version} | {how} | {start} |")
     lines += [
         "",
         f"trio {v.get('trio')}, matplotlib {v.get('matplotlib')}.",
@@ -124,14 +129,14 @@ def _header(meta: dict[str, Any]) -> list[str]:
         "",
         "* Every measurement runs in a fresh process (`benchmarks/_measure.py LIB METRIC`), with a timeout.",
         "* Rounds are interleaved: for each round, for each metric, for each library (the library order "
-        "rotates between rounds). Each number is the median over the rounds, with the min – max.",
+        "rotates between rounds). Each number is the median over the rounds, with the min - max.",
         "* Every library gets 2 workers (capacity 2) and the same job functions (`benchmarks/bench_jobs.py`). "
         "Pool start-up is excluded except in the start-up tables: workers are warmed with one trivial job each.",
         "* Cancel: both workers run `sleep(60)`; the job to cancel is running (genro_tasks: status RUNNING "
         "seen via `watch`; peers: the job's marker file exists) and inside its sleep. genro_tasks: until "
         "`await tm.cancel()` returns (CANCELLED recorded); trio_parallel / anyio: cancel the scope around "
         "`run_sync`, until it returns; pebble: `future.cancel()`, until the future is done (pebble marks it "
-        "cancelled at once and kills the worker later, see \"worker process exited\").",
+        'cancelled at once and kills the worker later, see "worker process exited").',
         "",
         "## Results",
         "",
@@ -159,7 +164,7 @@ def markdown(
         [
             ("loop without the call, RUNNING → COMPLETED, s", "progress_flood", "without_s"),
             ("loop with the call, RUNNING → COMPLETED, s", "progress_flood", "with_s"),
-            ("overhead (with − without), s", "progress_flood", "overhead_s"),
+            ("overhead (with - without), s", "progress_flood", "overhead_s"),
             ("overhead measured on `tm.run` wall time, s", "progress_flood", "wall_overhead_s"),
             ("progress latency: reported in the worker → seen via `tm.watch`, ms", "progress_latency", "latency_ms"),
         ],

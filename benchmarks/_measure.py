@@ -1,6 +1,7 @@
 """One measurement per invocation, in a fresh process: prints one JSON line.
 
-    python benchmarks/_measure.py LIB METRIC [--size N] [--workers N] [--calls N] [--warmup N] [--timeout S]
+    python benchmarks/_measure.py LIB METRIC [--size N] [--workers N] [--calls N] [--warmup N]
+                                             [--repeat N] [--timeout S]
 
 Output: ``{"ok": true, "values": {...}}`` or ``{"ok": false, "error": "..."}``.
 """
@@ -36,7 +37,7 @@ def _opener(lib: str) -> PoolOpener:
         return open_genro
     from _peers import OPENERS
 
-    return OPENERS[lib]  # type: ignore[no-any-return]
+    return OPENERS[lib]
 
 
 def _coroutine(lib: str, metric: str, p: Params) -> Callable[[], Awaitable[Numbers]]:
@@ -95,12 +96,13 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=1, help="scale: batches to drain (median rate)")
     parser.add_argument("--timeout", type=float, default=280.0, help="in-process limit, seconds")
     args = parser.parse_args()
     from _common import Params
 
     with tempfile.TemporaryDirectory(prefix="genro-bench-") as tmp:
-        p = Params(workers=args.workers, size=args.size, calls=args.calls, warmup=args.warmup, tmpdir=Path(tmp))
+        p = Params(args.workers, args.size, args.calls, args.warmup, args.repeat, Path(tmp))
         try:
             values = measure(args.lib, args.metric, p, args.timeout)
         except BaseException as exc:

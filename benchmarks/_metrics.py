@@ -11,9 +11,10 @@ import statistics
 import subprocess
 import sys
 
-import bench_jobs
 import trio
-from _common import Numbers, Params, Pool, PoolOpener, call_many, now, process_gone, read_pid, wait_for_file
+
+import bench_jobs
+from _common import Numbers, Params, Pool, PoolOpener, call_many, now, read_pid, wait_for_file, wait_gone
 
 #: How long the "long" jobs of the cancel scenario sleep.
 LONG_JOB_S = 60.0
@@ -66,11 +67,12 @@ async def cancel(opener: PoolOpener, p: Params) -> Numbers:
             await wait_for_file(marker)  # and the job really is inside its sleep, for every library alike
         pid = read_pid(victim_marker)
         gone_at: list[float] = []
+        gone = trio.Event()
 
         async def watch_pid() -> None:
-            while not process_gone(pid):
-                await trio.sleep(0.001)
+            await wait_gone(pid)
             gone_at.append(now())
+            gone.set()
 
         async with trio.open_nursery() as nursery:
             t0 = now()
@@ -80,8 +82,7 @@ async def cancel(opener: PoolOpener, p: Params) -> Numbers:
             values = await call_many(pool, bench_jobs.double, [(1,), (2,)])
             t2 = now()
             with trio.fail_after(30):
-                while not gone_at:
-                    await trio.sleep(0.001)
+                await gone.wait()
         if values != [2, 4]:
             raise RuntimeError("wrong results")
     return {"cancel_ms": (t1 - t0) * 1e3, "restore_ms": (t2 - t0) * 1e3, "worker_gone_ms": (gone_at[0] - t0) * 1e3}
@@ -139,7 +140,8 @@ def raw_pipe_echo(p: Params) -> Numbers:
     with subprocess.Popen(
         [sys.executable, "-c", _RAW_CHILD, str(p.size)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     ) as proc:
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdin is not None
+        assert proc.stdout is not None
         if proc.stdout.read(1) != b"R":
             raise RuntimeError("raw child did not start")
         t0 = now()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import math
+import statistics
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -22,11 +23,12 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.to_process
-import bench_jobs
 import pebble
 import trio
 import trio_parallel
-from _common import FutureJob, Job, Numbers, Params, Pool, call_many, now, wait_for_file
+
+import bench_jobs
+from _common import FutureJob, Job, Numbers, Params, Pool, PoolOpener, call_many, now, wait_for_file
 
 _CANCELLED: Any = object()
 
@@ -176,35 +178,40 @@ async def open_pebble(workers: int) -> AsyncIterator[Pool]:
     try:
         yield FuturePool(submit, can_cancel=True)
     finally:
-        pool.stop()  # stops the workers, running jobs included
+        pool.stop()  # type: ignore[no-untyped-call]  # stops the workers, running jobs included
         pool.join(timeout=30)
 
 
 async def ppe_scale(p: Params) -> Numbers:
     """Reference for genro's scale metric: p.size futures queued at once on a ProcessPoolExecutor."""
     n = p.size
+    rates: list[float] = []
+    per_task = 0.0
     async with open_ppe(p.workers) as pool:
         assert isinstance(pool, FuturePool)
         await call_many(pool, bench_jobs.double, [(i,) for i in range(p.workers)])
-        gc.collect()
-        tracemalloc.start()
-        before = tracemalloc.get_traced_memory()[0]
-        jobs = [FutureJob(pool.submit(bench_jobs.double, i)) for i in range(n)]
-        after = tracemalloc.get_traced_memory()[0]
-        tracemalloc.stop()
-        # The executor's own thread starts working during the submits: count only what is left.
-        t0 = now()
-        left = sum(not job.fut.done() for job in jobs)
-        total = 0
-        for job in jobs:
-            total += await job.result()
-        elapsed = now() - t0
-    if total != n * (n - 1):
-        raise RuntimeError("wrong results")
-    return {"bytes_per_task": (after - before) / n, "drain_tps": left / elapsed, "drain_s": elapsed, "left": left}
+        for batch in range(p.repeat):
+            gc.collect()
+            if batch == 0:
+                tracemalloc.start()
+                before = tracemalloc.get_traced_memory()[0]
+            jobs = [FutureJob(pool.submit(bench_jobs.double, i)) for i in range(n)]
+            if batch == 0:
+                per_task = (tracemalloc.get_traced_memory()[0] - before) / n
+                tracemalloc.stop()
+            # The executor's own thread starts working during the submits: count only what is left.
+            t0 = now()
+            left = sum(not job.fut.done() for job in jobs)
+            total = 0
+            for job in jobs:
+                total += await job.result()
+            rates.append(left / (now() - t0))
+            if total != n * (n - 1):
+                raise RuntimeError("wrong results")
+    return {"bytes_per_task": per_task, "drain_tps": statistics.median(rates), "batches": float(len(rates))}
 
 
-OPENERS: dict[str, Callable[[int], Any]] = {
+OPENERS: dict[str, PoolOpener] = {
     "trio_parallel": open_trio_parallel,
     "anyio": open_anyio,
     "ppe": open_ppe,

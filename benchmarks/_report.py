@@ -8,9 +8,9 @@ import os
 import platform
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,24 +43,34 @@ class Table:
     mult: float = 1.0
 
 
+HI, LO = True, False  # higher / lower is better
+
 TABLES = (
-    Table("throughput", "tps", "Throughput: {throughput:,} trivial tasks submitted at once, all awaited", "tasks/s", True),
-    Table("roundtrip", "median_us", "Sequential round trip: one trivial task at a time, median per call", "µs", False),
-    Table("cancel", "cancel_ms", "Cancel latency: both workers busy, cancel request until the call returns", "ms", False),
-    Table("cancel", "restore_ms", "Capacity restore: cancel request until two new trivial jobs completed", "ms", False),
-    Table("cancel", "worker_gone_ms", "Cancelled job's worker process exited, from the cancel request", "ms", False),
-    Table("startup_2", "ready_ms", "Startup until ready, 2 workers (one trivial job per worker completed)", "ms", False),
-    Table("startup_8", "ready_ms", "Startup until ready, 8 workers (one trivial job per worker completed)", "ms", False),
-    Table("echo", "echo_s", "{echo_mib:g} MiB bytes argument echoed back by the job", "ms", False, 1e3),
-    Table("scale_big", "bytes_per_task", "Parent memory per queued task, {scale_big:,} queued", "bytes", False),
-    Table("scale_big", "drain_tps", "Draining {scale_big:,} queued trivial tasks", "tasks/s", True),
-    Table("scale_small", "drain_tps", "Draining {scale_small:,} queued trivial tasks", "tasks/s", True),
+    Table("throughput", "tps", "Throughput: {throughput:,} trivial tasks submitted at once, awaited", "tasks/s", HI),
+    Table("roundtrip", "median_us", "Sequential round trip: one trivial task at a time, median per call", "µs", LO),
+    Table("cancel", "cancel_ms", "Cancel latency: both workers busy, cancel request until the call returns", "ms", LO),
+    Table("cancel", "restore_ms", "Capacity restore: cancel request until two new trivial jobs completed", "ms", LO),
+    Table("cancel", "worker_gone_ms", "Cancelled job's worker process exited, from the cancel request", "ms", LO),
+    Table("startup_2", "ready_ms", "Startup until ready, 2 workers (one trivial job per worker completed)", "ms", LO),
+    Table("startup_8", "ready_ms", "Startup until ready, 8 workers (one trivial job per worker completed)", "ms", LO),
+    Table("echo", "echo_s", "{echo_mib:g} MiB bytes argument echoed back by the job", "ms", LO, 1e3),
+    Table("scale_big", "bytes_per_task", "Parent memory per queued task, {scale_big:,} queued", "bytes", LO),
+    Table("scale_big", "drain_tps", "Draining {scale_big:,} queued trivial tasks", "tasks/s", HI),
+    Table("scale_small", "drain_tps", "Draining {scale_small:,} queued trivial tasks", "tasks/s", HI),
 )
 
 REASONS = {
     ("cancel", "ppe"): "cannot: a running ProcessPoolExecutor future cannot be cancelled",
     ("status_truth", "trio_parallel"): "n/a: exposes no job state",
     ("status_truth", "anyio"): "n/a: exposes no job state",
+}
+#: Notes shown under some tables.
+_REF = "genro_tasks, with ppe as a reference (not in --tiny)."
+NOTES = {
+    ("scale_big", "bytes_per_task"): f"{_REF} tracemalloc growth over the submits, divided by the task count.",
+    ("scale_big", "drain_tps"): f"{_REF} From the last submit until every result is in (ppe: jobs still queued).",
+    ("scale_small", "drain_tps"): f"{_REF} Median of {{scale_repeat}} batches per round.",
+    ("cancel", "cancel_ms"): "pebble's future is marked cancelled at once; its worker is killed later (see below).",
 }
 
 HOW_DRIVEN = {
@@ -193,7 +203,8 @@ def target_rows(s: Summary) -> list[TargetRow]:
         ("Capacity restored <= 25 ms median", "cancel", "restore_ms", 25.0, "ms"),
         ("Progress flood overhead <= 0.5 s", "progress_flood", "overhead_s", 0.5, "s"),
     ):
-        rows.append(_row(name, (median(s, key, GENRO, value),), lambda v, lim=limit: v <= lim, lambda v, u=unit: f"{num(v)} {u}"))
+        v = median(s, key, GENRO, value)
+        rows.append((name, None if v is None else v <= limit, "not measured" if v is None else f"{num(v)} {unit}"))
     rows += [
         _row(
             "Big-payload round trip <= 2x the raw pipe time",

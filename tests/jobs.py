@@ -171,3 +171,91 @@ def progress_and_block(seconds: float) -> None:
 
 def bad_progress(value: Any) -> None:
     report_progress(value)
+
+
+_initialised: list[str] = []
+
+
+def init_worker(tag: str) -> None:
+    _initialised.append(tag)
+
+
+def init_tag() -> list[str]:
+    return list(_initialised)
+
+
+def init_unless_marker(marker: str) -> None:
+    if os.path.exists(marker):
+        raise RuntimeError(f"refusing to start: {marker} exists")
+
+
+def init_always_fails() -> None:
+    raise ValueError("database unreachable")
+
+
+def cleanup_on_cancel(path: str) -> str:
+    """Create a temp file, and remove it however the job ends."""
+    with open(path, "w") as f:
+        f.write("partial")
+    try:
+        report_progress(0.0, "file created")
+        time.sleep(3600)
+        return "finished"
+    finally:
+        os.remove(path)
+
+
+def ignore_cancel(seconds: float) -> str:
+    from genro_tasks_worker import CancelRequested
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            report_progress(0.0, "stubborn")
+            while time.monotonic() < deadline:
+                time.sleep(deadline - time.monotonic())
+            return "ignored"
+        except CancelRequested:
+            continue
+
+
+def return_on_cancel() -> str:
+    from genro_tasks_worker import CancelRequested
+
+    try:
+        report_progress(0.0, "waiting")
+        time.sleep(3600)
+    except CancelRequested:
+        return "partial result"
+    return "full result"
+
+
+def allocate(megabytes: int) -> int:
+    block = bytearray(megabytes * 1024 * 1024)
+    return len(block)
+
+
+async def async_job(n: int, delay: float) -> int:
+    import trio
+
+    for i in range(n):
+        await trio.sleep(delay)
+        report_progress((i + 1) / n, f"async step {i + 1}")
+    return n * 10
+
+
+async def async_cleanup(path: str) -> str:
+    import trio
+
+    with open(path, "w") as f:  # noqa: ASYNC230 - a tiny local file
+        f.write("partial")
+    try:
+        report_progress(0.0, "file created")
+        await trio.sleep(3600)
+        return "finished"
+    finally:
+        os.remove(path)
+
+
+async def async_trio_loaded() -> bool:
+    return "trio" in sys.modules

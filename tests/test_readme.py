@@ -29,3 +29,16 @@ async def test_quickstart_runs(tmp_path: Path) -> None:
     assert "result: 20" in out
     assert "cancelled: True cancelled" in out
     assert "run: 3" in out
+
+
+async def test_graceful_cancel_example_runs() -> None:
+    example = README.parent / "examples" / "graceful_cancel.py"
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [sys.executable, str(example)], capture_stdout=True, capture_stderr=True, stdin=subprocess.DEVNULL
+        )
+    out = result.stdout.decode()
+    assert result.returncode == 0, out + result.stderr.decode()
+    assert "files while rendering: ['tmp" in out
+    assert "cancelled: True cancelled" in out
+    assert "files after cancel: []" in out

@@ -13,9 +13,9 @@ import pickle
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import trio
 
@@ -466,6 +466,20 @@ class TaskManager:
         await rec.wait_done()
         return rec.status is TaskStatus.CANCELLED
 
+    @overload
+    async def run(
+        self,
+        func: Callable[..., Awaitable[T]],
+        *args: Any,
+        task_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        memory_limit: int | None = None,
+        **kwargs: Any,
+    ) -> T: ...
+
+    @overload
     async def run(
         self,
         func: Callable[..., T],
@@ -473,8 +487,22 @@ class TaskManager:
         task_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         timeout: float | None = None,
+        priority: int = 0,
+        memory_limit: int | None = None,
         **kwargs: Any,
-    ) -> T:
+    ) -> T: ...
+
+    async def run(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        task_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        memory_limit: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Submit ``func(*args, **kwargs)`` and wait for its result, in one call.
 
         Takes the same arguments as :meth:`submit` and returns or raises as
@@ -484,7 +512,16 @@ class TaskManager:
         hard-cancelled: its worker is killed and reaped, and the task is
         recorded CANCELLED, before ``run`` lets the cancellation through.
         """
-        tid = self.submit(func, *args, task_id=task_id, metadata=metadata, timeout=timeout, **kwargs)
+        tid = self.submit(
+            func,
+            *args,
+            task_id=task_id,
+            metadata=metadata,
+            timeout=timeout,
+            priority=priority,
+            memory_limit=memory_limit,
+            **kwargs,
+        )
         rec = self._records[tid]
         try:
             await rec.wait_done()
@@ -493,7 +530,7 @@ class TaskManager:
                 with trio.CancelScope(shield=True), trio.move_on_after(_CANCEL_LIMIT):
                     self._sup.cancel(rec)
                     await rec.wait_done()
-        return rec.outcome()  # type: ignore[no-any-return]
+        return rec.outcome()
 
     def list_tasks(self, status: TaskStatus | None = None) -> list[TaskInfo]:
         """Return snapshots of all tracked tasks, oldest first, optionally of one status."""

@@ -12,4 +12,6 @@ function.
 from ._progress import report_progress as report_progress
 from ._protocol import CancelRequested as CancelRequested
 
+CancelRequested.__module__ = __name__  # its public home, in messages and pickles
+
 __all__ = ("CancelRequested", "report_progress")
