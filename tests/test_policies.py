@@ -58,15 +58,18 @@ async def test_bounded_retention_forgets_oldest_finished() -> None:
 
 async def test_retention_never_drops_unfinished() -> None:
     async with TaskManager(1, max_finished=1) as tm:
+        with trio.fail_after(30):
+            quick = [await tm.run(simple_task, i, task_id=f"quick-{i}") for i in range(2)]
+        assert quick == [0, 2]
+        assert [i.task_id for i in tm.list_tasks()] == ["quick-1"]
         blocker = tm.submit(slow_task, 60)
         queued = [tm.submit(simple_task, i) for i in range(3)]
-        done = [tm.submit(simple_task, i, priority=10) for i in range(1)]
         await wait_status(tm, blocker, TaskStatus.RUNNING)
-        assert {i.task_id for i in tm.list_tasks()} == {blocker, *queued, *done}
-        await tm.cancel(blocker)
-        with trio.fail_after(30):
-            for tid in queued:
-                await tm.result(tid)
+        assert {i.task_id for i in tm.list_tasks()} == {"quick-1", blocker, *queued}
+        records = [tm._records[t] for t in queued]
+        assert await tm.cancel(blocker) is True
+        assert {i.task_id for i in tm.list_tasks()} == {blocker, *queued}
+        await wait_until(tm, lambda: all(r.status.is_terminal for r in records))
         assert [i.task_id for i in tm.list_tasks()] == [queued[-1]]
 
 
