@@ -123,7 +123,7 @@ def _header(meta: dict[str, Any]) -> list[str]:
         lines.append(f"| {lib} | {version} | {how} | {start} |")
     lines += [
         "",
-        f"trio {v.get('trio')}, matplotlib {v.get('matplotlib')}.",
+        f"genro_tasks source: {meta['genro_source']}. trio {v.get('trio')}, matplotlib {v.get('matplotlib')}.",
         "",
         "## Method",
         "",

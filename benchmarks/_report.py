@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import multiprocessing
 import os
 import platform
 import statistics
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,6 +87,24 @@ DISTS = {GENRO: "genro-tasks", "trio": "trio", "trio_parallel": "trio-parallel",
 DISTS.update(pebble="Pebble", matplotlib="matplotlib")
 
 
+def source_state() -> str:
+    """Which genro_tasks is measured: its path, git commit, and whether it has uncommitted changes."""
+    spec = importlib.util.find_spec("genro_tasks")  # finds it without importing it
+    if spec is None or spec.origin is None:
+        return "not installed"
+    pkg = Path(spec.origin).parent
+    git = ["git", "-C", str(pkg)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", ".."], capture_output=True, text=True)
+    except OSError:
+        return f"{pkg} (no git)"
+    if head.returncode != 0:
+        return f"{pkg} (not a git checkout)"
+    state = " + uncommitted changes" if dirty.stdout.strip() else ""
+    return f"{pkg} at commit {head.stdout.strip()}{state}"
+
+
 def machine_info() -> dict[str, Any]:
     cpu = "unknown"
     try:
@@ -110,6 +130,7 @@ def machine_info() -> dict[str, Any]:
         "load_before": list(os.getloadavg()),
         "versions": versions,
         "default_start_method": multiprocessing.get_context().get_start_method(),
+        "genro_source": source_state(),
     }
 
 

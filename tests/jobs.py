@@ -259,3 +259,79 @@ async def async_cleanup(path: str) -> str:
 
 async def async_trio_loaded() -> bool:
     return "trio" in sys.modules
+
+
+def _result_fd() -> int:
+    from genro_tasks_worker import _loop
+
+    assert _loop._SENDER is not None
+    return _loop._SENDER.fd
+
+
+def write_truncated_frame() -> None:
+    """Die half way through sending a result frame."""
+    from genro_tasks_worker._protocol import DONE_OK, pack_header
+
+    os.write(_result_fd(), pack_header(DONE_OK, 0, 1 << 20) + b"x" * 100)
+    os._exit(9)
+
+
+def write_corrupt_frame() -> None:
+    """Send a frame header no worker may send, then keep running."""
+    from genro_tasks_worker._protocol import pack_header
+
+    os.write(_result_fd(), pack_header(99, 0, 5) + b"hello")
+    time.sleep(60)
+
+
+def write_frame_for_other_task() -> None:
+    from genro_tasks_worker._protocol import DONE_OK, pack_header
+
+    os.write(_result_fd(), pack_header(DONE_OK, 123456789, 0))
+    time.sleep(60)
+
+
+def close_std_fds() -> str:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for fd in (0, 1, 2):
+        os.close(fd)
+    return "closed"
+
+
+def print_something() -> str:
+    print("still printing")
+    sys.stderr.write("still writing to stderr\n")
+    return "printed"
+
+
+def leave_children_behind() -> list[int]:
+    """Start a child and a double-forked grandchild, then return without waiting."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # first fork: start a daemon-like grandchild and exit at once
+        grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=False)
+        os.write(w, str(grandchild.pid).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(w)
+    grandchild_pid = int(os.read(r, 64))
+    os.close(r)
+    return [child.pid, grandchild_pid]
+
+
+def exit_zero() -> None:
+    sys.exit(0)
+
+
+class CustomBaseException(BaseException):
+    pass
+
+
+def raise_base_exception() -> None:
+    raise CustomBaseException("not an Exception")
+
+
+def big_result(megabytes: int) -> bytes:
+    return b"r" * (megabytes * 1024 * 1024)

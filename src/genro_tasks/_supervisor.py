@@ -122,10 +122,11 @@ class Supervisor:
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()
         except BaseException as exc:
-            if not _only_cancelled(exc):
-                self._fail(exc)
             self._stopping = True
-            raise
+            if _only_cancelled(exc):
+                raise
+            # A system task must never crash the application: fail loudly, but here.
+            self._fail(exc)
         finally:
             with trio.CancelScope(shield=True):
                 await self._kill_everything(KillReason.SHUTDOWN)
@@ -142,11 +143,18 @@ class Supervisor:
             raise self._startup_error
 
     def _fail(self, exc: BaseException) -> None:
-        """The supervisor broke: fail everything in flight, refuse new work."""
+        """The supervisor broke: fail everything in flight, kill the workers, refuse new work."""
+        if self.failed is not None:
+            return
         log.critical("genro_tasks supervisor failed; failing all tasks", exc_info=exc)
         self.failed = exc
         self.accepting = False
-        error = SupervisorFailed(f"the task supervisor failed: {type(exc).__name__}: {exc}")
+        self._stopping = True
+        root = _root_cause(exc)
+        error = SupervisorFailed(
+            f"the task supervisor failed: {type(root).__name__}: {root}; every queued and running task failed, "
+            "the workers were killed, and this TaskManager accepts no more tasks"
+        )
         error.__cause__ = exc
         for _, _, rec in self._queue:
             if rec.status is TaskStatus.PENDING and rec.worker is None:
@@ -159,9 +167,12 @@ class Supervisor:
             running = w.task
             if running is not None and not running.status.is_terminal:
                 running.finish_failed(error)
-                self._on_change(rec)
+                self._count(running)
+                self._on_change(running)
             w.task = None
             self._kill(w, KillReason.SUPERVISOR)
+        self.busy = 0
+        self._drained.set()
         if not self._ready.is_set():
             self._startup_error = error
             self._ready.set()
@@ -211,7 +222,11 @@ class Supervisor:
                 # Only the supervisor's own nursery cancels us: it is going down.
                 self._stopping = True
                 self.accepting = False
-            raise
+                raise
+            # An unexpected error in our own code: the supervisor cannot be trusted.
+            self._fail(exc)
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 if w.state is not WorkerState.DEAD:
@@ -656,6 +671,16 @@ class Supervisor:
                 await w.wait_exit()
         for w in list(self.workers):
             self._on_exit(w)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The interesting exception inside trio's nursery groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        rest = exc.split(trio.Cancelled)[1]
+        if rest is None or len(rest.exceptions) != 1:
+            return exc
+        exc = rest.exceptions[0]
+    return exc
 
 
 def _only_cancelled(exc: BaseException) -> bool:

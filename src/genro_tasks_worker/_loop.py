@@ -20,7 +20,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import _progress
+from . import _hygiene, _progress
 from ._protocol import (
     DONE_BAD_RESULT,
     DONE_ERROR,
@@ -122,6 +122,10 @@ def _error_body(exc: BaseException) -> bytes:
     return pickle.dumps((exc_bytes, _type_name(exc), message, tb_text), PICKLE_PROTOCOL)
 
 
+#: This worker's sender (fault-injection tests write raw bytes through ``_SENDER.fd``).
+_SENDER: _Sender | None = None
+
+
 class _JobState:
     """What the SIGTERM handler needs to know about the job in progress."""
 
@@ -221,6 +225,8 @@ def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payl
                 stream.flush()
         except Exception:
             pass
+    _hygiene.restore_std_streams()
+    _hygiene.kill_leftovers()
     with sender.lock:
         channel.finish_locked()
         sender.send_locked(kind, seq, body)
@@ -257,7 +263,10 @@ def main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     threading.Thread(target=_die_with_parent, args=(alive_fd,), name="genro-tasks-watchdog", daemon=True).start()
     signal.signal(signal.SIGTERM, _on_sigterm)
+    _hygiene.setup()
     sender = _Sender(result_fd)
+    global _SENDER
+    _SENDER = sender
     if initializer is not None:
         try:
             initializer(*initargs)

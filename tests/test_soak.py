@@ -1,0 +1,109 @@
+"""Soak (opt-in: ``pytest -m slow`` or ``tox -e soak``): 100,000 tasks with random
+cancels and crashes. Memory and file descriptors must stay flat, no zombie may
+remain, and every task must end in exactly one terminal state.
+
+Set GENRO_TASKS_SOAK_TASKS to change the number of tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+import trio
+from jobs import exit_hard, simple_task, slow_task
+
+from genro_tasks import TaskCancelled, TaskManager, TaskStatus, WorkerCrashed
+
+pytestmark = pytest.mark.slow
+
+BATCH = 5_000
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def zombies_under(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+async def test_soak_100k_tasks() -> None:
+    total = int(os.environ.get("GENRO_TASKS_SOAK_TASKS", "100000"))
+    rng = random.Random(2026)
+    samples: list[dict[str, int]] = []
+    outcomes = {s: 0 for s in TaskStatus}
+    async with TaskManager(2, max_finished=2_000) as tm:
+        import multiprocessing.forkserver
+
+        server = multiprocessing.forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+        done = 0
+        while done < total:
+            n = min(BATCH, total - done)
+            ids: list[str] = []
+            records = []
+            for _ in range(n):
+                roll = rng.random()
+                if roll < 0.005:
+                    tid = tm.submit(exit_hard, 5)
+                elif roll < 0.008:
+                    tid = tm.submit(slow_task, 0.05)
+                else:
+                    tid = tm.submit(simple_task, 1)
+                ids.append(tid)
+                records.append(tm._records[tid])
+            for tid in rng.sample(ids, n // 100):  # 1% cancelled, queued or running
+                if rng.random() < 0.5:
+                    await trio.sleep(0)
+                await tm.cancel(tid)
+            with trio.fail_after(300):
+                for rec in records:
+                    await rec.wait_done()
+            for rec in records:
+                assert rec.status.is_terminal
+                outcomes[rec.status] += 1
+                if rec.status is TaskStatus.FAILED:
+                    with pytest.raises(WorkerCrashed):
+                        rec.outcome()
+                elif rec.status is TaskStatus.CANCELLED:
+                    with pytest.raises(TaskCancelled):
+                        rec.outcome()
+                else:
+                    assert rec.outcome() in (2, "done")
+            done += n
+            stats = tm.statistics()
+            samples.append(
+                {
+                    "tasks": done,
+                    "rss": rss_bytes(),
+                    "fds": len(os.listdir("/proc/self/fd")),
+                    "tracked": stats.tasks_tracked,
+                    "restarts": stats.worker_restarts,
+                    "zombies": len(zombies_under(server)) + len(zombies_under(os.getpid())),
+                }
+            )
+            print(json.dumps(samples[-1]), flush=True)
+    warm = samples[min(3, len(samples) - 1)]
+    last = samples[-1]
+    print(json.dumps({"outcomes": {s.value: c for s, c in outcomes.items()}, "warm": warm, "last": last}))
+    assert sum(outcomes.values()) == total
+    assert outcomes[TaskStatus.PENDING] == outcomes[TaskStatus.RUNNING] == 0
+    assert all(s["zombies"] == 0 for s in samples)
+    assert all(s["tracked"] <= 2_000 for s in samples)
+    after_warmup = samples[min(3, len(samples) - 1) :]
+    assert max(s["fds"] for s in after_warmup) == min(s["fds"] for s in after_warmup)
+    assert abs(last["rss"] - warm["rss"]) <= 0.10 * warm["rss"]

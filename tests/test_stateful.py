@@ -1,0 +1,242 @@
+"""Stateful property test: hypothesis drives a real TaskManager with random steps.
+
+Each example gets its own trio run in a helper thread (hypothesis rules are
+synchronous); the TaskManager and its supervisor live in that run, and every
+rule crosses into it with ``trio.from_thread.run``. After every step the
+invariants below are checked; a ``quiesce`` rule waits for calm and checks
+processes and file descriptors.
+
+The bounded profile runs in the normal suite; ``-m slow`` (tox -e soak) runs a
+long one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+import trio
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, multiple, precondition, rule
+from jobs import exit_hard, failing_task, progress_steps, simple_task, slow_task
+
+from genro_tasks import (
+    ManagerClosed,
+    TaskCancelled,
+    TaskManager,
+    TaskStatus,
+    TaskTimeout,
+    WorkerCrashed,
+)
+
+T = TypeVar("T")
+WORKERS = 2
+RANK = {TaskStatus.PENDING: 0, TaskStatus.RUNNING: 1}
+
+JOBS: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {
+    "fast": (simple_task, (21,)),
+    "slow": (slow_task, (0.3,)),
+    "fail": (failing_task, ()),
+    "crash": (exit_hard, (7,)),
+    "progress": (progress_steps, (3, 0.02)),
+}
+
+
+class TrioThread:
+    """A trio run in a helper thread that synchronous code can call into."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+
+    async def _main(self) -> None:
+        self._stop = trio.Event()
+        self._token = trio.lowlevel.current_trio_token()
+        self._ready.set()
+        await self._stop.wait()
+
+    def run(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        async def bounded() -> T:
+            with trio.fail_after(60):
+                return await afn(*args)
+
+        return trio.from_thread.run(bounded, trio_token=self._token)
+
+    def close(self) -> None:
+        assert self._stop is not None
+        trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        self._thread.join(30)
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def children_of(pid: int) -> set[int]:
+    kids: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids.update(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    return kids
+
+
+class TaskManagerMachine(RuleBasedStateMachine):
+    tasks = Bundle("tasks")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trio = TrioThread()
+        self.tm = TaskManager(WORKERS)
+        self.trio.run(self.tm.startup)
+        self.kind: dict[str, str] = {}
+        self.timeouts: dict[str, float | None] = {}
+        self.seen: dict[str, TaskStatus] = {}
+        self.closed = False
+        self.fds = fd_count()
+
+    # ------------------------------------------------------------------ rules
+    @rule(target=tasks, kind=st.sampled_from(sorted(JOBS)), timeout=st.sampled_from([None, None, 0.15]))
+    def submit(self, kind: str, timeout: float | None) -> Any:
+        func, args = JOBS[kind]
+        if self.closed:
+            with pytest.raises(ManagerClosed):
+                self.tm.submit(func, *args)
+            return multiple()
+        tid = self.trio.run(self._submit, func, args, timeout)
+        self.kind[tid] = kind
+        self.timeouts[tid] = timeout
+        return tid
+
+    async def _submit(self, func: Callable[..., Any], args: tuple[Any, ...], timeout: float | None) -> str:
+        return self.tm.submit(func, *args, timeout=timeout)
+
+    @rule(task=tasks)
+    def cancel(self, task: str) -> None:
+        before = self.tm._records[task].status
+        cancelled = self.trio.run(self.tm.cancel, task)
+        after = self.tm._records[task].status
+        assert after.is_terminal
+        if cancelled:
+            assert after is TaskStatus.CANCELLED
+        else:
+            assert before.is_terminal or after is not TaskStatus.CANCELLED
+
+    @rule(task=tasks)
+    def wait_result(self, task: str) -> None:
+        outcome = self.trio.run(self._outcome, task)
+        status = self.tm._records[task].status
+        kind = self.kind[task]
+        if status is TaskStatus.COMPLETED:
+            expected = {"fast": 42, "slow": "done", "progress": 3}
+            assert outcome == expected[kind], (kind, outcome)
+        elif status is TaskStatus.CANCELLED:
+            assert isinstance(outcome, TaskCancelled)
+        else:
+            assert status is TaskStatus.FAILED
+            if kind == "fail":
+                assert isinstance(outcome, ValueError)
+            elif isinstance(outcome, TaskTimeout):
+                assert self.timeouts[task] is not None
+            else:
+                # a crash job, or a task whose worker was SIGKILLed by the kill rule
+                assert isinstance(outcome, WorkerCrashed), outcome
+
+    async def _outcome(self, task: str) -> object:
+        try:
+            return await self.tm.result(task)
+        except BaseException as exc:
+            if isinstance(exc, trio.Cancelled):
+                raise
+            return exc
+
+    @precondition(lambda self: not self.closed)
+    @rule(index=st.integers(0, WORKERS - 1))
+    def kill_worker(self, index: int) -> None:
+        sup = self.tm._sup
+        assert sup is not None
+        workers = sorted(w.pid for w in sup.workers)
+        if workers:
+            os.kill(workers[index % len(workers)], signal.SIGKILL)
+
+    @precondition(lambda self: not self.closed)
+    @rule()
+    def quiesce(self) -> None:
+        """Wait until every task is finished and the pool is whole again; check the calm state."""
+        self.trio.run(self._quiesce)
+        sup = self.tm._sup
+        assert sup is not None
+        pids = {w.pid for w in sup.workers}
+        assert len(pids) == WORKERS
+        import multiprocessing.forkserver
+
+        server = multiprocessing.forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+        assert children_of(server) == pids  # no other process survives
+        assert fd_count() == self.fds
+
+    async def _quiesce(self) -> None:
+        for rec in list(self.tm._records.values()):
+            await rec.wait_done()
+        sup = self.tm._sup
+        assert sup is not None
+        while not (len(sup.workers) == WORKERS and self.tm.statistics().workers_idle == WORKERS):
+            await self.tm._wait_change()
+
+    @rule(wait=st.booleans())
+    def shutdown(self, wait: bool) -> None:
+        self.trio.run(self.tm.shutdown, wait)
+        self.closed = True
+        assert all(rec.status.is_terminal for rec in self.tm._records.values())
+
+    # ------------------------------------------------------------- invariants
+    @invariant()
+    def statuses_only_move_forward(self) -> None:
+        running = 0
+        for tid, rec in list(self.tm._records.items()):
+            status = rec.status
+            previous = self.seen.get(tid)
+            if previous is not None and previous is not status:
+                assert not previous.is_terminal, f"{tid}: {previous} -> {status}"
+                assert RANK.get(status, 2) > RANK[previous], f"{tid}: {previous} -> {status}"
+            self.seen[tid] = status
+            running += status is TaskStatus.RUNNING
+        assert running <= WORKERS
+
+    def teardown(self) -> None:
+        try:
+            if not self.closed:
+                self.trio.run(self.tm.shutdown, False)
+            assert all(rec.status.is_terminal for rec in self.tm._records.values())
+        finally:
+            self.trio.close()
+
+
+TestTaskManagerBounded = TaskManagerMachine.TestCase
+TestTaskManagerBounded.settings = settings(
+    max_examples=15,
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+)
+
+
+@pytest.mark.slow
+class TestTaskManagerLong(TaskManagerMachine.TestCase):  # type: ignore[misc,valid-type]
+    settings = settings(
+        max_examples=150,
+        stateful_step_count=40,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
