@@ -119,9 +119,7 @@ async def status_truth(opener: PoolOpener, p: Params) -> Numbers:
         if any(s is None for s in states):
             raise RuntimeError("this library exposes no job state")
         running = sum(bool(s) for s in states)
-        if pool.can_cancel:
-            for job in jobs:
-                await job.cancel()
+        # The pool's exit stops the slow jobs (genro_tasks and pebble kill them, ppe's workers are killed).
     return {"running_reported": float(running), "truly_running": float(min(p.workers, SLOW_JOBS))}
 
 
