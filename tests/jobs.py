@@ -247,7 +247,7 @@ async def async_job(n: int, delay: float) -> int:
 async def async_cleanup(path: str) -> str:
     import trio
 
-    with open(path, "w") as f:  # noqa: ASYNC230 - a tiny local file
+    with open(path, "w") as f:
         f.write("partial")
     try:
         report_progress(0.0, "file created")
@@ -335,3 +335,13 @@ def raise_base_exception() -> None:
 
 def big_result(megabytes: int) -> bytes:
     return b"r" * (megabytes * 1024 * 1024)
+
+
+def return_bytes() -> bytes:
+    return b"\x00binary"
+
+
+def hostile_progress(text: str, seconds: float) -> str:
+    report_progress(0.5, text)
+    time.sleep(seconds)
+    return text

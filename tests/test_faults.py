@@ -8,7 +8,9 @@ import signal
 
 import pytest
 import trio
+
 from conftest import wait_pids_gone, wait_status, wait_until
+from genro_tasks import ManagerClosed, SupervisorFailed, TaskManager, TaskStatus, WorkerCrashed
 from jobs import (
     CustomBaseException,
     big_result,
@@ -25,8 +27,6 @@ from jobs import (
     write_frame_for_other_task,
     write_truncated_frame,
 )
-
-from genro_tasks import ManagerClosed, SupervisorFailed, TaskManager, TaskStatus, WorkerCrashed
 
 
 async def _pool_still_works(tm: TaskManager) -> None:
@@ -130,7 +130,7 @@ async def test_supervisor_failure_fails_everything_loudly() -> None:
             raise RuntimeError("injected supervisor bug")
         original(w, frame)  # type: ignore[arg-type]
 
-    sup._on_frame = broken  # type: ignore[method-assign]
+    sup._on_frame = broken  # type: ignore[method-assign,assignment]
     running = tm.submit(slow_task, 60)
     queued = tm.submit(simple_task, 1)
     workers = [w.pid for w in sup.workers]

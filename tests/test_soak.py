@@ -13,9 +13,10 @@ import random
 
 import pytest
 import trio
-from jobs import exit_hard, simple_task, slow_task
+import trio.lowlevel
 
 from genro_tasks import TaskCancelled, TaskManager, TaskStatus, WorkerCrashed
+from jobs import exit_hard, simple_task, slow_task
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,7 @@ async def test_soak_100k_tasks() -> None:
     total = int(os.environ.get("GENRO_TASKS_SOAK_TASKS", "100000"))
     rng = random.Random(2026)
     samples: list[dict[str, int]] = []
-    outcomes = {s: 0 for s in TaskStatus}
+    outcomes = dict.fromkeys(TaskStatus, 0)
     async with TaskManager(2, max_finished=2_000) as tm:
         import multiprocessing.forkserver
 
@@ -68,7 +69,7 @@ async def test_soak_100k_tasks() -> None:
                 records.append(tm._records[tid])
             for tid in rng.sample(ids, n // 100):  # 1% cancelled, queued or running
                 if rng.random() < 0.5:
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
                 await tm.cancel(tid)
             with trio.fail_after(300):
                 for rec in records:

@@ -23,7 +23,6 @@ import trio
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, multiple, precondition, rule
-from jobs import exit_hard, failing_task, progress_steps, simple_task, slow_task
 
 from genro_tasks import (
     ManagerClosed,
@@ -33,6 +32,7 @@ from genro_tasks import (
     TaskTimeout,
     WorkerCrashed,
 )
+from jobs import exit_hard, failing_task, progress_steps, simple_task, slow_task
 
 T = TypeVar("T")
 WORKERS = 2
@@ -104,6 +104,7 @@ class TaskManagerMachine(RuleBasedStateMachine):
         self.timeouts: dict[str, float | None] = {}
         self.seen: dict[str, TaskStatus] = {}
         self.closed = False
+        self.killed: set[int] = set()
         self.fds = fd_count()
 
     # ------------------------------------------------------------------ rules
@@ -168,16 +169,18 @@ class TaskManagerMachine(RuleBasedStateMachine):
         assert sup is not None
         workers = sorted(w.pid for w in sup.workers)
         if workers:
-            os.kill(workers[index % len(workers)], signal.SIGKILL)
+            pid = workers[index % len(workers)]
+            self.killed.add(pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it had just died on its own (a crash job)
 
     @precondition(lambda self: not self.closed)
     @rule()
     def quiesce(self) -> None:
         """Wait until every task is finished and the pool is whole again; check the calm state."""
-        self.trio.run(self._quiesce)
-        sup = self.tm._sup
-        assert sup is not None
-        pids = {w.pid for w in sup.workers}
+        pids = self.trio.run(self._quiesce)
         assert len(pids) == WORKERS
         import multiprocessing.forkserver
 
@@ -185,13 +188,20 @@ class TaskManagerMachine(RuleBasedStateMachine):
         assert children_of(server) == pids  # no other process survives
         assert fd_count() == self.fds
 
-    async def _quiesce(self) -> None:
+    async def _quiesce(self) -> set[int]:
         for rec in list(self.tm._records.values()):
             await rec.wait_done()
         sup = self.tm._sup
         assert sup is not None
-        while not (len(sup.workers) == WORKERS and self.tm.statistics().workers_idle == WORKERS):
+
+        def calm() -> bool:
+            pids = {w.pid for w in sup.workers}
+            # A SIGKILL we sent may not have been noticed yet: calm means it was.
+            return not (pids & self.killed) and len(pids) == WORKERS and self.tm.statistics().workers_idle == WORKERS
+
+        while not calm():
             await self.tm._wait_change()
+        return {w.pid for w in sup.workers}
 
     @rule(wait=st.booleans())
     def shutdown(self, wait: bool) -> None:

@@ -70,6 +70,8 @@ class TaskInfo:
         progress_message: Last message the job reported, else None.
         timeout: The task's own running-time limit in seconds, else None.
         priority: The task's priority (higher runs first).
+        traceback: For a FAILED task whose job raised, the formatted remote
+            traceback (the worker's frames), else None.
     """
 
     task_id: str
@@ -85,6 +87,7 @@ class TaskInfo:
     progress_message: str | None = None
     timeout: float | None = None
     priority: int = 0
+    traceback: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +208,17 @@ class TaskRecord:
             progress_message=self.progress_message,
             timeout=self.timeout,
             priority=self.priority,
+            traceback=self._traceback_text(),
         )
+
+    def _traceback_text(self) -> str | None:
+        failure = self._failure
+        if failure is None:
+            return None
+        if isinstance(failure, tuple):
+            return failure[3]
+        text = getattr(failure, "remote_traceback", None)
+        return text if isinstance(text, str) and text else None
 
     async def wait_done(self) -> None:
         if self.status.is_terminal:

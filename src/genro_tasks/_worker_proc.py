@@ -17,7 +17,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
@@ -140,6 +140,26 @@ class FrameReader:
         return True
 
 
+@contextlib.contextmanager
+def _allow_children_of_daemon() -> Iterator[None]:
+    """Let a daemonic multiprocessing process (a hypercorn worker, say) start our workers.
+
+    multiprocessing refuses because a daemon is killed at exit without reaping
+    its children, which would orphan them. Ours cannot be orphaned: each one
+    watches a pipe only this process holds open and kills itself, and its
+    process group, the moment this process is gone.
+    """
+    config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
+    daemon = config.get("daemon")
+    if daemon:
+        config["daemon"] = False
+    try:
+        yield
+    finally:
+        if daemon:
+            config["daemon"] = daemon
+
+
 class WorkerProcess:
     """One worker process and the parent's ends of its pipes."""
 
@@ -168,7 +188,8 @@ class WorkerProcess:
             daemon=False,
         )
         try:
-            self.process.start()
+            with _allow_children_of_daemon():
+                self.process.start()
         except BaseException:
             for fd in (job_w, res_r):
                 os.close(fd)

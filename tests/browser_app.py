@@ -1,0 +1,38 @@
+"""The ASGI app the browser test drives: a TaskManager with one worker, the
+dashboard mounted under /tasks/, and two routes that set the scene."""
+
+from __future__ import annotations
+
+from genro_tasks import TaskManager
+from genro_tasks.asgi import Receive, Scope, Send, TaskAPI, TaskManagerLifespan, task_manager
+from jobs import hostile_progress, progress_steps, slow_task
+
+HOSTILE = '<img src=x onerror="window.pwned=1">'
+
+
+def allow(scope: Scope, action: str, task_id: str | None) -> bool:
+    return True
+
+
+api = TaskAPI(authorize=allow)
+
+
+async def routes(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    if path.startswith("/tasks/"):
+        await api({**scope, "root_path": "/tasks"}, receive, send)
+        return
+    tm = task_manager(scope)
+    if path == "/setup":
+        tm.submit(slow_task, 60, task_id="blocker")
+        tm.submit(progress_steps, 400, 0.05, task_id="target", metadata={"owner": "<b>bold</b>"})
+        tm.submit(hostile_progress, HOSTILE, 60, task_id="hostile")
+    elif path == "/release":
+        await tm.cancel("blocker")
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+app = TaskManagerLifespan(routes, TaskManager(max_workers=1), shutdown_wait=False)

@@ -1,0 +1,133 @@
+"""The dashboard in a real browser: Debian's Chromium, headless, driven by
+Playwright, against hypercorn serving tests/browser_app.py.
+
+It watches a task go from PENDING to RUNNING with its bar moving, cancels it
+from the page, sees CANCELLED, checks that hostile text is shown as text, and
+saves a screenshot (to GENRO_TASKS_SCREENSHOT if set, else the test's tmp dir).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium found: install Debian's 'chromium' package (.ci/run does)"
+)
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hypercorn", "--worker-class", "trio", "--bind", f"127.0.0.1:{port}", "browser_app:app"],
+        cwd=HERE,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:  # blocks until hypercorn says it is listening
+            if b"Running on" in line:
+                break
+        else:
+            pytest.fail("hypercorn exited before it was ready")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
+def post(url: str) -> None:
+    with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=30) as reply:
+        assert reply.status == 204
+
+
+def bar_width(page: playwright_api.Page, task_id: str) -> float:
+    value = page.eval_on_selector(f'tr[data-task-id="{task_id}"] .bar > div', "e => parseFloat(e.style.width) || 0")
+    return float(value)
+
+
+def test_dashboard_live_cancel_and_escaping(server: str, tmp_path: Path) -> None:
+    post(server + "/setup")
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 420})
+            page.set_default_timeout(30_000)
+            page.goto(server + "/tasks/")
+            target = 'tr[data-task-id="target"]'
+            page.wait_for_selector(f"{target}.pending")
+            assert page.inner_text(f"{target} .status") == "PENDING"
+            page.wait_for_selector("#conn.live")
+
+            post(server + "/release")  # the blocker is cancelled: the target starts
+            page.wait_for_selector(f"{target}.running")
+            assert page.inner_text(f"{target} .status") == "RUNNING"
+            page.wait_for_function(
+                "s => parseFloat(document.querySelector(s).style.width) > 3", arg=f"{target} .bar > div"
+            )
+            first = bar_width(page, "target")
+            page.wait_for_function(
+                "([s, w]) => parseFloat(document.querySelector(s).style.width) > w + 3",
+                arg=[f"{target} .bar > div", first],
+            )
+            assert bar_width(page, "target") > first  # the bar moves
+
+            page.click(f"{target} button.cancel")
+            page.wait_for_selector(f"{target}.cancelled")
+            assert page.inner_text(f"{target} .status") == "CANCELLED"
+
+            # The next task carries hostile text: shown verbatim, never executed.
+            hostile = 'tr[data-task-id="hostile"]'
+            page.wait_for_selector(f"{hostile}.running")
+            page.wait_for_function(
+                "s => document.querySelector(s).textContent.includes('onerror')", arg=f"{hostile} td.msg"
+            )
+            assert page.inner_text(f"{hostile} td.msg") == '<img src=x onerror="window.pwned=1">'
+            assert page.evaluate("() => window.pwned === undefined")
+            assert page.query_selector(f"{hostile} td.msg img") is None
+
+            # The filter hides what does not match.
+            page.select_option("#filter-status", "cancelled")
+            assert page.is_hidden(hostile)
+            assert page.is_visible(target)
+            page.select_option("#filter-status", "")
+
+            shot = Path(os.environ.get("GENRO_TASKS_SCREENSHOT", tmp_path / "dashboard.png"))
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()
