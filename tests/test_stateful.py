@@ -146,13 +146,14 @@ class TaskManagerMachine(RuleBasedStateMachine):
             assert isinstance(outcome, TaskCancelled)
         else:
             assert status is TaskStatus.FAILED
-            if kind == "fail":
-                assert isinstance(outcome, ValueError)
+            if isinstance(outcome, WorkerCrashed):
+                # a crash job, or any job whose worker the kill rule SIGKILLed
+                assert kind == "crash" or self.killed, outcome
             elif isinstance(outcome, TaskTimeout):
                 assert self.timeouts[task] is not None
             else:
-                # a crash job, or a task whose worker was SIGKILLed by the kill rule
-                assert isinstance(outcome, WorkerCrashed), outcome
+                assert kind == "fail"
+                assert isinstance(outcome, ValueError), outcome
 
     async def _outcome(self, task: str) -> object:
         try:

@@ -613,20 +613,24 @@ class TaskManager:
         return stream
 
     def _note_change(self, rec: TaskRecord | None) -> None:
-        if rec is not None and rec.status.is_terminal and not rec.noted:
-            rec.noted = True
-            self._finished.append((trio.current_time(), rec))
-            self._prune()
+        # Called for every transition: keep the common path (nobody watching) short.
         if rec is not None:
+            terminal = rec.status.is_terminal
+            if terminal and not rec.noted:
+                rec.noted = True
+                self._finished.append((trio.current_time(), rec))
+                if len(self._finished) > self._max_finished or self._finished_ttl is not None:
+                    self._prune()
             watchers = rec.watchers
             if watchers:
                 info = rec.snapshot()
                 for watcher in watchers:
                     watcher._push(info)
-                if rec.status.is_terminal:
+                if terminal:
                     rec.watchers = None
-            for stream in self._streams:
-                stream._push(rec)
+            if self._streams:
+                for stream in self._streams:
+                    stream._push(rec)
         changed = self._changed
         if changed is not None:
             self._changed = None

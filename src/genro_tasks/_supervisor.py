@@ -392,8 +392,9 @@ class Supervisor:
         log.debug("task %r %s", rec.task_id, rec.status.value)
         w.task = None
         w.jobs_done += 1
-        w.grace_deadline = math.inf
-        self._rearm(w)
+        if w.grace_deadline != math.inf or rec.timeout is not None:
+            w.grace_deadline = math.inf
+            self._rearm(w)
         self.busy -= 1
         self._count(rec)
         self._on_change(rec)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 import signal
@@ -25,8 +26,6 @@ def setup() -> None:
     _saved_std[:] = [os.dup(fd) for fd in (0, 1, 2)]
     if sys.platform.startswith("linux"):
         try:
-            import ctypes
-
             libc = ctypes.CDLL(None, use_errno=True)
             _subreaper = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
         except (OSError, AttributeError):  # pragma: no cover - exotic libc
@@ -50,6 +49,11 @@ def _children() -> list[int]:
 def kill_leftovers() -> int:
     """Kill and reap every process the last job left running; return how many."""
     if not _subreaper:
+        return 0
+    try:  # the common case costs one syscall: no child at all
+        if os.waitpid(-1, os.WNOHANG) == (0, 0):
+            pass  # a child is still running: sweep below
+    except ChildProcessError:
         return 0
     killed = 0
     for _ in range(100):  # each round adopts the next generation of orphans
