@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import io
 import os
 import signal
@@ -78,7 +79,7 @@ def restore_std_streams() -> None:
     """Reopen fds 0-2 and sys.stdout/stderr if the job closed them."""
     for fd in (0, 1, 2):
         try:
-            os.fstat(fd)
+            fcntl.fcntl(fd, fcntl.F_GETFD)  # the cheapest "is this fd open?"
         except OSError:
             if len(_saved_std) == 3:
                 os.dup2(_saved_std[fd], fd)

@@ -56,6 +56,53 @@ def _read_exact(fd: int, size: int) -> bytearray | None:
     return buf
 
 
+class _JobReader:
+    """Reads JOB frames with as few syscalls as possible (one for a small job)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray(1 << 16)
+        self.start = 0
+        self.end = 0
+
+    def _fill(self) -> bool:
+        if self.start == self.end:
+            self.start = self.end = 0
+        elif self.end == len(self.buf):
+            del self.buf[: self.start]
+            self.buf.extend(bytes(self.start))
+            self.end -= self.start
+            self.start = 0
+        n = os.readv(self.fd, [memoryview(self.buf)[self.end :]])
+        self.end += n
+        return n > 0
+
+    def next_job(self) -> tuple[int, bytearray] | None:
+        """Return (seq, payload) of the next job, or None at a clean end-of-file."""
+        while self.end - self.start < HEADER_SIZE:
+            if not self._fill():
+                if self.end == self.start:
+                    return None
+                raise ProtocolError("job pipe closed inside a frame header")
+        _kind, seq, length = HEADER.unpack_from(self.buf, self.start)
+        if length > MAX_BODY:
+            raise ProtocolError(f"job frame claims {length} bytes")
+        self.start += HEADER_SIZE
+        have = min(length, self.end - self.start)
+        if have == length:
+            payload = self.buf[self.start : self.start + length]
+            self.start += length
+            return seq, payload
+        payload = bytearray(length)
+        payload[:have] = self.buf[self.start : self.start + have]
+        self.start = self.end = 0
+        rest = _read_exact(self.fd, length - have)
+        if rest is None:
+            raise ProtocolError("job pipe closed inside a frame body")
+        payload[have:] = rest
+        return seq, payload
+
+
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -275,14 +322,9 @@ def main(
             os._exit(3)
     channel = _progress.ProgressChannel(sender.send_locked, sender.lock)
     sender.send(READY, os.getpid())
+    jobs = _JobReader(job_fd)
     while True:
-        header = _read_exact(job_fd, HEADER_SIZE)
-        if header is None:
+        job = jobs.next_job()
+        if job is None:
             return
-        _kind, seq, length = HEADER.unpack(header)
-        if length > MAX_BODY:
-            raise ProtocolError(f"job frame claims {length} bytes")
-        payload = _read_exact(job_fd, length) if length else bytearray()
-        if payload is None:
-            return
-        _run_job(sender, channel, seq, payload)
+        _run_job(sender, channel, *job)
