@@ -63,9 +63,9 @@ async def wait_status(tm: TaskManager, task_id: str, status: TaskStatus) -> None
 
 
 @asynccontextmanager
-async def open_genro(workers: int) -> AsyncIterator[Pool]:
+async def open_genro(workers: int, **options: Any) -> AsyncIterator[Pool]:
     """A started TaskManager (startup() returns once every worker is ready); killed at exit."""
-    tm = TaskManager(max_workers=workers)
+    tm = TaskManager(max_workers=workers, **options)
     await tm.startup()
     try:
         yield GenroPool(tm)
@@ -120,7 +120,8 @@ async def scale(p: Params) -> Numbers:
     n = p.size
     rates: list[float] = []
     per_task = 0.0
-    async with open_genro(p.workers) as pool:
+    # Keep every finished record of a batch: results are collected after the drain.
+    async with open_genro(p.workers, max_finished=max(n, 1000)) as pool:
         assert isinstance(pool, GenroPool)
         tm = pool.tm
         await call_many(pool, bench_jobs.double, [(i,) for i in range(min(n, 1000))])

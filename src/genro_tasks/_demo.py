@@ -117,7 +117,11 @@ class _Plain:
 
 
 async def run_demo(out: TextIO, *, workers: int = 3, live: bool | None = None) -> int:
-    """Run the demo, writing to ``out``; return the process exit status."""
+    """Run the demo, writing to ``out``; return the process exit status.
+
+    **Cancellation:** Leaving early shuts the demo's TaskManager down with
+    ``wait=False``: its workers are killed.
+    """
     if live is None:
         live = out.isatty()
     t0 = time.monotonic()

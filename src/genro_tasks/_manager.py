@@ -120,7 +120,7 @@ class TaskManager:
         self._max_finished = max_finished
         self._finished_ttl = finished_ttl
         self._records: dict[str, TaskRecord] = {}
-        self._finished: deque[tuple[float, TaskRecord]] = deque()
+        self._finished: deque[TaskRecord] = deque()
         self._sup: Supervisor | None = None
         self._running = False
         self._seq = 0
@@ -207,6 +207,10 @@ class TaskManager:
             self._note_change(None)
 
     async def __aenter__(self) -> TaskManager:
+        """Start the manager (see :meth:`startup`).
+
+        **Cancellation:** As :meth:`startup`: the workers started so far are killed.
+        """
         await self.startup()
         return self
 
@@ -216,7 +220,11 @@ class TaskManager:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Shut down: waiting for tasks on a clean exit, killing them if the block raised."""
+        """Shut down: waiting for tasks on a clean exit, killing them if the block raised.
+
+        **Cancellation:** As :meth:`shutdown`: if cancelled while waiting, every
+        worker is killed (shielded) before the cancellation goes through.
+        """
         await self.shutdown(wait=exc_type is None)
 
     # -------------------------------------------------------------------- submit
@@ -561,18 +569,17 @@ class TaskManager:
         finished = self._finished
         records = self._records
         while len(finished) > self._max_finished:
-            _, rec = finished.popleft()
+            rec = finished.popleft()
             if records.get(rec.task_id) is rec:
                 del records[rec.task_id]
         ttl = self._finished_ttl
         if ttl is not None and finished:
             cutoff = trio.current_time() - ttl
-            while finished and finished[0][0] <= cutoff:
-                _, rec = finished.popleft()
+            while finished and finished[0].finished_at <= cutoff:
+                rec = finished.popleft()
                 if records.get(rec.task_id) is rec:
                     del records[rec.task_id]
 
-    # ------------------------------------------------------------------- changes
     def watch(self, task_id: str) -> TaskWatcher:
         """Follow one task live: ``async for info in tm.watch(task_id): ...``.
 
@@ -618,7 +625,8 @@ class TaskManager:
             terminal = rec.status.is_terminal
             if terminal and not rec.noted:
                 rec.noted = True
-                self._finished.append((trio.current_time(), rec))
+                rec.finished_at = trio.current_time()
+                self._finished.append(rec)
                 if len(self._finished) > self._max_finished or self._finished_ttl is not None:
                     self._prune()
             watchers = rec.watchers

@@ -87,7 +87,10 @@ class Supervisor:
         self.completed = 0
         self.failed_count = 0
         self.cancelled = 0
-        self._queue: list[tuple[int, int, TaskRecord]] = []
+        # The heap holds only (-priority, seq) int pairs, which the cyclic GC
+        # stops tracking; the records live in _queued, keyed by seq.
+        self._queue: list[tuple[int, int]] = []
+        self._queued: dict[int, TaskRecord] = {}
         self.queued = 0
         self.workers: set[WorkerProcess] = set()
         self._idle: list[WorkerProcess] = []
@@ -156,12 +159,12 @@ class Supervisor:
             "the workers were killed, and this TaskManager accepts no more tasks"
         )
         error.__cause__ = exc
-        for _, _, rec in self._queue:
-            if rec.status is TaskStatus.PENDING and rec.worker is None:
-                rec.finish_failed(error)
-                self._count(rec)
-                self._on_change(rec)
+        for rec in self._queued.values():
+            rec.finish_failed(error)
+            self._count(rec)
+            self._on_change(rec)
         self._queue.clear()
+        self._queued.clear()
         self.queued = 0
         for w in list(self.workers):
             running = w.task
@@ -421,12 +424,12 @@ class Supervisor:
             self._ready.set()
         if not self._idle and self.busy == 0:
             # No worker can run anything: tell the queued tasks now, not never.
-            for _, _, rec in self._queue:
-                if rec.status is TaskStatus.PENDING and rec.worker is None:
-                    rec.finish_failed(error.for_task(rec.task_id))
-                    self._count(rec)
-                    self._on_change(rec)
+            for rec in self._queued.values():
+                rec.finish_failed(error.for_task(rec.task_id))
+                self._count(rec)
+                self._on_change(rec)
             self._queue.clear()
+            self._queued.clear()
             self.queued = 0
             self._check_drained()
 
@@ -450,7 +453,8 @@ class Supervisor:
 
     # ---------------------------------------------------------------- the queue
     def enqueue(self, rec: TaskRecord) -> None:
-        heapq.heappush(self._queue, (-rec.priority, rec.seq, rec))
+        heapq.heappush(self._queue, (-rec.priority, rec.seq))
+        self._queued[rec.seq] = rec
         self.queued += 1
         self._drained = trio.Event() if self._drained.is_set() else self._drained
         self.dispatch()
@@ -458,10 +462,11 @@ class Supervisor:
     def dispatch(self) -> None:
         """Hand queued jobs to idle workers until one of them runs out."""
         queue = self._queue
+        queued = self._queued
         idle = self._idle
         while idle and queue:
-            rec = heapq.heappop(queue)[2]
-            if rec.status is not TaskStatus.PENDING or rec.worker is not None:
+            rec = queued.pop(heapq.heappop(queue)[1], None)
+            if rec is None:
                 continue  # cancelled while queued
             self.queued -= 1
             w = idle.pop()
@@ -486,6 +491,7 @@ class Supervisor:
         w = rec.worker
         if w is None:
             self.queued -= 1
+            del self._queued[rec.seq]  # its heap entry is skipped when it surfaces
             rec.finish_cancelled("cancelled while queued")
             log.debug("task %r cancelled while queued", rec.task_id)
             self._count(rec)
@@ -505,12 +511,12 @@ class Supervisor:
         self._kill(w, KillReason.CANCEL)
 
     def cancel_queued(self) -> None:
-        for _, _, rec in self._queue:
-            if rec.status is TaskStatus.PENDING and rec.worker is None:
-                rec.finish_cancelled("cancelled by shutdown")
-                self._count(rec)
-                self._on_change(rec)
+        for rec in self._queued.values():
+            rec.finish_cancelled("cancelled by shutdown")
+            self._count(rec)
+            self._on_change(rec)
         self._queue.clear()
+        self._queued.clear()
         self.queued = 0
         self._check_drained()
 
@@ -602,7 +608,8 @@ class Supervisor:
             )
             rec.requeues += 1
             rec.worker = None
-            heapq.heappush(self._queue, (-rec.priority, rec.seq, rec))
+            heapq.heappush(self._queue, (-rec.priority, rec.seq))
+            self._queued[rec.seq] = rec
             self.queued += 1
             return
         else:

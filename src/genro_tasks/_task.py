@@ -128,6 +128,7 @@ class TaskRecord:
         "_done",
         "_failure",
         "_result",
+        "_result_data",
         "completed_at",
         "created_at",
         "deadline",
@@ -135,6 +136,7 @@ class TaskRecord:
         "memory_limit",
         "metadata",
         "name",
+        "finished_at",
         "noted",
         "payload",
         "priority",
@@ -181,6 +183,7 @@ class TaskRecord:
         self.worker: WorkerProcess | None = None
         self.requeues = 0
         self._result: Any = _UNSET
+        self._result_data: bytes | bytearray | None = None
         self._failure: BaseException | tuple[bytes | None, str, str, str] | None = None
         self._done: trio.Event | None = None
         self.version = 0
@@ -191,6 +194,8 @@ class TaskRecord:
         self.memory_limit = memory_limit
         #: Set once the manager has accounted for this task's terminal state.
         self.noted = False
+        #: trio clock time at which the manager saw the terminal state (retention).
+        self.finished_at = 0.0
 
     # --- reading -----------------------------------------------------------
     def snapshot(self) -> TaskInfo:
@@ -232,15 +237,16 @@ class TaskRecord:
         status = self.status
         if status is TaskStatus.COMPLETED:
             if self._result is _UNSET:
-                raise AssertionError("completed task without a result")  # pragma: no cover
-            if isinstance(self._result, _Pickled):
+                if self._result_data is None:  # pragma: no cover
+                    raise AssertionError("completed task without a result")
                 try:
-                    self._result = pickle.loads(self._result.data)
+                    self._result = pickle.loads(self._result_data)
                 except Exception as exc:
                     raise UnpicklableResult(
                         f"Task {self.task_id!r} ({self.name}) completed, but its result cannot be unpickled "
                         f"in this process: {type(exc).__name__}: {exc}"
                     ) from exc
+                self._result_data = None
             return self._result
         if status is TaskStatus.CANCELLED:
             raise TaskCancelled(self.task_id, self.error or "")
@@ -276,7 +282,7 @@ class TaskRecord:
         self.version += 1
 
     def finish_ok(self, data: bytes | bytearray) -> None:
-        self._result = _Pickled(data)
+        self._result_data = data
         self._finish(TaskStatus.COMPLETED, None)
 
     def finish_remote_error(self, failure: tuple[bytes | None, str, str, str]) -> None:
@@ -299,15 +305,10 @@ class TaskRecord:
         self.payload = None
         self.worker = None
         self.version += 1
-        if self._done is not None:
-            self._done.set()
-
-
-class _Pickled:
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes | bytearray) -> None:
-        self.data = data
+        done = self._done
+        if done is not None:
+            self._done = None  # waiters hold their own reference
+            done.set()
 
 
 _UNSET: Any = object()

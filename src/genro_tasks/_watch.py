@@ -65,7 +65,10 @@ class TaskWatcher:
         return info
 
     async def aclose(self) -> None:
-        """Stop watching; the iterator ends. Dropping it has the same effect."""
+        """Stop watching; the iterator ends. Dropping it has the same effect.
+
+        **Cancellation:** A checkpoint only; the watcher is closed either way.
+        """
         self._closed = True
         await trio.lowlevel.checkpoint()
 
@@ -133,6 +136,10 @@ class ChangeStream:
             self._wakeup = None
 
     async def __aenter__(self) -> ChangeStream:
+        """Return the stream (already subscribed).
+
+        **Cancellation:** Nothing to cancel: it does not wait.
+        """
         return self
 
     async def __aexit__(
@@ -141,4 +148,8 @@ class ChangeStream:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Close the stream.
+
+        **Cancellation:** Nothing to cancel: it does not wait.
+        """
         self.close()

@@ -78,6 +78,12 @@ class TaskManagerLifespan:
         self._cancel_pending = shutdown_cancel_pending
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI entry point.
+
+        **Cancellation:** For a request, as the wrapped app. During lifespan,
+        cancellation while the manager shuts down kills every worker first
+        (see :meth:`TaskManager.shutdown`).
+        """
         if scope["type"] != "lifespan":
             scope[SCOPE_KEY] = self.tasks
             await self.app(scope, receive, send)
@@ -228,6 +234,12 @@ class TaskAPI:
         self._tracebacks = expose_tracebacks
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI entry point.
+
+        **Cancellation:** Cancelling a request (or the client disconnecting
+        from an SSE stream) ends the response; it never touches a task. A
+        cancel request that already started its kill lets it finish.
+        """
         if scope["type"] == "lifespan":  # mounted directly as the app: nothing to do
             while True:
                 message = await receive()
