@@ -16,8 +16,12 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 HERE = Path(__file__).parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -63,7 +67,7 @@ def post(url: str) -> None:
         assert reply.status == 204
 
 
-def bar_width(page: playwright_api.Page, task_id: str) -> float:
+def bar_width(page: Page, task_id: str) -> float:
     value = page.eval_on_selector(f'tr[data-task-id="{task_id}"] .bar > div', "e => parseFloat(e.style.width) || 0")
     return float(value)
 

@@ -145,3 +145,16 @@ async def test_supervisor_failure_fails_everything_loudly() -> None:
     with trio.fail_after(30):
         await tm.shutdown()
     assert (await tm.info(running)).status is TaskStatus.FAILED
+
+
+async def test_supervisor_bug_while_reading_never_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from genro_tasks import _worker_proc
+
+    def broken(self: object, frames: object) -> bool:
+        raise AttributeError("injected reader bug")
+
+    monkeypatch.setattr(_worker_proc.FrameReader, "read", broken)
+    tm = TaskManager(2)
+    with trio.fail_after(30), pytest.raises(SupervisorFailed, match="injected reader bug"):
+        await tm.startup()
+    assert not tm.is_running

@@ -131,12 +131,14 @@ class Supervisor:
             # A system task must never crash the application: fail loudly, but here.
             self._fail(exc)
         finally:
-            with trio.CancelScope(shield=True):
-                await self._kill_everything(KillReason.SHUTDOWN)
-            self._nursery = None
-            self.finished.set()
-            os.close(self._alive_w)
-            os.close(self._alive_r)
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._kill_everything(KillReason.SHUTDOWN)
+            finally:
+                self._nursery = None
+                self.finished.set()
+                os.close(self._alive_w)
+                os.close(self._alive_r)
 
     async def wait_ready(self) -> None:
         """Wait until the initial workers all reported READY (or raise why not)."""
@@ -237,7 +239,7 @@ class Supervisor:
                         self._kill(w, w.kill_reason or KillReason.SHUTDOWN)
                         with trio.move_on_after(_REAP_LIMIT):
                             await w.wait_exit()
-                    self._on_exit(w)
+                    self._exit_safely(w)
 
     async def _watch_exit(self, w: WorkerProcess) -> None:
         """Wait for the process to exit; meanwhile enforce timeouts and grace periods."""
@@ -308,7 +310,7 @@ class Supervisor:
             try:
                 if not w.reader.read(frames):
                     break
-            except (BlockingIOError, ProtocolError, OSError):
+            except Exception:  # BlockingIOError at the end; anything else: stop reading
                 break
         for frame in frames:
             try:
@@ -541,6 +543,19 @@ class Supervisor:
         w.kill_detail = detail
         w.kill()
 
+    def _exit_safely(self, w: WorkerProcess) -> None:
+        """_on_exit, but a failure in it can never stop the cleanup of the others."""
+        try:
+            self._on_exit(w)
+        except Exception as exc:
+            self._fail(exc)
+            self.workers.discard(w)
+            if w in self._idle:
+                self._idle.remove(w)
+            w.state = WorkerState.DEAD
+            if not self.workers:
+                self._no_workers.set()
+
     def _on_exit(self, w: WorkerProcess) -> None:
         """Steps 2-4 of the kill path, and the whole story of a crash: reap, record, refill."""
         self._drain(w)
@@ -666,7 +681,10 @@ class Supervisor:
             self._stopping = True
             self._stop.set()
             with trio.CancelScope(shield=True):
-                await self.finished.wait()
+                with trio.move_on_after(_REAP_LIMIT + _STOP_GRACE) as stuck:
+                    await self.finished.wait()
+                if stuck.cancelled_caught:  # pragma: no cover - a bug; never hang the caller
+                    log.critical("genro_tasks supervisor did not stop in time; giving up on it")
 
     async def _kill_everything(self, reason: KillReason) -> None:
         self._stopping = True
@@ -678,7 +696,7 @@ class Supervisor:
             for w in list(self.workers):
                 await w.wait_exit()
         for w in list(self.workers):
-            self._on_exit(w)
+            self._exit_safely(w)
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -41,7 +41,7 @@ log = logging.getLogger("genro_tasks")
 
 #: Bodies at least this large are read straight into their own buffer.
 _BIG_BODY = 1 << 20
-_READ_CHUNK = 1 << 18
+_READ_CHUNK = 1 << 16
 #: Pipe capacity asked of Linux (F_SETPIPE_SZ); fewer wake-ups for big payloads.
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -76,10 +76,12 @@ def _enlarge_pipe(fd: int) -> None:
 class FrameReader:
     """Incremental, non-blocking reader of frames from one pipe."""
 
-    __slots__ = ("_big", "_big_got", "_big_head", "_big_view", "_buf", "fd")
+    __slots__ = ("_big", "_big_got", "_big_head", "_big_view", "_buf", "_scratch", "_scratch_view", "fd")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self._scratch = bytearray(_READ_CHUNK)
+        self._scratch_view = memoryview(self._scratch)
         self._buf = bytearray()
         self._big: bytearray | None = None
         self._big_view: memoryview | None = None
@@ -104,39 +106,42 @@ class FrameReader:
                 self._big_view.release()
                 self._big = self._big_view = None
             return True
-        chunk = os.read(self.fd, _READ_CHUNK)
-        if not chunk:
+        # Read into a buffer that lives as long as the reader: no allocation
+        # per read (a large os.read() would mmap and munmap every time).
+        n = os.readv(self.fd, [self._scratch])
+        if n == 0:
             return False
         buf = self._buf
         if buf:
-            buf += chunk
-            data: bytes | bytearray = buf
+            buf += self._scratch_view[:n]
+            data: bytes | bytearray | memoryview = buf
+            end = len(buf)
         else:
-            data = chunk
+            data = self._scratch_view
+            end = n
         pos = 0
-        end = len(data)
         while end - pos >= HEADER_SIZE:
             kind, seq, length = HEADER.unpack_from(data, pos)
             if kind not in WORKER_KINDS or length > MAX_BODY:
                 raise ProtocolError(f"corrupt frame header (kind={kind}, length={length})")
             start = pos + HEADER_SIZE
             if end - start >= length:
-                frames.append((kind, seq, data[start : start + length]))
+                frames.append((kind, seq, bytes(data[start : start + length])))
                 pos = start + length
                 continue
             if length >= _BIG_BODY:
                 have = end - start
                 self._big = bytearray(length)
                 self._big_view = memoryview(self._big)
-                self._big_view[:have] = memoryview(data)[start:end]
+                self._big_view[:have] = data[start:end]
                 self._big_got = have
                 self._big_head = (kind, seq)
                 pos = end
             break
         if data is buf:
             del buf[:pos]
-        else:
-            self._buf = bytearray(data[pos:]) if pos < end else bytearray()
+        elif pos < end:
+            self._buf = bytearray(data[pos:end])
         return True
 
 
