@@ -41,10 +41,25 @@ def _check_count(name: str, value: object, *, allow_none: bool = True) -> None:
         raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, not {value!r}")
 
 
+_NAMES: dict[Any, str] = {}
+
+
 def _func_name(func: Callable[..., Any]) -> str:
+    """``module.qualname`` of a job function, one shared string per function."""
+    try:
+        return _NAMES[func]
+    except (KeyError, TypeError):
+        pass
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__qualname__
     module = getattr(func, "__module__", None)
-    return f"{module}.{name}" if module and module != "builtins" else str(name)
+    text = f"{module}.{name}" if module and module != "builtins" else str(name)
+    try:
+        if len(_NAMES) >= 4096:
+            _NAMES.clear()
+        _NAMES[func] = text
+    except TypeError:  # unhashable callable
+        pass
+    return text
 
 
 class TaskManager:
