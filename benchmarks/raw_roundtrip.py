@@ -26,12 +26,11 @@ async def measure(calls: int = 2000) -> float:
     to_child_r, to_child_w = os.pipe()
     from_child_r, from_child_w = os.pipe()
     ctx = multiprocessing.get_context("forkserver")
-    child = ctx.Process(
-        target=_echo, args=(Connection(to_child_r, writable=False), Connection(from_child_w, readable=False))
-    )
+    ends = (Connection(to_child_r, writable=False), Connection(from_child_w, readable=False))
+    child = ctx.Process(target=_echo, args=ends)
     child.start()
-    os.close(to_child_r)
-    os.close(from_child_w)
+    for end in ends:  # the child has its own copies now
+        end.close()
     os.set_blocking(from_child_r, False)
     times = []
     for _ in range(calls):

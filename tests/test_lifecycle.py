@@ -156,3 +156,26 @@ async def test_parent_sigkill_leaves_no_orphans() -> None:
             await proc.wait()
         if proc.stdout is not None:
             await proc.stdout.aclose()
+
+
+async def test_workers_import_the_main_module_only_when_needed() -> None:
+    """multiprocessing would re-run the main script in every worker; we do it lazily."""
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [sys.executable, str(HERE / "main_script.py")],
+            capture_stdout=True,
+            capture_stderr=True,
+            stdin=subprocess.DEVNULL,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stderr.decode().splitlines()
+    bodies = [json.loads(line)["module_body_ran_in"] for line in lines if "module_body" in line]
+    stages = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert stages[0]["stage"] == "module jobs done"
+    assert stages[0]["no_trio"] is True  # the script imports trio; its workers did not
+    assert stages[1] == {"stage": "main job done", "worker": stages[1]["worker"], "value": 42}
+    assert stages[2] == {"stage": "initializer from main", "state": ["from-main"]}
+    # The body ran in the parent, in the worker that ran the job defined in the
+    # script, and in the initializer's worker: not in each of the 3 workers started.
+    assert len(bodies) == 3
+    assert stages[1]["worker"] in bodies[1:]

@@ -30,6 +30,7 @@ from genro_tasks_worker._protocol import (
     DONE_ERROR,
     DONE_OK,
     INIT_FAILED,
+    PICKLE_PROTOCOL,
     PROGRESS,
     READY,
     STARTED,
@@ -46,7 +47,7 @@ from ._errors import (
     describe_exit,
 )
 from ._task import TaskManagerStatistics, TaskRecord, TaskStatus
-from ._worker_proc import Frame, KillReason, WorkerProcess, WorkerState
+from ._worker_proc import Frame, KillReason, WorkerProcess, WorkerState, main_module_ref
 
 log = logging.getLogger("genro_tasks")
 
@@ -79,8 +80,8 @@ class Supervisor:
         self.max_workers = max_workers
         self._ctx = ctx
         self._on_change = on_change
-        self._initializer = initializer
-        self._initargs = initargs
+        self._init_payload = pickle.dumps((initializer, initargs), PICKLE_PROTOCOL) if initializer is not None else None
+        self._main_ref = main_module_ref()
         self._max_tasks = max_tasks_per_worker
         #: The last initializer failure (a remote error), while workers keep failing to start.
         self.init_error: WorkerInitError | None = None
@@ -187,7 +188,7 @@ class Supervisor:
         assert self._nursery is not None
         self._numbers += 1
         try:
-            w = WorkerProcess(self._ctx, self._alive_r, self._numbers, self._initializer, self._initargs)
+            w = WorkerProcess(self._ctx, self._alive_r, self._numbers, self._init_payload, self._main_ref)
         except Exception as exc:
             log.error("could not start a genro_tasks worker process: %s", exc)
             if self._starting:

@@ -17,7 +17,8 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from multiprocessing import spawn
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
@@ -165,6 +166,42 @@ def _allow_children_of_daemon() -> Iterator[None]:
             config["daemon"] = daemon
 
 
+_MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
+
+
+def main_module_ref() -> tuple[str, str] | None:
+    """Where this process's main module is, as multiprocessing would tell a child."""
+    data = spawn.get_preparation_data("genro-tasks-worker")
+    if "init_main_from_path" in data:
+        return ("path", data["init_main_from_path"])
+    if "init_main_from_name" in data:
+        return ("name", data["init_main_from_name"])
+    return None
+
+
+@contextlib.contextmanager
+def _main_module_left_to_the_worker() -> Iterator[None]:
+    """Keep multiprocessing from re-running the main module in the new worker.
+
+    The worker imports it lazily instead (see genro_tasks_worker._main_module),
+    so a worker starts in milliseconds, without the application's imports.
+    trio runs one task at a time, and this window contains no await.
+    """
+    original = spawn.get_preparation_data
+
+    def without_main(name: str) -> dict[str, Any]:
+        data = original(name)
+        for key in _MAIN_KEYS:
+            data.pop(key, None)
+        return data
+
+    spawn.get_preparation_data = without_main
+    try:
+        yield
+    finally:
+        spawn.get_preparation_data = original
+
+
 class WorkerProcess:
     """One worker process and the parent's ends of its pipes."""
 
@@ -173,8 +210,8 @@ class WorkerProcess:
         ctx: BaseContext,
         alive_r: int,
         number: int,
-        initializer: Callable[..., object] | None = None,
-        initargs: tuple[Any, ...] = (),
+        init_payload: bytes | None = None,
+        main_ref: tuple[str, str] | None = None,
     ) -> None:
         job_r, job_w = os.pipe()
         res_r, res_w = os.pipe()
@@ -188,12 +225,12 @@ class WorkerProcess:
         self.number = number
         self.process: Any = ctx.Process(  # type: ignore[attr-defined]
             target=_loop.main,
-            args=(*child_ends, initializer, initargs),
+            args=(*child_ends, init_payload, main_ref),
             name=f"genro-tasks-worker-{number}",
             daemon=False,
         )
         try:
-            with _allow_children_of_daemon():
+            with _allow_children_of_daemon(), _main_module_left_to_the_worker():
                 self.process.start()
         except BaseException:
             for fd in (job_w, res_r):

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import _hygiene, _progress
+from . import _hygiene, _main_module, _progress
 from ._protocol import (
     DONE_BAD_RESULT,
     DONE_ERROR,
@@ -290,8 +290,8 @@ def main(
     job_conn: Connection,
     result_conn: Connection,
     alive_conn: Connection,
-    initializer: Callable[..., object] | None = None,
-    initargs: tuple[Any, ...] = (),
+    init_payload: bytes | None = None,
+    main_ref: tuple[str, str] | None = None,
 ) -> None:
     """Entry point of a worker process (the target given to ``multiprocessing``).
 
@@ -299,8 +299,9 @@ def main(
         job_conn: Read end of the pipe the parent sends JOB frames on.
         result_conn: Write end of the pipe this worker answers on.
         alive_conn: Read end of a pipe whose write end only the parent holds.
-        initializer: Called with ``initargs`` before the worker says READY.
-        initargs: Arguments for ``initializer``.
+        init_payload: Pickled ``(initializer, initargs)``, called before the
+            worker says READY (unpickled here, after ``__main__`` is set up).
+        main_ref: Where the parent's main module lives, imported lazily.
     """
     job_fd, result_fd, alive_fd = (_take_fd(conn) for conn in (job_conn, result_conn, alive_conn))
     try:
@@ -314,8 +315,10 @@ def main(
     sender = _Sender(result_fd)
     global _SENDER
     _SENDER = sender
-    if initializer is not None:
+    _main_module.install(main_ref)
+    if init_payload is not None:
         try:
+            initializer, initargs = pickle.loads(init_payload)
             initializer(*initargs)
         except BaseException as exc:
             sender.send(INIT_FAILED, os.getpid(), _error_body(exc))
