@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from _report import (
@@ -179,4 +180,7 @@ def markdown(
     left = leftovers(raw)
     lines += ["", "Leftover processes after measurements: " + ("; ".join(left) if left else "none."), ""]
     lines += ["![ratios](results.png)", ""]
+    notes = Path(__file__).resolve().parent / "NOTES.md"
+    if notes.exists():  # the hand-written analysis: profiles, and why a target does not hold
+        lines += [notes.read_text().rstrip(), ""]
     return "\n".join(lines)
