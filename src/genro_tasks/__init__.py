@@ -11,7 +11,10 @@ Layers, top to bottom:
   framed, non-blocking pipes and its process sentinel.
 * :mod:`genro_tasks_worker` — what runs *inside* a worker: a stdlib-only loop
   that never imports trio, plus :func:`report_progress`.
-* :mod:`._task` and :mod:`._errors` — the records and exceptions users see.
+* :mod:`._task`, :mod:`._watch` and :mod:`._errors` — the records, live views
+  (``watch``, ``open_change_stream``) and exceptions users see.
+* :mod:`genro_tasks.asgi` — lifespan integration, JSON/SSE API and dashboard
+  for ASGI applications (imported separately; no web framework needed).
 """
 
 import logging as _logging
