@@ -345,3 +345,15 @@ def hostile_progress(text: str, seconds: float) -> str:
     report_progress(0.5, text)
     time.sleep(seconds)
     return text
+
+
+def write_huge_frame_header() -> None:
+    """Claim a result body far larger than any memory, then keep running."""
+    from genro_tasks_worker._protocol import DONE_OK, pack_header
+
+    os.write(_result_fd(), pack_header(DONE_OK, 0, 1 << 39))
+    time.sleep(60)
+
+
+def slow_init(seconds: float) -> None:
+    time.sleep(seconds)

@@ -392,3 +392,38 @@ async def test_example_app_with_hypercorn_cli(tmp_path: Path) -> None:
             await proc.wait()
         if proc.stderr is not None:
             await proc.stderr.aclose()
+
+
+async def test_reads_can_require_authorisation() -> None:
+    def only_cancel(scope: Scope, action: str, task_id: str | None) -> bool:
+        return action == "cancel"
+
+    tm = TaskManager(1)
+    app = api_app(tm, authorize=only_cancel, authorize_reads=True)
+    async with running(app) as url, httpx.AsyncClient(base_url=url + "/api") as client:
+        tid = tm.submit(slow_task, 60)
+        await wait_status(tm, tid, TaskStatus.RUNNING)
+        for path in ("/tasks", f"/tasks/{tid}", f"/tasks/{tid}/result", "/config"):
+            reply = await client.get(path)
+            assert reply.status_code == 403, path
+        assert (await client.get("/")).status_code == 200  # the page itself holds no data
+        reply = await client.post(f"/tasks/{tid}/cancel", headers={"X-Genro-Tasks": "1"})
+        assert reply.json()["cancelled"] is True
+
+
+async def test_event_streams_are_capped() -> None:
+    tm = TaskManager(1)
+    async with running(api_app(tm, max_streams=1)) as url:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        first = await trio.open_tcp_stream(host, int(port))
+        async with first:
+            await first.send_all(f"GET /api/events HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            head = b""
+            with trio.fail_after(20):
+                while b"\r\n\r\n" not in head:
+                    head += await first.receive_some(4096)
+            assert b" 200 " in head
+            async with httpx.AsyncClient(base_url=url + "/api") as client:
+                reply = await client.get("/events")
+            assert reply.status_code == 503
+            assert "max_streams=1" in reply.json()["error"]

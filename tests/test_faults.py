@@ -25,6 +25,7 @@ from jobs import (
     slow_task,
     write_corrupt_frame,
     write_frame_for_other_task,
+    write_huge_frame_header,
     write_truncated_frame,
 )
 
@@ -83,13 +84,17 @@ async def test_worker_killed_during_progress_flood(tasks: TaskManager) -> None:
     await _pool_still_works(tasks)
 
 
-@pytest.mark.parametrize("job", [write_corrupt_frame, write_frame_for_other_task])
+@pytest.mark.parametrize("job", [write_corrupt_frame, write_frame_for_other_task, write_huge_frame_header])
 async def test_corrupt_frame_means_crashed_worker(tasks: TaskManager, job: object) -> None:
+    bystander = tasks.submit(slow_task, 0.5)
+    await wait_status(tasks, bystander, TaskStatus.RUNNING)
     tid = tasks.submit(job)  # type: ignore[arg-type]
     with trio.fail_after(30), pytest.raises(WorkerCrashed, match="corrupt message"):
         await tasks.result(tid)
     assert tasks._sup is not None
     assert tasks._sup.failed is None  # the supervisor is fine
+    with trio.fail_after(30):
+        assert await tasks.result(bystander) == "done"  # and the other worker's task too
     await _pool_still_works(tasks)
 
 

@@ -179,3 +179,37 @@ async def test_workers_import_the_main_module_only_when_needed() -> None:
     # script, and in the initializer's worker: not in each of the 3 workers started.
     assert len(bodies) == 3
     assert stages[1]["worker"] in bodies[1:]
+
+
+async def test_shutdown_while_starting_fails_startup_instead_of_hanging() -> None:
+    from jobs import slow_init
+
+    tm = TaskManager(1, initializer=slow_init, initargs=(1.0,))
+    outcome: list[BaseException] = []
+
+    async def start() -> None:
+        try:
+            await tm.startup()
+        except ManagerClosed as exc:
+            outcome.append(exc)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(start)
+            await trio.testing.wait_all_tasks_blocked()
+            await tm.shutdown()
+    assert len(outcome) == 1
+    assert "shut down while it was starting" in str(outcome[0])
+    assert not tm.is_running
+
+
+async def test_concurrent_startups_share_one_start() -> None:
+    tm = TaskManager(1)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tm.startup)
+            nursery.start_soon(tm.startup)
+        assert tm.is_running
+        assert tm._sup is not None
+        assert len(tm._sup.workers) == 1
+        await tm.shutdown()

@@ -138,6 +138,7 @@ class TaskManager:
         self._finished: deque[TaskRecord] = deque()
         self._sup: Supervisor | None = None
         self._running = False
+        self._shut_down = False
         self._seq = 0
         self._changed: trio.Event | None = None
         self._streams: weakref.WeakSet[ChangeStream] = weakref.WeakSet()
@@ -173,6 +174,9 @@ class TaskManager:
         if self._running:
             return
         if self._sup is not None:
+            if not self._shut_down and not self._sup.finished.is_set():
+                await self._sup.wait_ready()  # a concurrent startup(): share its outcome
+                return
             raise RuntimeError("this TaskManager was shut down; create a new one")
         sup = Supervisor(
             self._max_workers,
@@ -214,6 +218,7 @@ class TaskManager:
         if sup is None:
             return
         self._running = False
+        self._shut_down = True
         try:
             await sup.stop(wait=wait, cancel_pending=cancel_pending)
         finally:
@@ -654,6 +659,9 @@ class TaskManager:
             if self._streams:
                 for stream in self._streams:
                     stream._push(rec)
+        elif self._sup is not None and self._sup.failed is not None and self._streams:
+            for stream in list(self._streams):  # nothing more will change: end the streams
+                stream.close()
         changed = self._changed
         if changed is not None:
             self._changed = None

@@ -38,6 +38,7 @@ from genro_tasks_worker._protocol import (
 )
 
 from ._errors import (
+    ManagerClosed,
     MemoryLimitExceeded,
     SupervisorFailed,
     TaskTimeout,
@@ -137,9 +138,17 @@ class Supervisor:
                     await self._kill_everything(KillReason.SHUTDOWN)
             finally:
                 self._nursery = None
+                self._release_startup("the TaskManager was shut down while it was starting")
                 self.finished.set()
                 os.close(self._alive_w)
                 os.close(self._alive_r)
+
+    def _release_startup(self, why: str) -> None:
+        """Never leave startup() waiting: fail it if the workers will not all be ready."""
+        if not self._ready.is_set():
+            if self._startup_error is None:
+                self._startup_error = ManagerClosed(why)
+            self._ready.set()
 
     async def wait_ready(self) -> None:
         """Wait until the initial workers all reported READY (or raise why not)."""
@@ -283,6 +292,10 @@ class Supervisor:
             except ProtocolError as exc:
                 self._protocol_error(w, exc)
                 return
+            except MemoryError:
+                # A frame claiming more memory than we have: the worker's fault, not ours.
+                self._protocol_error(w, ProtocolError("a frame claims more memory than is available"))
+                return
             if frames:
                 try:
                     for frame in frames:
@@ -386,7 +399,10 @@ class Supervisor:
             else:
                 rec.finish_remote_error(failure)
         elif kind == DONE_BAD_RESULT:
-            type_name, why = pickle.loads(body)
+            try:
+                type_name, why = pickle.loads(body)
+            except Exception as exc:
+                raise ProtocolError(f"bad DONE_BAD_RESULT body: {exc}") from None
             rec.finish_failed(
                 UnpicklableResult(
                     f"Task {rec.task_id!r} ({rec.name}) returned a {type_name} that cannot be pickled "
@@ -404,7 +420,7 @@ class Supervisor:
         self.busy -= 1
         self._count(rec)
         self._on_change(rec)
-        if w.state is WorkerState.BUSY:
+        if w.state is WorkerState.BUSY and not w.exited:
             if self._max_tasks is not None and w.jobs_done >= self._max_tasks and not self._stopping:
                 self._retire(w)
             else:
@@ -495,6 +511,9 @@ class Supervisor:
         if w is None:
             self.queued -= 1
             del self._queued[rec.seq]  # its heap entry is skipped when it surfaces
+            if len(self._queue) > 2 * len(self._queued) + 64:  # too many stale entries: compact
+                self._queue = [(-r.priority, r.seq) for r in self._queued.values()]
+                heapq.heapify(self._queue)
             rec.finish_cancelled("cancelled while queued")
             log.debug("task %r cancelled while queued", rec.task_id)
             self._count(rec)
@@ -502,6 +521,7 @@ class Supervisor:
             self._check_drained()
             return
         if w.state is WorkerState.DYING:
+            rec.cancel_requested = True  # if it is requeued (never started), it ends CANCELLED
             return
         if grace is not None and rec.status is TaskStatus.RUNNING:
             if w.grace_deadline == math.inf:
@@ -559,6 +579,7 @@ class Supervisor:
 
     def _on_exit(self, w: WorkerProcess) -> None:
         """Steps 2-4 of the kill path, and the whole story of a crash: reap, record, refill."""
+        w.exited = True  # frames still in its pipe count, but it gets no new job
         self._drain(w)
         exitcode = w.reap()
         reason = w.kill_reason
@@ -613,6 +634,8 @@ class Supervisor:
             rec.finish_failed(TaskTimeout(rec.task_id, rec.timeout))
         elif reason is KillReason.SUPERVISOR:  # pragma: no cover - _fail finished it
             return
+        elif rec.status is TaskStatus.PENDING and rec.cancel_requested:
+            rec.finish_cancelled(f"cancelled by the caller; worker {w.pid} died before starting it")
         elif rec.status is TaskStatus.PENDING and rec.requeues < MAX_REQUEUES and not self._stopping:
             # The worker died before it even unpacked the job: send it elsewhere.
             self.crashes += 1
@@ -660,6 +683,7 @@ class Supervisor:
         everything (shielded) before letting the cancellation through.
         """
         self.accepting = False
+        self._release_startup("the TaskManager was shut down while it was starting")
         try:
             if cancel_pending or not wait:
                 self.cancel_queued()

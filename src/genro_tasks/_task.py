@@ -129,6 +129,7 @@ class TaskRecord:
         "_failure",
         "_result",
         "_result_data",
+        "cancel_requested",
         "completed_at",
         "created_at",
         "deadline",
@@ -182,6 +183,8 @@ class TaskRecord:
         self.payload: bytes | None = payload
         self.worker: WorkerProcess | None = None
         self.requeues = 0
+        #: cancel() arrived while the worker was already dying for another reason.
+        self.cancel_requested = False
         self._result: Any = _UNSET
         self._result_data: bytes | bytearray | None = None
         self._failure: BaseException | tuple[bytes | None, str, str, str] | None = None

@@ -132,7 +132,7 @@ class FrameReader:
                 continue
             if length >= _BIG_BODY:
                 have = end - start
-                self._big = bytearray(length)
+                self._big = bytearray(length)  # MemoryError for absurd lengths: the caller treats it as corrupt
                 self._big_view = memoryview(self._big)
                 self._big_view[:have] = data[start:end]
                 self._big_got = have
@@ -247,6 +247,8 @@ class WorkerProcess:
         self.reader = FrameReader(res_r)
         self.state = WorkerState.STARTING
         self.ready = False
+        #: Its exit was seen: what is left in its pipe is read, but it gets no new job.
+        self.exited = False
         self.task: TaskRecord | None = None
         self.kill_reason: KillReason | None = None
         self.kill_detail = ""

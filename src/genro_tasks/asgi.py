@@ -220,6 +220,11 @@ class TaskAPI:
             Without it every mutating action (cancel) is refused with 403.
         expose_tracebacks: Include remote tracebacks in errors (default: no,
             errors are reduced to their first line).
+        authorize_reads: If True, every read (list, info, result, streams,
+            the dashboard's data) also needs ``authorize(scope, "read",
+            task_id_or_None)`` to return True; otherwise 403. Default False:
+            reads are open, so mount the API where only operators reach it.
+        max_streams: Most Server-Sent-Events streams open at once (503 beyond).
     """
 
     def __init__(
@@ -228,10 +233,15 @@ class TaskAPI:
         *,
         authorize: Authorize | None = None,
         expose_tracebacks: bool = False,
+        authorize_reads: bool = False,
+        max_streams: int = 64,
     ) -> None:
         self._manager = manager
         self._authorize = authorize
         self._tracebacks = expose_tracebacks
+        self._authorize_reads = authorize_reads
+        self._max_streams = max_streams
+        self._streams = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point.
@@ -272,6 +282,10 @@ class TaskAPI:
             await _send_html(send, _dashboard_html())
             return
         head, *rest = parts
+        if self._authorize_reads and not (head == "tasks" and len(rest) == 2 and rest[1] == "cancel"):
+            target = _valid_id(rest[0]) if head == "tasks" and rest else None
+            if not await self._allowed(scope, "read", target):
+                raise _HTTPError(403, "not authorised to read tasks")
         if head == "config" and not rest:
             self._method(method, "GET")
             await _send_json(send, 200, {"can_cancel": await self._allowed(scope, "cancel", None)})
@@ -357,8 +371,12 @@ class TaskAPI:
             cancelled = await tm.cancel(task_id, grace=grace)
         except KeyError:
             raise _HTTPError(404, f"Task not found: {task_id}") from None
-        info = await tm.info(task_id)
-        await _send_json(send, 200, {"cancelled": cancelled, "task": info_to_json(info, tracebacks=self._tracebacks)})
+        body: dict[str, Any] = {"cancelled": cancelled}
+        try:
+            body["task"] = info_to_json(await tm.info(task_id), tracebacks=self._tracebacks)
+        except KeyError:  # already forgotten by the retention limits
+            pass
+        await _send_json(send, 200, body)
 
     async def _result(self, tm: TaskManager, task_id: str, send: Send) -> None:
         info = await _info(tm, task_id)
@@ -368,7 +386,15 @@ class TaskAPI:
                 body["task"] = info_to_json(info, tracebacks=self._tracebacks)
             await _send_json(send, 409, body)
             return
-        value = await tm.result(task_id)
+        try:
+            value = await tm.result(task_id)
+        except KeyError:
+            raise _HTTPError(404, f"Task not found: {task_id}") from None
+        except Exception as exc:  # e.g. the result cannot be unpickled in this process
+            await _send_json(
+                send, 409, {"error": f"the result of task {task_id!r} cannot be read: {type(exc).__name__}"}
+            )
+            return
         try:
             payload = json.dumps({"task_id": task_id, "result": value}, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -399,6 +425,20 @@ class TaskAPI:
         await self._sse(events, receive, send)
 
     async def _sse(
+        self,
+        events: Callable[[Callable[[TaskInfo], Awaitable[None]]], Awaitable[None]],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        if self._streams >= self._max_streams:
+            raise _HTTPError(503, f"too many open event streams (max_streams={self._max_streams}); retry later")
+        self._streams += 1
+        try:
+            await self._sse_open(events, receive, send)
+        finally:
+            self._streams -= 1
+
+    async def _sse_open(
         self,
         events: Callable[[Callable[[TaskInfo], Awaitable[None]]], Awaitable[None]],
         receive: Receive,

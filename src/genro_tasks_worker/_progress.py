@@ -51,15 +51,17 @@ class ProgressChannel:
 
     def update(self, update: _Update) -> None:
         """Record ``update``; send it now, or arm the flusher to send it soon."""
-        old = self._pending
-        if old is not None and (update[0] is None or update[1] is None):
-            update = (old[0] if update[0] is None else update[0], old[1] if update[1] is None else update[1])
-        self._pending = update
-        if time.monotonic() >= self._next_send:
-            with self._lock:
+        with self._lock:  # the flusher thread takes _pending under the same lock
+            old = self._pending
+            if old is not None and (update[0] is None or update[1] is None):
+                update = (old[0] if update[0] is None else update[0], old[1] if update[1] is None else update[1])
+            self._pending = update
+            if time.monotonic() >= self._next_send:
                 self._send_pending_locked()
-        elif not self._armed:
+                return
+            wake = not self._armed
             self._armed = True
+        if wake:
             self._wake.set()
 
     def finish_locked(self) -> None:
