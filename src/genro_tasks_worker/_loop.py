@@ -119,11 +119,22 @@ class _Sender:
 
     def send_locked(self, kind: int, seq: int, body: bytes) -> None:
         header = pack_header(kind, seq, len(body))
-        if len(body) < _SPLIT_WRITE:
-            _write_all(self.fd, header + body)
-        else:
-            _write_all(self.fd, header)
-            _write_all(self.fd, body)
+        in_main = threading.get_ident() == _MAIN_THREAD
+        if in_main:
+            _JobState.writing = True  # a graceful-cancel request now waits for the frame to be whole
+        try:
+            if len(body) < _SPLIT_WRITE:
+                _write_all(self.fd, header + body)
+            else:
+                _write_all(self.fd, header)
+                _write_all(self.fd, body)
+        finally:
+            if in_main:
+                _JobState.writing = False
+                if _JobState.deferred and _JobState.in_job:
+                    _JobState.deferred = False
+                    _JobState.in_job = False
+                    raise CancelRequested("the task was cancelled; clean up and return")
 
     def send(self, kind: int, seq: int, body: bytes = b"") -> None:
         with self.lock:
@@ -169,6 +180,8 @@ def _error_body(exc: BaseException) -> bytes:
     return pickle.dumps((exc_bytes, _type_name(exc), message, tb_text), PICKLE_PROTOCOL)
 
 
+_MAIN_THREAD = threading.get_ident()
+
 #: This worker's sender (fault-injection tests write raw bytes through ``_SENDER.fd``).
 _SENDER: _Sender | None = None
 
@@ -178,6 +191,10 @@ class _JobState:
 
     in_job = False
     trio_cancel: Callable[[], None] | None = None
+    #: The main thread is writing a frame: a SIGTERM must not cut it in half.
+    writing = False
+    #: A SIGTERM arrived during such a write; raised once the frame is out.
+    deferred = False
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -187,6 +204,9 @@ def _on_sigterm(signum: int, frame: object) -> None:
     cancel = _JobState.trio_cancel
     if cancel is not None:
         cancel()
+        return
+    if _JobState.writing:
+        _JobState.deferred = True
         return
     _JobState.in_job = False
     raise CancelRequested("the task was cancelled; clean up and return")
@@ -247,6 +267,7 @@ def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payl
             del payload
             if memory_limit is not None:
                 limits = _limit_memory(memory_limit)
+            _JobState.deferred = False
             _JobState.in_job = True
             value: Any = _call(func, args, kwargs)
         finally:
@@ -310,6 +331,8 @@ def main(
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     threading.Thread(target=_die_with_parent, args=(alive_fd,), name="genro-tasks-watchdog", daemon=True).start()
+    global _MAIN_THREAD
+    _MAIN_THREAD = threading.get_ident()
     signal.signal(signal.SIGTERM, _on_sigterm)
     _hygiene.setup()
     sender = _Sender(result_fd)
