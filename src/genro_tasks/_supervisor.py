@@ -171,13 +171,7 @@ class Supervisor:
             "the workers were killed, and this TaskManager accepts no more tasks"
         )
         error.__cause__ = exc
-        for rec in self._queued.values():
-            rec.finish_failed(error)
-            self._count(rec)
-            self._on_change(rec)
-        self._queue.clear()
-        self._queued.clear()
-        self.queued = 0
+        self._end_queued(lambda rec: rec.finish_failed(error))
         for w in list(self.workers):
             running = w.task
             if running is not None and not running.status.is_terminal:
@@ -443,14 +437,7 @@ class Supervisor:
             self._ready.set()
         if not self._idle and self.busy == 0:
             # No worker can run anything: tell the queued tasks now, not never.
-            for rec in self._queued.values():
-                rec.finish_failed(error.for_task(rec.task_id))
-                self._count(rec)
-                self._on_change(rec)
-            self._queue.clear()
-            self._queued.clear()
-            self.queued = 0
-            self._check_drained()
+            self._end_queued(lambda rec: rec.finish_failed(error.for_task(rec.task_id)))
 
     def _retire(self, w: WorkerProcess) -> None:
         """Recycle a worker that did its max_tasks_per_worker: it exits, a new one starts now."""
@@ -534,8 +521,12 @@ class Supervisor:
         self._kill(w, KillReason.CANCEL)
 
     def cancel_queued(self) -> None:
+        self._end_queued(lambda rec: rec.finish_cancelled("cancelled by shutdown"))
+
+    def _end_queued(self, finish: Callable[[TaskRecord], None]) -> None:
+        """Give every queued task its terminal state with ``finish``, and empty the queue."""
         for rec in self._queued.values():
-            rec.finish_cancelled("cancelled by shutdown")
+            finish(rec)
             self._count(rec)
             self._on_change(rec)
         self._queue.clear()
