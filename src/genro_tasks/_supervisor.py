@@ -111,7 +111,6 @@ class Supervisor:
         self._stop = trio.Event()
         self.finished = trio.Event()
         self._backoff = 0.0
-        self._respawn_pending = 0
         self._ready_count = 0
         self.restarts = 0
         self.crashes = 0
@@ -209,12 +208,10 @@ class Supervisor:
     def _schedule_respawn(self) -> None:
         assert self._nursery is not None
         self._backoff = _BACKOFF_FIRST if self._backoff == 0 else min(self._backoff * 2, _BACKOFF_MAX)
-        self._respawn_pending += 1
         self._nursery.start_soon(self._respawn_later, self._backoff)
 
     async def _respawn_later(self, delay: float) -> None:
         await trio.sleep(delay)
-        self._respawn_pending -= 1
         if not self._stopping:
             self._spawn()
 
