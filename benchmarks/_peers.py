@@ -14,7 +14,7 @@ import gc
 import math
 import statistics
 import tracemalloc
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -58,13 +58,17 @@ class TaskJob:
         await self._done()
 
 
-class TrioParallelPool:
+class _ScopedPool:
+    """A peer whose calls are cancelled by cancelling the (trio) scope around them.
+
+    Both trio_parallel and anyio (on its trio backend) run here, so trio's
+    scope and event serve both; subclasses say how to call and how to spawn.
+    """
+
     can_cancel = True
 
-    def __init__(self, ctx: Any, limiter: trio.CapacityLimiter, nursery: trio.Nursery) -> None:
-        self.ctx = ctx
-        self.limiter = limiter
-        self.nursery = nursery
+    def __init__(self, spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], object]) -> None:
+        self._spawn = spawn
 
     def start(self, fn: Callable[..., Any], *args: Any) -> Job:
         scope = trio.CancelScope()
@@ -80,14 +84,24 @@ class TrioParallelPool:
             finally:
                 done.set()
 
-        self.nursery.start_soon(runner)
+        self._spawn(runner)
         return job
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await self.ctx.run_sync(fn, *args, kill_on_cancel=True, limiter=self.limiter)
+        raise NotImplementedError
 
     async def wait_running(self, job: Job, marker: Path) -> None:
         await wait_for_file(marker)
+
+
+class TrioParallelPool(_ScopedPool):
+    def __init__(self, ctx: Any, limiter: trio.CapacityLimiter, nursery: trio.Nursery) -> None:
+        super().__init__(nursery.start_soon)
+        self.ctx = ctx
+        self.limiter = limiter
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self.ctx.run_sync(fn, *args, kill_on_cancel=True, limiter=self.limiter)
 
 
 @asynccontextmanager
@@ -98,35 +112,13 @@ async def open_trio_parallel(workers: int) -> AsyncIterator[Pool]:
         nursery.cancel_scope.cancel()  # kills anything still running (kill_on_cancel)
 
 
-class AnyioPool:
-    can_cancel = True
-
+class AnyioPool(_ScopedPool):
     def __init__(self, limiter: anyio.CapacityLimiter, tg: anyio.abc.TaskGroup) -> None:
+        super().__init__(tg.start_soon)
         self.limiter = limiter
-        self.tg = tg
-
-    def start(self, fn: Callable[..., Any], *args: Any) -> Job:
-        scope = anyio.CancelScope()
-        done = anyio.Event()
-        job = TaskJob(scope.cancel, done.wait)
-
-        async def runner() -> None:
-            try:
-                with scope:
-                    job.value = await self.call(fn, *args)
-            except Exception as exc:
-                job.error = exc
-            finally:
-                done.set()
-
-        self.tg.start_soon(runner)
-        return job
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await anyio.to_process.run_sync(fn, *args, cancellable=True, limiter=self.limiter)
-
-    async def wait_running(self, job: Job, marker: Path) -> None:
-        await wait_for_file(marker)
 
 
 @asynccontextmanager
