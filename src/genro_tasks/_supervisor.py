@@ -93,7 +93,6 @@ class Supervisor:
         # stops tracking; the records live in _queued, keyed by seq.
         self._queue: list[tuple[int, int]] = []
         self._queued: dict[int, TaskRecord] = {}
-        self.queued = 0
         self.workers: set[WorkerProcess] = set()
         self._idle: list[WorkerProcess] = []
         self.busy = 0
@@ -458,7 +457,6 @@ class Supervisor:
     def enqueue(self, rec: TaskRecord) -> None:
         heapq.heappush(self._queue, (-rec.priority, rec.seq))
         self._queued[rec.seq] = rec
-        self.queued += 1
         self._drained = trio.Event() if self._drained.is_set() else self._drained
         self.dispatch()
 
@@ -471,7 +469,6 @@ class Supervisor:
             rec = queued.pop(heapq.heappop(queue)[1], None)
             if rec is None:
                 continue  # cancelled while queued
-            self.queued -= 1
             w = idle.pop()
             w.state = WorkerState.BUSY
             w.task = rec
@@ -493,7 +490,6 @@ class Supervisor:
             return
         w = rec.worker
         if w is None:
-            self.queued -= 1
             del self._queued[rec.seq]  # its heap entry is skipped when it surfaces
             if len(self._queue) > 2 * len(self._queued) + 64:  # too many stale entries: compact
                 self._queue = [(-r.priority, r.seq) for r in self._queued.values()]
@@ -528,7 +524,6 @@ class Supervisor:
             self._on_change(rec)
         self._queue.clear()
         self._queued.clear()
-        self.queued = 0
         self._check_drained()
 
     def kill_busy(self) -> None:
@@ -537,7 +532,7 @@ class Supervisor:
                 self._kill(w, KillReason.SHUTDOWN)
 
     def _check_drained(self) -> None:
-        if self.queued == 0 and self.busy == 0:
+        if not self._queued and self.busy == 0:
             self._drained.set()
 
     # ---------------------------------------------------------------- kill path
@@ -637,7 +632,6 @@ class Supervisor:
             rec.worker = None
             heapq.heappush(self._queue, (-rec.priority, rec.seq))
             self._queued[rec.seq] = rec
-            self.queued += 1
             return
         else:
             self.crashes += 1
@@ -646,6 +640,11 @@ class Supervisor:
             rec.finish_failed(crash)
         self._count(rec)
         self._on_change(rec)
+
+    @property
+    def queued(self) -> int:
+        """Tasks waiting in the queue (derived: the records not yet handed to a worker)."""
+        return len(self._queued)
 
     def statistics(self, tracked: int) -> TaskManagerStatistics:
         running = sum(1 for w in self.workers if w.task is not None and w.task.status is TaskStatus.RUNNING)
