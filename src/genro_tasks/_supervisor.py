@@ -63,6 +63,8 @@ _STOP_GRACE = 5.0
 _EOF_GRACE = 1.0
 #: Safety net around reaping a SIGKILLed process.
 _REAP_LIMIT = 10.0
+#: How long a crashed worker's exit status may take to arrive (it names the signal).
+_STATUS_LIMIT = 2.0
 
 
 class Supervisor:
@@ -234,12 +236,27 @@ class Supervisor:
                 self._nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                if w.state is not WorkerState.DEAD:
-                    if w.exitcode is None and w.process.is_alive():
-                        self._kill(w, w.kill_reason or KillReason.SHUTDOWN)
-                        with trio.move_on_after(_REAP_LIMIT):
-                            await w.wait_exit()
-                    self._exit_safely(w)
+                await self._settle_exit(w)
+
+    async def _settle_exit(self, w: WorkerProcess) -> None:
+        """Make sure the worker's process is dead, record what that means, then release it.
+
+        Death is observed on the worker's own pidfd. A worker nobody asked to
+        die gets a moment for its exit status to arrive (the forkserver reports
+        it), so the crash can say how it died; a killed worker is recorded at
+        once: it is dead, which is all a cancel or a timeout needs to know.
+        """
+        if w.state is not WorkerState.DEAD:
+            if not w.has_exited():
+                self._kill(w, w.kill_reason or KillReason.SHUTDOWN)
+                with trio.move_on_after(_REAP_LIMIT):
+                    await w.wait_exit()
+            if w.kill_reason is None:
+                await w.wait_reaped(_STATUS_LIMIT)
+            self._exit_safely(w)
+        if w.pidfd is not None or w.reader.fd >= 0:  # not released yet
+            await w.wait_reaped(_REAP_LIMIT)
+            w.release()
 
     async def _watch_exit(self, w: WorkerProcess) -> None:
         """Wait for the process to exit; meanwhile enforce timeouts and grace periods."""
@@ -572,7 +589,6 @@ class Supervisor:
             self._idle.remove(w)
         w.state = WorkerState.DEAD
         self.workers.discard(w)
-        w.release()
         rec = w.task
         w.task = None
         if rec is not None:
@@ -704,11 +720,8 @@ class Supervisor:
         self.cancel_queued()
         for w in list(self.workers):
             self._kill(w, reason)
-        with trio.move_on_after(_REAP_LIMIT):
-            for w in list(self.workers):
-                await w.wait_exit()
         for w in list(self.workers):
-            self._exit_safely(w)
+            await self._settle_exit(w)
 
 
 def _root_cause(exc: BaseException) -> BaseException:

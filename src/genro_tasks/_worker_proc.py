@@ -1,9 +1,12 @@
 """Parent-side handle of one worker process: start, framed async pipes, kill.
 
-The handle owns three file descriptors: the write end of the worker's job
-pipe, the read end of its result pipe (both non-blocking, waited on through
-trio), and the process sentinel. It knows nothing about tasks' meaning; the
-supervisor drives it.
+The handle owns the write end of the worker's job pipe and the read end of
+its result pipe (both non-blocking, waited on through trio), a *pidfd* of the
+worker process, and multiprocessing's process sentinel. The worker's death is
+observed through the pidfd: it is the worker's own, so neither the forkserver's
+death nor a descendant holding an inherited descriptor can fake or hide it.
+The sentinel only carries the exit status (the forkserver reports it there).
+It knows nothing about tasks' meaning; the supervisor drives it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import select
 import signal
 from collections.abc import Iterator
 from multiprocessing import spawn
@@ -241,6 +245,11 @@ class WorkerProcess:
                 conn.close()
         self.pid: int = self.process.pid
         self.sentinel: int = self.process.sentinel
+        self._via_forkserver = ctx.get_start_method() == "forkserver"
+        #: The forkserver that reports this worker's exit status (its death loses the status).
+        self._forkserver_fd = current_forkserver_pidfd() if self._via_forkserver else None
+        #: Readable once the worker process itself has exited (None: not Linux, or already gone).
+        self.pidfd: int | None = _open_pidfd(self.pid)
         os.set_blocking(job_w, False)
         os.set_blocking(res_r, False)
         self.job_fd: int | None = job_w
@@ -259,6 +268,8 @@ class WorkerProcess:
         self.grace_deadline = math.inf
         #: Replaced already (max_tasks_per_worker): do not respawn on exit.
         self.retired = False
+        #: The forkserver died before reporting this worker's exit status.
+        self.status_lost = False
         self._out: list[memoryview] = []
         self._out_ready = trio.Event()
 
@@ -330,24 +341,62 @@ class WorkerProcess:
             pass
 
     def kill(self) -> None:
-        """SIGKILL the worker's process group (the worker and what its job spawned)."""
+        """SIGKILL the worker and its process group (what its job spawned).
+
+        All three, always: the group the worker started (its pid), the group it
+        is in now (a job may have moved it with ``setpgid``), and the worker
+        itself through its pidfd, so the kill never misses the one process
+        whose death ends the task.
+        """
         if self.exitcode is not None:
             return
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except OSError:
-            # Not yet its own group leader (still starting) or already gone.
+        groups = {self.pid}
+        with contextlib.suppress(OSError):
+            groups.add(os.getpgid(self.pid))
+        for group in groups:
             with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            else:
                 os.kill(self.pid, signal.SIGKILL)
 
     async def wait_exit(self) -> None:
-        """Wait until the process has exited and been reaped."""
-        await trio.lowlevel.wait_readable(self.sentinel)
+        """Wait until the worker process has exited (it may not be reaped yet)."""
+        await trio.lowlevel.wait_readable(self.pidfd if self.pidfd is not None else self.sentinel)
+
+    def has_exited(self) -> bool:
+        """True if the worker process has exited (without waiting)."""
+        return _readable(self.pidfd if self.pidfd is not None else self.sentinel)
 
     def reap(self) -> int | None:
-        """Collect the exit code of an exited worker and release its sentinel."""
-        self.process.join(0)
-        self.exitcode = self.process.exitcode
+        """Collect the exit status if it is known yet (never blocks); return it.
+
+        A spawned worker is our child: its status is there as soon as it has
+        exited. A forkserver worker's status arrives on the sentinel once the
+        forkserver has reaped it; if the forkserver died, the status is lost
+        and this returns None.
+        """
+        if self.exitcode is None:
+            self.process.join(0)
+            code = self.process.exitcode
+            if code == 255 and self._forkserver_fd is not None and _readable(self._forkserver_fd):
+                code = None  # end-of-file on the sentinel: the forkserver is gone, not the worker's code
+                self.status_lost = True
+            self.exitcode = code
+        return self.exitcode
+
+    async def wait_reaped(self, limit: float) -> int | None:
+        """Wait (at most ``limit`` seconds) until the exit status is known; return it."""
+        with trio.move_on_after(limit):
+            delay = 0.001
+            while self.reap() is None and not self.status_lost:
+                if self._via_forkserver:
+                    await trio.lowlevel.wait_readable(self.sentinel)
+                else:  # pragma: no cover - an exited child is reapable at once
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 0.1)
         return self.exitcode
 
     def release(self) -> None:
@@ -358,7 +407,56 @@ class WorkerProcess:
             trio.lowlevel.notify_closing(fd)
             os.close(fd)
             self.reader.fd = -1
-        try:
+        if self.pidfd is not None:
+            trio.lowlevel.notify_closing(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = None
+        if self.exitcode is None and not self.status_lost:
+            # Still not reported (the forkserver is alive but silent): leave the
+            # Process object to multiprocessing's own cleanup rather than block.
+            log.warning("worker %s: exit status never reported; not waiting for it", self.pid)
+            return
+        with contextlib.suppress(ValueError):
             self.process.close()
-        except ValueError:  # pragma: no cover - still running: never after reap()
-            log.error("worker %s released before it exited", self.pid)
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """A pidfd for ``pid``, or None where Linux pidfds are not available."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:  # pragma: no cover - not Linux
+        return None
+    try:
+        fd: int = pidfd_open(pid)
+    except OSError:  # pragma: no cover - already reaped (ESRCH) or pidfds unsupported
+        return None
+    os.set_blocking(fd, False)
+    return fd
+
+
+#: One pidfd per forkserver process our workers came from (there is a new one after a restart).
+_forkserver_pidfds: dict[int, int] = {}
+
+
+def current_forkserver_pidfd() -> int | None:
+    """A pidfd of the forkserver that starts workers now (after ``Process.start()``).
+
+    It never reaps the forkserver: multiprocessing reaps and restarts a dead
+    forkserver itself, the next time a worker starts.
+    """
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if pid is None:  # pragma: no cover - not started through the forkserver
+        return None
+    fd = _forkserver_pidfds.get(pid)
+    if fd is None:
+        fd = _open_pidfd(pid)
+        if fd is not None:
+            _forkserver_pidfds[pid] = fd
+    return fd
+
+
+def _readable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))

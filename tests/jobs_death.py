@@ -1,0 +1,46 @@
+"""Jobs for the worker-death tests (imported by worker processes)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from genro_tasks_worker import report_progress
+
+
+def wait_for_path(path: str, limit: float = 60.0) -> str:
+    """Block until ``path`` exists (the test's gate), then return its pid as text."""
+    end = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > end:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.005)
+    return f"done in {os.getpid()}"
+
+
+def leave_own_group_and_sleep() -> None:
+    """Move this worker out of the process group it leads, keep a child in it, then hang."""
+    keeper = os.fork()
+    if keeper == 0:  # stays in the worker's original group
+        time.sleep(3600)
+        os._exit(0)
+    ready_r, ready_w = os.pipe()
+    other = os.fork()
+    if other == 0:
+        os.setpgid(0, 0)  # a group of its own
+        os.write(ready_w, b"x")
+        time.sleep(3600)
+        os._exit(0)
+    os.read(ready_r, 1)
+    os.setpgid(0, other)  # the worker joins the other group: killpg(worker pid) no longer reaches it
+    report_progress(message=f"{keeper} {other}")
+    time.sleep(3600)
+
+
+def die_by(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+    time.sleep(10)
+
+
+def exit_with(code: int) -> None:
+    os._exit(code)

@@ -1,0 +1,124 @@
+"""A worker's death is observed on the worker itself (its pidfd), whatever
+happens around it: the forkserver dying, either start method, signals from
+outside, a job that moves its worker to another process group."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import trio
+
+from conftest import wait_pids_gone, wait_status
+from genro_tasks import TaskManager, TaskStatus, WorkerCrashed
+from jobs import simple_task
+from jobs_death import die_by, exit_with, leave_own_group_and_sleep, wait_for_path
+
+
+def _children_of_me() -> list[int]:
+    pids: list[int] = []
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/children") as f:
+            pids.extend(int(p) for p in f.read().split())
+    return pids
+
+
+def _forkserver_pid() -> int:
+    for pid in _children_of_me():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"forkserver" in f.read():
+                    return pid
+        except FileNotFoundError:
+            continue
+    raise AssertionError("no forkserver child found")
+
+
+async def test_forkserver_death_leaves_running_jobs_alone(tasks: TaskManager, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    running = [tasks.submit(wait_for_path, str(gate)) for _ in range(2)]
+    queued = tasks.submit(simple_task, 4)
+    for tid in running:
+        await wait_status(tasks, tid, TaskStatus.RUNNING)
+    forkserver = _forkserver_pid()
+    os.kill(forkserver, signal.SIGKILL)
+    await wait_pids_gone([forkserver], 20)
+    gate.touch()
+    with trio.fail_after(30):
+        for tid in running:
+            assert (await tasks.result(tid)).startswith("done in ")
+        assert await tasks.result(queued) == 8
+    assert tasks.statistics().worker_crashes == 0
+
+    # A worker dying now is a crash like any other; its replacement comes from a new forkserver.
+    victim = tasks.submit(die_by, signal.SIGKILL)
+    with trio.fail_after(30), pytest.raises(WorkerCrashed):
+        await tasks.result(victim)
+    with trio.fail_after(30):
+        assert [await tasks.run(simple_task, n) for n in range(4)] == [0, 2, 4, 6]
+    assert _forkserver_pid() != forkserver
+    assert tasks.statistics().worker_crashes == 1
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+async def test_a_crash_is_a_crash_with_either_start_method(start_method: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="genro_tasks")
+    async with TaskManager(max_workers=2, start_method=start_method) as tm:
+        rounds = 6
+        for _ in range(rounds):
+            ids = [tm.submit(exit_with, 3), tm.submit(die_by, signal.SIGKILL)]
+            with trio.fail_after(60):
+                with pytest.raises(WorkerCrashed, match="exited with code 3"):
+                    await tm.result(ids[0])
+                with pytest.raises(WorkerCrashed, match="killed by SIGKILL"):
+                    await tm.result(ids[1])
+            for tid in ids:
+                info = await tm.info(tid)
+                assert info.status is TaskStatus.FAILED
+                assert info.error is not None
+                assert info.error.startswith("WorkerCrashed")
+        assert tm.statistics().worker_crashes == 2 * rounds
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_external_sigkill_reads_as_a_crash_naming_the_signal(tasks: TaskManager, tmp_path: Path) -> None:
+    tid = tasks.submit(wait_for_path, str(tmp_path / "never"))
+    await wait_status(tasks, tid, TaskStatus.RUNNING)
+    pid = (await tasks.info(tid)).worker_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    with trio.fail_after(30), pytest.raises(WorkerCrashed, match=r"killed by SIGKILL \(signal 9\)"):
+        await tasks.result(tid)
+
+
+async def _moved_pids(tm: TaskManager, tid: str) -> list[int]:
+    """Wait until the job says it moved its worker; return the pids of the children it left."""
+    with trio.fail_after(20):
+        async for info in tm.watch(tid):
+            if info.progress_message:
+                return [int(p) for p in info.progress_message.split()]
+    raise AssertionError("the job ended before moving its worker")
+
+
+async def test_cancel_reaches_a_worker_that_left_its_process_group(tasks: TaskManager) -> None:
+    tid = tasks.submit(leave_own_group_and_sleep)
+    moved = await _moved_pids(tasks, tid)
+    pid = (await tasks.info(tid)).worker_pid
+    assert pid is not None
+    with trio.fail_after(20):
+        assert await tasks.cancel(tid)
+    await wait_pids_gone([pid, *moved], 20)
+
+
+async def test_shutdown_without_wait_reaches_a_worker_that_left_its_group() -> None:
+    tm = TaskManager(max_workers=1)
+    await tm.startup()
+    tid = tm.submit(leave_own_group_and_sleep)
+    moved = await _moved_pids(tm, tid)
+    with trio.fail_after(20):
+        await tm.shutdown(wait=False)
+    assert (await tm.info(tid)).status is TaskStatus.CANCELLED
+    await wait_pids_gone(moved, 20)
