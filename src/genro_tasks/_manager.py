@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 import trio
+from trio.lowlevel import enable_ki_protection
 
 from genro_tasks_worker._protocol import PICKLE_PROTOCOL
 
@@ -248,6 +249,7 @@ class TaskManager:
         await self.shutdown(wait=exc_type is None)
 
     # -------------------------------------------------------------------- submit
+    @enable_ki_protection
     def submit(
         self,
         func: Callable[..., Any],
@@ -560,6 +562,7 @@ class TaskManager:
                     await rec.wait_done()
         return rec.outcome()
 
+    @enable_ki_protection
     def list_tasks(self, status: TaskStatus | None = None) -> list[TaskInfo]:
         """Return snapshots of all tracked tasks, oldest first, optionally of one status."""
         self._prune()
@@ -568,6 +571,7 @@ class TaskManager:
         status = TaskStatus(status)
         return [rec.snapshot() for rec in self._records.values() if rec.status is status]
 
+    @enable_ki_protection
     def clear_completed(self) -> int:
         """Forget every finished (COMPLETED, FAILED, CANCELLED) task; return how many."""
         done = [tid for tid, rec in self._records.items() if rec.status.is_terminal]
@@ -576,6 +580,7 @@ class TaskManager:
         self._finished.clear()
         return len(done)
 
+    @enable_ki_protection
     def statistics(self) -> TaskManagerStatistics:
         """Return a frozen snapshot of the manager's counters (trio's ``statistics()`` convention)."""
         sup = self._sup
@@ -600,6 +605,7 @@ class TaskManager:
                 if records.get(rec.task_id) is rec:
                     del records[rec.task_id]
 
+    @enable_ki_protection
     def watch(self, task_id: str) -> TaskWatcher:
         """Follow one task live: ``async for info in tm.watch(task_id): ...``.
 
@@ -620,6 +626,7 @@ class TaskManager:
             rec.watchers.add(watcher)
         return watcher
 
+    @enable_ki_protection
     def open_change_stream(self, *, max_pending: int = 10_000) -> ChangeStream:
         """Subscribe to every change of every task (for dashboards and logs).
 
@@ -639,6 +646,7 @@ class TaskManager:
             self._streams.add(stream)
         return stream
 
+    @enable_ki_protection
     def _note_change(self, rec: TaskRecord | None) -> None:
         # Called for every transition: keep the common path (nobody watching) short.
         if rec is not None:

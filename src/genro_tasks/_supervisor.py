@@ -9,6 +9,11 @@ Everything that changes a task's state happens here, in plain synchronous
 methods that never await halfway through a transition. The facade
 (:mod:`._manager`) calls those methods from its own tasks; that is safe
 because trio runs one task at a time.
+
+All of it runs with KeyboardInterrupt protection (trio's
+``enable_ki_protection``): a Ctrl-C never lands halfway through a
+transition, and trio delivers it to the application's main task instead,
+which then shuts the manager down like any other exception would.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 import trio
+from trio.lowlevel import enable_ki_protection
 
 from genro_tasks_worker._protocol import (
     DONE_BAD_RESULT,
@@ -117,6 +123,7 @@ class Supervisor:
         self.crashes = 0
 
     # ------------------------------------------------------------------ running
+    @enable_ki_protection
     async def run(self) -> None:
         """Body of the supervisor task (a trio system task)."""
         try:
@@ -211,11 +218,13 @@ class Supervisor:
         self._backoff = _BACKOFF_FIRST if self._backoff == 0 else min(self._backoff * 2, _BACKOFF_MAX)
         self._nursery.start_soon(self._respawn_later, self._backoff)
 
+    @enable_ki_protection
     async def _respawn_later(self, delay: float) -> None:
         await trio.sleep(delay)
         if not self._stopping:
             self._spawn()
 
+    @enable_ki_protection
     async def _serve(self, w: WorkerProcess) -> None:
         """Run one worker's pipes until its process exits, then account for it."""
         try:
@@ -287,6 +296,7 @@ class Supervisor:
         if w.timer is not None:
             w.timer.deadline = self._deadline(w)
 
+    @enable_ki_protection
     async def _read_loop(self, w: WorkerProcess) -> None:
         frames: list[Frame] = []
         reader = w.reader
@@ -471,12 +481,14 @@ class Supervisor:
             self.cancelled += 1
 
     # ---------------------------------------------------------------- the queue
+    @enable_ki_protection
     def enqueue(self, rec: TaskRecord) -> None:
         heapq.heappush(self._queue, (-rec.priority, rec.seq))
         self._queued[rec.seq] = rec
         self._drained = trio.Event() if self._drained.is_set() else self._drained
         self.dispatch()
 
+    @enable_ki_protection
     def dispatch(self) -> None:
         """Hand queued jobs to idle workers until one of them runs out."""
         queue = self._queue
@@ -494,6 +506,7 @@ class Supervisor:
             assert rec.payload is not None
             w.send_job(rec.seq, rec.payload)
 
+    @enable_ki_protection
     def cancel(self, rec: TaskRecord, grace: float | None = None) -> None:
         """Start cancelling ``rec``; the caller then waits for it to be terminal.
 
@@ -530,6 +543,7 @@ class Supervisor:
         log.debug("cancelling task %r: killing worker %d", rec.task_id, w.pid)
         self._kill(w, KillReason.CANCEL)
 
+    @enable_ki_protection
     def cancel_queued(self) -> None:
         self._end_queued(lambda rec: rec.finish_cancelled("cancelled by shutdown"))
 
@@ -543,6 +557,7 @@ class Supervisor:
         self._queued.clear()
         self._check_drained()
 
+    @enable_ki_protection
     def kill_busy(self) -> None:
         for w in list(self.workers):
             if w.task is not None:
@@ -662,6 +677,7 @@ class Supervisor:
         """Tasks waiting in the queue (derived: the records not yet handed to a worker)."""
         return len(self._queued)
 
+    @enable_ki_protection
     def statistics(self, tracked: int) -> TaskManagerStatistics:
         running = sum(1 for w in self.workers if w.task is not None and w.task.status is TaskStatus.RUNNING)
         return TaskManagerStatistics(
@@ -714,6 +730,7 @@ class Supervisor:
                 if stuck.cancelled_caught:  # pragma: no cover - a bug; never hang the caller
                     log.critical("genro_tasks supervisor did not stop in time; giving up on it")
 
+    @enable_ki_protection
     async def _kill_everything(self, reason: KillReason) -> None:
         self._stopping = True
         self.accepting = False

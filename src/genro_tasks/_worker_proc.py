@@ -300,6 +300,7 @@ class WorkerProcess:
             self._out.append(view[n:])
             self._out_ready.set()
 
+    @trio.lowlevel.enable_ki_protection
     async def write_loop(self) -> None:
         """Flush queued bytes whenever the pipe has room (runs for the worker's life)."""
         while True:
