@@ -44,3 +44,50 @@ def die_by(signum: int) -> None:
 
 def exit_with(code: int) -> None:
     os._exit(code)
+
+
+def init_exit_if_armed(directory: str) -> None:
+    """An initializer that kills its own worker once the test arms it."""
+    if os.path.exists(os.path.join(directory, "armed")):
+        os._exit(7)
+
+
+def init_one_fails_others_wait(directory: str) -> None:
+    """Once armed: the first worker to start raises, the others wait for the test's gate."""
+    if not os.path.exists(os.path.join(directory, "armed")):
+        return
+    try:
+        os.close(os.open(os.path.join(directory, "won"), os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        wait_for_path(os.path.join(directory, "gate"))
+        return
+    raise RuntimeError("this worker's initializer fails on purpose")
+
+
+def _refuse_to_load(kind: str) -> object:
+    """Runs where the value is unpickled: in the parent, never in the worker."""
+    if kind == "system-exit":
+        raise SystemExit("unpickling this result exits")
+    raise ValueError("this result cannot be loaded here")
+
+
+class LoadsBadly:
+    """Pickles fine in the worker; unpickling it in the parent raises."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_refuse_to_load, (self.kind,))
+
+
+def return_unloadable(kind: str) -> LoadsBadly:
+    return LoadsBadly(kind)
+
+
+def leave_non_daemon_thread() -> int:
+    """Return, leaving a non-daemon thread that keeps the process from exiting normally."""
+    import threading
+
+    threading.Thread(target=time.sleep, args=(3600,), daemon=False).start()
+    return os.getpid()

@@ -12,10 +12,19 @@ from pathlib import Path
 import pytest
 import trio
 
-from conftest import wait_pids_gone, wait_status
-from genro_tasks import TaskManager, TaskStatus, WorkerCrashed
+from conftest import wait_pids_gone, wait_status, wait_until
+from genro_tasks import TaskManager, TaskStatus, UnpicklableResult, WorkerCrashed, WorkerInitError
 from jobs import simple_task
-from jobs_death import die_by, exit_with, leave_own_group_and_sleep, wait_for_path
+from jobs_death import (
+    die_by,
+    exit_with,
+    init_exit_if_armed,
+    init_one_fails_others_wait,
+    leave_non_daemon_thread,
+    leave_own_group_and_sleep,
+    return_unloadable,
+    wait_for_path,
+)
 
 
 def _children_of_me() -> list[int]:
@@ -122,3 +131,68 @@ async def test_shutdown_without_wait_reaches_a_worker_that_left_its_group() -> N
         await tm.shutdown(wait=False)
     assert (await tm.info(tid)).status is TaskStatus.CANCELLED
     await wait_pids_gone(moved, 20)
+
+
+async def test_an_initializer_that_kills_its_worker_fails_queued_tasks(tmp_path: Path) -> None:
+    """Not PENDING forever, and shutdown(wait=True) stays bounded."""
+    tm = TaskManager(max_workers=1, initializer=init_exit_if_armed, initargs=(str(tmp_path),))
+    await tm.startup()
+    try:
+        (tmp_path / "armed").touch()
+        victim = tm.submit(die_by, signal.SIGKILL)
+        queued = tm.submit(simple_task, 1)
+        with trio.fail_after(30):
+            with pytest.raises(WorkerCrashed):
+                await tm.result(victim)
+            with pytest.raises(WorkerInitError, match="exited with code 7 before it was ready"):
+                await tm.result(queued)
+    finally:
+        with trio.fail_after(30):
+            await tm.shutdown(wait=True)
+
+
+async def test_one_failed_initializer_does_not_fail_what_a_starting_worker_can_run(tmp_path: Path) -> None:
+    tm = TaskManager(max_workers=2, initializer=init_one_fails_others_wait, initargs=(str(tmp_path),))
+    await tm.startup()
+    try:
+        (tmp_path / "armed").touch()
+        victims = [tm.submit(die_by, signal.SIGKILL) for _ in range(2)]
+        with trio.fail_after(30):
+            for victim in victims:
+                with pytest.raises(WorkerCrashed):
+                    await tm.result(victim)
+        queued = tm.submit(simple_task, 5)
+        # Both replacements start; one initializer raises, the other waits at the gate.
+        await wait_until(tm, lambda: tm.statistics().worker_restarts >= 3, timeout=30)
+        assert await tm.status(queued) is TaskStatus.PENDING
+        (tmp_path / "gate").touch()
+        with trio.fail_after(30):
+            assert await tm.result(queued) == 10
+    finally:
+        (tmp_path / "gate").touch()
+        with trio.fail_after(30):
+            await tm.shutdown(wait=False)
+
+
+@pytest.mark.parametrize("kind", ["value-error", "system-exit"])
+async def test_completed_means_result_returns(tasks: TaskManager, kind: str) -> None:
+    """A result that cannot be unpickled here is FAILED with UnpicklableResult, never COMPLETED."""
+    tid = tasks.submit(return_unloadable, kind)
+    with trio.fail_after(30), pytest.raises(UnpicklableResult, match="cannot be unpickled in this process"):
+        await tasks.result(tid)
+    info = await tasks.info(tid)
+    assert info.status is TaskStatus.FAILED
+    assert info.error is not None
+    assert info.error.startswith("UnpicklableResult")
+    with trio.fail_after(30):
+        assert await tasks.run(simple_task, 2) == 4
+
+
+async def test_a_retired_worker_that_will_not_exit_is_killed() -> None:
+    """The pool never grows past max_workers with workers that ignore being told to stop."""
+    async with TaskManager(max_workers=1, max_tasks_per_worker=1) as tm:
+        with trio.fail_after(30):
+            first = await tm.run(leave_non_daemon_thread)
+            second = await tm.run(leave_non_daemon_thread)
+        assert first != second
+        await wait_pids_gone([first], 30)

@@ -129,7 +129,9 @@ class WorkerInitError(RuntimeError):
 
     Raised by ``startup()`` if the first workers cannot initialise, and by
     ``result()`` for queued tasks that no worker could run because every
-    worker's initializer kept failing. Workers are restarted with an
+    worker's initializer kept failing (raising, or killing its worker) and no
+    other worker was ready or starting. ``type_name`` is empty when the worker
+    died while starting instead of raising. Workers are restarted with an
     exponential back-off (up to 5 s), never in a hot loop.
     """
 
@@ -139,6 +141,9 @@ class WorkerInitError(RuntimeError):
         self.remote_traceback = remote_traceback
         self.task_id = task_id
         prefix = f"Task {task_id!r} could not run: " if task_id else ""
+        if not type_name:  # the worker died while starting: nothing was raised
+            super().__init__(f"{prefix}no worker could start: {message}")
+            return
         super().__init__(
             f"{prefix}the worker initializer raised {type_name}: {message}\n\nRemote traceback:\n{remote_traceback}"
         )

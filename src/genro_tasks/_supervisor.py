@@ -69,6 +69,8 @@ _STOP_GRACE = 5.0
 _EOF_GRACE = 1.0
 #: Safety net around reaping a SIGKILLed process.
 _REAP_LIMIT = 10.0
+#: Worker states that can still run a task (now, or once started).
+_LIVE_STATES = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY})
 #: How long a crashed worker's exit status may take to arrive (it names the signal).
 _STATUS_LIMIT = 2.0
 
@@ -273,9 +275,13 @@ class Supervisor:
             with trio.CancelScope(deadline=self._deadline(w)) as w.timer:
                 await w.wait_exit()
                 return
+            now = trio.current_time()
+            if w.state is WorkerState.STOPPING and w.stop_deadline <= now:
+                log.warning("worker %d did not exit within %gs of being told to stop; killing it", w.pid, _STOP_GRACE)
+                self._kill(w, KillReason.STOP)
+                continue
             if w.state is not WorkerState.BUSY:
                 continue
-            now = trio.current_time()
             rec = w.task
             if w.grace_deadline <= now:
                 log.info("worker %d: grace period over; killing it", w.pid)
@@ -286,8 +292,10 @@ class Supervisor:
 
     @staticmethod
     def _deadline(w: WorkerProcess) -> float:
+        if w.state is WorkerState.STOPPING:
+            return w.stop_deadline  # told to exit: killed if it has not by then
         if w.state is not WorkerState.BUSY:
-            return math.inf  # dying, stopping or idle: nothing left to enforce
+            return math.inf  # dying or idle: nothing left to enforce
         rec = w.task
         task_deadline = rec.deadline if rec is not None and rec.status is TaskStatus.RUNNING else math.inf
         return min(task_deadline, w.grace_deadline)
@@ -368,8 +376,7 @@ class Supervisor:
             self.init_error = None
             log.debug("worker %d ready", w.pid)
             if self._stopping:
-                w.state = WorkerState.STOPPING
-                w.close_jobs()
+                self._tell_to_stop(w)
                 return
             self._idle.append(w)
             self._on_change(None)
@@ -402,7 +409,18 @@ class Supervisor:
             self._on_change(rec)
             return
         if kind == DONE_OK:
-            rec.finish_ok(body)
+            # Decoded here, before COMPLETED is recorded: COMPLETED means result() returns.
+            try:
+                value = pickle.loads(body)
+            except BaseException as exc:  # user code ran: even SystemExit stays here, as this task's failure
+                error = UnpicklableResult(
+                    f"Task {rec.task_id!r} ({rec.name}) returned a value that cannot be unpickled in this "
+                    f"process: {_describe(exc)}; return plain data, or make the value's class importable here"
+                )
+                error.__cause__ = exc if isinstance(exc, Exception) else None
+                rec.finish_failed(error)
+            else:
+                rec.finish_ok(value)
         elif kind == DONE_ERROR:
             try:
                 failure = pickle.loads(body)
@@ -447,29 +465,40 @@ class Supervisor:
         self._check_drained()
 
     def _init_failed(self, w: WorkerProcess, body: bytes | bytearray) -> None:
-        """A worker's initializer raised: remember why; fail what cannot run anywhere."""
+        """A worker's initializer raised: remember why (the worker exits next; _on_exit goes on)."""
         try:
             _exc_bytes, type_name, message, tb_text = pickle.loads(body)
         except Exception:
             type_name, message, tb_text = "<unknown>", "initializer failed", ""
-        error = WorkerInitError(type_name, message, tb_text)
-        self.init_error = error
+        w.init_failed = True
         log.warning("worker %d: initializer failed: %s: %s", w.pid, type_name, message)
+        self._start_failed(WorkerInitError(type_name, message, tb_text))
+
+    def _start_failed(self, error: WorkerInitError) -> None:
+        """A worker could not start: fail startup(), and queued tasks if no other worker can run them."""
+        self.init_error = error
         if self._starting and not self._ready.is_set():
             self._startup_error = error
             self._ready.set()
-        if not self._idle and self.busy == 0:
-            # No worker can run anything: tell the queued tasks now, not never.
-            self._end_queued(lambda rec: rec.finish_failed(error.for_task(rec.task_id)))
+
+    def _can_run_soon(self) -> bool:
+        """True if some worker is ready, busy or still starting (and so may run queued tasks)."""
+        return any(w.state in _LIVE_STATES for w in self.workers)
 
     def _retire(self, w: WorkerProcess) -> None:
         """Recycle a worker that did its max_tasks_per_worker: it exits, a new one starts now."""
         log.info("worker %d retiring after %d tasks", w.pid, w.jobs_done)
-        w.state = WorkerState.STOPPING
         w.retired = True
-        w.close_jobs()
+        self._tell_to_stop(w)
         self.restarts += 1
         self._spawn()
+
+    def _tell_to_stop(self, w: WorkerProcess) -> None:
+        """Close an idle worker's job pipe: it exits, or is killed ``_STOP_GRACE`` seconds later."""
+        w.state = WorkerState.STOPPING
+        w.stop_deadline = trio.current_time() + _STOP_GRACE
+        w.close_jobs()
+        self._rearm(w)
 
     def _count(self, rec: TaskRecord) -> None:
         status = rec.status
@@ -609,21 +638,29 @@ class Supervisor:
         if rec is not None:
             self.busy -= 1
             self._account_task(w, rec, reason, exitcode)
-        elif reason is None and not stopping and self.init_error is None:
-            self.crashes += 1
+        elif reason is None and not stopping:
             if was_ready:
+                self.crashes += 1
                 log.warning("idle worker %d died (%s); replacing it", w.pid, describe_exit(exitcode))
-            else:
+            elif not w.init_failed:
+                # Died while starting (in the initializer or before it): a failed start, like a raise.
+                self.crashes += 1
                 log.warning("worker %d died before it was ready (%s)", w.pid, describe_exit(exitcode))
+                self._start_failed(
+                    WorkerInitError(
+                        "",
+                        f"worker {w.pid} {describe_exit(exitcode)} before it was ready (its stderr says why; if "
+                        "your main module starts a TaskManager when imported, guard that code with "
+                        "`if __name__ == '__main__':`)",
+                        "",
+                    )
+                )
+            error = self.init_error
+            if not was_ready and error is not None and not self._can_run_soon():
+                # No worker can run anything now: tell the queued tasks, not never.
+                self._end_queued(lambda queued: queued.finish_failed(error.for_task(queued.task_id)))
         else:
             log.info("worker %d exited (%s)", w.pid, describe_exit(exitcode))
-        if self._starting and not was_ready and not self._ready.is_set() and self._startup_error is None:
-            self._startup_error = RuntimeError(
-                f"TaskManager could not start its worker processes: worker {w.pid} {describe_exit(exitcode)} "
-                "before it was ready (its stderr says why). If your main module starts a TaskManager when "
-                "imported, guard that code with `if __name__ == '__main__':`."
-            )
-            self._ready.set()
         if not self.workers:
             self._no_workers.set()
         self._check_drained()
@@ -716,8 +753,7 @@ class Supervisor:
                     if w in self._idle:
                         self._idle.remove(w)
                     if w.state is WorkerState.IDLE:
-                        w.state = WorkerState.STOPPING
-                        w.close_jobs()
+                        self._tell_to_stop(w)
             with trio.move_on_after(_STOP_GRACE):
                 if self.workers:
                     await self._no_workers.wait()
@@ -739,6 +775,14 @@ class Supervisor:
             self._kill(w, reason)
         for w in list(self.workers):
             await self._settle_exit(w)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception raised by user code, even if its ``__str__`` raises."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except BaseException:
+        return f"{type(exc).__name__} (its message could not be formatted)"
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._errors import RemoteError, TaskCancelled, UnpicklableResult
+from ._errors import RemoteError, TaskCancelled
 
 if TYPE_CHECKING:
     from ._watch import TaskWatcher
@@ -128,7 +128,6 @@ class TaskRecord:
         "_done",
         "_failure",
         "_result",
-        "_result_data",
         "cancel_requested",
         "completed_at",
         "created_at",
@@ -185,8 +184,7 @@ class TaskRecord:
         self.requeues = 0
         #: cancel() arrived while the worker was already dying for another reason.
         self.cancel_requested = False
-        self._result: Any = _UNSET
-        self._result_data: bytes | bytearray | None = None
+        self._result: Any = None
         self._failure: BaseException | tuple[bytes | None, str, str, str] | None = None
         self._done: trio.Event | None = None
         self.version = 0
@@ -239,17 +237,6 @@ class TaskRecord:
         """Return the job's value, or raise what the task ended with."""
         status = self.status
         if status is TaskStatus.COMPLETED:
-            if self._result is _UNSET:
-                if self._result_data is None:  # pragma: no cover
-                    raise AssertionError("completed task without a result")
-                try:
-                    self._result = pickle.loads(self._result_data)
-                except Exception as exc:
-                    raise UnpicklableResult(
-                        f"Task {self.task_id!r} ({self.name}) completed, but its result cannot be unpickled "
-                        f"in this process: {type(exc).__name__}: {exc}"
-                    ) from exc
-                self._result_data = None
             return self._result
         if status is TaskStatus.CANCELLED:
             raise TaskCancelled(self.task_id, self.error or "")
@@ -284,8 +271,8 @@ class TaskRecord:
             self.progress_message = message
         self.version += 1
 
-    def finish_ok(self, data: bytes | bytearray) -> None:
-        self._result_data = data
+    def finish_ok(self, value: Any) -> None:
+        self._result = value
         self._finish(TaskStatus.COMPLETED, None)
 
     def finish_remote_error(self, failure: tuple[bytes | None, str, str, str]) -> None:
@@ -312,6 +299,3 @@ class TaskRecord:
         if done is not None:
             self._done = None  # waiters hold their own reference
             done.set()
-
-
-_UNSET: Any = object()

@@ -69,6 +69,7 @@ class KillReason(enum.Enum):
     SHUTDOWN = "cancelled by shutdown"
     CRASH = "worker misbehaved"
     SUPERVISOR = "supervisor failed"
+    STOP = "did not exit when told to stop"
 
 
 def _enlarge_pipe(fd: int) -> None:
@@ -266,8 +267,12 @@ class WorkerProcess:
         self.timer: trio.CancelScope | None = None
         #: Set when a graceful cancel sent SIGTERM: kill at this trio time.
         self.grace_deadline = math.inf
+        #: Set when its job pipe is closed (STOPPING): kill at this trio time if still alive.
+        self.stop_deadline = math.inf
         #: Replaced already (max_tasks_per_worker): do not respawn on exit.
         self.retired = False
+        #: Its initializer raised (reported INIT_FAILED) before it became ready.
+        self.init_failed = False
         #: The forkserver died before reporting this worker's exit status.
         self.status_lost = False
         self._out: list[memoryview] = []
@@ -354,6 +359,9 @@ class WorkerProcess:
         groups = {self.pid}
         with contextlib.suppress(OSError):
             groups.add(os.getpgid(self.pid))
+        # A worker still starting is in the group it inherited (ours, or the
+        # forkserver's): never signal that one.
+        groups.discard(os.getpgrp())
         for group in groups:
             with contextlib.suppress(OSError):
                 os.killpg(group, signal.SIGKILL)
