@@ -21,10 +21,11 @@ class TaskCancelled(Exception):
 
     def __init__(self, task_id: str, detail: str = "") -> None:
         self.task_id = task_id
+        self.detail = detail
         super().__init__(f"Task {task_id!r} was cancelled{': ' + detail if detail else ''}")
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.task_id,))
+        return (type(self), (self.task_id, self.detail))
 
 
 class TaskTimeout(TimeoutError):
@@ -99,7 +100,10 @@ class UnpicklableJob(TypeError):
 
     Nothing is recorded for the task. Jobs cross into another process, so the
     function must be importable by name (a module-level ``def``: not a lambda,
-    a closure or a local class's method) and its arguments must pickle.
+    a closure or a local class's method) and its arguments must pickle. Also
+    raised when the job refers to a function or class defined in a main
+    script the workers cannot import (``python -c``, a script read from
+    stdin, an interactive session): define it in a module instead.
     """
 
 

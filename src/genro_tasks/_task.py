@@ -255,7 +255,7 @@ class TaskRecord:
             raise TaskCancelled(self.task_id, self.error or "")
         failure = self._failure
         if isinstance(failure, BaseException):
-            raise failure.with_traceback(None)
+            raise _fresh(failure)
         if failure is None:  # pragma: no cover
             raise AssertionError(f"task {self.task_id!r} is {status.value}, not finished")
         exc_bytes, type_name, message, tb_text = failure
@@ -315,3 +315,28 @@ class TaskRecord:
 
 
 _UNSET: Any = object()
+
+
+def _fresh(template: BaseException) -> BaseException:
+    """A new exception like ``template``, so every waiter gets its own instance.
+
+    Raising one instance into several waiters would share (and keep
+    rewriting) its ``__traceback__`` and ``__context__``. The copy is rebuilt
+    from the exception's own ``__reduce__`` (as pickling would) and keeps the
+    recorded ``__cause__``; a template that cannot be rebuilt is raised as is.
+    """
+    try:
+        reduced = template.__reduce__()
+        assert isinstance(reduced, tuple)
+        factory, args, *rest = reduced
+        fresh = factory(*args)
+        state = rest[0] if rest else None
+        if isinstance(state, dict):
+            fresh.__dict__.update(state)
+    except Exception:  # pragma: no cover - our own exceptions all rebuild
+        return template.with_traceback(None)
+    if not isinstance(fresh, BaseException):  # pragma: no cover
+        return template.with_traceback(None)
+    fresh.__cause__ = template.__cause__
+    fresh.__suppress_context__ = template.__suppress_context__
+    return fresh
