@@ -278,7 +278,7 @@ def test_initializer_from_unimportable_main_is_refused() -> None:
         with pytest.raises(UnpicklableJob, match="initializer"):
             TaskManager(1, initializer=init)
     finally:
-        del main.init  # type: ignore[attr-defined]
+        del main.init
         for k, v in saved.items():
             setattr(main, k, v)
 
@@ -289,7 +289,7 @@ async def test_list_tasks_takes_status_values_in_any_case(tasks: TaskManager) ->
         tid = tasks.submit(simple_task, 1)
         await tasks.result(tid)
     for status in (TaskStatus.COMPLETED, "completed", "COMPLETED", "Completed"):
-        assert [i.task_id for i in tasks.list_tasks(status)] == [tid]  # type: ignore[arg-type]
+        assert [i.task_id for i in tasks.list_tasks(status)] == [tid]
     assert tasks.list_tasks("RUNNING") == []
     for bad in ("done", 3, TaskStatus):
         with pytest.raises(ValueError, match="'pending', 'running', 'completed', 'failed', 'cancelled'"):
@@ -325,6 +325,7 @@ async def test_every_waiter_gets_its_own_exception(tasks: TaskManager) -> None:
         TaskCancelled("t1", "cancelled by shutdown"),
         TaskTimeout("t2", 1.5),
         WorkerCrashed("t3", 123, -9),
+        WorkerCrashed("t3", 123, 1, "it sent a corrupt message"),
         SupervisorFailed("the supervisor failed: boom"),
         UnpicklableResult("Task 't4' returned something odd"),
     ],

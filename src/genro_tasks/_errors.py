@@ -59,13 +59,14 @@ class WorkerCrashed(Exception):
         self.task_id = task_id
         self.pid = pid
         self.exitcode = exitcode
+        self.detail = detail
         super().__init__(
             f"Worker process {pid} died while running task {task_id!r}: {describe_exit(exitcode)}"
             + (f" ({detail})" if detail else "")
         )
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.task_id, self.pid, self.exitcode))
+        return (type(self), (self.task_id, self.pid, self.exitcode, self.detail))
 
 
 class RemoteError(Exception):

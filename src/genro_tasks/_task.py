@@ -321,22 +321,14 @@ def _fresh(template: BaseException) -> BaseException:
     """A new exception like ``template``, so every waiter gets its own instance.
 
     Raising one instance into several waiters would share (and keep
-    rewriting) its ``__traceback__`` and ``__context__``. The copy is rebuilt
-    from the exception's own ``__reduce__`` (as pickling would) and keeps the
-    recorded ``__cause__``; a template that cannot be rebuilt is raised as is.
+    rewriting) its ``__traceback__`` and ``__context__``. The copy has the
+    same class, ``args`` and attributes (its ``__init__`` is not run again)
+    and keeps the recorded ``__cause__``; it starts with no traceback.
     """
-    try:
-        reduced = template.__reduce__()
-        assert isinstance(reduced, tuple)
-        factory, args, *rest = reduced
-        fresh = factory(*args)
-        state = rest[0] if rest else None
-        if isinstance(state, dict):
-            fresh.__dict__.update(state)
-    except Exception:  # pragma: no cover - our own exceptions all rebuild
-        return template.with_traceback(None)
-    if not isinstance(fresh, BaseException):  # pragma: no cover
-        return template.with_traceback(None)
+    cls = type(template)
+    fresh = cls.__new__(cls, *template.args)
+    fresh.args = template.args
+    fresh.__dict__.update(template.__dict__)
     fresh.__cause__ = template.__cause__
     fresh.__suppress_context__ = template.__suppress_context__
     return fresh
