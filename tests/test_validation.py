@@ -6,6 +6,7 @@ import functools
 import math
 import pickle
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,8 @@ from genro_tasks import (
     WorkerCrashed,
     report_progress,
 )
-from jobs import exit_hard, simple_task, slow_task
+from jobs import echo, exit_hard, simple_task, slow_task
+from jobs_api import triple
 
 TESTS = Path(__file__).parent
 
@@ -61,6 +63,15 @@ def test_constructor_options_are_checked(option: str, value: object) -> None:
 def test_constructor_initargs_must_be_a_sequence() -> None:
     with pytest.raises(TypeError, match="initargs"):
         TaskManager(1, initializer=simple_task, initargs=5)  # type: ignore[arg-type]
+
+
+async def test_largest_memory_limit_is_accepted_by_the_worker(tasks: TaskManager) -> None:
+    with pytest.raises(ValueError, match="memory_limit"):
+        tasks.options(memory_limit=2**63)
+    with pytest.raises(ValueError, match="memory_limit"):
+        tasks.options(memory_limit=2**62 + 1)
+    with trio.fail_after(30):
+        assert await tasks.options(memory_limit=2**62).run(simple_task, 2) == 4
 
 
 async def test_cancel_grace_and_result_timeout_refuse_bools(tasks: TaskManager) -> None:
@@ -262,25 +273,47 @@ async def test_interactive_session() -> None:
     assert _says_why(err), err
 
 
-def test_initializer_from_unimportable_main_is_refused() -> None:
-    # Simulate a main module without a file, as under 'python -c'.
+class Point:
+    """Stands in for a class defined in an unimportable main script."""
+
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+
+@pytest.fixture
+def fileless_main(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """Make ``__main__`` look as under ``python -c`` (no file, no spec), holding ``init`` and ``Point``."""
+    main = sys.modules["__main__"]
+    monkeypatch.delattr(main, "__file__", raising=False)
+    monkeypatch.setattr(main, "__spec__", None)
+
     def init() -> None:
         pass
 
-    init.__module__ = "__main__"
-    init.__qualname__ = "init"
-    main = sys.modules["__main__"]
-    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if hasattr(main, k)}
-    try:
-        for k in saved:
-            delattr(main, k) if k == "__file__" else setattr(main, k, None)
-        main.init = init  # type: ignore[attr-defined]
-        with pytest.raises(UnpicklableJob, match="initializer"):
-            TaskManager(1, initializer=init)
-    finally:
-        del main.init
-        for k, v in saved.items():
-            setattr(main, k, v)
+    for obj, name in ((init, "init"), (Point, "Point")):
+        monkeypatch.setattr(obj, "__module__", "__main__")
+        if obj.__qualname__ != name:
+            monkeypatch.setattr(obj, "__qualname__", name)
+        monkeypatch.setattr(main, name, obj, raising=False)
+    return main
+
+
+def test_initializer_from_unimportable_main_is_refused(fileless_main: types.ModuleType) -> None:
+    with pytest.raises(UnpicklableJob, match=r"initializer .*__main__\.init"):
+        TaskManager(1, initializer=fileless_main.init)
+    with pytest.raises(UnpicklableJob, match=r"__main__\.Point"):
+        TaskManager(1, initializer=triple, initargs=(Point(1),))
+
+
+async def test_argument_from_unimportable_main_is_refused(tasks: TaskManager, fileless_main: types.ModuleType) -> None:
+    with pytest.raises(UnpicklableJob, match=r"__main__\.Point.*module file"):
+        tasks.submit(triple, [fileless_main.Point(2)])
+    with pytest.raises(UnpicklableJob, match=r"__main__\.Point"):
+        tasks.submit(fileless_main.Point, 2)
+    # A string that merely mentions __main__ is not a reference to it.
+    with trio.fail_after(30):
+        assert await tasks.run(echo, "__main__") == "__main__"
+    assert len(tasks.list_tasks()) == 1
 
 
 # ------------------------------------------------------------------ #18 statuses

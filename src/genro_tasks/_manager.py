@@ -494,7 +494,7 @@ class TaskManager:
     def _enqueue(self, job: _Job, *, wait_for_room: bool) -> str:
         """Record a prepared job and hand it to the supervisor (no await: atomic)."""
         sup = self._sup
-        if not self._running or sup is None or not sup.accepting:
+        if not self._running or sup is None or not sup.accepting or sup.finished.is_set():
             raise self._closed_error()
         if not wait_for_room and self._max_queued is not None and sup.queued >= self._max_queued:
             raise QueueFull(
