@@ -7,6 +7,7 @@ import math
 import pickle
 import sys
 import types
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -170,22 +171,42 @@ async def test_calls_from_another_thread_are_refused(tasks: TaskManager) -> None
 
 def test_calls_from_another_trio_run_are_refused() -> None:
     tm = TaskManager(1)
-    outcome: list[BaseException] = []
+    refused: list[str] = []
 
-    async def other_run() -> None:
-        try:
-            tm.submit(simple_task, 1)
-        except RuntimeError as exc:
-            outcome.append(exc)
+    async def other_run(tid: str) -> None:
+        attempts: list[Callable[[], object]] = [
+            lambda: tm.submit(simple_task, 1),
+            lambda: tm.watch(tid),
+            lambda: tm.open_change_stream(),
+            tm.clear_completed,
+            tm.list_tasks,
+            tm.statistics,
+        ]
+        for attempt in attempts:
+            with pytest.raises(RuntimeError, match="outside the trio run") as info:
+                attempt()
+            refused.append(str(info.value))
+        waits: list[Callable[[], Awaitable[object]]] = [
+            lambda: tm.result(tid),
+            lambda: tm.cancel(tid),
+            lambda: tm.run(simple_task, 1),
+        ]
+        for wait in waits:
+            with pytest.raises(RuntimeError, match="outside the trio run") as info:
+                await wait()
+            refused.append(str(info.value))
 
     async def main() -> None:
         async with tm:
-            await trio.to_thread.run_sync(trio.run, other_run)
+            tid = tm.submit(slow_task, 60)
+            await trio.to_thread.run_sync(trio.run, other_run, tid)
+            assert (await tm.info(tid)).status is not TaskStatus.CANCELLED
+            assert [i.task_id for i in tm.list_tasks()] == [tid]
+            with trio.fail_after(30):
+                assert await tm.cancel(tid)
 
     trio.run(main)
-    assert len(outcome) == 1
-    assert "outside the trio run" in str(outcome[0])
-    assert tm.list_tasks() == []
+    assert len(refused) == 9
 
 
 # ------------------------------------------------------------------ #17 main module

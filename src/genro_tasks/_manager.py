@@ -572,6 +572,7 @@ class TaskManager:
         Raises:
             KeyError: ``Task not found: <id>``.
             TimeoutError: ``timeout`` ran out first; the task is left alone.
+            ValueError: ``timeout`` is not a non-negative finite number of seconds.
             TaskCancelled: The task was cancelled.
             TaskTimeout: The task exceeded its own ``timeout``.
             WorkerCrashed: Its worker process died mid-task.
@@ -579,11 +580,13 @@ class TaskManager:
             RemoteError: It raised an exception that could not be transported.
             Exception: Whatever the job raised, with the worker's frames in
                 its traceback and its chained causes.
+            RuntimeError: Called from outside the trio run that owns the manager.
 
         **Cancellation:** Cancelling the wait leaves the task running; use
         :meth:`run` if the task should die with its caller.
         """
         rec = self._get(task_id)
+        self._check_thread("result")
         timeout = check_seconds("result(timeout=...)", timeout, task_id=task_id, allow_zero=True)
         if not rec.status.is_terminal:
             if timeout is None:
@@ -623,12 +626,15 @@ class TaskManager:
 
         Raises:
             KeyError: ``Task not found: <id>``.
+            ValueError: ``grace`` is not a non-negative finite number of seconds.
+            RuntimeError: Called from outside the trio run that owns the manager.
 
         **Cancellation:** The kill is already under way when this starts
         waiting; cancelling the wait does not stop it, and the task still
         ends CANCELLED.
         """
         rec = self._get(task_id)
+        self._check_thread("cancel")
         grace = check_seconds("grace", grace, task_id=task_id, allow_zero=True)
         sup = self._sup
         if sup is None or rec.status.is_terminal:
@@ -811,6 +817,7 @@ class TaskManager:
             KeyError: ``Task not found: <id>`` (raised by this call).
         """
         rec = self._get(task_id)
+        self._check_thread("watch")
         watcher = TaskWatcher(rec)
         if not rec.status.is_terminal:
             if rec.watchers is None:
@@ -831,6 +838,7 @@ class TaskManager:
         with`` block exits.
         """
         check_count("max_pending", max_pending, allow_none=False)
+        self._check_thread("open_change_stream")
         stream = ChangeStream(max_pending)
         if self._sup is not None and self._sup.finished.is_set():
             stream.close()
