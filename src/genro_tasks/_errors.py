@@ -31,8 +31,8 @@ class TaskCancelled(Exception):
 class TaskTimeout(TimeoutError):
     """Raised by ``result()``/``run()`` for a task that exceeded its own ``timeout``.
 
-    The task ran longer than the ``timeout=`` given to ``submit`` (counted
-    from the moment it became RUNNING), so its worker was killed and the task
+    The task ran longer than its ``tm.options(timeout=...)`` (counted from
+    the moment it became RUNNING), so its worker was killed and the task
     recorded FAILED. Not to be confused with ``result(timeout=...)`` running
     out, which raises a plain :class:`TimeoutError` and leaves the task alone.
     """
@@ -111,8 +111,8 @@ class UnpicklableJob(TypeError):
 class MemoryLimitExceeded(MemoryError):
     """Raised by ``result()`` for a task that ran out of its ``memory_limit``.
 
-    The job tried to allocate beyond the ``memory_limit=`` given to
-    ``submit`` and got a MemoryError in the worker; the task is FAILED and
+    The job tried to allocate beyond its ``tm.options(memory_limit=...)``
+    and got a MemoryError in the worker; the task is FAILED and
     the worker (its limit lifted again) serves the next task.
     """
 
