@@ -95,9 +95,9 @@ async def test_duplicate_task_id(tasks: TaskManager) -> None:
 
 async def test_bad_arguments(tasks: TaskManager) -> None:
     with pytest.raises(ValueError, match="timeout"):
-        tasks.submit(simple_task, 1, timeout=-1)
+        tasks.options(timeout=-1)
     with pytest.raises(ValueError, match="timeout"):
-        tasks.submit(simple_task, 1, timeout=float("nan"))
+        tasks.options(timeout=float("nan"))
     with pytest.raises(ValueError, match="task_id"):
         tasks.submit(simple_task, 1, task_id="")
     with pytest.raises(TypeError, match="not callable"):

@@ -146,12 +146,12 @@ async def test_priorities_higher_first_fifo_among_equals() -> None:
         await wait_status(tm, blocker, TaskStatus.RUNNING)
         order = [
             tm.submit(simple_task, 0, task_id="low-1"),
-            tm.submit(simple_task, 0, task_id="low-2", priority=0),
-            tm.submit(simple_task, 0, task_id="high", priority=5),
-            tm.submit(simple_task, 0, task_id="mid", priority=1),
+            tm.options(priority=0).submit(simple_task, 0, task_id="low-2"),
+            tm.options(priority=5).submit(simple_task, 0, task_id="high"),
+            tm.options(priority=1).submit(simple_task, 0, task_id="mid"),
             tm.submit(simple_task, 0, task_id="low-3"),
-            tm.submit(simple_task, 0, task_id="urgent", priority=100),
-            tm.submit(simple_task, 0, task_id="negative", priority=-1),
+            tm.options(priority=100).submit(simple_task, 0, task_id="urgent"),
+            tm.options(priority=-1).submit(simple_task, 0, task_id="negative"),
         ]
         await tm.cancel(blocker)
         with trio.fail_after(30):
@@ -276,7 +276,7 @@ async def test_graceful_cancel_of_queued_task_is_immediate(tasks: TaskManager) -
 
 # -------------------------------------------------------------------- memory limit
 async def test_memory_limit(tasks: TaskManager) -> None:
-    tid = tasks.submit(allocate, 400, memory_limit=100 * 1024 * 1024)
+    tid = tasks.options(memory_limit=100 * 1024 * 1024).submit(allocate, 400)
     with trio.fail_after(30), pytest.raises(MemoryLimitExceeded, match="memory_limit of 104,857,600 bytes") as info:
         await tasks.result(tid)
     assert isinstance(info.value, MemoryError)
@@ -284,7 +284,7 @@ async def test_memory_limit(tasks: TaskManager) -> None:
     pid = (await tasks.info(tid)).worker_pid
     with trio.fail_after(30):
         # Within its limit a job runs fine, and the limit does not outlive its task.
-        assert await tasks.run(allocate, 20, memory_limit=100 * 1024 * 1024) == 20 * 1024 * 1024
+        assert await tasks.options(memory_limit=100 * 1024 * 1024).run(allocate, 20) == 20 * 1024 * 1024
         pids = [await tasks.run(getpid) for _ in range(4)]
         assert await tasks.run(allocate, 400) == 400 * 1024 * 1024
     assert pid in pids  # the pool was unaffected: same workers
@@ -316,7 +316,7 @@ async def test_async_job_cancel_timeout_and_graceful(tasks: TaskManager, tmp_pat
     await wait_status(tasks, tid, TaskStatus.RUNNING)
     with trio.fail_after(20):
         assert await tasks.cancel(tid) is True
-    tid = tasks.submit(async_job, 1, 60, timeout=0.3)
+    tid = tasks.options(timeout=0.3).submit(async_job, 1, 60)
     with trio.fail_after(20), pytest.raises(TaskTimeout):
         await tasks.result(tid)
     path = tmp_path / "async.tmp"

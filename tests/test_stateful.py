@@ -121,7 +121,7 @@ class TaskManagerMachine(RuleBasedStateMachine):
         return tid
 
     async def _submit(self, func: Callable[..., Any], args: tuple[Any, ...], timeout: float | None) -> str:
-        return self.tm.submit(func, *args, timeout=timeout)
+        return self.tm.options(timeout=timeout).submit(func, *args)
 
     @rule(task=tasks)
     def cancel(self, task: str) -> None:

@@ -11,7 +11,7 @@ from jobs import simple_task, slow_task
 
 
 async def test_timeout_kills_and_fails(tasks: TaskManager) -> None:
-    tid = tasks.submit(slow_task, 60, timeout=0.3)
+    tid = tasks.options(timeout=0.3).submit(slow_task, 60)
     with trio.fail_after(20), pytest.raises(TaskTimeout, match=r"exceeded its timeout of 0\.3s") as info:
         await tasks.result(tid)
     assert isinstance(info.value, TimeoutError)
@@ -28,7 +28,7 @@ async def test_timeout_kills_and_fails(tasks: TaskManager) -> None:
 async def test_timeout_clock_starts_at_running(tasks: TaskManager) -> None:
     blockers = [tasks.submit(slow_task, 0.6) for _ in range(2)]
     # Queued behind the blockers for ~0.6 s, runs for ~0.1 s: must not time out.
-    tid = tasks.submit(slow_task, 0.1, timeout=0.4)
+    tid = tasks.options(timeout=0.4).submit(slow_task, 0.1)
     await wait_until(tasks, lambda: statuses(tasks, blockers) == [TaskStatus.RUNNING] * 2)
     with trio.fail_after(20):
         assert await tasks.result(tid) == "done"
@@ -36,6 +36,6 @@ async def test_timeout_clock_starts_at_running(tasks: TaskManager) -> None:
 
 
 async def test_fast_task_with_timeout_completes(tasks: TaskManager) -> None:
-    ids = [tasks.submit(simple_task, i, timeout=5) for i in range(20)]
+    ids = [tasks.options(timeout=5).submit(simple_task, i) for i in range(20)]
     with trio.fail_after(20):
         assert [await tasks.result(i) for i in ids] == [2 * i for i in range(20)]

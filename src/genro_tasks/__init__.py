@@ -13,6 +13,9 @@ Layers, top to bottom:
   that never imports trio, plus :func:`report_progress`.
 * :mod:`._task`, :mod:`._watch` and :mod:`._errors` — the records, live views
   (``watch``, ``open_change_stream``) and exceptions users see.
+* :mod:`._options` and :mod:`._validate` — per-task options
+  (``tm.options(...)``, kept apart from the job's own keywords) and the
+  argument checks every public call shares.
 * :mod:`genro_tasks.asgi` — lifespan integration, JSON/SSE API and dashboard
   for ASGI applications (imported separately; no web framework needed).
 """
@@ -34,6 +37,8 @@ from ._errors import UnpicklableResult as UnpicklableResult
 from ._errors import WorkerCrashed as WorkerCrashed
 from ._errors import WorkerInitError as WorkerInitError
 from ._manager import TaskManager as TaskManager
+from ._options import TaskOptions as TaskOptions
+from ._options import TaskSubmitter as TaskSubmitter
 from ._task import TaskInfo as TaskInfo
 from ._task import TaskManagerStatistics as TaskManagerStatistics
 from ._task import TaskStatus as TaskStatus
@@ -57,7 +62,9 @@ __all__ = (
     "TaskInfo",
     "TaskManager",
     "TaskManagerStatistics",
+    "TaskOptions",
     "TaskStatus",
+    "TaskSubmitter",
     "TaskTimeout",
     "TaskWatcher",
     "UnpicklableJob",

@@ -132,7 +132,8 @@ async def run_demo(out: TextIO, *, workers: int = 3, live: bool | None = None) -
     )
     async with TaskManager(max_workers=workers) as tm, tm.open_change_stream() as changes:
         for job in _JOBS:
-            tm.submit(job.func, *job.args, task_id=job.task_id, timeout=job.timeout, metadata={"note": job.note})
+            view = tm.options(timeout=job.timeout)
+            view.submit(job.func, *job.args, task_id=job.task_id, metadata={"note": job.note})
         infos = {tid: await tm.info(tid) for tid in ids}
         screen = _Screen(out, ids) if live else None
         plain = None if live else _Plain(out)

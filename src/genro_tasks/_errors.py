@@ -21,17 +21,18 @@ class TaskCancelled(Exception):
 
     def __init__(self, task_id: str, detail: str = "") -> None:
         self.task_id = task_id
+        self.detail = detail
         super().__init__(f"Task {task_id!r} was cancelled{': ' + detail if detail else ''}")
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.task_id,))
+        return (type(self), (self.task_id, self.detail))
 
 
 class TaskTimeout(TimeoutError):
     """Raised by ``result()``/``run()`` for a task that exceeded its own ``timeout``.
 
-    The task ran longer than the ``timeout=`` given to ``submit`` (counted
-    from the moment it became RUNNING), so its worker was killed and the task
+    The task ran longer than its ``tm.options(timeout=...)`` (counted from
+    the moment it became RUNNING), so its worker was killed and the task
     recorded FAILED. Not to be confused with ``result(timeout=...)`` running
     out, which raises a plain :class:`TimeoutError` and leaves the task alone.
     """
@@ -58,13 +59,14 @@ class WorkerCrashed(Exception):
         self.task_id = task_id
         self.pid = pid
         self.exitcode = exitcode
+        self.detail = detail
         super().__init__(
             f"Worker process {pid} died while running task {task_id!r}: {describe_exit(exitcode)}"
             + (f" ({detail})" if detail else "")
         )
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.task_id, self.pid, self.exitcode))
+        return (type(self), (self.task_id, self.pid, self.exitcode, self.detail))
 
 
 class RemoteError(Exception):
@@ -99,15 +101,18 @@ class UnpicklableJob(TypeError):
 
     Nothing is recorded for the task. Jobs cross into another process, so the
     function must be importable by name (a module-level ``def``: not a lambda,
-    a closure or a local class's method) and its arguments must pickle.
+    a closure or a local class's method) and its arguments must pickle. Also
+    raised when the job refers to a function or class defined in a main
+    script the workers cannot import (``python -c``, a script read from
+    stdin, an interactive session): define it in a module instead.
     """
 
 
 class MemoryLimitExceeded(MemoryError):
     """Raised by ``result()`` for a task that ran out of its ``memory_limit``.
 
-    The job tried to allocate beyond the ``memory_limit=`` given to
-    ``submit`` and got a MemoryError in the worker; the task is FAILED and
+    The job tried to allocate beyond its ``tm.options(memory_limit=...)``
+    and got a MemoryError in the worker; the task is FAILED and
     the worker (its limit lifted again) serves the next task.
     """
 

@@ -6,16 +6,17 @@ supervisor to act. It never changes a task's state itself.
 
 from __future__ import annotations
 
+import io
 import logging
-import math
 import os
 import pickle
+import types
 import uuid
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, NamedTuple, TypeVar, overload
 
 import trio
 from trio.lowlevel import enable_ki_protection
@@ -23,9 +24,12 @@ from trio.lowlevel import enable_ki_protection
 from genro_tasks_worker._protocol import PICKLE_PROTOCOL
 
 from ._errors import ManagerClosed, QueueFull, UnpicklableJob
+from ._options import _KEEP, DEFAULT_OPTIONS, TaskOptions, TaskSubmitter, _Keep
 from ._supervisor import Supervisor, default_context
 from ._task import TaskInfo, TaskManagerStatistics, TaskRecord, TaskStatus
+from ._validate import check_bool, check_count, check_metadata, check_seconds, parse_status
 from ._watch import ChangeStream, TaskWatcher
+from ._worker_proc import main_module_ref
 
 T = TypeVar("T")
 
@@ -35,11 +39,49 @@ log = logging.getLogger("genro_tasks")
 _CANCEL_LIMIT = 10.0
 
 
-def _check_count(name: str, value: object, *, allow_none: bool = True) -> None:
-    if value is None and allow_none:
+class _Job(NamedTuple):
+    """A checked, pickled submission, not yet recorded."""
+
+    task_id: str
+    name: str
+    payload: bytes
+    metadata: dict[str, Any] | None
+    options: TaskOptions
+
+
+class _MainFinder(pickle.Pickler):
+    """Pickles into the void, noting the first function or class defined in ``__main__``."""
+
+    def __init__(self) -> None:
+        super().__init__(io.BytesIO(), PICKLE_PROTOCOL)
+        self.found: str | None = None
+
+    def reducer_override(self, obj: Any) -> Any:
+        if self.found is None and isinstance(obj, type | types.FunctionType) and obj.__module__ == "__main__":
+            self.found = obj.__qualname__
+        return NotImplemented
+
+
+def _refuse_unimportable_main(what: str, obj: object) -> None:
+    """Raise UnpicklableJob if ``obj`` needs ``__main__`` and worker processes cannot import it.
+
+    A worker finds a function defined in the main script by importing that
+    script again. A program run as ``python -c``, from stdin, or typed into an
+    interactive session has no file to import, so the worker would fail later
+    with a cryptic ``AttributeError``/``FileNotFoundError``: say so now.
+    """
+    ref = main_module_ref()
+    if ref is not None and (ref[0] == "name" or os.path.isfile(ref[1])):
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, not {value!r}")
+    finder = _MainFinder()
+    finder.dump(obj)
+    if finder.found is None:
+        return
+    raise UnpicklableJob(
+        f"{what} refers to __main__.{finder.found}, but worker processes cannot import this program's main "
+        "module: it runs from 'python -c', from stdin or in an interactive session, and has no file they could "
+        "import. Define the function (or class) in a module file and import it from there."
+    )
 
 
 _NAMES: dict[Any, str] = {}
@@ -110,27 +152,34 @@ class TaskManager:
     ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
-        _check_count("max_workers", max_workers, allow_none=False)
-        _check_count("max_tasks_per_worker", max_tasks_per_worker)
-        _check_count("max_queued", max_queued)
-        _check_count("max_finished", max_finished, allow_none=False)
-        if finished_ttl is not None and not (isinstance(finished_ttl, int | float) and 0 < finished_ttl < math.inf):
-            raise ValueError(f"finished_ttl must be a positive number of seconds or None, not {finished_ttl!r}")
+        check_count("max_workers", max_workers, allow_none=False)
+        check_count("max_tasks_per_worker", max_tasks_per_worker)
+        check_count("max_queued", max_queued)
+        check_count("max_finished", max_finished, allow_none=False)
+        finished_ttl = check_seconds("finished_ttl", finished_ttl)
+        if not isinstance(start_method, str):
+            raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r}")
+        try:
+            initargs = tuple(initargs)
+        except TypeError:
+            raise TypeError(f"initargs must be a tuple of arguments for the initializer, not {initargs!r}") from None
         if initializer is not None:
             if not callable(initializer):
                 raise TypeError(f"initializer must be callable, not {initializer!r}")
             try:
-                pickle.dumps((initializer, initargs), PICKLE_PROTOCOL)
+                payload = pickle.dumps((initializer, initargs), PICKLE_PROTOCOL)
             except Exception as exc:
                 raise UnpicklableJob(
                     f"initializer {_func_name(initializer)} or its initargs cannot be sent to worker processes: "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
+            if b"__main__" in payload:
+                _refuse_unimportable_main(f"initializer {_func_name(initializer)}", (initializer, initargs))
         self._max_workers = max_workers
         self._ctx = default_context(start_method)
         self._start_method = start_method
         self._initializer = initializer
-        self._initargs = tuple(initargs)
+        self._initargs = initargs
         self._max_tasks = max_tasks_per_worker
         self._max_queued = max_queued
         self._max_finished = max_finished
@@ -143,6 +192,9 @@ class TaskManager:
         self._seq = 0
         self._changed: trio.Event | None = None
         self._streams: weakref.WeakSet[ChangeStream] = weakref.WeakSet()
+        #: The trio run this manager was started in, and its clock (set by startup()).
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._clock: trio.abc.Clock | None = None
 
     # ------------------------------------------------------------------ lifespan
     @property
@@ -179,6 +231,8 @@ class TaskManager:
                 await self._sup.wait_ready()  # a concurrent startup(): share its outcome
                 return
             raise RuntimeError("this TaskManager was shut down; create a new one")
+        self._token = trio.lowlevel.current_trio_token()
+        self._clock = trio.lowlevel.current_clock()
         sup = Supervisor(
             self._max_workers,
             self._ctx,
@@ -215,6 +269,8 @@ class TaskManager:
         kills every worker (shielded), records their tasks CANCELLED, and
         then lets the cancellation through: no process is left behind.
         """
+        check_bool("shutdown(wait=...)", wait)
+        check_bool("shutdown(cancel_pending=...)", cancel_pending)
         sup = self._sup
         if sup is None:
             return
@@ -249,16 +305,53 @@ class TaskManager:
         await self.shutdown(wait=exc_type is None)
 
     # -------------------------------------------------------------------- submit
-    @enable_ki_protection
+    def options(
+        self,
+        base: TaskOptions | None = None,
+        /,
+        *,
+        timeout: float | _Keep | None = _KEEP,
+        priority: int | _Keep = _KEEP,
+        memory_limit: int | _Keep | None = _KEEP,
+    ) -> TaskSubmitter:
+        """Return a view whose ``submit``/``submit_wait``/``run`` apply these task options.
+
+        The options are this project's own settings for a task; they never
+        reach the job, so a job may have its own ``timeout`` keyword::
+
+            tm.options(timeout=30).submit(fetch, url, timeout=5)
+
+        Args:
+            base: A :class:`TaskOptions` to start from (default: no timeout,
+                priority 0, no memory limit).
+            timeout: Seconds the task may run (counted from RUNNING) before
+                its worker is killed and the task FAILED with TaskTimeout.
+            priority: Higher runs first; equal priorities run in submission order.
+            memory_limit: Bytes the job may allocate on top of what its worker
+                already uses (at most 2**62); beyond it the task fails with
+                MemoryLimitExceeded.
+
+        Returns:
+            A :class:`TaskSubmitter`; ``.options(...)`` on it refines further.
+
+        Raises:
+            ValueError: An option is out of range or not a number (``True`` is
+                not one); the message names it.
+            TypeError: ``base`` is not a TaskOptions.
+        """
+        if base is None:
+            base = DEFAULT_OPTIONS
+        elif not isinstance(base, TaskOptions):
+            raise TypeError(f"options() takes a TaskOptions as its positional argument, not {base!r}")
+        return TaskSubmitter(self, base).options(timeout=timeout, priority=priority, memory_limit=memory_limit)
+
     def submit(
         self,
         func: Callable[..., Any],
+        /,
         *args: Any,
         task_id: str | None = None,
         metadata: dict[str, Any] | None = None,
-        timeout: float | None = None,
-        priority: int = 0,
-        memory_limit: int | None = None,
         **kwargs: Any,
     ) -> str:
         """Queue ``func(*args, **kwargs)`` to run in a worker process; never blocks.
@@ -266,20 +359,27 @@ class TaskManager:
         The function and its arguments are pickled right here, so later
         changes to the arguments do not reach the job, and anything that
         cannot cross into another process is refused before a record exists.
+        Every argument is checked before the queue's room, so a bad call
+        raises its own error even when the queue is full.
+
+        ``task_id`` and ``metadata`` are the only keywords taken for the
+        manager (the seed API defines them); every other keyword goes to the
+        job. Per-task options (timeout, priority, memory limit) are set with
+        :meth:`options`: ``tm.options(timeout=30).submit(func, ...)``.
+
+        Call it from the trio thread that runs the manager; from another
+        thread use ``trio.from_thread.run_sync(functools.partial(tm.submit,
+        func, *args, **kwargs))``.
 
         Args:
             func: A picklable callable: a module-level function, or an
-                instance of a module-level class with ``__call__``.
+                instance of a module-level class with ``__call__``, importable
+                by the worker processes (so not defined in a ``python -c``
+                script, a script read from stdin or an interactive session).
             *args: Positional arguments for ``func``.
             task_id: Your own id for the task (a non-empty str), or None to
                 get a fresh UUID.
-            metadata: Anything you want to find again in ``info()``.
-            timeout: Seconds the task may run (counted from RUNNING) before
-                its worker is killed and the task FAILED with TaskTimeout.
-            priority: Higher runs first; equal priorities run in submission order.
-            memory_limit: Bytes of memory the job may allocate on top of what
-                its worker already uses; beyond it the job gets MemoryError
-                and the task fails with MemoryLimitExceeded.
+            metadata: A dict you want to find again in ``info()``.
             **kwargs: Keyword arguments for ``func``.
 
         Returns:
@@ -288,74 +388,57 @@ class TaskManager:
         Raises:
             ManagerClosed: The manager is not running (a RuntimeError).
             QueueFull: ``max_queued`` tasks are already waiting (a RuntimeError).
-            ValueError: ``task_id`` is already used, or ``timeout``,
-                ``priority`` or ``memory_limit`` is out of range.
-            UnpicklableJob: ``func`` or an argument cannot be pickled (a TypeError).
+            ValueError: ``task_id`` is empty or already used.
+            TypeError: ``func`` is not callable, or ``metadata`` not a dict.
+            UnpicklableJob: ``func`` or an argument cannot be pickled, or
+                refers to a main module the workers cannot import (a TypeError).
+            RuntimeError: Called from a thread other than the manager's trio thread.
         """
-        sup = self._sup
-        if not self._running or sup is None or not sup.accepting:
-            raise self._closed_error()
-        if self._max_queued is not None and sup.queued >= self._max_queued:
-            raise QueueFull(
-                f"{sup.queued} tasks are already queued (max_queued={self._max_queued}); retry later, "
-                "or use 'await tm.submit_wait(...)' to wait for room"
-            )
-        if task_id is None:
-            task_id = str(uuid.uuid4())
-        elif not isinstance(task_id, str) or not task_id:
-            raise ValueError(f"task_id must be a non-empty str, not {task_id!r}")
-        elif task_id in self._records:
-            raise ValueError(
-                f"Task id {task_id!r} is already in use; pass a different task_id, or omit it to get a fresh one"
-            )
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
-                raise ValueError(f"timeout for task {task_id!r} must be a positive number of seconds, not {timeout!r}")
-            timeout = float(timeout)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise ValueError(f"priority for task {task_id!r} must be an int, not {priority!r}")
-        if memory_limit is not None and (
-            isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit <= 0
-        ):
-            raise ValueError(f"memory_limit for task {task_id!r} must be a positive int (bytes), not {memory_limit!r}")
-        if not callable(func):
-            raise TypeError(f"Task {task_id!r}: {func!r} is not callable")
-        name = _func_name(func)
-        try:
-            payload = pickle.dumps((func, args, kwargs, memory_limit), PICKLE_PROTOCOL)
-        except Exception as exc:
-            raise UnpicklableJob(
-                f"Task {task_id!r} ({name}) cannot be sent to a worker process: {type(exc).__name__}: {exc}. "
-                "The function must be importable by name (a module-level def, not a lambda, closure or "
-                "local function) and every argument must be picklable."
-            ) from exc
-        self._seq += 1
-        rec = TaskRecord(
-            self._seq, task_id, name, payload, dict(metadata) if metadata else None, timeout, priority, memory_limit
-        )
-        self._records[task_id] = rec
-        sup.enqueue(rec)
-        self._note_change(rec)
-        return task_id
+        return self._submit(func, args, kwargs, task_id, metadata, DEFAULT_OPTIONS)
 
     async def submit_wait(
         self,
         func: Callable[..., Any],
+        /,
         *args: Any,
         task_id: str | None = None,
         metadata: dict[str, Any] | None = None,
-        timeout: float | None = None,
-        priority: int = 0,
-        memory_limit: int | None = None,
         **kwargs: Any,
     ) -> str:
         """Like :meth:`submit`, but wait for room when ``max_queued`` tasks are queued.
 
-        Raises what :meth:`submit` raises, except QueueFull.
+        Raises what :meth:`submit` raises, except QueueFull; a bad argument
+        raises at once, before any waiting.
 
         **Cancellation:** If cancelled while waiting for room, nothing was
         submitted.
         """
+        return await self._submit_wait(func, args, kwargs, task_id, metadata, DEFAULT_OPTIONS)
+
+    def _submit(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        task_id: str | None,
+        metadata: dict[str, Any] | None,
+        options: TaskOptions,
+    ) -> str:
+        """The one way in: every submit, submit_wait and run of the manager and its views."""
+        self._check_thread("submit")
+        return self._enqueue(self._prepare(func, args, kwargs, task_id, metadata, options), wait_for_room=False)
+
+    async def _submit_wait(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        task_id: str | None,
+        metadata: dict[str, Any] | None,
+        options: TaskOptions,
+    ) -> str:
+        self._check_thread("submit_wait")
+        job = self._prepare(func, args, kwargs, task_id, metadata, options)
         while True:
             sup = self._sup
             if (
@@ -366,17 +449,78 @@ class TaskManager:
                 or sup.queued < self._max_queued
             ):
                 await trio.lowlevel.checkpoint_if_cancelled()
-                return self.submit(
-                    func,
-                    *args,
-                    task_id=task_id,
-                    metadata=metadata,
-                    timeout=timeout,
-                    priority=priority,
-                    memory_limit=memory_limit,
-                    **kwargs,
-                )
+                return self._enqueue(job, wait_for_room=True)
             await self._wait_change()
+
+    def _prepare(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        task_id: str | None,
+        metadata: dict[str, Any] | None,
+        options: TaskOptions,
+    ) -> _Job:
+        """Check and pickle a submission; raise for any bad argument, whatever the queue holds."""
+        if task_id is None:
+            task_id = str(uuid.uuid4())
+        elif not isinstance(task_id, str) or not task_id:
+            raise ValueError(f"task_id must be a non-empty str, not {task_id!r}")
+        else:
+            self._check_new_id(task_id)
+        if not isinstance(options, TaskOptions):  # pragma: no cover - views always hold one
+            raise TypeError(f"options must be a TaskOptions, not {options!r}")
+        meta = check_metadata(metadata, task_id=task_id)
+        if not callable(func):
+            raise TypeError(f"Task {task_id!r}: {func!r} is not callable")
+        name = _func_name(func)
+        try:
+            payload = pickle.dumps((func, args, kwargs, options.memory_limit), PICKLE_PROTOCOL)
+        except Exception as exc:
+            raise UnpicklableJob(
+                f"Task {task_id!r} ({name}) cannot be sent to a worker process: {type(exc).__name__}: {exc}. "
+                "The function must be importable by name (a module-level def, not a lambda, closure or "
+                "local function) and every argument must be picklable."
+            ) from exc
+        if b"__main__" in payload:
+            _refuse_unimportable_main(f"Task {task_id!r} ({name})", (func, args, kwargs))
+        return _Job(task_id, name, payload, meta, options)
+
+    def _check_new_id(self, task_id: str) -> None:
+        if task_id in self._records:
+            raise ValueError(
+                f"Task id {task_id!r} is already in use; pass a different task_id, or omit it to get a fresh one"
+            )
+
+    @enable_ki_protection
+    def _enqueue(self, job: _Job, *, wait_for_room: bool) -> str:
+        """Record a prepared job and hand it to the supervisor (no await: atomic)."""
+        sup = self._sup
+        if not self._running or sup is None or not sup.accepting or sup.finished.is_set():
+            raise self._closed_error()
+        if not wait_for_room and self._max_queued is not None and sup.queued >= self._max_queued:
+            raise QueueFull(
+                f"{sup.queued} tasks are already queued (max_queued={self._max_queued}); retry later, "
+                "or use 'await tm.submit_wait(...)' to wait for room"
+            )
+        task_id = job.task_id
+        self._check_new_id(task_id)  # another submit may have taken it meanwhile
+        options = job.options
+        self._seq += 1
+        rec = TaskRecord(
+            self._seq,
+            task_id,
+            job.name,
+            job.payload,
+            job.metadata,
+            options.timeout,
+            options.priority,
+            options.memory_limit,
+        )
+        self._records[task_id] = rec
+        sup.enqueue(rec)
+        self._note_change(rec)
+        return task_id
 
     def _closed_error(self) -> ManagerClosed:
         sup = self._sup
@@ -430,6 +574,7 @@ class TaskManager:
         Raises:
             KeyError: ``Task not found: <id>``.
             TimeoutError: ``timeout`` ran out first; the task is left alone.
+            ValueError: ``timeout`` is not a non-negative finite number of seconds.
             TaskCancelled: The task was cancelled.
             TaskTimeout: The task exceeded its own ``timeout``.
             WorkerCrashed: Its worker process died mid-task.
@@ -437,11 +582,14 @@ class TaskManager:
             RemoteError: It raised an exception that could not be transported.
             Exception: Whatever the job raised, with the worker's frames in
                 its traceback and its chained causes.
+            RuntimeError: Called from outside the trio run that owns the manager.
 
         **Cancellation:** Cancelling the wait leaves the task running; use
         :meth:`run` if the task should die with its caller.
         """
         rec = self._get(task_id)
+        self._check_thread("result")
+        timeout = check_seconds("result(timeout=...)", timeout, task_id=task_id, allow_zero=True)
         if not rec.status.is_terminal:
             if timeout is None:
                 await rec.wait_done()
@@ -480,14 +628,16 @@ class TaskManager:
 
         Raises:
             KeyError: ``Task not found: <id>``.
+            ValueError: ``grace`` is not a non-negative finite number of seconds.
+            RuntimeError: Called from outside the trio run that owns the manager.
 
         **Cancellation:** The kill is already under way when this starts
         waiting; cancelling the wait does not stop it, and the task still
         ends CANCELLED.
         """
         rec = self._get(task_id)
-        if grace is not None and not (isinstance(grace, int | float) and 0 <= grace < math.inf):
-            raise ValueError(f"grace for task {task_id!r} must be a non-negative number of seconds, not {grace!r}")
+        self._check_thread("cancel")
+        grace = check_seconds("grace", grace, task_id=task_id, allow_zero=True)
         sup = self._sup
         if sup is None or rec.status.is_terminal:
             await trio.lowlevel.checkpoint()
@@ -500,12 +650,10 @@ class TaskManager:
     async def run(
         self,
         func: Callable[..., Awaitable[T]],
+        /,
         *args: Any,
         task_id: str | None = None,
         metadata: dict[str, Any] | None = None,
-        timeout: float | None = None,
-        priority: int = 0,
-        memory_limit: int | None = None,
         **kwargs: Any,
     ) -> T: ...
 
@@ -513,45 +661,44 @@ class TaskManager:
     async def run(
         self,
         func: Callable[..., T],
+        /,
         *args: Any,
         task_id: str | None = None,
         metadata: dict[str, Any] | None = None,
-        timeout: float | None = None,
-        priority: int = 0,
-        memory_limit: int | None = None,
         **kwargs: Any,
     ) -> T: ...
 
     async def run(
         self,
         func: Callable[..., Any],
+        /,
         *args: Any,
         task_id: str | None = None,
         metadata: dict[str, Any] | None = None,
-        timeout: float | None = None,
-        priority: int = 0,
-        memory_limit: int | None = None,
         **kwargs: Any,
     ) -> Any:
         """Submit ``func(*args, **kwargs)`` and wait for its result, in one call.
 
-        Takes the same arguments as :meth:`submit` and returns or raises as
-        :meth:`result` does.
+        Takes the same arguments as :meth:`submit` (every keyword but
+        ``task_id`` and ``metadata`` goes to the job; per-task options come
+        from :meth:`options`) and returns or raises as :meth:`result` does.
 
         **Cancellation:** If the calling scope is cancelled, the task is
         hard-cancelled: its worker is killed and reaped, and the task is
         recorded CANCELLED, before ``run`` lets the cancellation through.
         """
-        tid = self.submit(
-            func,
-            *args,
-            task_id=task_id,
-            metadata=metadata,
-            timeout=timeout,
-            priority=priority,
-            memory_limit=memory_limit,
-            **kwargs,
-        )
+        return await self._run(func, args, kwargs, task_id, metadata, DEFAULT_OPTIONS)
+
+    async def _run(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        task_id: str | None,
+        metadata: dict[str, Any] | None,
+        options: TaskOptions,
+    ) -> Any:
+        tid = self._submit(func, args, kwargs, task_id, metadata, options)
         rec = self._records[tid]
         try:
             await rec.wait_done()
@@ -563,17 +710,36 @@ class TaskManager:
         return rec.outcome()
 
     @enable_ki_protection
-    def list_tasks(self, status: TaskStatus | None = None) -> list[TaskInfo]:
-        """Return snapshots of all tracked tasks, oldest first, optionally of one status."""
+    def list_tasks(self, status: TaskStatus | str | None = None) -> list[TaskInfo]:
+        """Return snapshots of all tracked tasks, oldest first, optionally of one status.
+
+        Works from sync code outside trio too (for example after ``trio.run``
+        returned); while the manager runs, call it from its trio thread.
+
+        Args:
+            status: A :class:`TaskStatus`, or its value in any case
+                (``"running"``, ``"RUNNING"``), or None for every task.
+
+        Raises:
+            ValueError: ``status`` is not a status; the message lists the valid ones.
+            RuntimeError: Called from another thread while the manager runs.
+        """
+        wanted = None if status is None else parse_status(status)
+        self._check_thread("list_tasks")
         self._prune()
-        if status is None:
+        if wanted is None:
             return [rec.snapshot() for rec in self._records.values()]
-        status = TaskStatus(status)
-        return [rec.snapshot() for rec in self._records.values() if rec.status is status]
+        return [rec.snapshot() for rec in self._records.values() if rec.status is wanted]
 
     @enable_ki_protection
     def clear_completed(self) -> int:
-        """Forget every finished (COMPLETED, FAILED, CANCELLED) task; return how many."""
+        """Forget every finished (COMPLETED, FAILED, CANCELLED) task; return how many.
+
+        Raises:
+            RuntimeError: Called from another thread while the manager runs
+                (use ``trio.from_thread.run_sync(tm.clear_completed)``).
+        """
+        self._check_thread("clear_completed")
         done = [tid for tid, rec in self._records.items() if rec.status.is_terminal]
         for tid in done:
             del self._records[tid]
@@ -582,7 +748,12 @@ class TaskManager:
 
     @enable_ki_protection
     def statistics(self) -> TaskManagerStatistics:
-        """Return a frozen snapshot of the manager's counters (trio's ``statistics()`` convention)."""
+        """Return a frozen snapshot of the manager's counters (trio's ``statistics()`` convention).
+
+        Works from sync code outside trio too; while the manager runs, call it
+        from its trio thread (RuntimeError otherwise).
+        """
+        self._check_thread("statistics")
         sup = self._sup
         self._prune()
         if sup is None:
@@ -599,11 +770,44 @@ class TaskManager:
                 del records[rec.task_id]
         ttl = self._finished_ttl
         if ttl is not None and finished:
-            cutoff = trio.current_time() - ttl
+            cutoff = self._now() - ttl
             while finished and finished[0].finished_at <= cutoff:
                 rec = finished.popleft()
                 if records.get(rec.task_id) is rec:
                     del records[rec.task_id]
+
+    def _now(self) -> float:
+        """The time on the clock of the trio run that started the manager.
+
+        Readable without a running trio loop (from sync code after
+        ``trio.run`` returned), and the same clock the supervisor's deadlines use.
+        """
+        clock = self._clock
+        return clock.current_time() if clock is not None else 0.0
+
+    def _check_thread(self, call: str) -> None:
+        """Refuse a call from outside the trio thread while the manager is live.
+
+        The registry and the supervisor belong to one trio run; another
+        thread touching them would race with it. Before startup and after the
+        supervisor stopped nothing changes any more, so any thread may call.
+        """
+        token = self._token
+        if token is None:
+            return
+        try:
+            if trio.lowlevel.current_trio_token() is token:
+                return
+        except RuntimeError:
+            pass
+        sup = self._sup
+        if sup is not None and sup.finished.is_set():
+            return
+        raise RuntimeError(
+            f"TaskManager.{call}() was called outside the trio run that owns this manager (from another thread "
+            f"or another trio run); call it from that run's thread, e.g. from a worker thread: "
+            f"'trio.from_thread.run_sync(functools.partial(tm.{call}, ...))'"
+        )
 
     @enable_ki_protection
     def watch(self, task_id: str) -> TaskWatcher:
@@ -619,6 +823,7 @@ class TaskManager:
             KeyError: ``Task not found: <id>`` (raised by this call).
         """
         rec = self._get(task_id)
+        self._check_thread("watch")
         watcher = TaskWatcher(rec)
         if not rec.status.is_terminal:
             if rec.watchers is None:
@@ -639,6 +844,8 @@ class TaskManager:
         the stream ends when the manager shuts down or when the ``async
         with`` block exits.
         """
+        check_count("max_pending", max_pending, allow_none=False)
+        self._check_thread("open_change_stream")
         stream = ChangeStream(max_pending)
         if self._sup is not None and self._sup.finished.is_set():
             stream.close()
@@ -653,7 +860,7 @@ class TaskManager:
             terminal = rec.status.is_terminal
             if terminal and not rec.noted:
                 rec.noted = True
-                rec.finished_at = trio.current_time()
+                rec.finished_at = self._now()
                 self._finished.append(rec)
                 if len(self._finished) > self._max_finished or self._finished_ttl is not None:
                     self._prune()

@@ -242,7 +242,7 @@ class TaskRecord:
             raise TaskCancelled(self.task_id, self.error or "")
         failure = self._failure
         if isinstance(failure, BaseException):
-            raise failure.with_traceback(None)
+            raise _fresh(failure)
         if failure is None:  # pragma: no cover
             raise AssertionError(f"task {self.task_id!r} is {status.value}, not finished")
         exc_bytes, type_name, message, tb_text = failure
@@ -250,7 +250,7 @@ class TaskRecord:
         if exc_bytes is not None:
             try:
                 remote = pickle.loads(exc_bytes)
-            except Exception:
+            except BaseException:  # user code ran: whatever it raises, the task's error is a RemoteError
                 remote = None
         if isinstance(remote, BaseException):
             raise remote
@@ -299,3 +299,20 @@ class TaskRecord:
         if done is not None:
             self._done = None  # waiters hold their own reference
             done.set()
+
+
+def _fresh(template: BaseException) -> BaseException:
+    """A new exception like ``template``, so every waiter gets its own instance.
+
+    Raising one instance into several waiters would share (and keep
+    rewriting) its ``__traceback__`` and ``__context__``. The copy has the
+    same class, ``args`` and attributes (its ``__init__`` is not run again)
+    and keeps the recorded ``__cause__``; it starts with no traceback.
+    """
+    cls = type(template)
+    fresh = cls.__new__(cls, *template.args)
+    fresh.args = template.args
+    fresh.__dict__.update(template.__dict__)
+    fresh.__cause__ = template.__cause__
+    fresh.__suppress_context__ = template.__suppress_context__
+    return fresh

@@ -15,6 +15,7 @@ from types import TracebackType
 import trio
 
 from ._task import TaskInfo, TaskRecord
+from ._validate import check_count
 
 
 class TaskWatcher:
@@ -85,8 +86,7 @@ class ChangeStream:
     """
 
     def __init__(self, max_pending: int) -> None:
-        if max_pending < 1:
-            raise ValueError(f"max_pending must be at least 1, not {max_pending!r}")
+        check_count("max_pending", max_pending, allow_none=False)
         self._max_pending = max_pending
         self._pending: OrderedDict[str, TaskRecord] = OrderedDict()
         self._wakeup: trio.Event | None = None

@@ -122,7 +122,10 @@ def report_progress(fraction: float | None = None, message: str | None = None) -
         value: object = fraction
         if isinstance(value, bool) or not isinstance(value, Real):
             raise ValueError(f"report_progress: fraction must be a number in [0.0, 1.0], got {fraction!r}")
-        fraction = float(value)
+        try:
+            fraction = float(value)
+        except OverflowError:  # an int too large for a float is out of range too
+            fraction = math.inf
         if not (0.0 <= fraction <= 1.0) or math.isnan(fraction):
             raise ValueError(f"report_progress: fraction must be a finite number in [0.0, 1.0], got {fraction!r}")
     if message is not None and not isinstance(message, str):
