@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -129,11 +130,14 @@ async def test_spawn_start_method() -> None:
         TaskManager(1, start_method="fork")
 
 
-async def test_parent_sigkill_leaves_no_orphans() -> None:
+async def test_parent_sigkill_leaves_no_orphans(tmp_path: Path) -> None:
     """SIGKILL the parent while workers sleep in time.sleep(120): all gone within 2 s."""
+    # A SIGKILLed parent cannot remove multiprocessing's temporary directory:
+    # let it make that under this test's own, which pytest removes.
     proc = await trio.lowlevel.open_process(
         [sys.executable, str(HERE / "orphan_parent.py"), str(HERE)],
         stdout=subprocess.PIPE,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     try:
         assert proc.stdout is not None

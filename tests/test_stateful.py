@@ -71,6 +71,10 @@ class TrioThread:
 
         return trio.from_thread.run(bounded, trio_token=self._token)
 
+    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call ``fn`` in the trio thread: state the run owns is read there, never from here."""
+        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+
     def close(self) -> None:
         assert self._stop is not None
         trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
@@ -125,9 +129,9 @@ class TaskManagerMachine(RuleBasedStateMachine):
 
     @rule(task=tasks)
     def cancel(self, task: str) -> None:
-        before = self.tm._records[task].status
+        before = self._status(task)
         cancelled = self.trio.run(self.tm.cancel, task)
-        after = self.tm._records[task].status
+        after = self._status(task)
         assert after.is_terminal
         if cancelled:
             assert after is TaskStatus.CANCELLED
@@ -137,7 +141,7 @@ class TaskManagerMachine(RuleBasedStateMachine):
     @rule(task=tasks)
     def wait_result(self, task: str) -> None:
         outcome = self.trio.run(self._outcome, task)
-        status = self.tm._records[task].status
+        status = self._status(task)
         kind = self.kind[task]
         if status is TaskStatus.COMPLETED:
             expected = {"fast": 42, "slow": "done", "progress": 3}
@@ -155,6 +159,13 @@ class TaskManagerMachine(RuleBasedStateMachine):
                 assert kind == "fail"
                 assert isinstance(outcome, ValueError), outcome
 
+    def _status(self, task: str) -> TaskStatus:
+        return self.trio.run_sync(lambda: self.tm._records[task].status)
+
+    def _statuses(self) -> dict[str, TaskStatus]:
+        """Every task's status, read in the trio thread (the run mutates them there)."""
+        return self.trio.run_sync(lambda: {info.task_id: info.status for info in self.tm.list_tasks()})
+
     async def _outcome(self, task: str) -> object:
         try:
             return await self.tm.result(task)
@@ -168,7 +179,7 @@ class TaskManagerMachine(RuleBasedStateMachine):
     def kill_worker(self, index: int) -> None:
         sup = self.tm._sup
         assert sup is not None
-        workers = sorted(w.pid for w in sup.workers)
+        workers = sorted(self.trio.run_sync(lambda: [w.pid for w in sup.workers]))
         if workers:
             pid = workers[index % len(workers)]
             self.killed.add(pid)
@@ -208,14 +219,13 @@ class TaskManagerMachine(RuleBasedStateMachine):
     def shutdown(self, wait: bool) -> None:
         self.trio.run(self.tm.shutdown, wait)
         self.closed = True
-        assert all(rec.status.is_terminal for rec in self.tm._records.values())
+        assert all(status.is_terminal for status in self._statuses().values())
 
     # ------------------------------------------------------------- invariants
     @invariant()
     def statuses_only_move_forward(self) -> None:
         running = 0
-        for tid, rec in list(self.tm._records.items()):
-            status = rec.status
+        for tid, status in self._statuses().items():
             previous = self.seen.get(tid)
             if previous is not None and previous is not status:
                 assert not previous.is_terminal, f"{tid}: {previous} -> {status}"
@@ -228,7 +238,7 @@ class TaskManagerMachine(RuleBasedStateMachine):
         try:
             if not self.closed:
                 self.trio.run(self.tm.shutdown, False)
-            assert all(rec.status.is_terminal for rec in self.tm._records.values())
+            assert all(status.is_terminal for status in self._statuses().values())
         finally:
             self.trio.close()
 
