@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import trio
 
-from genro_tasks import TaskManager, TaskStatus
+from genro_tasks import TaskManager, TaskStatus, testing
 
 
 @pytest.fixture
@@ -22,20 +22,16 @@ async def tasks() -> AsyncIterator[TaskManager]:
 async def wait_until(tm: TaskManager, predicate: Callable[[], bool], timeout: float = 20) -> None:
     """Wait, on the manager's change notifications, until ``predicate()`` holds."""
     with trio.fail_after(timeout):
-        while not predicate():
-            await tm._wait_change()
+        await testing.wait_until(tm, predicate)
 
 
 async def wait_status(tm: TaskManager, task_id: str, status: TaskStatus, timeout: float = 20) -> None:
-    def reached() -> bool:
-        rec = tm._records.get(task_id)
-        return rec is not None and rec.status is status
-
-    await wait_until(tm, reached, timeout)
+    with trio.fail_after(timeout):
+        await testing.wait_for_status(tm, task_id, status)
 
 
 def statuses(tm: TaskManager, ids: list[str]) -> list[TaskStatus]:
-    return [tm._records[i].status for i in ids]
+    return [testing.status(tm, i) for i in ids]
 
 
 def pid_gone(pid: int) -> bool:

@@ -5,12 +5,11 @@ SIGKILLed by the test."""
 from __future__ import annotations
 
 import json
-import multiprocessing.forkserver
 import sys
 
 import trio
 
-from genro_tasks import TaskManager, TaskStatus
+from genro_tasks import TaskManager, TaskStatus, testing
 
 
 async def main() -> None:
@@ -20,16 +19,18 @@ async def main() -> None:
     tm = TaskManager(max_workers=3)
     await tm.startup()
     busy = [tm.submit(slow_task, 120), tm.submit(slow_task, 120), tm.submit(spawn_child_and_sleep)]
-    while not all(r.status is TaskStatus.RUNNING for r in (tm._records[b] for b in busy)) or not (
-        tm._records[busy[2]].progress_message
-    ):
-        await tm._wait_change()
-    sup = tm._sup
-    assert sup is not None
-    grandchild = int((tm._records[busy[2]].progress_message or "=0").split("=")[1])
-    forkserver_pid = multiprocessing.forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+    await testing.wait_until(
+        tm,
+        lambda: (
+            all(testing.status(tm, b) is TaskStatus.RUNNING for b in busy)
+            and bool(testing.snapshot(tm, busy[2]).progress_message)
+        ),
+    )
+    grandchild = int((testing.snapshot(tm, busy[2]).progress_message or "=0").split("=")[1])
+    forkserver_pid = testing.forkserver_pid()
+    workers = sorted(testing.worker_pids(tm))
     print(
-        json.dumps({"workers": [w.pid for w in sup.workers], "grandchild": grandchild, "forkserver": forkserver_pid}),
+        json.dumps({"workers": workers, "grandchild": grandchild, "forkserver": forkserver_pid}),
         flush=True,
     )
     await trio.sleep_forever()

@@ -18,7 +18,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from conftest import wait_status
-from genro_tasks import TaskManager, TaskStatus
+from genro_tasks import TaskManager, TaskStatus, testing
 from genro_tasks.asgi import Receive, Scope, Send, TaskAPI, TaskManagerLifespan, task_manager
 from jobs import failing_task, hostile_progress, progress_steps, return_bytes, simple_task, slow_task
 
@@ -78,8 +78,7 @@ async def test_lifespan_starts_and_stops_the_manager() -> None:
             assert await tm.result("from-handler") == 40
     stopped: bool = not tm.is_running
     assert stopped
-    assert tm._sup is not None
-    assert not tm._sup.workers
+    assert not testing.worker_pids(tm)
 
 
 async def test_lifespan_composes_with_an_app_that_handles_lifespan() -> None:
@@ -181,7 +180,7 @@ async def test_cancel_needs_authorize_hook_and_csrf_header() -> None:
             reply = await client.post(f"/tasks/{tid}/cancel", headers=headers)
             assert reply.status_code == 403
             assert expected in reply.json()["error"]
-            assert tm._records[tid].status is TaskStatus.RUNNING
+            assert testing.status(tm, tid) is TaskStatus.RUNNING
             config = (await client.get("/config")).json()
             assert config == {"can_cancel": options.get("authorize") is allow_all}
 
@@ -316,8 +315,7 @@ async def test_sse_all_tasks() -> None:
 
         async def submit_later() -> None:
             # Wait until the SSE handler has subscribed (nothing to await on from here).
-            while not tm._streams:  # noqa: ASYNC110
-                await trio.sleep(0.005)
+            await testing.wait_until(tm, lambda: testing.stream_count(tm) > 0)
             ids.update(tm.submit(simple_task, i) for i in range(5))
 
         with trio.fail_after(30):

@@ -8,14 +8,14 @@ import pytest
 import trio
 
 from conftest import pid_gone, wait_pids_gone, wait_status, wait_until
-from genro_tasks import TaskCancelled, TaskManager, TaskStatus
+from genro_tasks import TaskCancelled, TaskManager, TaskStatus, testing
 from jobs import simple_task, slow_task, spawn_child_and_sleep
 
 
 async def test_cancel_pending(tasks: TaskManager) -> None:
     busy = [tasks.submit(slow_task, 30) for _ in range(2)]
     queued = tasks.submit(simple_task, 1)
-    await wait_until(tasks, lambda: all(tasks._records[b].status is TaskStatus.RUNNING for b in busy))
+    await wait_until(tasks, lambda: all(testing.status(tasks, b) is TaskStatus.RUNNING for b in busy))
     assert await tasks.status(queued) is TaskStatus.PENDING
     assert await tasks.cancel(queued) is True
     assert await tasks.status(queued) is TaskStatus.CANCELLED
@@ -50,7 +50,7 @@ async def test_cancel_running_kills_worker_and_refills(tasks: TaskManager) -> No
 
 async def test_cancel_kills_processes_the_job_started(tasks: TaskManager) -> None:
     tid = tasks.submit(spawn_child_and_sleep)
-    await wait_until(tasks, lambda: (tasks._records[tid].progress_message or "").startswith("child="))
+    await wait_until(tasks, lambda: (testing.snapshot(tasks, tid).progress_message or "").startswith("child="))
     info = await tasks.info(tid)
     assert info.progress_message is not None
     child = int(info.progress_message.split("=")[1])
@@ -122,14 +122,14 @@ async def test_cancel_assigned_but_not_started(tasks: TaskManager) -> None:
 
 
 async def test_worker_pid_changes_after_cancel(tasks: TaskManager) -> None:
-    pids_before = {w.pid for w in tasks._sup.workers}  # type: ignore[union-attr]
+    pids_before = set(testing.worker_pids(tasks))
     tid = tasks.submit(slow_task, 60)
     await wait_status(tasks, tid, TaskStatus.RUNNING)
     killed = (await tasks.info(tid)).worker_pid
     with trio.fail_after(10):
         await tasks.cancel(tid)
-    await wait_until(tasks, lambda: len(tasks._sup.workers) == 2)  # type: ignore[union-attr]
-    pids_after = {w.pid for w in tasks._sup.workers}  # type: ignore[union-attr]
+    await wait_until(tasks, lambda: len(testing.worker_pids(tasks)) == 2)
+    pids_after = set(testing.worker_pids(tasks))
     assert killed in pids_before
     assert killed not in pids_after
     assert os.getpid() not in pids_after

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from conftest import wait_status, wait_until
-from genro_tasks import TaskManager, TaskStatus, WorkerCrashed
+from genro_tasks import TaskManager, TaskStatus, WorkerCrashed, testing
 from jobs import exit_hard, kill_self, segfault, simple_task, slow_task
 
 
@@ -62,18 +62,18 @@ async def test_self_signal(tasks: TaskManager) -> None:
 
 
 async def test_idle_worker_death_is_replaced_and_logged(tasks: TaskManager, caplog: pytest.LogCaptureFixture) -> None:
-    sup = tasks._sup
-    assert sup is not None
-    victim = next(iter(sup.workers))
+    victim = min(testing.worker_pids(tasks))
     with caplog.at_level(logging.WARNING, logger="genro_tasks"):
-        os.kill(victim.pid, signal.SIGKILL)
-        await wait_until(tasks, lambda: victim not in sup.workers and len(sup.workers) == 2)
+        os.kill(victim, signal.SIGKILL)
+        await wait_until(
+            tasks, lambda: victim not in testing.worker_pids(tasks) and len(testing.worker_pids(tasks)) == 2
+        )
         # readiness of the replacement
         ids = [tasks.submit(simple_task, i) for i in range(4)]
         with trio.fail_after(20):
             assert [await tasks.result(t) for t in ids] == [0, 2, 4, 6]
-    assert any("idle worker" in r.getMessage() and str(victim.pid) in r.getMessage() for r in caplog.records)
-    assert sup.crashes >= 1
+    assert any("idle worker" in r.getMessage() and str(victim) in r.getMessage() for r in caplog.records)
+    assert tasks.statistics().worker_crashes >= 1
 
 
 async def test_many_crashes_in_a_row(tasks: TaskManager) -> None:

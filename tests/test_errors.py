@@ -8,7 +8,7 @@ import traceback
 import pytest
 import trio
 
-from genro_tasks import RemoteError, TaskManager, TaskStatus, UnpicklableJob, UnpicklableResult
+from genro_tasks import RemoteError, TaskManager, TaskStatus, UnpicklableJob, UnpicklableResult, testing
 from jobs import (
     CustomError,
     add,
@@ -70,10 +70,10 @@ async def test_unpicklable_result(tasks: TaskManager) -> None:
     with trio.fail_after(20), pytest.raises(UnpicklableResult, match="cannot be pickled"):
         await tasks.result(tid)
     assert await tasks.status(tid) is TaskStatus.FAILED
-    pids = {w.pid for w in tasks._sup.workers}  # type: ignore[union-attr]
+    pids = set(testing.worker_pids(tasks))
     with trio.fail_after(20):
         assert await tasks.run(simple_task, 1) == 2
-    assert pids == {w.pid for w in tasks._sup.workers}  # type: ignore[union-attr]
+    assert pids == set(testing.worker_pids(tasks))
 
 
 async def test_unpicklable_job_refused_by_submit(tasks: TaskManager) -> None:

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from conftest import wait_pids_gone, wait_status, wait_until
-from genro_tasks import ManagerClosed, SupervisorFailed, TaskManager, TaskStatus, WorkerCrashed
+from genro_tasks import ManagerClosed, SupervisorFailed, TaskManager, TaskStatus, WorkerCrashed, testing
 from jobs import (
     CustomBaseException,
     big_result,
@@ -38,9 +38,9 @@ async def _pool_still_works(tm: TaskManager) -> None:
 async def test_worker_killed_before_it_reports_start(tasks: TaskManager) -> None:
     blob = b"a" * (64 * 1024 * 1024)
     tid = tasks.submit(echo, blob)
-    rec = tasks._records[tid]
-    assert rec.worker is not None  # dispatched at once, still PENDING
-    os.kill(rec.worker.pid, signal.SIGKILL)
+    pid = testing.assigned_worker_pid(tasks, tid)
+    assert pid is not None  # dispatched at once, still PENDING
+    os.kill(pid, signal.SIGKILL)
     with trio.fail_after(60):
         assert await tasks.result(tid) == blob  # requeued: it never started, so it is not lost
     info = await tasks.info(tid)
@@ -73,7 +73,7 @@ async def test_worker_killed_while_sending_large_result(tasks: TaskManager) -> N
 async def test_worker_killed_during_progress_flood(tasks: TaskManager) -> None:
     bystander = tasks.submit(slow_task, 0.5)
     tid = tasks.submit(progress_flood, 50_000_000)
-    await wait_until(tasks, lambda: (tasks._records[tid].progress or 0) > 0.001)
+    await wait_until(tasks, lambda: (testing.snapshot(tasks, tid).progress or 0) > 0.001)
     pid = (await tasks.info(tid)).worker_pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
@@ -91,8 +91,7 @@ async def test_corrupt_frame_means_crashed_worker(tasks: TaskManager, job: objec
     tid = tasks.submit(job)  # type: ignore[arg-type]
     with trio.fail_after(30), pytest.raises(WorkerCrashed, match="corrupt message"):
         await tasks.result(tid)
-    assert tasks._sup is not None
-    assert tasks._sup.failed is None  # the supervisor is fine
+    assert tasks.is_running  # the supervisor is fine
     with trio.fail_after(30):
         assert await tasks.result(bystander) == "done"  # and the other worker's task too
     await _pool_still_works(tasks)
@@ -123,22 +122,18 @@ async def test_sys_exit_zero_and_base_exceptions_fail_the_task(tasks: TaskManage
     await _pool_still_works(tasks)
 
 
-async def test_supervisor_failure_fails_everything_loudly() -> None:
+async def test_supervisor_failure_fails_everything_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    from genro_tasks import _scheduler  # fault injection: a bug in the scheduler itself
+
+    def broken(self: object, key: int, worker: int) -> None:
+        raise RuntimeError("injected supervisor bug")
+
     tm = TaskManager(1)
     await tm.startup()
-    sup = tm._sup
-    assert sup is not None
-    original = sup._on_frame
-
-    def broken(w: object, frame: tuple[int, int, bytes]) -> None:
-        if frame[0] == 11:  # STARTED: blow up inside the supervisor
-            raise RuntimeError("injected supervisor bug")
-        original(w, frame)  # type: ignore[arg-type]
-
-    sup._on_frame = broken  # type: ignore[method-assign,assignment]
+    monkeypatch.setattr(_scheduler.Scheduler, "started", broken)
     running = tm.submit(slow_task, 60)
     queued = tm.submit(simple_task, 1)
-    workers = [w.pid for w in sup.workers]
+    workers = list(testing.worker_pids(tm))
     with trio.fail_after(30):
         for tid in (running, queued):
             with pytest.raises(SupervisorFailed, match="injected supervisor bug"):

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from conftest import pid_gone, statuses, wait_pids_gone, wait_status, wait_until
-from genro_tasks import ManagerClosed, TaskCancelled, TaskManager, TaskStatus
+from genro_tasks import ManagerClosed, TaskCancelled, TaskManager, TaskStatus, testing
 from jobs import interrupt_self, noisy, simple_task, slow_task, trio_loaded
 
 HERE = Path(__file__).parent
@@ -44,7 +44,7 @@ async def test_shutdown_wait_lets_everything_finish() -> None:
         await tm.startup()
         ids = [tm.submit(slow_task, 0.2) for _ in range(5)]
         await wait_status(tm, ids[0], TaskStatus.RUNNING)
-        workers = [w.pid for w in tm._sup.workers]  # type: ignore[union-attr]
+        workers = list(testing.worker_pids(tm))
         await tm.shutdown(wait=True)
         assert statuses(tm, ids) == [TaskStatus.COMPLETED] * 5
         assert all(pid_gone(p) for p in workers)
@@ -70,7 +70,7 @@ async def test_shutdown_no_wait_kills_running() -> None:
         await tm.startup()
         ids = [tm.submit(slow_task, 60) for _ in range(4)]
         await wait_until(tm, lambda: statuses(tm, ids).count(TaskStatus.RUNNING) == 2)
-        workers = [w.pid for w in tm._sup.workers]  # type: ignore[union-attr]
+        workers = list(testing.worker_pids(tm))
         await tm.shutdown(wait=False)
         assert statuses(tm, ids) == [TaskStatus.CANCELLED] * 4
         assert all(pid_gone(p) for p in workers)
@@ -83,7 +83,7 @@ async def test_cancelled_shutdown_still_kills_everything() -> None:
     await tm.startup()
     ids = [tm.submit(slow_task, 60) for _ in range(2)]
     await wait_until(tm, lambda: statuses(tm, ids).count(TaskStatus.RUNNING) == 2)
-    workers = [w.pid for w in tm._sup.workers]  # type: ignore[union-attr]
+    workers = list(testing.worker_pids(tm))
     with trio.move_on_after(0.2):
         await tm.shutdown(wait=True)  # would wait 60 s
     assert statuses(tm, ids) == [TaskStatus.CANCELLED] * 2
@@ -102,7 +102,7 @@ async def test_async_with_error_kills_running() -> None:
         await body()
     tm = holder[0]
     tid = "t"
-    assert tm._records[tid].status is TaskStatus.CANCELLED
+    assert testing.status(tm, tid) is TaskStatus.CANCELLED
 
 
 async def test_no_trio_in_workers(tasks: TaskManager) -> None:
@@ -214,6 +214,5 @@ async def test_concurrent_startups_share_one_start() -> None:
             nursery.start_soon(tm.startup)
             nursery.start_soon(tm.startup)
         assert tm.is_running
-        assert tm._sup is not None
-        assert len(tm._sup.workers) == 1
+        assert len(testing.worker_pids(tm)) == 1
         await tm.shutdown()

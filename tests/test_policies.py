@@ -3,6 +3,7 @@ graceful cancel, memory limits, coroutine jobs, statistics, logging."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from genro_tasks import (
     TaskStatus,
     TaskTimeout,
     WorkerInitError,
+    testing,
 )
 from jobs import (
     allocate,
@@ -66,10 +68,13 @@ async def test_retention_never_drops_unfinished() -> None:
         queued = [tm.submit(simple_task, i) for i in range(3)]
         await wait_status(tm, blocker, TaskStatus.RUNNING)
         assert {i.task_id for i in tm.list_tasks()} == {"quick-1", blocker, *queued}
-        records = [tm._records[t] for t in queued]
+        watchers = [tm.watch(t) for t in queued]
         assert await tm.cancel(blocker) is True
         assert {i.task_id for i in tm.list_tasks()} == {blocker, *queued}
-        await wait_until(tm, lambda: all(r.status.is_terminal for r in records))
+        with trio.fail_after(30):
+            for watcher in watchers:
+                async for _info in watcher:  # ends after the terminal snapshot
+                    pass
         assert [i.task_id for i in tm.list_tasks()] == [queued[-1]]
 
 
@@ -98,8 +103,7 @@ async def test_clear_completed_still_works_with_retention() -> None:
 
 
 def test_retention_is_bounded_by_default() -> None:
-    tm = TaskManager(1)
-    assert tm._max_finished == 10_000
+    assert inspect.signature(TaskManager).parameters["max_finished"].default == 10_000
 
 
 # ------------------------------------------------------------------ backpressure
@@ -186,12 +190,10 @@ async def test_initializer_failing_at_startup() -> None:
 async def test_initializer_failing_later_fails_tasks_and_backs_off(tmp_path: Path) -> None:
     marker = tmp_path / "broken"
     async with TaskManager(1, initializer=init_unless_marker, initargs=(str(marker),)) as tm:
-        sup = tm._sup
-        assert sup is not None
-        pid = next(iter(sup.workers)).pid
+        (pid,) = testing.worker_pids(tm)
         marker.write_text("x")
         os.kill(pid, signal.SIGKILL)
-        await wait_until(tm, lambda: sup.init_error is not None)
+        await wait_until(tm, lambda: testing.start_error(tm) is not None)
         tid = tm.submit(simple_task, 1)
         with trio.fail_after(30), pytest.raises(WorkerInitError, match=f"Task '{tid}' could not run"):
             await tm.result(tid)
@@ -199,7 +201,7 @@ async def test_initializer_failing_later_fails_tasks_and_backs_off(tmp_path: Pat
         await trio.sleep(0.5)  # measure the respawn rate over a window: the point of this test
         assert tm.statistics().worker_restarts - restarts <= 5  # back-off, not a hot loop
         marker.unlink()
-        await wait_until(tm, lambda: sup.init_error is None, timeout=30)
+        await wait_until(tm, lambda: testing.start_error(tm) is None, timeout=30)
         with trio.fail_after(30):
             assert await tm.run(simple_task, 2) == 4
 
@@ -228,7 +230,7 @@ def test_bad_policy_arguments() -> None:
 async def test_graceful_cancel_lets_the_job_clean_up(tasks: TaskManager, tmp_path: Path) -> None:
     path = tmp_path / "partial.tmp"
     tid = tasks.submit(cleanup_on_cancel, str(path))
-    await wait_until(tasks, lambda: tasks._records[tid].progress_message == "file created")
+    await wait_until(tasks, lambda: testing.snapshot(tasks, tid).progress_message == "file created")
     assert path.exists()
     pid = (await tasks.info(tid)).worker_pid
     with trio.fail_after(20):
@@ -248,19 +250,17 @@ async def test_graceful_cancel_lets_the_job_clean_up(tasks: TaskManager, tmp_pat
 
 async def test_graceful_cancel_kills_after_grace(tasks: TaskManager) -> None:
     tid = tasks.submit(ignore_cancel, 60)
-    await wait_until(tasks, lambda: tasks._records[tid].progress_message == "stubborn")
+    await wait_until(tasks, lambda: testing.snapshot(tasks, tid).progress_message == "stubborn")
     pid = (await tasks.info(tid)).worker_pid
     with trio.fail_after(20):
         assert await tasks.cancel(tid, grace=0.3) is True
     assert await tasks.status(tid) is TaskStatus.CANCELLED
-    sup = tasks._sup
-    assert sup is not None
-    assert pid not in {w.pid for w in sup.workers}
+    assert pid not in testing.worker_pids(tasks)
 
 
 async def test_graceful_cancel_job_may_return(tasks: TaskManager) -> None:
     tid = tasks.submit(return_on_cancel)
-    await wait_until(tasks, lambda: tasks._records[tid].progress_message == "waiting")
+    await wait_until(tasks, lambda: testing.snapshot(tasks, tid).progress_message == "waiting")
     with trio.fail_after(20):
         assert await tasks.cancel(tid, grace=10) is False
     assert await tasks.result(tid) == "partial result"
@@ -321,7 +321,7 @@ async def test_async_job_cancel_timeout_and_graceful(tasks: TaskManager, tmp_pat
         await tasks.result(tid)
     path = tmp_path / "async.tmp"
     tid = tasks.submit(async_cleanup, str(path))
-    await wait_until(tasks, lambda: tasks._records[tid].progress_message == "file created")
+    await wait_until(tasks, lambda: testing.snapshot(tasks, tid).progress_message == "file created")
     with trio.fail_after(20):
         assert await tasks.cancel(tid, grace=10) is True
     assert not path.exists()

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from conftest import wait_status, wait_until
-from genro_tasks import TaskInfo, TaskManager, TaskStatus, report_progress
+from genro_tasks import TaskInfo, TaskManager, TaskStatus, report_progress, testing
 from jobs import (
     bad_progress,
     progress_and_block,
@@ -50,7 +50,7 @@ async def test_last_value_recorded_before_completed(tasks: TaskManager) -> None:
 
 async def test_partial_updates_merge(tasks: TaskManager) -> None:
     tid = tasks.submit(progress_and_block, 30)
-    await wait_until(tasks, lambda: tasks._records[tid].progress_message == "started")
+    await wait_until(tasks, lambda: testing.snapshot(tasks, tid).progress_message == "started")
     info = await tasks.info(tid)
     assert info.status is TaskStatus.RUNNING
     assert info.progress == pytest.approx(0.1)
@@ -73,13 +73,13 @@ async def test_flood_is_coalesced(tasks: TaskManager) -> None:
     versions: list[int] = []
     with trio.fail_after(60):
         async for _ in tasks.watch(tid):
-            versions.append(tasks._records[tid].version)
+            versions.append(testing.change_count(tasks, tid))
     info = await tasks.info(tid)
     assert info.status is TaskStatus.COMPLETED
     assert info.progress == 1.0
     assert info.progress_message == "flood over"
     # Far fewer than one message per call reached the parent.
-    assert tasks._records[tid].version < 2_000
+    assert testing.change_count(tasks, tid) < 2_000
 
 
 async def test_watch_sequence(tasks: TaskManager) -> None:
@@ -122,8 +122,7 @@ async def test_leaving_watch_early_releases(tasks: TaskManager) -> None:
         async for _info in tasks.watch(tid):
             break
     gc.collect()
-    watchers = tasks._records[tid].watchers
-    assert watchers is None or len(watchers) == 0
+    assert testing.watcher_count(tasks, tid) == 0
 
 
 async def test_change_stream_many_subscribers(tasks: TaskManager) -> None:

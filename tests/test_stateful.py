@@ -31,6 +31,7 @@ from genro_tasks import (
     TaskStatus,
     TaskTimeout,
     WorkerCrashed,
+    testing,
 )
 from jobs import exit_hard, failing_task, progress_steps, simple_task, slow_task
 
@@ -160,7 +161,7 @@ class TaskManagerMachine(RuleBasedStateMachine):
                 assert isinstance(outcome, ValueError), outcome
 
     def _status(self, task: str) -> TaskStatus:
-        return self.trio.run_sync(lambda: self.tm._records[task].status)
+        return self.trio.run_sync(lambda: testing.status(self.tm, task))
 
     def _statuses(self) -> dict[str, TaskStatus]:
         """Every task's status, read in the trio thread (the run mutates them there)."""
@@ -177,9 +178,7 @@ class TaskManagerMachine(RuleBasedStateMachine):
     @precondition(lambda self: not self.closed)
     @rule(index=st.integers(0, WORKERS - 1))
     def kill_worker(self, index: int) -> None:
-        sup = self.tm._sup
-        assert sup is not None
-        workers = sorted(self.trio.run_sync(lambda: [w.pid for w in sup.workers]))
+        workers = sorted(self.trio.run_sync(lambda: testing.worker_pids(self.tm)))
         if workers:
             pid = workers[index % len(workers)]
             self.killed.add(pid)
@@ -194,26 +193,23 @@ class TaskManagerMachine(RuleBasedStateMachine):
         """Wait until every task is finished and the pool is whole again; check the calm state."""
         pids = self.trio.run(self._quiesce)
         assert len(pids) == WORKERS
-        import multiprocessing.forkserver
-
-        server = multiprocessing.forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+        server = testing.forkserver_pid()
+        assert server is not None
         assert children_of(server) == pids  # no other process survives
         assert fd_count() == self.fds
 
     async def _quiesce(self) -> set[int]:
-        for rec in list(self.tm._records.values()):
-            await rec.wait_done()
-        sup = self.tm._sup
-        assert sup is not None
+        for info in self.tm.list_tasks():
+            if not info.status.is_terminal:
+                await self._outcome(info.task_id)
 
         def calm() -> bool:
-            pids = {w.pid for w in sup.workers}
+            pids = testing.worker_pids(self.tm)
             # A SIGKILL we sent may not have been noticed yet: calm means it was.
             return not (pids & self.killed) and len(pids) == WORKERS and self.tm.statistics().workers_idle == WORKERS
 
-        while not calm():
-            await self.tm._wait_change()
-        return {w.pid for w in sup.workers}
+        await testing.wait_until(self.tm, calm)
+        return set(testing.worker_pids(self.tm))
 
     @rule(wait=st.booleans())
     def shutdown(self, wait: bool) -> None:

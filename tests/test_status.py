@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from conftest import statuses, wait_until
-from genro_tasks import TaskManager, TaskStatus
+from genro_tasks import TaskManager, TaskStatus, testing
 from jobs import announce_and_sleep, simple_task, slow_task
 
 
@@ -23,7 +23,7 @@ async def test_six_slow_tasks_on_two_workers(tasks: TaskManager) -> None:
 
 async def test_running_has_started_at_and_pid(tasks: TaskManager) -> None:
     tid = tasks.submit(announce_and_sleep)
-    await wait_until(tasks, lambda: tasks._records[tid].progress_message is not None)
+    await wait_until(tasks, lambda: testing.snapshot(tasks, tid).progress_message is not None)
     info = await tasks.info(tid)
     assert info.status is TaskStatus.RUNNING
     assert info.started_at is not None

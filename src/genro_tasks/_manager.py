@@ -1,35 +1,31 @@
-"""The TaskManager facade: the public API over the supervisor.
+"""The TaskManager facade: the public API, thin.
 
-It keeps the registry of task records, validates input, and asks the
-supervisor to act. It never changes a task's state itself.
+It checks every argument at the call, then delegates: records and live views
+to the registry (:mod:`._registry`), the queue and every transition to the
+scheduler (:mod:`._scheduler`), the workers to the backend
+(:mod:`._process_backend`). It never changes a task's state itself.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import pickle
-import types
-import uuid
-import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, NamedTuple, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 import trio
 from trio.lowlevel import enable_ki_protection
 
-from genro_tasks_worker._protocol import PICKLE_PROTOCOL
-
-from ._errors import ManagerClosed, QueueFull, UnpicklableJob
+from ._errors import ManagerClosed, QueueFull
 from ._options import _KEEP, DEFAULT_OPTIONS, TaskOptions, TaskSubmitter, _Keep
-from ._supervisor import Supervisor, default_context
+from ._process_backend import ProcessBackend, default_context
+from ._registry import MemoryRegistry, TaskRegistry
+from ._scheduler import Scheduler
+from ._submission import Job, id_in_use, prepare, prepare_initializer
 from ._task import TaskInfo, TaskManagerStatistics, TaskRecord, TaskStatus
-from ._validate import check_bool, check_count, check_metadata, check_seconds, parse_status
+from ._validate import check_bool, check_count, check_seconds, parse_status
 from ._watch import ChangeStream, TaskWatcher
-from ._worker_proc import main_module_ref
 
 T = TypeVar("T")
 
@@ -39,77 +35,11 @@ log = logging.getLogger("genro_tasks")
 _CANCEL_LIMIT = 10.0
 
 
-class _Job(NamedTuple):
-    """A checked, pickled submission, not yet recorded."""
-
-    task_id: str
-    name: str
-    payload: bytes
-    metadata: dict[str, Any] | None
-    options: TaskOptions
-
-
-class _MainFinder(pickle.Pickler):
-    """Pickles into the void, noting the first function or class defined in ``__main__``."""
-
-    def __init__(self) -> None:
-        super().__init__(io.BytesIO(), PICKLE_PROTOCOL)
-        self.found: str | None = None
-
-    def reducer_override(self, obj: Any) -> Any:
-        if self.found is None and isinstance(obj, type | types.FunctionType) and obj.__module__ == "__main__":
-            self.found = obj.__qualname__
-        return NotImplemented
-
-
-def _refuse_unimportable_main(what: str, obj: object) -> None:
-    """Raise UnpicklableJob if ``obj`` needs ``__main__`` and worker processes cannot import it.
-
-    A worker finds a function defined in the main script by importing that
-    script again. A program run as ``python -c``, from stdin, or typed into an
-    interactive session has no file to import, so the worker would fail later
-    with a cryptic ``AttributeError``/``FileNotFoundError``: say so now.
-    """
-    ref = main_module_ref()
-    if ref is not None and (ref[0] == "name" or os.path.isfile(ref[1])):
-        return
-    finder = _MainFinder()
-    finder.dump(obj)
-    if finder.found is None:
-        return
-    raise UnpicklableJob(
-        f"{what} refers to __main__.{finder.found}, but worker processes cannot import this program's main "
-        "module: it runs from 'python -c', from stdin or in an interactive session, and has no file they could "
-        "import. Define the function (or class) in a module file and import it from there."
-    )
-
-
-_NAMES: dict[Any, str] = {}
-
-
-def _func_name(func: Callable[..., Any]) -> str:
-    """``module.qualname`` of a job function, one shared string per function."""
-    try:
-        return _NAMES[func]
-    except (KeyError, TypeError):
-        pass
-    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__qualname__
-    module = getattr(func, "__module__", None)
-    text = f"{module}.{name}" if module and module != "builtins" else str(name)
-    try:
-        if len(_NAMES) >= 4096:
-            _NAMES.clear()
-        _NAMES[func] = text
-    except TypeError:  # unhashable callable
-        pass
-    return text
-
-
 class TaskManager:
     """Run functions in dedicated worker processes and track every task precisely.
 
-    A supervisor task (a trio system task, so no nursery is needed) owns
-    ``max_workers`` worker processes and the queue. A task is PENDING until a
+    A scheduler task (a trio system task, so no nursery is needed) owns the
+    queue and ``max_workers`` worker processes. A task is PENDING until a
     worker says it started the job, then RUNNING, then exactly one of
     COMPLETED, FAILED or CANCELLED. Cancelling a running task kills its
     worker process and everything the job spawned.
@@ -159,39 +89,18 @@ class TaskManager:
         finished_ttl = check_seconds("finished_ttl", finished_ttl)
         if not isinstance(start_method, str):
             raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r}")
-        try:
-            initargs = tuple(initargs)
-        except TypeError:
-            raise TypeError(f"initargs must be a tuple of arguments for the initializer, not {initargs!r}") from None
-        if initializer is not None:
-            if not callable(initializer):
-                raise TypeError(f"initializer must be callable, not {initializer!r}")
-            try:
-                payload = pickle.dumps((initializer, initargs), PICKLE_PROTOCOL)
-            except Exception as exc:
-                raise UnpicklableJob(
-                    f"initializer {_func_name(initializer)} or its initargs cannot be sent to worker processes: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            if b"__main__" in payload:
-                _refuse_unimportable_main(f"initializer {_func_name(initializer)}", (initializer, initargs))
+        initargs, self._init_payload = prepare_initializer(initializer, initargs)
         self._max_workers = max_workers
         self._ctx = default_context(start_method)
         self._start_method = start_method
-        self._initializer = initializer
-        self._initargs = initargs
         self._max_tasks = max_tasks_per_worker
         self._max_queued = max_queued
-        self._max_finished = max_finished
-        self._finished_ttl = finished_ttl
-        self._records: dict[str, TaskRecord] = {}
-        self._finished: deque[TaskRecord] = deque()
-        self._sup: Supervisor | None = None
+        self._registry: TaskRegistry = MemoryRegistry(max_finished, finished_ttl, self._now)
+        self._backend: ProcessBackend | None = None
+        self._scheduler: Scheduler | None = None
         self._running = False
         self._shut_down = False
         self._seq = 0
-        self._changed: trio.Event | None = None
-        self._streams: weakref.WeakSet[ChangeStream] = weakref.WeakSet()
         #: The trio run this manager was started in, and its clock (set by startup()).
         self._token: trio.lowlevel.TrioToken | None = None
         self._clock: trio.abc.Clock | None = None
@@ -203,7 +112,7 @@ class TaskManager:
 
         Also False once the supervisor has failed (see SupervisorFailed).
         """
-        return self._running and self._sup is not None and self._sup.failed is None
+        return self._running and self._scheduler is not None and self._scheduler.failure is None
 
     @property
     def max_workers(self) -> int:
@@ -226,28 +135,25 @@ class TaskManager:
         """
         if self._running:
             return
-        if self._sup is not None:
-            if not self._shut_down and not self._sup.finished.is_set():
-                await self._sup.wait_ready()  # a concurrent startup(): share its outcome
+        scheduler = self._scheduler
+        if scheduler is not None:
+            if not self._shut_down and not scheduler.finished.is_set():
+                await scheduler.wait_started()  # a concurrent startup(): share its outcome
                 return
             raise RuntimeError("this TaskManager was shut down; create a new one")
         self._token = trio.lowlevel.current_trio_token()
         self._clock = trio.lowlevel.current_clock()
-        sup = Supervisor(
-            self._max_workers,
-            self._ctx,
-            self._note_change,
-            initializer=self._initializer,
-            initargs=self._initargs,
-            max_tasks_per_worker=self._max_tasks,
-        )
-        self._sup = sup
-        trio.lowlevel.spawn_system_task(sup.run, name="genro_tasks supervisor")
+        self._backend = ProcessBackend(self._max_workers, self._ctx, self._init_payload, self._max_tasks)
+        hub = self._registry.hub
+        scheduler = Scheduler(self._backend, self._registry.changed, hub.room_freed, hub.close)
+        self._scheduler = scheduler
+        trio.lowlevel.spawn_system_task(scheduler.run, name="genro_tasks scheduler")
         try:
-            await sup.wait_ready()
+            await scheduler.wait_started()
         except BaseException:
             with trio.CancelScope(shield=True):
-                await sup.stop(wait=False, cancel_pending=True)
+                await scheduler.stop(wait=False, cancel_pending=True)
+            self._registry.hub.close()
             raise
         self._running = True
         log.info("TaskManager started with %d %s workers", self._max_workers, self._start_method)
@@ -271,17 +177,16 @@ class TaskManager:
         """
         check_bool("shutdown(wait=...)", wait)
         check_bool("shutdown(cancel_pending=...)", cancel_pending)
-        sup = self._sup
-        if sup is None:
+        scheduler = self._scheduler
+        if scheduler is None:
             return
         self._running = False
         self._shut_down = True
+        self._registry.hub.room_freed()  # submit_wait callers see the manager closed
         try:
-            await sup.stop(wait=wait, cancel_pending=cancel_pending)
+            await scheduler.stop(wait=wait, cancel_pending=cancel_pending)
         finally:
-            for stream in list(self._streams):
-                stream.close()
-            self._note_change(None)
+            self._registry.hub.close()
 
     async def __aenter__(self) -> TaskManager:
         """Start the manager (see :meth:`startup`).
@@ -426,7 +331,8 @@ class TaskManager:
     ) -> str:
         """The one way in: every submit, submit_wait and run of the manager and its views."""
         self._check_thread("submit")
-        return self._enqueue(self._prepare(func, args, kwargs, task_id, metadata, options), wait_for_room=False)
+        job = prepare(func, args, kwargs, task_id, metadata, options, self._registry.__contains__)
+        return self._enqueue(job, wait_for_room=False)
 
     async def _submit_wait(
         self,
@@ -438,73 +344,34 @@ class TaskManager:
         options: TaskOptions,
     ) -> str:
         self._check_thread("submit_wait")
-        job = self._prepare(func, args, kwargs, task_id, metadata, options)
+        job = prepare(func, args, kwargs, task_id, metadata, options, self._registry.__contains__)
         while True:
-            sup = self._sup
+            scheduler = self._scheduler
             if (
                 self._max_queued is None
-                or sup is None
+                or scheduler is None
                 or not self._running
-                or not sup.accepting
-                or sup.queued < self._max_queued
+                or not scheduler.accepting
+                or scheduler.queued < self._max_queued
             ):
                 await trio.lowlevel.checkpoint_if_cancelled()
                 return self._enqueue(job, wait_for_room=True)
-            await self._wait_change()
-
-    def _prepare(
-        self,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        task_id: str | None,
-        metadata: dict[str, Any] | None,
-        options: TaskOptions,
-    ) -> _Job:
-        """Check and pickle a submission; raise for any bad argument, whatever the queue holds."""
-        if task_id is None:
-            task_id = str(uuid.uuid4())
-        elif not isinstance(task_id, str) or not task_id:
-            raise ValueError(f"task_id must be a non-empty str, not {task_id!r}")
-        else:
-            self._check_new_id(task_id)
-        if not isinstance(options, TaskOptions):  # pragma: no cover - views always hold one
-            raise TypeError(f"options must be a TaskOptions, not {options!r}")
-        meta = check_metadata(metadata, task_id=task_id)
-        if not callable(func):
-            raise TypeError(f"Task {task_id!r}: {func!r} is not callable")
-        name = _func_name(func)
-        try:
-            payload = pickle.dumps((func, args, kwargs, options.memory_limit), PICKLE_PROTOCOL)
-        except Exception as exc:
-            raise UnpicklableJob(
-                f"Task {task_id!r} ({name}) cannot be sent to a worker process: {type(exc).__name__}: {exc}. "
-                "The function must be importable by name (a module-level def, not a lambda, closure or "
-                "local function) and every argument must be picklable."
-            ) from exc
-        if b"__main__" in payload:
-            _refuse_unimportable_main(f"Task {task_id!r} ({name})", (func, args, kwargs))
-        return _Job(task_id, name, payload, meta, options)
-
-    def _check_new_id(self, task_id: str) -> None:
-        if task_id in self._records:
-            raise ValueError(
-                f"Task id {task_id!r} is already in use; pass a different task_id, or omit it to get a fresh one"
-            )
+            await self._registry.hub.wait_room()
 
     @enable_ki_protection
-    def _enqueue(self, job: _Job, *, wait_for_room: bool) -> str:
-        """Record a prepared job and hand it to the supervisor (no await: atomic)."""
-        sup = self._sup
-        if not self._running or sup is None or not sup.accepting or sup.finished.is_set():
+    def _enqueue(self, job: Job, *, wait_for_room: bool) -> str:
+        """Record a prepared job and hand it to the scheduler (no await: atomic)."""
+        scheduler = self._scheduler
+        if not self._running or scheduler is None or not scheduler.accepting or scheduler.finished.is_set():
             raise self._closed_error()
-        if not wait_for_room and self._max_queued is not None and sup.queued >= self._max_queued:
+        if not wait_for_room and self._max_queued is not None and scheduler.queued >= self._max_queued:
             raise QueueFull(
-                f"{sup.queued} tasks are already queued (max_queued={self._max_queued}); retry later, "
+                f"{scheduler.queued} tasks are already queued (max_queued={self._max_queued}); retry later, "
                 "or use 'await tm.submit_wait(...)' to wait for room"
             )
         task_id = job.task_id
-        self._check_new_id(task_id)  # another submit may have taken it meanwhile
+        if task_id in self._registry:  # another submit may have taken it meanwhile
+            raise id_in_use(task_id)
         options = job.options
         self._seq += 1
         rec = TaskRecord(
@@ -517,27 +384,24 @@ class TaskManager:
             options.priority,
             options.memory_limit,
         )
-        self._records[task_id] = rec
-        sup.enqueue(rec)
-        self._note_change(rec)
+        self._registry.add(rec)
+        scheduler.enqueue(rec)
+        self._registry.changed(rec)
         return task_id
 
     def _closed_error(self) -> ManagerClosed:
-        sup = self._sup
-        if sup is None:
+        scheduler = self._scheduler
+        if scheduler is None:
             return ManagerClosed(
                 "TaskManager not started: await tm.startup() first (or use 'async with TaskManager()')"
             )
-        if sup.failed is not None:
-            return ManagerClosed(f"TaskManager stopped because its supervisor failed: {sup.failed!r}")
+        if scheduler.failure is not None:
+            return ManagerClosed(f"TaskManager stopped because its supervisor failed: {scheduler.failure!r}")
         return ManagerClosed("TaskManager is shut down: it accepts no new tasks; create and start a new one")
 
     # ------------------------------------------------------------------- queries
     def _get(self, task_id: str) -> TaskRecord:
-        try:
-            return self._records[task_id]
-        except (KeyError, TypeError):
-            raise KeyError(f"Task not found: {task_id}") from None
+        return self._registry.get(task_id)
 
     async def status(self, task_id: str) -> TaskStatus:
         """Return the task's current status.
@@ -638,11 +502,11 @@ class TaskManager:
         rec = self._get(task_id)
         self._check_thread("cancel")
         grace = check_seconds("grace", grace, task_id=task_id, allow_zero=True)
-        sup = self._sup
-        if sup is None or rec.status.is_terminal:
+        scheduler = self._scheduler
+        if scheduler is None or rec.status.is_terminal:
             await trio.lowlevel.checkpoint()
             return False
-        sup.cancel(rec, grace)
+        scheduler.cancel(rec, grace)
         await rec.wait_done()
         return rec.status is TaskStatus.CANCELLED
 
@@ -699,13 +563,13 @@ class TaskManager:
         options: TaskOptions,
     ) -> Any:
         tid = self._submit(func, args, kwargs, task_id, metadata, options)
-        rec = self._records[tid]
+        rec = self._registry.get(tid)
         try:
             await rec.wait_done()
         finally:
-            if not rec.status.is_terminal and self._sup is not None:
+            if not rec.status.is_terminal and self._scheduler is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(_CANCEL_LIMIT):
-                    self._sup.cancel(rec)
+                    self._scheduler.cancel(rec)
                     await rec.wait_done()
         return rec.outcome()
 
@@ -726,10 +590,7 @@ class TaskManager:
         """
         wanted = None if status is None else parse_status(status)
         self._check_thread("list_tasks")
-        self._prune()
-        if wanted is None:
-            return [rec.snapshot() for rec in self._records.values()]
-        return [rec.snapshot() for rec in self._records.values() if rec.status is wanted]
+        return self._registry.find(wanted)
 
     @enable_ki_protection
     def clear_completed(self) -> int:
@@ -740,11 +601,7 @@ class TaskManager:
                 (use ``trio.from_thread.run_sync(tm.clear_completed)``).
         """
         self._check_thread("clear_completed")
-        done = [tid for tid, rec in self._records.items() if rec.status.is_terminal]
-        for tid in done:
-            del self._records[tid]
-        self._finished.clear()
-        return len(done)
+        return self._registry.clear_finished()
 
     @enable_ki_protection
     def statistics(self) -> TaskManagerStatistics:
@@ -754,27 +611,25 @@ class TaskManager:
         from its trio thread (RuntimeError otherwise).
         """
         self._check_thread("statistics")
-        sup = self._sup
-        self._prune()
-        if sup is None:
-            return TaskManagerStatistics(0, 0, 0, 0, 0, 0, 0, 0, len(self._records), 0, 0)
-        return sup.statistics(len(self._records))
-
-    def _prune(self) -> None:
-        """Apply the retention limits: forget the oldest finished tasks first."""
-        finished = self._finished
-        records = self._records
-        while len(finished) > self._max_finished:
-            rec = finished.popleft()
-            if records.get(rec.task_id) is rec:
-                del records[rec.task_id]
-        ttl = self._finished_ttl
-        if ttl is not None and finished:
-            cutoff = self._now() - ttl
-            while finished and finished[0].finished_at <= cutoff:
-                rec = finished.popleft()
-                if records.get(rec.task_id) is rec:
-                    del records[rec.task_id]
+        registry = self._registry
+        registry.prune()
+        scheduler = self._scheduler
+        if scheduler is None:
+            return TaskManagerStatistics(0, 0, 0, 0, 0, 0, 0, 0, len(registry), 0, 0)
+        workers = scheduler.backend.statistics()
+        return TaskManagerStatistics(
+            workers_total=workers.workers_total,
+            workers_idle=workers.workers_idle,
+            workers_busy=workers.workers_busy,
+            tasks_queued=scheduler.queued,
+            tasks_running=scheduler.running,
+            tasks_completed=registry.completed,
+            tasks_failed=registry.failed,
+            tasks_cancelled=registry.cancelled,
+            tasks_tracked=len(registry),
+            worker_restarts=workers.restarts,
+            worker_crashes=workers.crashes,
+        )
 
     def _now(self) -> float:
         """The time on the clock of the trio run that started the manager.
@@ -800,8 +655,8 @@ class TaskManager:
                 return
         except RuntimeError:
             pass
-        sup = self._sup
-        if sup is not None and sup.finished.is_set():
+        scheduler = self._scheduler
+        if scheduler is not None and scheduler.finished.is_set():
             return
         raise RuntimeError(
             f"TaskManager.{call}() was called outside the trio run that owns this manager (from another thread "
@@ -824,12 +679,7 @@ class TaskManager:
         """
         rec = self._get(task_id)
         self._check_thread("watch")
-        watcher = TaskWatcher(rec)
-        if not rec.status.is_terminal:
-            if rec.watchers is None:
-                rec.watchers = weakref.WeakSet()
-            rec.watchers.add(watcher)
-        return watcher
+        return self._registry.hub.watch(rec)
 
     @enable_ki_protection
     def open_change_stream(self, *, max_pending: int = 10_000) -> ChangeStream:
@@ -846,44 +696,4 @@ class TaskManager:
         """
         check_count("max_pending", max_pending, allow_none=False)
         self._check_thread("open_change_stream")
-        stream = ChangeStream(max_pending)
-        if self._sup is not None and self._sup.finished.is_set():
-            stream.close()
-        else:
-            self._streams.add(stream)
-        return stream
-
-    @enable_ki_protection
-    def _note_change(self, rec: TaskRecord | None) -> None:
-        # Called for every transition: keep the common path (nobody watching) short.
-        if rec is not None:
-            terminal = rec.status.is_terminal
-            if terminal and not rec.noted:
-                rec.noted = True
-                rec.finished_at = self._now()
-                self._finished.append(rec)
-                if len(self._finished) > self._max_finished or self._finished_ttl is not None:
-                    self._prune()
-            watchers = rec.watchers
-            if watchers:
-                info = rec.snapshot()
-                for watcher in watchers:
-                    watcher._push(info)
-                if terminal:
-                    rec.watchers = None
-            if self._streams:
-                for stream in self._streams:
-                    stream._push(rec)
-        elif self._sup is not None and self._sup.failed is not None and self._streams:
-            for stream in list(self._streams):  # nothing more will change: end the streams
-                stream.close()
-        changed = self._changed
-        if changed is not None:
-            self._changed = None
-            changed.set()
-
-    async def _wait_change(self) -> None:
-        """Wait for the next change of any task (used by watchers and tests)."""
-        if self._changed is None:
-            self._changed = trio.Event()
-        await self._changed.wait()
+        return self._registry.hub.open_stream(max_pending)

@@ -1,10 +1,9 @@
 """Task records: the public :class:`TaskStatus` and :class:`TaskInfo`, and the
-supervisor's mutable :class:`TaskRecord` behind them."""
+mutable :class:`TaskRecord` behind them (its transitions are the scheduler's alone)."""
 
 from __future__ import annotations
 
 import enum
-import math
 import pickle
 import weakref
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from ._errors import RemoteError, TaskCancelled
 
 if TYPE_CHECKING:
     from ._watch import TaskWatcher
-    from ._worker_proc import WorkerProcess
 
 
 class TaskStatus(enum.StrEnum):
@@ -122,16 +120,14 @@ class TaskManagerStatistics:
 
 
 class TaskRecord:
-    """The supervisor's live, mutable view of one task (internal)."""
+    """The live, mutable state of one task (internal); the registry keeps it, the scheduler changes it."""
 
     __slots__ = (
         "_done",
         "_failure",
         "_result",
-        "cancel_requested",
         "completed_at",
         "created_at",
-        "deadline",
         "error",
         "finished_at",
         "memory_limit",
@@ -150,7 +146,6 @@ class TaskRecord:
         "timeout",
         "version",
         "watchers",
-        "worker",
         "worker_pid",
     )
 
@@ -180,16 +175,12 @@ class TaskRecord:
         self.timeout = timeout
         self.priority = priority
         self.payload: bytes | None = payload
-        self.worker: WorkerProcess | None = None
+        #: How often it was sent again because its worker died before starting it.
         self.requeues = 0
-        #: cancel() arrived while the worker was already dying for another reason.
-        self.cancel_requested = False
         self._result: Any = None
         self._failure: BaseException | tuple[bytes | None, str, str, str] | None = None
         self._done: trio.Event | None = None
         self.version = 0
-        #: trio clock time at which a RUNNING task with a timeout is killed.
-        self.deadline = math.inf
         #: Live TaskWatchers of this task (weakly held), created on first watch().
         self.watchers: weakref.WeakSet[TaskWatcher] | None = None
         self.memory_limit = memory_limit
@@ -256,8 +247,8 @@ class TaskRecord:
             raise remote
         raise RemoteError(type_name, message, tb_text)
 
-    # --- transitions (the supervisor's alone) ------------------------------
-    def set_running(self, pid: int) -> None:
+    # --- transitions (the scheduler's alone) -------------------------------
+    def set_running(self, pid: int | None) -> None:
         self.status = TaskStatus.RUNNING
         self.started_at = utcnow()
         self.worker_pid = pid
@@ -293,7 +284,6 @@ class TaskRecord:
         self.error = error
         self.completed_at = utcnow()
         self.payload = None
-        self.worker = None
         self.version += 1
         done = self._done
         if done is not None:

@@ -6,7 +6,7 @@ worker process, and multiprocessing's process sentinel. The worker's death is
 observed through the pidfd: it is the worker's own, so neither the forkserver's
 death nor a descendant holding an inherited descriptor can fake or hide it.
 The sentinel only carries the exit status (the forkserver reports it there).
-It knows nothing about tasks' meaning; the supervisor drives it.
+It knows nothing about tasks; :class:`~._process_backend.ProcessBackend` drives it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import signal
 from collections.abc import Iterator
 from multiprocessing import spawn
 from multiprocessing.context import BaseContext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -39,8 +39,7 @@ from genro_tasks_worker._protocol import (
     pack_header,
 )
 
-if TYPE_CHECKING:
-    from ._task import TaskRecord
+from ._errors import WorkerInitError
 
 log = logging.getLogger("genro_tasks")
 
@@ -57,18 +56,16 @@ Frame = tuple[int, int, "bytes | bytearray"]
 class WorkerState(enum.Enum):
     STARTING = "starting"  # process started, READY not yet received
     IDLE = "idle"
-    BUSY = "busy"  # a task is assigned (PENDING until STARTED, then RUNNING)
+    BUSY = "busy"  # a job is assigned (not started until STARTED arrives)
     STOPPING = "stopping"  # job pipe closed: exits when its current job is done
     DYING = "dying"  # SIGKILL sent, waiting for the exit to be reaped
     DEAD = "dead"
 
 
 class KillReason(enum.Enum):
-    CANCEL = "cancelled by the caller"
-    TIMEOUT = "task timeout"
-    SHUTDOWN = "cancelled by shutdown"
+    REQUESTED = "the scheduler asked (cancel, timeout or shutdown of its job)"
+    SHUTDOWN = "the backend stopped"
     CRASH = "worker misbehaved"
-    SUPERVISOR = "supervisor failed"
     STOP = "did not exit when told to stop"
 
 
@@ -259,20 +256,19 @@ class WorkerProcess:
         self.ready = False
         #: Its exit was seen: what is left in its pipe is read, but it gets no new job.
         self.exited = False
-        self.task: TaskRecord | None = None
+        #: Its current job reported STARTED.
+        self.started = False
         self.kill_reason: KillReason | None = None
         self.kill_detail = ""
         self.exitcode: int | None = None
         self.jobs_done = 0
         self.timer: trio.CancelScope | None = None
-        #: Set when a graceful cancel sent SIGTERM: kill at this trio time.
-        self.grace_deadline = math.inf
         #: Set when its job pipe is closed (STOPPING): kill at this trio time if still alive.
         self.stop_deadline = math.inf
         #: Replaced already (max_tasks_per_worker): do not respawn on exit.
         self.retired = False
         #: Its initializer raised (reported INIT_FAILED) before it became ready.
-        self.init_failed = False
+        self.init_error: WorkerInitError | None = None
         #: The forkserver died before reporting this worker's exit status.
         self.status_lost = False
         self._out: list[memoryview] = []

@@ -1,0 +1,523 @@
+"""The process backend: jobs run in a pool of local worker processes.
+
+It owns the worker processes (:class:`~._worker_proc.WorkerProcess`): it
+starts them (forkserver or spawn), with back-off while they fail to start,
+retires them after ``max_tasks_per_worker`` jobs, decodes everything they
+send (:meth:`ProcessBackend._on_frame`, the one place that reads worker
+messages), and runs the single kill path: *signal → observe death on the
+pidfd → report → refill* (:meth:`ProcessBackend._kill`, then
+:meth:`ProcessBackend._on_exit`). Which worker runs which job is kept in one
+place, ``ProcessBackend._jobs``.
+
+It never decides what a death means for a task: it reports
+:meth:`~._backend.BackendListener.lost` and the scheduler decides.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import pickle
+from multiprocessing.context import BaseContext
+
+import trio
+from trio.lowlevel import enable_ki_protection
+
+from genro_tasks_worker._protocol import (
+    DONE_BAD_RESULT,
+    DONE_ERROR,
+    DONE_OK,
+    INIT_FAILED,
+    PROGRESS,
+    READY,
+    STARTED,
+    ProtocolError,
+)
+
+from ._backend import (
+    BackendListener,
+    BackendStatistics,
+    ExecutionBackend,
+    Lost,
+    Raised,
+    Returned,
+    Undecodable,
+    Unreturnable,
+)
+from ._errors import WorkerInitError, describe_exit
+from ._worker_proc import Frame, KillReason, WorkerProcess, WorkerState, main_module_ref
+
+log = logging.getLogger("genro_tasks")
+
+#: Respawn back-off after workers die before becoming ready.
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 5.0
+#: How long a worker told to stop may take to exit before it is killed.
+_STOP_GRACE = 5.0
+#: How long a worker may live on after closing its result pipe.
+_EOF_GRACE = 1.0
+#: Safety net around waiting for a SIGKILLed process.
+_REAP_LIMIT = 10.0
+#: How long a crashed worker's exit status may take to arrive (it names the signal).
+_STATUS_LIMIT = 2.0
+#: Worker states that can still run a job (now, or once started).
+_LIVE_STATES = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY})
+
+
+class ProcessBackend(ExecutionBackend):
+    """A pool of ``max_workers`` local worker processes.
+
+    Args:
+        max_workers: How many workers to keep.
+        ctx: The multiprocessing context (see :func:`default_context`).
+        init_payload: The pickled ``(initializer, initargs)``, or None.
+        max_tasks_per_worker: Replace a worker after this many jobs (None: never).
+    """
+
+    def __init__(
+        self,
+        max_workers: int,
+        ctx: BaseContext,
+        init_payload: bytes | None = None,
+        max_tasks_per_worker: int | None = None,
+    ) -> None:
+        self.capacity = max_workers
+        self._ctx = ctx
+        self._init_payload = init_payload
+        self._main_ref = main_module_ref()
+        self._max_tasks = max_tasks_per_worker
+        self._listener: BackendListener | None = None
+        self._nursery: trio.Nursery | None = None
+        self.workers: set[WorkerProcess] = set()
+        self._idle: list[WorkerProcess] = []
+        #: The one task-to-handle mapping: job key -> the worker running it.
+        self._jobs: dict[int, WorkerProcess] = {}
+        self._numbers = 0
+        self._alive_r = self._alive_w = -1
+        self._stopping = False
+        self._all_ready = False
+        self._ready_count = 0
+        self._backoff = 0.0
+        self._no_workers = trio.Event()
+        #: The last failure to start a worker, until one starts fine again.
+        self.start_error: BaseException | None = None
+        self.restarts = 0
+        self.crashes = 0
+
+    # ------------------------------------------------------------------ serving
+    @enable_ki_protection
+    async def serve(self, listener: BackendListener) -> None:
+        self._listener = listener
+        self._alive_r, self._alive_w = os.pipe()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for _ in range(self.capacity):
+                    self._spawn()
+                await trio.sleep_forever()
+        except BaseException as exc:
+            if not _only_cancelled(exc):
+                listener.failed(exc)
+            raise
+        finally:
+            self._stopping = True
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                for w in list(self.workers):
+                    self._kill(w, KillReason.SHUTDOWN)
+                for w in list(self.workers):
+                    await self._settle_exit(w)
+            os.close(self._alive_w)
+            os.close(self._alive_r)
+
+    def _spawn(self) -> None:
+        assert self._nursery is not None
+        assert self._listener is not None
+        self._numbers += 1
+        try:
+            w = WorkerProcess(self._ctx, self._alive_r, self._numbers, self._init_payload, self._main_ref)
+        except Exception as exc:
+            log.error("could not start a genro_tasks worker process: %s", exc)
+            if not self._all_ready:
+                error = RuntimeError(f"TaskManager could not start a worker process: {exc}")
+                error.__cause__ = exc
+                self._listener.start_failed(error, none_left=False)
+                return
+            self._schedule_respawn()
+            return
+        self.workers.add(w)
+        self._no_workers = trio.Event()
+        log.info("worker %d started (pid %d)", w.number, w.pid)
+        self._nursery.start_soon(self._serve, w, name=f"genro_tasks worker {w.pid}")
+
+    def _schedule_respawn(self) -> None:
+        assert self._nursery is not None
+        self._backoff = _BACKOFF_FIRST if self._backoff == 0 else min(self._backoff * 2, _BACKOFF_MAX)
+        self._nursery.start_soon(self._respawn_later, self._backoff)
+
+    @enable_ki_protection
+    async def _respawn_later(self, delay: float) -> None:
+        await trio.sleep(delay)
+        if not self._stopping:
+            self._spawn()
+
+    @enable_ki_protection
+    async def _serve(self, w: WorkerProcess) -> None:
+        """Run one worker's pipes until its process exits, then account for it."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_loop, w)
+                nursery.start_soon(w.write_loop)
+                await self._watch_exit(w)
+                nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            if not _only_cancelled(exc):
+                # A bug in our own code: say so before this worker's job is settled as a mere crash.
+                assert self._listener is not None
+                self._listener.failed(exc)
+            raise
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._settle_exit(w)
+
+    async def _watch_exit(self, w: WorkerProcess) -> None:
+        """Wait for the process to exit; kill it if told to stop and still alive past the grace."""
+        while True:
+            with trio.CancelScope(deadline=w.stop_deadline) as w.timer:
+                await w.wait_exit()
+                return
+            if w.state is WorkerState.STOPPING:
+                log.warning("worker %d did not exit within %gs of being told to stop; killing it", w.pid, _STOP_GRACE)
+                self._kill(w, KillReason.STOP)
+
+    async def _settle_exit(self, w: WorkerProcess) -> None:
+        """Make sure the worker's process is dead, report what happened, then release it.
+
+        Death is observed on the worker's own pidfd. A worker nobody asked to
+        die gets a moment for its exit status to arrive (the forkserver reports
+        it), so the crash can say how it died; a killed worker is reported at
+        once: it is dead, which is all a cancel or a timeout needs to know.
+        """
+        if w.state is not WorkerState.DEAD:
+            if not w.has_exited():
+                self._kill(w, w.kill_reason or KillReason.SHUTDOWN)
+                with trio.move_on_after(_REAP_LIMIT):
+                    await w.wait_exit()
+            if w.kill_reason is None:
+                await w.wait_reaped(_STATUS_LIMIT)
+            self._exit_safely(w)
+        if w.pidfd is not None or w.reader.fd >= 0:  # not released yet
+            await w.wait_reaped(_REAP_LIMIT)
+            w.release()
+
+    @enable_ki_protection
+    async def _read_loop(self, w: WorkerProcess) -> None:
+        frames: list[Frame] = []
+        reader = w.reader
+        while True:
+            try:
+                alive = reader.read(frames)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(reader.fd)
+                continue
+            except ProtocolError as exc:
+                self._protocol_error(w, exc)
+                return
+            except MemoryError:
+                # A frame claiming more memory than we have: the worker's fault, not ours.
+                self._protocol_error(w, ProtocolError("a frame claims more memory than is available"))
+                return
+            if frames:
+                try:
+                    for frame in frames:
+                        self._on_frame(w, frame)
+                except ProtocolError as exc:
+                    self._protocol_error(w, exc)
+                    return
+                finally:
+                    frames.clear()
+            if not alive:
+                # Normally the process has exited and _serve cancels us any
+                # moment now; one that lives on without its pipe is broken.
+                await trio.sleep(_EOF_GRACE)
+                self._kill(w, KillReason.CRASH, "it closed its result pipe but kept running")
+                return
+            await trio.lowlevel.checkpoint_if_cancelled()
+
+    def _protocol_error(self, w: WorkerProcess, exc: ProtocolError) -> None:
+        log.warning("worker %d sent a corrupt message (%s); treating it as crashed", w.pid, exc)
+        self._kill(w, KillReason.CRASH, f"it sent a corrupt message: {exc}")
+
+    def _drain(self, w: WorkerProcess) -> None:
+        """Handle the whole frames an exited worker left in its pipe."""
+        frames: list[Frame] = []
+        for _ in range(1 << 16):
+            try:
+                if not w.reader.read(frames):
+                    break
+            except Exception:  # BlockingIOError at the end; anything else: stop reading
+                break
+        for frame in frames:
+            try:
+                self._on_frame(w, frame)
+            except ProtocolError:
+                break
+
+    # ---------------------------------------------------------------- messages
+    def _on_frame(self, w: WorkerProcess, frame: Frame) -> None:
+        """Decode one message from a worker and report it (the only reader of worker messages)."""
+        kind, key, body = frame
+        listener = self._listener
+        assert listener is not None
+        if w.state is WorkerState.DYING or w.state is WorkerState.DEAD:
+            return  # being killed: its job's end is decided already
+        if kind == INIT_FAILED:
+            if w.state is not WorkerState.STARTING:
+                raise ProtocolError("unexpected INIT_FAILED")
+            try:
+                _exc_bytes, type_name, message, tb_text = pickle.loads(body)
+            except Exception:
+                type_name, message, tb_text = "<unknown>", "initializer failed", ""
+            log.warning("worker %d: initializer failed: %s: %s", w.pid, type_name, message)
+            w.init_error = WorkerInitError(type_name, message, tb_text)
+            return  # it exits next; _on_exit reports it
+        if kind == READY:
+            if w.state is not WorkerState.STARTING or key != w.pid:
+                raise ProtocolError(f"unexpected READY (pid {key})")
+            self._on_ready(w)
+            return
+        if self._jobs.get(key) is not w:
+            raise ProtocolError(f"message kind {kind} about task #{key}, which this worker does not run")
+        if kind == STARTED:
+            if w.started:
+                raise ProtocolError("STARTED twice")
+            w.started = True
+            listener.started(key, w.pid)
+            return
+        if not w.started:
+            raise ProtocolError(f"message kind {kind} before STARTED")
+        if kind == PROGRESS:
+            try:
+                fraction, message = pickle.loads(body)
+            except Exception as exc:
+                raise ProtocolError(f"bad PROGRESS body: {exc}") from None
+            listener.progress(key, fraction, message)
+            return
+        if kind == DONE_OK:
+            # Decoded here, before COMPLETED is recorded: COMPLETED means result() returns.
+            try:
+                outcome: Returned | Raised | Unreturnable | Undecodable = Returned(pickle.loads(body))
+            except BaseException as exc:  # user code ran: even SystemExit stays here, as this task's failure
+                outcome = Undecodable(exc)
+        elif kind == DONE_ERROR:
+            try:
+                outcome = Raised(*pickle.loads(body))
+            except Exception as exc:
+                raise ProtocolError(f"bad DONE_ERROR body: {exc}") from None
+        elif kind == DONE_BAD_RESULT:
+            try:
+                outcome = Unreturnable(*pickle.loads(body))
+            except Exception as exc:
+                raise ProtocolError(f"bad DONE_BAD_RESULT body: {exc}") from None
+        else:  # pragma: no cover - FrameReader filters kinds
+            raise ProtocolError(f"unknown message kind {kind}")
+        del self._jobs[key]
+        w.started = False
+        w.jobs_done += 1
+        if w.state is WorkerState.BUSY and not w.exited:
+            if self._max_tasks is not None and w.jobs_done >= self._max_tasks and not self._stopping:
+                self._retire(w)
+            else:
+                w.state = WorkerState.IDLE
+                self._idle.append(w)
+        listener.done(key, outcome)
+
+    def _on_ready(self, w: WorkerProcess) -> None:
+        assert self._listener is not None
+        w.state = WorkerState.IDLE
+        w.ready = True
+        self._backoff = 0.0
+        self.start_error = None
+        log.debug("worker %d ready", w.pid)
+        if self._stopping:
+            self._tell_to_stop(w)
+            return
+        self._idle.append(w)
+        self._ready_count += 1
+        if not self._all_ready and self._ready_count >= self.capacity:
+            self._all_ready = True
+            self._listener.all_ready()
+        self._listener.capacity_changed()
+
+    def _retire(self, w: WorkerProcess) -> None:
+        """Recycle a worker that did its max_tasks_per_worker: it exits, a new one starts now."""
+        log.info("worker %d retiring after %d tasks", w.pid, w.jobs_done)
+        w.retired = True
+        self._tell_to_stop(w)
+        self.restarts += 1
+        self._spawn()
+
+    def _tell_to_stop(self, w: WorkerProcess) -> None:
+        """Close an idle worker's job pipe: it exits, or is killed ``_STOP_GRACE`` seconds later."""
+        w.state = WorkerState.STOPPING
+        w.stop_deadline = trio.current_time() + _STOP_GRACE
+        w.close_jobs()
+        if w.timer is not None:
+            w.timer.deadline = w.stop_deadline
+
+    # ------------------------------------------------------------ the scheduler's calls
+    def free_slots(self) -> int:
+        return len(self._idle)
+
+    @enable_ki_protection
+    def dispatch(self, key: int, payload: bytes) -> None:
+        w = self._idle.pop()
+        w.state = WorkerState.BUSY
+        self._jobs[key] = w
+        w.send_job(key, payload)
+
+    @enable_ki_protection
+    def interrupt(self, key: int) -> None:
+        w = self._jobs.get(key)
+        if w is not None and w.state is WorkerState.BUSY:
+            w.terminate()
+
+    @enable_ki_protection
+    def kill(self, key: int) -> None:
+        w = self._jobs.get(key)
+        if w is not None:
+            self._kill(w, KillReason.REQUESTED)
+
+    @enable_ki_protection
+    def begin_stop(self) -> None:
+        self._stopping = True
+        for w in list(self._idle):
+            self._tell_to_stop(w)
+        self._idle.clear()
+
+    async def wait_stopped(self) -> None:
+        if self.workers:
+            await self._no_workers.wait()
+
+    def statistics(self) -> BackendStatistics:
+        return BackendStatistics(
+            workers_total=len(self.workers),
+            workers_idle=len(self._idle),
+            workers_busy=len(self._jobs),
+            restarts=self.restarts,
+            crashes=self.crashes,
+        )
+
+    def worker_pids(self) -> frozenset[int]:
+        return frozenset(w.pid for w in self.workers)
+
+    def worker_of(self, key: int) -> int | None:
+        w = self._jobs.get(key)
+        return None if w is None else w.pid
+
+    # ---------------------------------------------------------------- kill path
+    def _kill(self, w: WorkerProcess, reason: KillReason, detail: str = "") -> None:
+        """The kill path, step 1: signal. Its death is observed in _serve, reported in _on_exit."""
+        if w.state in (WorkerState.DYING, WorkerState.DEAD):
+            return
+        if w in self._idle:
+            self._idle.remove(w)
+        w.state = WorkerState.DYING
+        w.kill_reason = reason
+        w.kill_detail = detail
+        w.kill()
+
+    def _exit_safely(self, w: WorkerProcess) -> None:
+        """_on_exit, but a failure in it can never stop the cleanup of the others."""
+        try:
+            self._on_exit(w)
+        except Exception as exc:
+            self.workers.discard(w)
+            if w in self._idle:
+                self._idle.remove(w)
+            w.state = WorkerState.DEAD
+            if not self.workers:
+                self._no_workers.set()
+            assert self._listener is not None
+            self._listener.failed(exc)
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+
+    def _on_exit(self, w: WorkerProcess) -> None:
+        """The kill path, steps 2-4 (and the whole story of a crash): reap, report, refill."""
+        listener = self._listener
+        assert listener is not None
+        w.exited = True  # frames still in its pipe count, but it gets no new job
+        self._drain(w)
+        exitcode = w.reap()
+        reason = w.kill_reason
+        was_ready = w.ready
+        stopping = w.state is WorkerState.STOPPING
+        if w in self._idle:
+            self._idle.remove(w)
+        w.state = WorkerState.DEAD
+        self.workers.discard(w)
+        key = next((k for k, v in self._jobs.items() if v is w), None)
+        unasked = reason is None or reason is KillReason.CRASH
+        if key is not None:
+            del self._jobs[key]
+            if unasked:
+                self.crashes += 1
+            log.info("worker %d running task #%d ended (%s)", w.pid, key, describe_exit(exitcode))
+            listener.lost(key, Lost(w.pid, exitcode, w.kill_detail, retryable=not w.started))
+        elif not was_ready:
+            error = w.init_error
+            if error is None and reason is None and not stopping:
+                # Died while starting (in the initializer or before it): a failed start, like a raise.
+                self.crashes += 1
+                log.warning("worker %d died before it was ready (%s)", w.pid, describe_exit(exitcode))
+                error = WorkerInitError(
+                    "",
+                    f"worker {w.pid} {describe_exit(exitcode)} before it was ready (its stderr says why; if "
+                    "your main module starts a TaskManager when imported, guard that code with "
+                    "`if __name__ == '__main__':`)",
+                    "",
+                )
+            if error is not None:
+                self.start_error = error
+            if self.start_error is not None and (error is not None or not self._can_run_soon()):
+                listener.start_failed(self.start_error, none_left=not self._can_run_soon())
+        elif unasked and not stopping:
+            self.crashes += 1
+            log.warning("idle worker %d died (%s); replacing it", w.pid, describe_exit(exitcode))
+        else:
+            log.info("worker %d exited (%s)", w.pid, describe_exit(exitcode))
+        if not self.workers:
+            self._no_workers.set()
+        if not self._stopping and not w.retired:
+            self.restarts += 1
+            if was_ready:
+                self._spawn()
+            else:
+                self._schedule_respawn()
+        listener.capacity_changed()
+
+    def _can_run_soon(self) -> bool:
+        """True if some worker is ready, busy or still starting (and so may run queued jobs)."""
+        return any(w.state in _LIVE_STATES for w in self.workers)
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    """True if ``exc`` is trio.Cancelled, or a group of nothing else."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return isinstance(exc, trio.Cancelled)
+
+
+def default_context(start_method: str) -> BaseContext:
+    """Return the multiprocessing context for ``start_method`` (forkserver or spawn)."""
+    if start_method not in ("forkserver", "spawn"):
+        raise ValueError(
+            f"start_method must be 'forkserver' or 'spawn', not {start_method!r}: 'fork' would copy the "
+            "parent's trio state into every worker"
+        )
+    ctx = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        ctx.set_forkserver_preload(["__main__", "genro_tasks_worker._loop"])
+    return ctx

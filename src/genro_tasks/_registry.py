@@ -1,0 +1,239 @@
+"""The registry of task records and the change hub that fans changes out.
+
+:class:`TaskRegistry` is the seam a store implements: it keeps the records
+(``add``/``get``/``find``), applies retention (``max_finished``,
+``finished_ttl``), counts terminal states, and is told of every change
+(:meth:`TaskRegistry.changed`). :class:`MemoryRegistry` is the in-memory
+implementation (the default); a persistent store would write the change in
+``changed`` and answer ``get``/``find`` from its storage.
+
+:class:`ChangeHub` delivers changes to the live views: per-task watchers
+(``watch``), change streams (``open_change_stream``), anyone waiting for any
+change (:func:`genro_tasks.testing.wait_until`), and ``submit_wait``, which
+waits on its own "room available" condition instead of on every change.
+"""
+
+from __future__ import annotations
+
+import weakref
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+
+import trio
+
+from ._task import TaskInfo, TaskRecord, TaskStatus
+from ._watch import ChangeStream, TaskWatcher
+
+
+class ChangeHub:
+    """Fan-out of task changes to watchers, streams and waiters; never blocks."""
+
+    def __init__(self) -> None:
+        self._streams: weakref.WeakSet[ChangeStream] = weakref.WeakSet()
+        self._changed: trio.Event | None = None
+        self._room: trio.Event | None = None
+        self.closed = False
+
+    def publish(self, rec: TaskRecord | None) -> None:
+        """Deliver a change of ``rec`` (None: of the pool, no task) to everyone listening."""
+        if rec is not None:
+            watchers = rec.watchers
+            if watchers:
+                info = rec.snapshot()
+                for watcher in watchers:
+                    watcher._push(info)
+                if rec.status.is_terminal:
+                    rec.watchers = None
+            if self._streams:
+                for stream in self._streams:
+                    stream._push(rec)
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            changed.set()
+
+    async def wait_change(self) -> None:
+        """Wait for the next change of any task or of the pool.
+
+        **Cancellation:** Only the wait is cancelled.
+        """
+        if self._changed is None:
+            self._changed = trio.Event()
+        await self._changed.wait()
+
+    def room_freed(self) -> None:
+        """A queued task left the queue (or the manager stopped): wake ``submit_wait``."""
+        room = self._room
+        if room is not None:
+            self._room = None
+            room.set()
+
+    async def wait_room(self) -> None:
+        """Wait until the queue may have room again.
+
+        **Cancellation:** Only the wait is cancelled.
+        """
+        if self._room is None:
+            self._room = trio.Event()
+        await self._room.wait()
+
+    def watch(self, rec: TaskRecord) -> TaskWatcher:
+        """A watcher of ``rec`` that receives its changes from now on."""
+        watcher = TaskWatcher(rec)
+        if not rec.status.is_terminal:
+            if rec.watchers is None:
+                rec.watchers = weakref.WeakSet()
+            rec.watchers.add(watcher)
+        return watcher
+
+    def open_stream(self, max_pending: int) -> ChangeStream:
+        """A change stream of every task (already ended if the hub is closed)."""
+        stream = ChangeStream(max_pending)
+        if self.closed:
+            stream.close()
+        else:
+            self._streams.add(stream)
+            self.publish(None)  # a new subscriber: waiters on "any change" may care
+        return stream
+
+    @property
+    def stream_count(self) -> int:
+        """How many change streams are open."""
+        return len(self._streams)
+
+    def close(self) -> None:
+        """Nothing will change any more: end every stream and wake every waiter."""
+        self.closed = True
+        for stream in list(self._streams):
+            stream.close()
+        self.room_freed()
+        self.publish(None)
+
+
+class TaskRegistry(ABC):
+    """Where a manager's task records live: the seam a store implements.
+
+    Implementations keep records, retention and counters; the base class
+    adds the fan-out through :attr:`hub`. Every method is synchronous and is
+    called from the manager's trio thread.
+    """
+
+    def __init__(self, max_finished: int, finished_ttl: float | None, clock: Callable[[], float]) -> None:
+        self.max_finished = max_finished
+        self.finished_ttl = finished_ttl
+        self._clock = clock
+        self.hub = ChangeHub()
+        self.completed = 0
+        self.failed = 0
+        self.cancelled = 0
+
+    @abstractmethod
+    def add(self, rec: TaskRecord) -> None:
+        """Keep a newly submitted record (its id is new: see :meth:`__contains__`)."""
+
+    @abstractmethod
+    def get(self, task_id: str) -> TaskRecord:
+        """The record of ``task_id``; KeyError ``Task not found: <id>`` if unknown."""
+
+    @abstractmethod
+    def __contains__(self, task_id: object) -> bool:
+        """True if ``task_id`` is a kept task."""
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """How many records are kept."""
+
+    @abstractmethod
+    def find(self, status: TaskStatus | None) -> list[TaskInfo]:
+        """Snapshots of the kept tasks (of one status, or all), oldest first."""
+
+    @abstractmethod
+    def clear_finished(self) -> int:
+        """Forget every finished task; return how many."""
+
+    @abstractmethod
+    def _retain(self, rec: TaskRecord) -> None:
+        """``rec`` just became terminal: keep it under the retention limits."""
+
+    @abstractmethod
+    def prune(self) -> None:
+        """Apply the retention limits now."""
+
+    def changed(self, rec: TaskRecord | None) -> None:
+        """A task (or, with None, the pool) changed: count, retain, fan out.
+
+        Called by the scheduler for every transition; keep it short.
+        """
+        if rec is not None and rec.status.is_terminal and not rec.noted:
+            rec.noted = True
+            rec.finished_at = self._clock()
+            status = rec.status
+            if status is TaskStatus.COMPLETED:
+                self.completed += 1
+            elif status is TaskStatus.FAILED:
+                self.failed += 1
+            else:
+                self.cancelled += 1
+            self._retain(rec)
+        self.hub.publish(rec)
+
+
+class MemoryRegistry(TaskRegistry):
+    """Records in this process's memory (the default registry)."""
+
+    def __init__(self, max_finished: int, finished_ttl: float | None, clock: Callable[[], float]) -> None:
+        super().__init__(max_finished, finished_ttl, clock)
+        self._records: dict[str, TaskRecord] = {}
+        self._finished: deque[TaskRecord] = deque()
+
+    def add(self, rec: TaskRecord) -> None:
+        self._records[rec.task_id] = rec
+
+    def get(self, task_id: str) -> TaskRecord:
+        try:
+            return self._records[task_id]
+        except (KeyError, TypeError):
+            raise KeyError(f"Task not found: {task_id}") from None
+
+    def __contains__(self, task_id: object) -> bool:
+        try:
+            return task_id in self._records
+        except TypeError:
+            return False
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def find(self, status: TaskStatus | None) -> list[TaskInfo]:
+        self.prune()
+        if status is None:
+            return [rec.snapshot() for rec in self._records.values()]
+        return [rec.snapshot() for rec in self._records.values() if rec.status is status]
+
+    def clear_finished(self) -> int:
+        done = [tid for tid, rec in self._records.items() if rec.status.is_terminal]
+        for tid in done:
+            del self._records[tid]
+        self._finished.clear()
+        return len(done)
+
+    def _retain(self, rec: TaskRecord) -> None:
+        self._finished.append(rec)
+        if len(self._finished) > self.max_finished or self.finished_ttl is not None:
+            self.prune()
+
+    def prune(self) -> None:
+        finished = self._finished
+        records = self._records
+        while len(finished) > self.max_finished:
+            rec = finished.popleft()
+            if records.get(rec.task_id) is rec:
+                del records[rec.task_id]
+        ttl = self.finished_ttl
+        if ttl is not None and finished:
+            cutoff = self._clock() - ttl
+            while finished and finished[0].finished_at <= cutoff:
+                rec = finished.popleft()
+                if records.get(rec.task_id) is rec:
+                    del records[rec.task_id]

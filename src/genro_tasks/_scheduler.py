@@ -1,0 +1,520 @@
+"""The scheduler: the queue, the deadlines and the task state machine.
+
+It owns every task's life after ``submit``: the dispatch queue (a heap:
+higher priority first, FIFO among equals), the jobs in flight on the
+backend, their deadlines (a timeout counts from RUNNING; a graceful cancel
+has a grace period), and every transition PENDING → RUNNING → exactly one of
+COMPLETED / FAILED / CANCELLED. It knows *why* it asked the backend to kill a
+job (cancel, timeout, shutdown), so when the backend reports the job
+:meth:`lost <Scheduler.lost>` it alone decides what that death means: a task
+lost before it started is sent again (up to :data:`MAX_REQUEUES` times), a
+killed task is CANCELLED or FAILED with TaskTimeout, anything else is FAILED
+with WorkerCrashed.
+
+It knows no process, pid or descriptor: it talks to an
+:class:`~._backend.ExecutionBackend` and is unit-testable with
+:class:`genro_tasks.testing.FakeBackend`. Transitions are synchronous
+methods that never await halfway; they run with KeyboardInterrupt
+protection, so a Ctrl-C never lands inside one (trio delivers it to the
+application's main task, which then shuts the manager down).
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import logging
+import math
+from collections.abc import Callable
+
+import trio
+from trio.lowlevel import enable_ki_protection
+
+from ._backend import BackendListener, ExecutionBackend, Lost, Outcome, Raised, Returned, Undecodable, Unreturnable
+from ._errors import (
+    ManagerClosed,
+    MemoryLimitExceeded,
+    SupervisorFailed,
+    TaskTimeout,
+    UnpicklableResult,
+    WorkerCrashed,
+)
+from ._task import TaskRecord, TaskStatus
+
+log = logging.getLogger("genro_tasks")
+
+#: How often a task whose worker died before starting it is sent again.
+MAX_REQUEUES = 3
+#: How long a graceful stop waits for the workers to exit.
+STOP_GRACE = 5.0
+#: Safety net: how long ``stop`` waits for the scheduler's task to end.
+_FINISH_LIMIT = 15.0
+
+
+class Lifecycle(enum.Enum):
+    """Where the scheduler is in its life (it only moves down this list, or to FAILED)."""
+
+    STARTING = "starting"  # workers starting; tasks are accepted and queued
+    RUNNING = "running"
+    DRAINING = "draining"  # shutdown(): no new tasks; the ones in flight settle
+    STOPPING = "stopping"  # every task settled; the workers are stopping
+    STOPPED = "stopped"
+    FAILED = "failed"  # our own code broke: every task failed, nothing accepted
+
+
+class KillReason(enum.Enum):
+    """Why the scheduler asked the backend to kill a job."""
+
+    CANCEL = "cancelled by the caller"
+    TIMEOUT = "task timeout"
+    SHUTDOWN = "cancelled by shutdown"
+
+
+class _Flight:
+    """The scheduler's view of a job handed to the backend."""
+
+    __slots__ = ("cancel_grace", "grace_deadline", "kill_reason", "rec", "timeout_deadline")
+
+    def __init__(self, rec: TaskRecord) -> None:
+        self.rec = rec
+        self.kill_reason: KillReason | None = None
+        #: trio time at which a RUNNING task with a timeout is killed.
+        self.timeout_deadline = math.inf
+        #: trio time at which a gracefully cancelled job is killed.
+        self.grace_deadline = math.inf
+        #: A graceful cancel was asked (the job got CancelRequested).
+        self.cancel_grace = False
+
+    def deadline(self) -> float:
+        return min(self.timeout_deadline, self.grace_deadline)
+
+
+class Scheduler(BackendListener):
+    """Queue, deadlines and transitions of one TaskManager's tasks.
+
+    Args:
+        backend: What runs the jobs.
+        on_change: Called after every change of a task (with its record) and
+            of the pool (with None); it must not await.
+        on_room: Called when a queued task leaves the queue.
+        on_end: Called once the scheduler has ended (nothing changes any more).
+    """
+
+    def __init__(
+        self,
+        backend: ExecutionBackend,
+        on_change: Callable[[TaskRecord | None], None],
+        on_room: Callable[[], None] = lambda: None,
+        on_end: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.backend = backend
+        self._on_change = on_change
+        self._on_room = on_room
+        self._on_end = on_end
+        self.lifecycle = Lifecycle.STARTING
+        #: Why the scheduler failed (lifecycle FAILED).
+        self.failure: BaseException | None = None
+        #: The last worker start failure, until a worker starts fine again.
+        self.start_error: BaseException | None = None
+        # The heap holds only (-priority, seq) int pairs, which the cyclic GC
+        # stops tracking; the records live in _queued, keyed by seq.
+        self._queue: list[tuple[int, int]] = []
+        self._queued: dict[int, TaskRecord] = {}
+        self._flights: dict[int, _Flight] = {}
+        self._timer: trio.CancelScope | None = None
+        #: Shielded, so the backend is stopped only after the scheduler marked its jobs.
+        self._backend_scope = trio.CancelScope(shield=True)
+        self._ready = trio.Event()
+        self._startup_error: BaseException | None = None
+        self._drained = trio.Event()
+        self._stop = trio.Event()
+        self.finished = trio.Event()
+
+    # ------------------------------------------------------------------ running
+    @property
+    def accepting(self) -> bool:
+        """True while new tasks may be queued."""
+        return self.lifecycle is Lifecycle.STARTING or self.lifecycle is Lifecycle.RUNNING
+
+    @enable_ki_protection
+    async def run(self) -> None:
+        """Body of the scheduler's task (a trio system task): the backend and the deadlines."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._serve_backend)
+                nursery.start_soon(self._enforce_deadlines)
+                try:
+                    await self._stop.wait()
+                finally:
+                    # Whatever ends us, the jobs still in flight end by shutdown.
+                    for flight in self._flights.values():
+                        if flight.kill_reason is None:
+                            flight.kill_reason = KillReason.SHUTDOWN
+                    self._backend_scope.cancel()
+                    nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            if _only_cancelled(exc):
+                raise
+            # A system task must never crash the application: fail loudly, but here.
+            self.failed(exc)
+        finally:
+            if self.lifecycle is not Lifecycle.FAILED:
+                self.lifecycle = Lifecycle.STOPPED
+            self._end_queued(lambda rec: rec.finish_cancelled("cancelled by shutdown"))
+            self._release_startup("the TaskManager was shut down while it was starting")
+            self.finished.set()
+            self._on_end()
+
+    @enable_ki_protection
+    async def _serve_backend(self) -> None:
+        """Run the backend until ``run`` ends it (after marking why the jobs in flight die)."""
+        with self._backend_scope:
+            await self.backend.serve(self)
+
+    async def wait_started(self) -> None:
+        """Wait until every initial worker is ready (or raise why not).
+
+        **Cancellation:** Only the wait is cancelled.
+        """
+        await self._ready.wait()
+        if self._startup_error is not None:
+            raise self._startup_error
+
+    def _release_startup(self, why: str) -> None:
+        """Never leave a startup waiting: fail it if the workers will not all be ready."""
+        if not self._ready.is_set():
+            if self._startup_error is None:
+                self._startup_error = ManagerClosed(why)
+            self._ready.set()
+
+    async def stop(self, wait: bool, cancel_pending: bool) -> None:
+        """Stop accepting, settle every task as asked, stop the workers, end the scheduler.
+
+        Idempotent.
+
+        **Cancellation:** If cancelled while tasks settle, every job is killed
+        (shielded) before the cancellation goes through.
+        """
+        if self.accepting:
+            self.lifecycle = Lifecycle.DRAINING
+        self._release_startup("the TaskManager was shut down while it was starting")
+        try:
+            if cancel_pending or not wait:
+                self._end_queued(lambda rec: rec.finish_cancelled("cancelled by shutdown"))
+            if not wait:
+                self._kill_all(KillReason.SHUTDOWN)
+            self._check_drained()
+            await self._drained.wait()
+            if self.lifecycle is Lifecycle.DRAINING:
+                self.lifecycle = Lifecycle.STOPPING
+            self.backend.begin_stop()
+            with trio.move_on_after(STOP_GRACE):
+                await self.backend.wait_stopped()
+        finally:
+            if self.lifecycle is Lifecycle.DRAINING:
+                self.lifecycle = Lifecycle.STOPPING
+            self._stop.set()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(_FINISH_LIMIT) as stuck:
+                    await self.finished.wait()
+                if stuck.cancelled_caught:  # pragma: no cover - a bug; never hang the caller
+                    log.critical("genro_tasks scheduler did not stop in time; giving up on it")
+
+    # ---------------------------------------------------------------- the queue
+    @enable_ki_protection
+    def enqueue(self, rec: TaskRecord) -> None:
+        """Queue a new (or lost, never started) task and dispatch what can run."""
+        heapq.heappush(self._queue, (-rec.priority, rec.seq))
+        self._queued[rec.seq] = rec
+        if self._drained.is_set():
+            self._drained = trio.Event()
+        self._dispatch()
+
+    @property
+    def queued(self) -> int:
+        """Tasks waiting in the queue."""
+        return len(self._queued)
+
+    @property
+    def running(self) -> int:
+        """Tasks RUNNING on the backend."""
+        return sum(1 for f in self._flights.values() if f.rec.status is TaskStatus.RUNNING)
+
+    def _dispatch(self) -> None:
+        """Hand queued jobs to the backend while it has room."""
+        queue = self._queue
+        queued = self._queued
+        backend = self.backend
+        if not queue or self.lifecycle is Lifecycle.FAILED:
+            return
+        free = backend.free_slots()
+        left = False
+        while free > 0 and queue:
+            rec = queued.pop(heapq.heappop(queue)[1], None)
+            if rec is None:
+                continue  # cancelled while queued
+            left = True
+            self._flights[rec.seq] = _Flight(rec)
+            assert rec.payload is not None
+            backend.dispatch(rec.seq, rec.payload)
+            free -= 1
+        if left:
+            self._on_room()
+
+    def _end_queued(self, finish: Callable[[TaskRecord], None]) -> None:
+        """Give every queued task its terminal state with ``finish``, and empty the queue."""
+        if not self._queued:
+            return
+        ended = list(self._queued.values())
+        self._queue.clear()
+        self._queued.clear()
+        for rec in ended:
+            finish(rec)
+            self._on_change(rec)
+        self._on_room()
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if not self._queued and not self._flights:
+            self._drained.set()
+
+    # ------------------------------------------------------------------- cancel
+    @enable_ki_protection
+    def cancel(self, rec: TaskRecord, grace: float | None = None) -> None:
+        """Start cancelling ``rec``; the caller then waits for it to be terminal.
+
+        A queued task is CANCELLED at once. A task on the backend (even one
+        not started yet) is killed, and recorded CANCELLED once its worker is
+        dead. With ``grace``, a RUNNING job is first asked to stop and killed
+        only if it has not ended ``grace`` seconds later.
+        """
+        if rec.status.is_terminal:
+            return
+        flight = self._flights.get(rec.seq)
+        if flight is None:
+            if self._queued.pop(rec.seq, None) is None:  # pragma: no cover - a bug
+                return
+            if len(self._queue) > 2 * len(self._queued) + 64:  # too many stale entries: compact
+                self._queue = [(-r.priority, r.seq) for r in self._queued.values()]
+                heapq.heapify(self._queue)
+            rec.finish_cancelled("cancelled while queued")
+            log.debug("task %r cancelled while queued", rec.task_id)
+            self._on_change(rec)
+            self._on_room()
+            self._check_drained()
+            return
+        if grace is not None and rec.status is TaskStatus.RUNNING and flight.kill_reason is None:
+            if not flight.cancel_grace:
+                log.debug("cancelling task %r gracefully (%gs)", rec.task_id, grace)
+                flight.cancel_grace = True
+                flight.grace_deadline = trio.current_time() + grace
+                self.backend.interrupt(rec.seq)
+                self._rearm()
+            return
+        self._kill(flight, KillReason.CANCEL)
+
+    def _kill(self, flight: _Flight, reason: KillReason) -> None:
+        """Ask the backend to kill a job, remembering why (the first reason wins)."""
+        if flight.kill_reason is not None:
+            return
+        flight.kill_reason = reason
+        log.debug("killing task %r (%s)", flight.rec.task_id, reason.value)
+        self.backend.kill(flight.rec.seq)
+
+    def _kill_all(self, reason: KillReason) -> None:
+        for flight in list(self._flights.values()):
+            self._kill(flight, reason)
+
+    # ---------------------------------------------------------------- deadlines
+    @enable_ki_protection
+    async def _enforce_deadlines(self) -> None:
+        """Kill jobs past their timeout or grace period (one timer for all of them)."""
+        while True:
+            with trio.CancelScope(deadline=self._next_deadline()) as self._timer:
+                await trio.sleep_forever()
+            now = trio.current_time()
+            for flight in list(self._flights.values()):
+                if flight.kill_reason is not None:
+                    continue
+                if flight.grace_deadline <= now:
+                    log.info("task %r: grace period over; killing it", flight.rec.task_id)
+                    self._kill(flight, KillReason.CANCEL)
+                elif flight.timeout_deadline <= now:
+                    log.info("task %r exceeded its timeout of %gs", flight.rec.task_id, flight.rec.timeout)
+                    self._kill(flight, KillReason.TIMEOUT)
+
+    def _next_deadline(self) -> float:
+        deadline = math.inf
+        for flight in self._flights.values():
+            if flight.kill_reason is None:
+                deadline = min(deadline, flight.deadline())
+        return deadline
+
+    def _rearm(self) -> None:
+        if self._timer is not None:
+            self._timer.deadline = self._next_deadline()
+
+    # ------------------------------------------------- what the backend reports
+    @enable_ki_protection
+    def started(self, key: int, worker: int) -> None:
+        flight = self._flights[key]
+        rec = flight.rec
+        rec.set_running(worker)
+        if rec.timeout is not None:
+            flight.timeout_deadline = trio.current_time() + rec.timeout
+            self._rearm()
+        log.debug("task %r running in worker %d", rec.task_id, worker)
+        self._on_change(rec)
+
+    @enable_ki_protection
+    def progress(self, key: int, fraction: float | None, message: str | None) -> None:
+        rec = self._flights[key].rec
+        rec.set_progress(fraction, message)
+        self._on_change(rec)
+
+    @enable_ki_protection
+    def done(self, key: int, outcome: Outcome) -> None:
+        flight = self._flights.pop(key)
+        rec = flight.rec
+        if isinstance(outcome, Returned):
+            rec.finish_ok(outcome.value)
+        elif isinstance(outcome, Raised):
+            if flight.cancel_grace:
+                rec.finish_cancelled(f"cancelled gracefully; the job ended with {outcome.type_name}: {outcome.message}")
+            elif outcome.type_name == "MemoryError" and rec.memory_limit is not None:
+                rec.finish_failed(MemoryLimitExceeded(rec.task_id, rec.memory_limit, outcome.traceback))
+            else:
+                rec.finish_remote_error(outcome.as_tuple())
+        elif isinstance(outcome, Unreturnable):
+            rec.finish_failed(
+                UnpicklableResult(
+                    f"Task {rec.task_id!r} ({rec.name}) returned a {outcome.type_name} that cannot be pickled "
+                    f"({outcome.why}); return plain data instead, e.g. write it to a file and return the path"
+                )
+            )
+        else:
+            assert isinstance(outcome, Undecodable)
+            exc = outcome.error
+            error = UnpicklableResult(
+                f"Task {rec.task_id!r} ({rec.name}) returned a value that cannot be unpickled in this "
+                f"process: {_describe(exc)}; return plain data, or make the value's class importable here"
+            )
+            error.__cause__ = exc if isinstance(exc, Exception) else None
+            rec.finish_failed(error)
+        log.debug("task %r %s", rec.task_id, rec.status.value)
+        if flight.deadline() != math.inf:
+            self._rearm()
+        self._on_change(rec)
+        self._dispatch()
+        self._check_drained()
+
+    @enable_ki_protection
+    def lost(self, key: int, lost: Lost) -> None:
+        flight = self._flights.pop(key, None)
+        if flight is None:
+            return  # already settled (the scheduler failed)
+        rec = flight.rec
+        reason = flight.kill_reason
+        if flight.deadline() != math.inf:
+            self._rearm()
+        if reason is KillReason.CANCEL:
+            rec.finish_cancelled(f"cancelled by the caller; worker {lost.worker} was killed")
+        elif reason is KillReason.SHUTDOWN:
+            rec.finish_cancelled("cancelled by shutdown")
+        elif reason is KillReason.TIMEOUT:
+            assert rec.timeout is not None
+            rec.finish_failed(TaskTimeout(rec.task_id, rec.timeout))
+        elif (
+            lost.retryable
+            and rec.status is TaskStatus.PENDING
+            and rec.requeues < MAX_REQUEUES
+            and self.lifecycle in (Lifecycle.STARTING, Lifecycle.RUNNING, Lifecycle.DRAINING)
+        ):
+            # Its worker died before it even unpacked the job: send it elsewhere.
+            log.warning("worker %s died before starting task %r; requeueing it", lost.worker, rec.task_id)
+            rec.requeues += 1
+            self.enqueue(rec)
+            self._check_drained()
+            return
+        else:
+            crash = WorkerCrashed(rec.task_id, lost.worker, lost.exitcode, lost.detail)
+            log.warning("%s", crash)
+            rec.finish_failed(crash)
+        self._on_change(rec)
+        self._check_drained()
+
+    @enable_ki_protection
+    def capacity_changed(self) -> None:
+        if self.start_error is not None and self.backend.free_slots() > 0:
+            self.start_error = None
+        self._dispatch()
+        self._on_change(None)
+
+    @enable_ki_protection
+    def all_ready(self) -> None:
+        if self.lifecycle is Lifecycle.STARTING:
+            self.lifecycle = Lifecycle.RUNNING
+        self._ready.set()
+
+    @enable_ki_protection
+    def start_failed(self, error: BaseException, none_left: bool) -> None:
+        self.start_error = error
+        if not self._ready.is_set():
+            self._startup_error = error
+            self._ready.set()
+        if none_left:
+            # No worker can run anything now: tell the queued tasks, not never.
+            for_task = getattr(error, "for_task", None)
+            self._end_queued(lambda rec: rec.finish_failed(for_task(rec.task_id) if for_task else error))
+
+    @enable_ki_protection
+    def failed(self, error: BaseException) -> None:
+        """Our own code broke: fail every task in flight and queued, refuse new work, kill the workers."""
+        if self.failure is not None:
+            return
+        log.critical("genro_tasks scheduler failed; failing all tasks", exc_info=error)
+        self.failure = error
+        self.lifecycle = Lifecycle.FAILED
+        root = _root_cause(error)
+        failure = SupervisorFailed(
+            f"the task supervisor failed: {type(root).__name__}: {root}; every queued and running task failed, "
+            "the workers were killed, and this TaskManager accepts no more tasks"
+        )
+        failure.__cause__ = error
+        self._end_queued(lambda rec: rec.finish_failed(failure))
+        flights = list(self._flights.values())
+        self._flights.clear()
+        for flight in flights:
+            if not flight.rec.status.is_terminal:
+                flight.rec.finish_failed(failure)
+                self._on_change(flight.rec)
+        self._drained.set()
+        if not self._ready.is_set():
+            self._startup_error = failure
+            self._ready.set()
+        self._stop.set()
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception raised by user code, even if its ``__str__`` raises."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except BaseException:
+        return f"{type(exc).__name__} (its message could not be formatted)"
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The interesting exception inside trio's nursery groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        rest = exc.split(trio.Cancelled)[1]
+        if rest is None or len(rest.exceptions) != 1:
+            return exc
+        exc = rest.exceptions[0]
+    return exc
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    """True if ``exc`` is trio.Cancelled, or a group of nothing else."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return isinstance(exc, trio.Cancelled)

@@ -1,0 +1,138 @@
+"""Turning a call into a job: check it and pickle it, before any record exists.
+
+Used by the facade for every ``submit``, ``submit_wait`` and ``run`` (of the
+manager and of its option views) and for the initializer. Nothing here
+touches the manager's state.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import types
+import uuid
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from genro_tasks_worker._protocol import PICKLE_PROTOCOL
+
+from ._errors import UnpicklableJob
+from ._options import TaskOptions
+from ._validate import check_metadata
+from ._worker_proc import main_module_ref
+
+
+class Job(NamedTuple):
+    """A checked, pickled submission, not yet recorded."""
+
+    task_id: str
+    name: str
+    payload: bytes
+    metadata: dict[str, Any] | None
+    options: TaskOptions
+
+
+def prepare(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    task_id: str | None,
+    metadata: dict[str, Any] | None,
+    options: TaskOptions,
+    is_taken: Callable[[str], bool],
+) -> Job:
+    """Check and pickle a submission; raise for any bad argument, whatever the queue holds."""
+    if task_id is None:
+        task_id = str(uuid.uuid4())
+    elif not isinstance(task_id, str) or not task_id:
+        raise ValueError(f"task_id must be a non-empty str, not {task_id!r}")
+    elif is_taken(task_id):
+        raise id_in_use(task_id)
+    if not isinstance(options, TaskOptions):  # pragma: no cover - views always hold one
+        raise TypeError(f"options must be a TaskOptions, not {options!r}")
+    meta = check_metadata(metadata, task_id=task_id)
+    if not callable(func):
+        raise TypeError(f"Task {task_id!r}: {func!r} is not callable")
+    name = func_name(func)
+    try:
+        payload = pickle.dumps((func, args, kwargs, options.memory_limit), PICKLE_PROTOCOL)
+    except Exception as exc:
+        raise UnpicklableJob(
+            f"Task {task_id!r} ({name}) cannot be sent to a worker process: {type(exc).__name__}: {exc}. "
+            "The function must be importable by name (a module-level def, not a lambda, closure or "
+            "local function) and every argument must be picklable."
+        ) from exc
+    if b"__main__" in payload:
+        refuse_unimportable_main(f"Task {task_id!r} ({name})", (func, args, kwargs))
+    return Job(task_id, name, payload, meta, options)
+
+
+def prepare_initializer(
+    initializer: Callable[..., object] | None, initargs: Any
+) -> tuple[tuple[Any, ...], bytes | None]:
+    """Check the initializer and its arguments; return them as a tuple and pickled (None: no initializer)."""
+    try:
+        initargs = tuple(initargs)
+    except TypeError:
+        raise TypeError(f"initargs must be a tuple of arguments for the initializer, not {initargs!r}") from None
+    if initializer is None:
+        return initargs, None
+    if not callable(initializer):
+        raise TypeError(f"initializer must be callable, not {initializer!r}")
+    try:
+        payload = pickle.dumps((initializer, initargs), PICKLE_PROTOCOL)
+    except Exception as exc:
+        raise UnpicklableJob(
+            f"initializer {func_name(initializer)} or its initargs cannot be sent to worker processes: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if b"__main__" in payload:
+        refuse_unimportable_main(f"initializer {func_name(initializer)}", (initializer, initargs))
+    return initargs, payload
+
+
+def id_in_use(task_id: str) -> ValueError:
+    return ValueError(f"Task id {task_id!r} is already in use; pass a different task_id, or omit it to get a fresh one")
+
+
+def func_name(func: Callable[..., Any]) -> str:
+    """``module.qualname`` of a job function."""
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__qualname__
+    module = getattr(func, "__module__", None)
+    return f"{module}.{name}" if module and module != "builtins" else str(name)
+
+
+class _MainFinder(pickle.Pickler):
+    """Pickles into the void, noting the first function or class defined in ``__main__``."""
+
+    def __init__(self) -> None:
+        super().__init__(io.BytesIO(), PICKLE_PROTOCOL)
+        self.found: str | None = None
+
+    def reducer_override(self, obj: Any) -> Any:
+        if self.found is None and isinstance(obj, type | types.FunctionType) and obj.__module__ == "__main__":
+            self.found = obj.__qualname__
+        return NotImplemented
+
+
+def refuse_unimportable_main(what: str, obj: object) -> None:
+    """Raise UnpicklableJob if ``obj`` needs ``__main__`` and worker processes cannot import it.
+
+    A worker finds a function defined in the main script by importing that
+    script again. A program run as ``python -c``, from stdin, or typed into an
+    interactive session has no file to import, so the worker would fail later
+    with a cryptic ``AttributeError``/``FileNotFoundError``: say so now.
+    """
+    ref = main_module_ref()
+    if ref is not None and (ref[0] == "name" or os.path.isfile(ref[1])):
+        return
+    finder = _MainFinder()
+    finder.dump(obj)
+    if finder.found is None:
+        return
+    raise UnpicklableJob(
+        f"{what} refers to __main__.{finder.found}, but worker processes cannot import this program's main "
+        "module: it runs from 'python -c', from stdin or in an interactive session, and has no file they could "
+        "import. Define the function (or class) in a module file and import it from there."
+    )
