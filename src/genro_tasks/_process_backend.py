@@ -46,7 +46,8 @@ from ._backend import (
     Unreturnable,
 )
 from ._errors import WorkerInitError, describe_exit
-from ._worker_proc import Frame, KillReason, WorkerProcess, WorkerState, main_module_ref
+from ._launch import main_module_ref
+from ._worker_proc import Frame, KillReason, WorkerProcess, WorkerState
 
 log = logging.getLogger("genro_tasks")
 
@@ -94,6 +95,9 @@ class ProcessBackend(ExecutionBackend):
         #: The one task-to-handle mapping: job key -> the worker running it.
         self._jobs: dict[int, WorkerProcess] = {}
         self._numbers = 0
+        #: Workers being started in a thread right now (not in ``workers`` yet).
+        self._launching = 0
+        self._launch_lock = trio.Lock()
         self._alive_r = self._alive_w = -1
         self._stopping = False
         self._all_ready = False
@@ -132,24 +136,40 @@ class ProcessBackend(ExecutionBackend):
             os.close(self._alive_r)
 
     def _spawn(self) -> None:
+        """Start one more worker (in the background: starting a process blocks for milliseconds)."""
         assert self._nursery is not None
-        assert self._listener is not None
         self._numbers += 1
-        try:
-            w = WorkerProcess(self._ctx, self._alive_r, self._numbers, self._init_payload, self._main_ref)
-        except Exception as exc:
-            log.error("could not start a genro_tasks worker process: %s", exc)
-            if not self._all_ready:
-                error = RuntimeError(f"TaskManager could not start a worker process: {exc}")
-                error.__cause__ = exc
-                self._listener.start_failed(error, none_left=False)
+        self._launching += 1
+        if self._no_workers.is_set():
+            self._no_workers = trio.Event()
+        self._nursery.start_soon(self._launch, self._numbers, name=f"genro_tasks start worker {self._numbers}")
+
+    @enable_ki_protection
+    async def _launch(self, number: int) -> None:
+        """Start a worker process in a thread (one at a time), then serve it."""
+        assert self._listener is not None
+        # Shielded: a process that was started is always registered, so it is always killed and reaped.
+        with trio.CancelScope(shield=True):
+            try:
+                async with self._launch_lock:
+                    w = await trio.to_thread.run_sync(
+                        WorkerProcess, self._ctx, self._alive_r, number, self._init_payload, self._main_ref
+                    )
+            except Exception as exc:
+                log.error("could not start a genro_tasks worker process: %s", exc)
+                self._launching -= 1
+                self._check_no_workers()
+                if not self._all_ready:
+                    error = RuntimeError(f"TaskManager could not start a worker process: {exc}")
+                    error.__cause__ = exc
+                    self._listener.start_failed(error, none_left=False)
+                elif not self._stopping:
+                    self._schedule_respawn()
                 return
-            self._schedule_respawn()
-            return
-        self.workers.add(w)
-        self._no_workers = trio.Event()
+            self._launching -= 1
+            self.workers.add(w)
         log.info("worker %d started (pid %d)", w.number, w.pid)
-        self._nursery.start_soon(self._serve, w, name=f"genro_tasks worker {w.pid}")
+        await self._serve(w)
 
     def _schedule_respawn(self) -> None:
         assert self._nursery is not None
@@ -397,8 +417,11 @@ class ProcessBackend(ExecutionBackend):
         self._idle.clear()
 
     async def wait_stopped(self) -> None:
-        if self.workers:
-            await self._no_workers.wait()
+        await self._no_workers.wait()
+
+    def _check_no_workers(self) -> None:
+        if not self.workers and not self._launching:
+            self._no_workers.set()
 
     def statistics(self) -> BackendStatistics:
         return BackendStatistics(
@@ -437,8 +460,7 @@ class ProcessBackend(ExecutionBackend):
             if w in self._idle:
                 self._idle.remove(w)
             w.state = WorkerState.DEAD
-            if not self.workers:
-                self._no_workers.set()
+            self._check_no_workers()
             assert self._listener is not None
             self._listener.failed(exc)
             if self._nursery is not None:
@@ -488,8 +510,7 @@ class ProcessBackend(ExecutionBackend):
             log.warning("idle worker %d died (%s); replacing it", w.pid, describe_exit(exitcode))
         else:
             log.info("worker %d exited (%s)", w.pid, describe_exit(exitcode))
-        if not self.workers:
-            self._no_workers.set()
+        self._check_no_workers()
         if not self._stopping and not w.retired:
             self.restarts += 1
             if was_ready:
@@ -500,7 +521,7 @@ class ProcessBackend(ExecutionBackend):
 
     def _can_run_soon(self) -> bool:
         """True if some worker is ready, busy or still starting (and so may run queued jobs)."""
-        return any(w.state in _LIVE_STATES for w in self.workers)
+        return self._launching > 0 or any(w.state in _LIVE_STATES for w in self.workers)
 
 
 def _only_cancelled(exc: BaseException) -> bool:

@@ -18,9 +18,9 @@ from typing import Any, NamedTuple
 from genro_tasks_worker._protocol import PICKLE_PROTOCOL
 
 from ._errors import UnpicklableJob
+from ._launch import main_module_ref
 from ._options import TaskOptions
 from ._validate import check_metadata
-from ._worker_proc import main_module_ref
 
 
 class Job(NamedTuple):

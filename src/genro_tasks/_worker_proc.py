@@ -21,8 +21,6 @@ import multiprocessing.connection
 import os
 import select
 import signal
-from collections.abc import Iterator
-from multiprocessing import spawn
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -40,6 +38,7 @@ from genro_tasks_worker._protocol import (
 )
 
 from ._errors import WorkerInitError
+from ._launch import start_process
 
 log = logging.getLogger("genro_tasks")
 
@@ -148,64 +147,12 @@ class FrameReader:
         return True
 
 
-@contextlib.contextmanager
-def _allow_children_of_daemon() -> Iterator[None]:
-    """Let a daemonic multiprocessing process (a hypercorn worker, say) start our workers.
-
-    multiprocessing refuses because a daemon is killed at exit without reaping
-    its children, which would orphan them. Ours cannot be orphaned: each one
-    watches a pipe only this process holds open and kills itself, and its
-    process group, the moment this process is gone.
-    """
-    config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
-    daemon = config.get("daemon")
-    if daemon:
-        config["daemon"] = False
-    try:
-        yield
-    finally:
-        if daemon:
-            config["daemon"] = daemon
-
-
-_MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
-
-
-def main_module_ref() -> tuple[str, str] | None:
-    """Where this process's main module is, as multiprocessing would tell a child."""
-    data = spawn.get_preparation_data("genro-tasks-worker")
-    if "init_main_from_path" in data:
-        return ("path", data["init_main_from_path"])
-    if "init_main_from_name" in data:
-        return ("name", data["init_main_from_name"])
-    return None
-
-
-@contextlib.contextmanager
-def _main_module_left_to_the_worker() -> Iterator[None]:
-    """Keep multiprocessing from re-running the main module in the new worker.
-
-    The worker imports it lazily instead (see genro_tasks_worker._main_module),
-    so a worker starts in milliseconds, without the application's imports.
-    trio runs one task at a time, and this window contains no await.
-    """
-    original = spawn.get_preparation_data
-
-    def without_main(name: str) -> dict[str, Any]:
-        data = original(name)
-        for key in _MAIN_KEYS:
-            data.pop(key, None)
-        return data
-
-    spawn.get_preparation_data = without_main
-    try:
-        yield
-    finally:
-        spawn.get_preparation_data = original
-
-
 class WorkerProcess:
-    """One worker process and the parent's ends of its pipes."""
+    """One worker process and the parent's ends of its pipes.
+
+    Building one starts the process, which blocks for a few milliseconds:
+    the backend builds them in a thread.
+    """
 
     def __init__(
         self,
@@ -225,15 +172,10 @@ class WorkerProcess:
             multiprocessing.connection.Connection(os.dup(alive_r), writable=False),
         ]
         self.number = number
-        self.process: Any = ctx.Process(  # type: ignore[attr-defined]
-            target=_loop.main,
-            args=(*child_ends, init_payload, main_ref),
-            name=f"genro-tasks-worker-{number}",
-            daemon=False,
-        )
         try:
-            with _allow_children_of_daemon(), _main_module_left_to_the_worker():
-                self.process.start()
+            self.process: Any = start_process(
+                ctx, _loop.main, (*child_ends, init_payload, main_ref), f"genro-tasks-worker-{number}"
+            )
         except BaseException:
             for fd in (job_w, res_r):
                 os.close(fd)
