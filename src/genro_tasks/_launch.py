@@ -26,6 +26,7 @@ so the backend calls it in a thread.
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 from multiprocessing import forkserver, popen_forkserver, popen_spawn_posix, reduction, resource_tracker, spawn
 from multiprocessing import util as _util
@@ -114,3 +115,16 @@ def start_process(ctx: BaseContext, target: Any, args: tuple[Any, ...], name: st
     process._sentinel = process._popen.sentinel
     del process._target, process._args, process._kwargs  # as start() does: no reference cycle
     return process
+
+
+def default_context(start_method: str) -> BaseContext:
+    """Return the multiprocessing context for ``start_method`` (forkserver or spawn)."""
+    if start_method not in ("forkserver", "spawn"):
+        raise ValueError(
+            f"start_method must be 'forkserver' or 'spawn', not {start_method!r}: 'fork' would copy the "
+            "parent's trio state into every worker"
+        )
+    ctx = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        ctx.set_forkserver_preload(["__main__", "genro_tasks_worker._loop"])
+    return ctx

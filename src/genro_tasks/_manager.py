@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 import trio
 from trio.lowlevel import enable_ki_protection
 
 from ._errors import ManagerClosed, QueueFull
-from ._options import _KEEP, DEFAULT_OPTIONS, TaskOptions, TaskSubmitter, _Keep
-from ._process_backend import ProcessBackend, default_context
+from ._launch import default_context
+from ._options import _KEEP, DEFAULT_OPTIONS, Call, SubmitMethods, TaskOptions, TaskSubmitter, _Keep
+from ._owner import RunOwner
+from ._process_backend import ProcessBackend
 from ._registry import MemoryRegistry, TaskRegistry
 from ._scheduler import Scheduler
 from ._submission import Job, id_in_use, prepare, prepare_initializer
@@ -35,7 +37,7 @@ log = logging.getLogger("genro_tasks")
 _CANCEL_LIMIT = 10.0
 
 
-class TaskManager:
+class TaskManager(SubmitMethods):
     """Run functions in dedicated worker processes and track every task precisely.
 
     A scheduler task (a trio system task, so no nursery is needed) owns the
@@ -95,15 +97,14 @@ class TaskManager:
         self._start_method = start_method
         self._max_tasks = max_tasks_per_worker
         self._max_queued = max_queued
-        self._registry: TaskRegistry = MemoryRegistry(max_finished, finished_ttl, self._now)
+        #: The trio run this manager belongs to (set by startup()).
+        self._owner = RunOwner()
+        self._registry: TaskRegistry = MemoryRegistry(max_finished, finished_ttl, self._owner.now)
         self._backend: ProcessBackend | None = None
         self._scheduler: Scheduler | None = None
         self._running = False
         self._shut_down = False
         self._seq = 0
-        #: The trio run this manager was started in, and its clock (set by startup()).
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._clock: trio.abc.Clock | None = None
 
     # ------------------------------------------------------------------ lifespan
     @property
@@ -141,8 +142,7 @@ class TaskManager:
                 await scheduler.wait_started()  # a concurrent startup(): share its outcome
                 return
             raise RuntimeError("this TaskManager was shut down; create a new one")
-        self._token = trio.lowlevel.current_trio_token()
-        self._clock = trio.lowlevel.current_clock()
+        self._owner.claim()
         self._backend = ProcessBackend(self._max_workers, self._ctx, self._init_payload, self._max_tasks)
         hub = self._registry.hub
         scheduler = Scheduler(self._backend, self._registry.changed, hub.room_freed, hub.close)
@@ -210,6 +210,10 @@ class TaskManager:
         await self.shutdown(wait=exc_type is None)
 
     # -------------------------------------------------------------------- submit
+    # submit(), submit_wait() and run() are SubmitMethods', shared with the option views.
+    def _submit_to(self) -> tuple[TaskManager, TaskOptions]:
+        return self, DEFAULT_OPTIONS
+
     def options(
         self,
         base: TaskOptions | None = None,
@@ -250,101 +254,15 @@ class TaskManager:
             raise TypeError(f"options() takes a TaskOptions as its positional argument, not {base!r}")
         return TaskSubmitter(self, base).options(timeout=timeout, priority=priority, memory_limit=memory_limit)
 
-    def submit(
-        self,
-        func: Callable[..., Any],
-        /,
-        *args: Any,
-        task_id: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> str:
-        """Queue ``func(*args, **kwargs)`` to run in a worker process; never blocks.
-
-        The function and its arguments are pickled right here, so later
-        changes to the arguments do not reach the job, and anything that
-        cannot cross into another process is refused before a record exists.
-        Every argument is checked before the queue's room, so a bad call
-        raises its own error even when the queue is full.
-
-        ``task_id`` and ``metadata`` are the only keywords taken for the
-        manager (the seed API defines them); every other keyword goes to the
-        job. Per-task options (timeout, priority, memory limit) are set with
-        :meth:`options`: ``tm.options(timeout=30).submit(func, ...)``.
-
-        Call it from the trio thread that runs the manager; from another
-        thread use ``trio.from_thread.run_sync(functools.partial(tm.submit,
-        func, *args, **kwargs))``.
-
-        Args:
-            func: A picklable callable: a module-level function, or an
-                instance of a module-level class with ``__call__``, importable
-                by the worker processes (so not defined in a ``python -c``
-                script, a script read from stdin or an interactive session).
-            *args: Positional arguments for ``func``.
-            task_id: Your own id for the task (a non-empty str), or None to
-                get a fresh UUID.
-            metadata: A dict you want to find again in ``info()``.
-            **kwargs: Keyword arguments for ``func``.
-
-        Returns:
-            The task id.
-
-        Raises:
-            ManagerClosed: The manager is not running (a RuntimeError).
-            QueueFull: ``max_queued`` tasks are already waiting (a RuntimeError).
-            ValueError: ``task_id`` is empty or already used.
-            TypeError: ``func`` is not callable, or ``metadata`` not a dict.
-            UnpicklableJob: ``func`` or an argument cannot be pickled, or
-                refers to a main module the workers cannot import (a TypeError).
-            RuntimeError: Called from a thread other than the manager's trio thread.
-        """
-        return self._submit(func, args, kwargs, task_id, metadata, DEFAULT_OPTIONS)
-
-    async def submit_wait(
-        self,
-        func: Callable[..., Any],
-        /,
-        *args: Any,
-        task_id: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> str:
-        """Like :meth:`submit`, but wait for room when ``max_queued`` tasks are queued.
-
-        Raises what :meth:`submit` raises, except QueueFull; a bad argument
-        raises at once, before any waiting.
-
-        **Cancellation:** If cancelled while waiting for room, nothing was
-        submitted.
-        """
-        return await self._submit_wait(func, args, kwargs, task_id, metadata, DEFAULT_OPTIONS)
-
-    def _submit(
-        self,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        task_id: str | None,
-        metadata: dict[str, Any] | None,
-        options: TaskOptions,
-    ) -> str:
+    def _submit(self, call: Call, options: TaskOptions) -> str:
         """The one way in: every submit, submit_wait and run of the manager and its views."""
-        self._check_thread("submit")
-        job = prepare(func, args, kwargs, task_id, metadata, options, self._registry.__contains__)
+        self._check_owner("submit")
+        job = prepare(call, options, self._registry.__contains__)
         return self._enqueue(job, wait_for_room=False)
 
-    async def _submit_wait(
-        self,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        task_id: str | None,
-        metadata: dict[str, Any] | None,
-        options: TaskOptions,
-    ) -> str:
-        self._check_thread("submit_wait")
-        job = prepare(func, args, kwargs, task_id, metadata, options, self._registry.__contains__)
+    async def _submit_wait(self, call: Call, options: TaskOptions) -> str:
+        self._check_owner("submit_wait")
+        job = prepare(call, options, self._registry.__contains__)
         while True:
             scheduler = self._scheduler
             if (
@@ -452,7 +370,7 @@ class TaskManager:
         :meth:`run` if the task should die with its caller.
         """
         rec = self._get(task_id)
-        self._check_thread("result")
+        self._check_owner("result")
         timeout = check_seconds("result(timeout=...)", timeout, task_id=task_id, allow_zero=True)
         if not rec.status.is_terminal:
             if timeout is None:
@@ -500,7 +418,7 @@ class TaskManager:
         ends CANCELLED.
         """
         rec = self._get(task_id)
-        self._check_thread("cancel")
+        self._check_owner("cancel")
         grace = check_seconds("grace", grace, task_id=task_id, allow_zero=True)
         scheduler = self._scheduler
         if scheduler is None or rec.status.is_terminal:
@@ -510,59 +428,8 @@ class TaskManager:
         await rec.wait_done()
         return rec.status is TaskStatus.CANCELLED
 
-    @overload
-    async def run(
-        self,
-        func: Callable[..., Awaitable[T]],
-        /,
-        *args: Any,
-        task_id: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> T: ...
-
-    @overload
-    async def run(
-        self,
-        func: Callable[..., T],
-        /,
-        *args: Any,
-        task_id: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> T: ...
-
-    async def run(
-        self,
-        func: Callable[..., Any],
-        /,
-        *args: Any,
-        task_id: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Submit ``func(*args, **kwargs)`` and wait for its result, in one call.
-
-        Takes the same arguments as :meth:`submit` (every keyword but
-        ``task_id`` and ``metadata`` goes to the job; per-task options come
-        from :meth:`options`) and returns or raises as :meth:`result` does.
-
-        **Cancellation:** If the calling scope is cancelled, the task is
-        hard-cancelled: its worker is killed and reaped, and the task is
-        recorded CANCELLED, before ``run`` lets the cancellation through.
-        """
-        return await self._run(func, args, kwargs, task_id, metadata, DEFAULT_OPTIONS)
-
-    async def _run(
-        self,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        task_id: str | None,
-        metadata: dict[str, Any] | None,
-        options: TaskOptions,
-    ) -> Any:
-        tid = self._submit(func, args, kwargs, task_id, metadata, options)
+    async def _run(self, call: Call, options: TaskOptions) -> Any:
+        tid = self._submit(call, options)
         rec = self._registry.get(tid)
         try:
             await rec.wait_done()
@@ -589,7 +456,7 @@ class TaskManager:
             RuntimeError: Called from another thread while the manager runs.
         """
         wanted = None if status is None else parse_status(status)
-        self._check_thread("list_tasks")
+        self._check_owner("list_tasks")
         return self._registry.find(wanted)
 
     @enable_ki_protection
@@ -600,7 +467,7 @@ class TaskManager:
             RuntimeError: Called from another thread while the manager runs
                 (use ``trio.from_thread.run_sync(tm.clear_completed)``).
         """
-        self._check_thread("clear_completed")
+        self._check_owner("clear_completed")
         return self._registry.clear_finished()
 
     @enable_ki_protection
@@ -610,7 +477,7 @@ class TaskManager:
         Works from sync code outside trio too; while the manager runs, call it
         from its trio thread (RuntimeError otherwise).
         """
-        self._check_thread("statistics")
+        self._check_owner("statistics")
         registry = self._registry
         registry.prune()
         scheduler = self._scheduler
@@ -631,38 +498,9 @@ class TaskManager:
             worker_crashes=workers.crashes,
         )
 
-    def _now(self) -> float:
-        """The time on the clock of the trio run that started the manager.
-
-        Readable without a running trio loop (from sync code after
-        ``trio.run`` returned), and the same clock the supervisor's deadlines use.
-        """
-        clock = self._clock
-        return clock.current_time() if clock is not None else 0.0
-
-    def _check_thread(self, call: str) -> None:
-        """Refuse a call from outside the trio thread while the manager is live.
-
-        The registry and the supervisor belong to one trio run; another
-        thread touching them would race with it. Before startup and after the
-        supervisor stopped nothing changes any more, so any thread may call.
-        """
-        token = self._token
-        if token is None:
-            return
-        try:
-            if trio.lowlevel.current_trio_token() is token:
-                return
-        except RuntimeError:
-            pass
+    def _check_owner(self, call: str) -> None:
         scheduler = self._scheduler
-        if scheduler is not None and scheduler.finished.is_set():
-            return
-        raise RuntimeError(
-            f"TaskManager.{call}() was called outside the trio run that owns this manager (from another thread "
-            f"or another trio run); call it from that run's thread, e.g. from a worker thread: "
-            f"'trio.from_thread.run_sync(functools.partial(tm.{call}, ...))'"
-        )
+        self._owner.check(f"TaskManager.{call}", stopped=scheduler is not None and scheduler.finished.is_set())
 
     @enable_ki_protection
     def watch(self, task_id: str) -> TaskWatcher:
@@ -678,7 +516,7 @@ class TaskManager:
             KeyError: ``Task not found: <id>`` (raised by this call).
         """
         rec = self._get(task_id)
-        self._check_thread("watch")
+        self._check_owner("watch")
         return self._registry.hub.watch(rec)
 
     @enable_ki_protection
@@ -695,5 +533,5 @@ class TaskManager:
         with`` block exits.
         """
         check_count("max_pending", max_pending, allow_none=False)
-        self._check_thread("open_change_stream")
+        self._check_owner("open_change_stream")
         return self._registry.hub.open_stream(max_pending)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
 
 from ._validate import check_memory_limit, check_priority, check_seconds
 
@@ -59,52 +59,30 @@ class TaskOptions:
         check_memory_limit(self.memory_limit)
 
 
+class Call(NamedTuple):
+    """What a ``submit``/``submit_wait``/``run`` call asked for, before any check."""
+
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    task_id: str | None
+    metadata: dict[str, Any] | None
+
+
 #: The options of a plain ``tm.submit(...)``.
 DEFAULT_OPTIONS = TaskOptions()
 
 
-class TaskSubmitter:
-    """``tm.submit``/``submit_wait``/``run`` with a fixed :class:`TaskOptions`.
+class SubmitMethods:
+    """``submit``, ``submit_wait`` and ``run``, written once for the manager and its option views.
 
-    Returned by :meth:`TaskManager.options`; cheap to build and to keep.
-    Every keyword argument of its ``submit``/``submit_wait``/``run`` except
-    ``task_id`` and ``metadata`` goes to the job.
+    A subclass says where tasks go and with which options (:meth:`_submit_to`).
     """
 
-    __slots__ = ("_manager", "_options")
+    __slots__ = ()
 
-    def __init__(self, manager: TaskManager, options: TaskOptions) -> None:
-        self._manager = manager
-        self._options = options
-
-    @property
-    def task_options(self) -> TaskOptions:
-        """The options every task submitted through this view gets."""
-        return self._options
-
-    def __repr__(self) -> str:
-        return f"<TaskSubmitter {self._options!r}>"
-
-    def options(
-        self,
-        *,
-        timeout: float | _Keep | None = _KEEP,
-        priority: int | _Keep = _KEEP,
-        memory_limit: int | _Keep | None = _KEEP,
-    ) -> TaskSubmitter:
-        """A new view with some options changed (the ones not given are kept).
-
-        Raises:
-            ValueError: A new option is out of range (see :class:`TaskOptions`).
-        """
-        changes: dict[str, Any] = {}
-        if timeout is not _KEEP:
-            changes["timeout"] = timeout
-        if priority is not _KEEP:
-            changes["priority"] = priority
-        if memory_limit is not _KEEP:
-            changes["memory_limit"] = memory_limit
-        return TaskSubmitter(self._manager, dataclasses.replace(self._options, **changes))
+    def _submit_to(self) -> tuple[TaskManager, TaskOptions]:
+        raise NotImplementedError
 
     def submit(
         self,
@@ -115,8 +93,49 @@ class TaskSubmitter:
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> str:
-        """:meth:`TaskManager.submit` with this view's options."""
-        return self._manager._submit(func, args, kwargs, task_id, metadata, self._options)
+        """Queue ``func(*args, **kwargs)`` to run in a worker process; never blocks.
+
+        The function and its arguments are pickled right here, so later
+        changes to the arguments do not reach the job, and anything that
+        cannot cross into another process is refused before a record exists.
+        Every argument is checked before the queue's room, so a bad call
+        raises its own error even when the queue is full.
+
+        ``task_id`` and ``metadata`` are the only keywords taken for the
+        manager (the seed API defines them); every other keyword goes to the
+        job. Per-task options (timeout, priority, memory limit) come from the
+        view it is called on: ``tm.options(timeout=30).submit(func, ...)``
+        (``tm.submit`` uses the defaults).
+
+        Call it from the trio thread that runs the manager; from another
+        thread use ``trio.from_thread.run_sync(functools.partial(tm.submit,
+        func, *args, **kwargs))``.
+
+        Args:
+            func: A picklable callable: a module-level function, or an
+                instance of a module-level class with ``__call__``, importable
+                by the worker processes (so not defined in a ``python -c``
+                script, a script read from stdin or an interactive session).
+            *args: Positional arguments for ``func``.
+            task_id: Your own id for the task (a non-empty str), or None to
+                get a fresh UUID.
+            metadata: A dict you want to find again in ``info()``.
+            **kwargs: Keyword arguments for ``func``.
+
+        Returns:
+            The task id.
+
+        Raises:
+            ManagerClosed: The manager is not running (a RuntimeError).
+            QueueFull: ``max_queued`` tasks are already waiting (a RuntimeError).
+            ValueError: ``task_id`` is empty or already used.
+            TypeError: ``func`` is not callable, or ``metadata`` not a dict.
+            UnpicklableJob: ``func`` or an argument cannot be pickled, or
+                refers to a main module the workers cannot import (a TypeError).
+            RuntimeError: Called from a thread other than the manager's trio thread.
+        """
+        manager, options = self._submit_to()
+        return manager._submit(Call(func, args, kwargs, task_id, metadata), options)
 
     async def submit_wait(
         self,
@@ -127,11 +146,16 @@ class TaskSubmitter:
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> str:
-        """:meth:`TaskManager.submit_wait` with this view's options.
+        """Like :meth:`~TaskManager.submit`, but wait for room when ``max_queued`` tasks are queued.
 
-        **Cancellation:** If cancelled while waiting for room, nothing was submitted.
+        Raises what :meth:`~TaskManager.submit` raises, except QueueFull; a bad argument
+        raises at once, before any waiting.
+
+        **Cancellation:** If cancelled while waiting for room, nothing was
+        submitted.
         """
-        return await self._manager._submit_wait(func, args, kwargs, task_id, metadata, self._options)
+        manager, options = self._submit_to()
+        return await manager._submit_wait(Call(func, args, kwargs, task_id, metadata), options)
 
     @overload
     async def run(
@@ -164,9 +188,63 @@ class TaskSubmitter:
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
-        """:meth:`TaskManager.run` with this view's options.
+        """Submit ``func(*args, **kwargs)`` and wait for its result, in one call.
 
-        **Cancellation:** As :meth:`TaskManager.run`: the task is hard-cancelled
-        (worker killed and reaped, task CANCELLED) before the cancellation goes through.
+        Takes the same arguments as :meth:`~TaskManager.submit` (every keyword
+        but ``task_id`` and ``metadata`` goes to the job; per-task options
+        come from the view, see :meth:`TaskManager.options`) and returns or
+        raises as :meth:`TaskManager.result` does.
+
+        **Cancellation:** If the calling scope is cancelled, the task is
+        hard-cancelled: its worker is killed and reaped, and the task is
+        recorded CANCELLED, before ``run`` lets the cancellation through.
         """
-        return await self._manager._run(func, args, kwargs, task_id, metadata, self._options)
+        manager, options = self._submit_to()
+        return await manager._run(Call(func, args, kwargs, task_id, metadata), options)
+
+
+class TaskSubmitter(SubmitMethods):
+    """``tm.submit``/``submit_wait``/``run`` with a fixed :class:`TaskOptions`.
+
+    Returned by :meth:`TaskManager.options`; cheap to build and to keep.
+    Every keyword argument of its ``submit``/``submit_wait``/``run`` except
+    ``task_id`` and ``metadata`` goes to the job.
+    """
+
+    __slots__ = ("_manager", "_options")
+
+    def __init__(self, manager: TaskManager, options: TaskOptions) -> None:
+        self._manager = manager
+        self._options = options
+
+    @property
+    def task_options(self) -> TaskOptions:
+        """The options every task submitted through this view gets."""
+        return self._options
+
+    def __repr__(self) -> str:
+        return f"<TaskSubmitter {self._options!r}>"
+
+    def _submit_to(self) -> tuple[TaskManager, TaskOptions]:
+        return self._manager, self._options
+
+    def options(
+        self,
+        *,
+        timeout: float | _Keep | None = _KEEP,
+        priority: int | _Keep = _KEEP,
+        memory_limit: int | _Keep | None = _KEEP,
+    ) -> TaskSubmitter:
+        """A new view with some options changed (the ones not given are kept).
+
+        Raises:
+            ValueError: A new option is out of range (see :class:`TaskOptions`).
+        """
+        changes: dict[str, Any] = {}
+        if timeout is not _KEEP:
+            changes["timeout"] = timeout
+        if priority is not _KEEP:
+            changes["priority"] = priority
+        if memory_limit is not _KEEP:
+            changes["memory_limit"] = memory_limit
+        return TaskSubmitter(self._manager, dataclasses.replace(self._options, **changes))

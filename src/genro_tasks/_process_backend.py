@@ -16,7 +16,6 @@ It never decides what a death means for a task: it reports
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import pickle
 from multiprocessing.context import BaseContext
@@ -47,6 +46,7 @@ from ._backend import (
 )
 from ._errors import WorkerInitError, describe_exit
 from ._launch import main_module_ref
+from ._util import only_cancelled
 from ._worker_proc import Frame, KillReason, WorkerProcess, WorkerState
 
 log = logging.getLogger("genro_tasks")
@@ -121,7 +121,7 @@ class ProcessBackend(ExecutionBackend):
                     self._spawn()
                 await trio.sleep_forever()
         except BaseException as exc:
-            if not _only_cancelled(exc):
+            if not only_cancelled(exc):
                 listener.failed(exc)
             raise
         finally:
@@ -192,7 +192,7 @@ class ProcessBackend(ExecutionBackend):
                 await self._watch_exit(w)
                 nursery.cancel_scope.cancel()
         except BaseException as exc:
-            if not _only_cancelled(exc):
+            if not only_cancelled(exc):
                 # A bug in our own code: say so before this worker's job is settled as a mere crash.
                 assert self._listener is not None
                 self._listener.failed(exc)
@@ -522,23 +522,3 @@ class ProcessBackend(ExecutionBackend):
     def _can_run_soon(self) -> bool:
         """True if some worker is ready, busy or still starting (and so may run queued jobs)."""
         return self._launching > 0 or any(w.state in _LIVE_STATES for w in self.workers)
-
-
-def _only_cancelled(exc: BaseException) -> bool:
-    """True if ``exc`` is trio.Cancelled, or a group of nothing else."""
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.split(trio.Cancelled)[1] is None
-    return isinstance(exc, trio.Cancelled)
-
-
-def default_context(start_method: str) -> BaseContext:
-    """Return the multiprocessing context for ``start_method`` (forkserver or spawn)."""
-    if start_method not in ("forkserver", "spawn"):
-        raise ValueError(
-            f"start_method must be 'forkserver' or 'spawn', not {start_method!r}: 'fork' would copy the "
-            "parent's trio state into every worker"
-        )
-    ctx = multiprocessing.get_context(start_method)
-    if start_method == "forkserver":
-        ctx.set_forkserver_preload(["__main__", "genro_tasks_worker._loop"])
-    return ctx

@@ -40,6 +40,7 @@ from ._errors import (
     WorkerCrashed,
 )
 from ._task import TaskRecord, TaskStatus
+from ._util import describe, only_cancelled, root_cause
 
 log = logging.getLogger("genro_tasks")
 
@@ -153,7 +154,7 @@ class Scheduler(BackendListener):
                     self._backend_scope.cancel()
                     nursery.cancel_scope.cancel()
         except BaseException as exc:
-            if _only_cancelled(exc):
+            if only_cancelled(exc):
                 raise
             # A system task must never crash the application: fail loudly, but here.
             self.failed(exc)
@@ -397,7 +398,7 @@ class Scheduler(BackendListener):
             exc = outcome.error
             error = UnpicklableResult(
                 f"Task {rec.task_id!r} ({rec.name}) returned a value that cannot be unpickled in this "
-                f"process: {_describe(exc)}; return plain data, or make the value's class importable here"
+                f"process: {describe(exc)}; return plain data, or make the value's class importable here"
             )
             error.__cause__ = exc if isinstance(exc, Exception) else None
             rec.finish_failed(error)
@@ -475,7 +476,7 @@ class Scheduler(BackendListener):
         log.critical("genro_tasks scheduler failed; failing all tasks", exc_info=error)
         self.failure = error
         self.lifecycle = Lifecycle.FAILED
-        root = _root_cause(error)
+        root = root_cause(error)
         failure = SupervisorFailed(
             f"the task supervisor failed: {type(root).__name__}: {root}; every queued and running task failed, "
             "the workers were killed, and this TaskManager accepts no more tasks"
@@ -493,28 +494,3 @@ class Scheduler(BackendListener):
             self._startup_error = failure
             self._ready.set()
         self._stop.set()
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: message`` of an exception raised by user code, even if its ``__str__`` raises."""
-    try:
-        return f"{type(exc).__name__}: {exc}"
-    except BaseException:
-        return f"{type(exc).__name__} (its message could not be formatted)"
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The interesting exception inside trio's nursery groups."""
-    while isinstance(exc, BaseExceptionGroup):
-        rest = exc.split(trio.Cancelled)[1]
-        if rest is None or len(rest.exceptions) != 1:
-            return exc
-        exc = rest.exceptions[0]
-    return exc
-
-
-def _only_cancelled(exc: BaseException) -> bool:
-    """True if ``exc`` is trio.Cancelled, or a group of nothing else."""
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.split(trio.Cancelled)[1] is None
-    return isinstance(exc, trio.Cancelled)

@@ -19,7 +19,7 @@ from genro_tasks_worker._protocol import PICKLE_PROTOCOL
 
 from ._errors import UnpicklableJob
 from ._launch import main_module_ref
-from ._options import TaskOptions
+from ._options import Call, TaskOptions
 from ._validate import check_metadata
 
 
@@ -33,16 +33,9 @@ class Job(NamedTuple):
     options: TaskOptions
 
 
-def prepare(
-    func: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    task_id: str | None,
-    metadata: dict[str, Any] | None,
-    options: TaskOptions,
-    is_taken: Callable[[str], bool],
-) -> Job:
+def prepare(call: Call, options: TaskOptions, is_taken: Callable[[str], bool]) -> Job:
     """Check and pickle a submission; raise for any bad argument, whatever the queue holds."""
+    func, args, kwargs, task_id, metadata = call
     if task_id is None:
         task_id = str(uuid.uuid4())
     elif not isinstance(task_id, str) or not task_id:
