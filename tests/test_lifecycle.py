@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -216,3 +217,22 @@ async def test_concurrent_startups_share_one_start() -> None:
         assert tm.is_running
         assert len(testing.worker_pids(tm)) == 1
         await tm.shutdown()
+
+
+async def test_a_daemonic_process_may_run_a_manager() -> None:
+    """multiprocessing forbids daemons to have children; ours cannot be orphaned, so they may."""
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [sys.executable, str(HERE / "daemon_parent.py")],
+            capture_stdout=True,
+            capture_stderr=True,
+            stdin=subprocess.DEVNULL,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().split() == ["1024"]
+
+
+async def test_workers_are_not_multiprocessing_children(tasks: TaskManager) -> None:
+    """The application's own multiprocessing (active_children(), its join at exit) never sees our workers."""
+    assert len(testing.worker_pids(tasks)) == 2
+    assert multiprocessing.active_children() == []

@@ -37,6 +37,7 @@ from jobs import (
     init_tag,
     init_unless_marker,
     init_worker,
+    progress_steps,
     return_on_cancel,
     simple_task,
     slow_task,
@@ -130,6 +131,43 @@ async def test_backpressure() -> None:
         await tm.cancel(running)
         with trio.fail_after(30):
             assert await tm.result("waited") == 8
+
+
+class _StepCounter(trio.abc.Instrument):
+    """Counts how often trio runs the task with a given name (each step is one wake-up)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name == self.name:
+            self.steps += 1
+
+
+async def test_submit_wait_wakes_for_room_not_for_progress() -> None:
+    """A waiting submit_wait is woken when the queue has room, not by every progress report."""
+    async with TaskManager(1, max_queued=1) as tm:
+        running = tm.submit(progress_steps, 20, 0.03)  # 20 progress reports, 30 ms apart
+        await wait_status(tm, running, TaskStatus.RUNNING)
+        tm.submit(simple_task, 1)  # the queue is full until `running` ends
+        counter = _StepCounter("waiter")
+        trio.lowlevel.add_instrument(counter)
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def waiter() -> None:
+                    with trio.fail_after(30):
+                        await tm.submit_wait(simple_task, 2, task_id="waited")
+
+                nursery.start_soon(waiter, name="waiter")
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+        info = await tm.info(running)
+        assert info.status is TaskStatus.COMPLETED
+        assert info.progress == 1.0  # the progress reports did arrive meanwhile
+        # First step, the wake-up when room appears, its checkpoint: a few, not one per report.
+        assert counter.steps <= 4, counter.steps
 
 
 async def test_submit_wait_cancelled_submits_nothing() -> None:

@@ -1,21 +1,29 @@
 """genro-tasks: long-running background jobs for trio, in worker processes,
 with precise status, progress, and hard cancellation.
 
-Layers, top to bottom:
+Layers, top to bottom (docs/architecture.md draws the data flow):
 
-* :mod:`._manager` — :class:`TaskManager`, the public facade: the registry of
-  task records and every public call.
-* :mod:`._supervisor` — the one trio task that owns the worker processes,
-  the dispatch queue and every state transition (and the single kill path).
-* :mod:`._worker_proc` — the parent's handle of one worker process: its
-  framed, non-blocking pipes and its process sentinel.
+* :mod:`._manager` — :class:`TaskManager`, the thin public facade: it checks
+  every call (:mod:`._validate`, :mod:`._submission`, :mod:`._options` for
+  ``tm.options(...)``), then delegates. It never changes a task's status.
+* :mod:`._registry` — the task records, retention and counters
+  (:class:`~._registry.TaskRegistry`, the seam a persistent store implements)
+  and the change hub that feeds ``watch``, ``open_change_stream``,
+  ``submit_wait`` and :mod:`genro_tasks.testing`.
+* :mod:`._scheduler` — the queue (priority, then FIFO), deadlines, the task
+  state machine and the scheduler's lifecycle. No processes, pids or pipes.
+* :mod:`._backend` — the seam between the scheduler and what runs jobs
+  (:class:`~._backend.ExecutionBackend` and the events it reports).
+* :mod:`._process_backend` — the first backend: a pool of worker processes
+  (:mod:`._worker_proc` is one worker's pipes, pidfd and kill;
+  :mod:`._launch` starts one), the only decoder of worker messages, and the
+  one kill path.
 * :mod:`genro_tasks_worker` — what runs *inside* a worker: a stdlib-only loop
-  that never imports trio, plus :func:`report_progress`.
+  that never imports trio, the wire format (``_protocol``), and
+  :func:`report_progress`.
 * :mod:`._task`, :mod:`._watch` and :mod:`._errors` — the records, live views
-  (``watch``, ``open_change_stream``) and exceptions users see.
-* :mod:`._options` and :mod:`._validate` — per-task options
-  (``tm.options(...)``, kept apart from the job's own keywords) and the
-  argument checks every public call shares.
+  and exceptions users see.
+* :mod:`genro_tasks.testing` — waits, process pids and a fake backend for tests.
 * :mod:`genro_tasks.asgi` — lifespan integration, JSON/SSE API and dashboard
   for ASGI applications (imported separately; no web framework needed).
 """

@@ -177,11 +177,12 @@ class ManagerClosed(RuntimeError):
 
 
 class SupervisorFailed(RuntimeError):
-    """Raised for tasks that were in flight when the supervisor itself failed.
+    """Raised for tasks that were in flight when the manager's scheduler itself failed.
 
-    The supervisor hit an unexpected internal error; it killed its workers and
-    failed every queued and running task with this error. The manager can no
-    longer be used; its ``__cause__`` is the internal error.
+    The scheduler (the trio task supervising every task and worker) hit an
+    unexpected internal error; it killed its workers and failed every queued
+    and running task with this error. The manager can no longer be used; its
+    ``__cause__`` is the internal error.
     """
 
 

@@ -111,7 +111,7 @@ class TaskManager(SubmitMethods):
     def is_running(self) -> bool:
         """True between a successful ``startup()`` and the start of ``shutdown()``.
 
-        Also False once the supervisor has failed (see SupervisorFailed).
+        Also False once the scheduler has failed (see SupervisorFailed).
         """
         return self._running and self._scheduler is not None and self._scheduler.failure is None
 
@@ -121,10 +121,10 @@ class TaskManager(SubmitMethods):
         return self._max_workers
 
     async def startup(self) -> None:
-        """Start the supervisor and the worker processes; return when all are ready.
+        """Start the scheduler and the worker processes; return when all are ready.
 
         Callable from any trio task (an ASGI lifespan handler, a pytest-trio
-        fixture): the supervisor runs as a trio system task, so no nursery
+        fixture): the scheduler runs as a trio system task, so no nursery
         is needed. Calling it on a running manager does nothing.
 
         Raises:
@@ -526,7 +526,7 @@ class TaskManager(SubmitMethods):
         Use as ``async with tm.open_change_stream() as changes:`` and then
         ``async for info in changes:``. Each item is the *newest*
         :class:`TaskInfo` of a task that changed since you last read it, so
-        a reader that stalls never blocks the supervisor, and buffers at
+        a reader that stalls never blocks the scheduler, and buffers at
         most ``max_pending`` tasks (oldest dropped first, counted in
         ``changes.dropped``). Any number of streams may be open at once;
         the stream ends when the manager shuts down or when the ``async

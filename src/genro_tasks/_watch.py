@@ -1,8 +1,8 @@
 """Live views of tasks: one task's snapshots (:class:`TaskWatcher`) and every
 task's changes (:class:`ChangeStream`).
 
-Both are fed synchronously by the manager when the supervisor records a
-change, never block the supervisor, and keep bounded memory however slowly
+Both are fed synchronously by the change hub (:mod:`._registry`) when the
+scheduler records a change, never block the scheduler, and keep bounded memory however slowly
 they are read. Registrations are weak: an iterator you drop (for example by
 leaving an ``async for`` early) unregisters itself as soon as it is garbage.
 """
@@ -81,7 +81,7 @@ class ChangeStream:
     in changes: ...``. Newest state wins: while you are not reading, the
     stream keeps only the latest snapshot of each changed task, in order of
     their first unread change, so a stalled reader never blocks the
-    supervisor. If more than ``max_pending`` distinct tasks pile up unread,
+    scheduler. If more than ``max_pending`` distinct tasks pile up unread,
     the oldest are dropped and counted in :attr:`dropped`.
     """
 
