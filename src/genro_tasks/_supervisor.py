@@ -69,6 +69,8 @@ _STOP_GRACE = 5.0
 _EOF_GRACE = 1.0
 #: Safety net around reaping a SIGKILLed process.
 _REAP_LIMIT = 10.0
+#: Workers dying before READY this many times in a row mean none can start (queued tasks fail).
+_FAILED_STARTS = 3
 #: Worker states that can still run a task (now, or once started).
 _LIVE_STATES = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY})
 #: How long a crashed worker's exit status may take to arrive (it names the signal).
@@ -120,6 +122,8 @@ class Supervisor:
         self._stop = trio.Event()
         self.finished = trio.Event()
         self._backoff = 0.0
+        #: Workers in a row that died before they were ready (reset by a READY).
+        self._failed_starts = 0
         self._ready_count = 0
         self.restarts = 0
         self.crashes = 0
@@ -373,6 +377,7 @@ class Supervisor:
             w.state = WorkerState.IDLE
             w.ready = True
             self._backoff = 0.0
+            self._failed_starts = 0
             self.init_error = None
             log.debug("worker %d ready", w.pid)
             if self._stopping:
@@ -643,18 +648,21 @@ class Supervisor:
                 self.crashes += 1
                 log.warning("idle worker %d died (%s); replacing it", w.pid, describe_exit(exitcode))
             elif not w.init_failed:
-                # Died while starting (in the initializer or before it): a failed start, like a raise.
+                # Died while starting (in the initializer or before it). Once could be a kill from
+                # outside; several starts in a row failing is a failed start, like an initializer raising.
                 self.crashes += 1
+                self._failed_starts += 1
                 log.warning("worker %d died before it was ready (%s)", w.pid, describe_exit(exitcode))
-                self._start_failed(
-                    WorkerInitError(
-                        "",
-                        f"worker {w.pid} {describe_exit(exitcode)} before it was ready (its stderr says why; if "
-                        "your main module starts a TaskManager when imported, guard that code with "
-                        "`if __name__ == '__main__':`)",
-                        "",
+                if self._failed_starts >= _FAILED_STARTS or (self._starting and not self._ready.is_set()):
+                    self._start_failed(
+                        WorkerInitError(
+                            "",
+                            f"worker {w.pid} {describe_exit(exitcode)} before it was ready (its stderr says why; "
+                            "if your main module starts a TaskManager when imported, guard that code with "
+                            "`if __name__ == '__main__':`)",
+                            "",
+                        )
                     )
-                )
             error = self.init_error
             if not was_ready and error is not None and not self._can_run_soon():
                 # No worker can run anything now: tell the queued tasks, not never.
