@@ -158,26 +158,62 @@ def _die_with_parent(alive_fd: int) -> None:
 
 
 def _type_name(obj: object) -> str:
-    cls = obj if isinstance(obj, type) else type(obj)
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+    """``module.QualName`` of ``obj`` (a class) or of its type, calling nothing they override."""
+    cls = obj if issubclass(type(obj), type) else type(obj)
+    try:
+        module = type.__dict__["__module__"].__get__(cls)
+        qualname = type.__dict__["__qualname__"].__get__(cls)
+    except BaseException:  # pragma: no cover - a type without names
+        return "<unnamed type>"
+    if type(qualname) is not str:  # pragma: no cover - see above
+        return "<unnamed type>"
+    return qualname if module == "builtins" or type(module) is not str else f"{module}.{qualname}"
+
+
+def _text(describe: Callable[[], object], fallback: str) -> str:
+    """``describe()`` if it gives a string; ``fallback`` if it fails in any way (even SystemExit)."""
+    try:
+        text = describe()
+        if isinstance(text, str):
+            return str.__str__(text)  # a plain str, even from a subclass
+    except BaseException:  # the description is user code: it may raise anything
+        pass
+    return fallback
+
+
+def _describe(exc: BaseException) -> str:
+    """``"Type: message"`` for ``exc``, best effort."""
+    name = _type_name(exc)
+    return f"{name}: {_text(lambda: str(exc), f'<str() of {name} failed>')}"
 
 
 def _error_body(exc: BaseException) -> bytes:
-    """Pickle ``exc`` with its remote traceback and causes, plus a text fallback."""
-    tb_text = "".join(traceback.format_exception(exc))
+    """Pickle ``exc`` with its remote traceback and causes, plus a text fallback.
+
+    Never raises: an exception whose formatting or pickling raises (even a
+    BaseException) is described as well as it can be, so it fails its task
+    instead of the worker.
+    """
+    name = _type_name(exc)
+    message = _text(lambda: str(exc), f"<str() of {name} failed>")
+
+    def format_without_user_code() -> str:
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        return f"Traceback (most recent call last):\n{frames}{name}: {message}\n"
+
+    tb_text = _text(
+        lambda: "".join(traceback.format_exception(exc)),
+        _text(format_without_user_code, f"{name}: {message}\n"),
+    )
+    exc_bytes: bytes | None
     try:
         from tblib import pickling_support
 
         pickling_support.install(exc)
-        exc_bytes: bytes | None = pickle.dumps(exc, PICKLE_PROTOCOL)
-    except Exception:
+        exc_bytes = pickle.dumps(exc, PICKLE_PROTOCOL)
+    except BaseException:  # pickling is user code too (__reduce__)
         exc_bytes = None
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"<str() of {_type_name(exc)} failed>"
-    return pickle.dumps((exc_bytes, _type_name(exc), message, tb_text), PICKLE_PROTOCOL)
+    return pickle.dumps((exc_bytes, name, message, tb_text), PICKLE_PROTOCOL)
 
 
 _MAIN_THREAD = threading.get_ident()
@@ -256,6 +292,15 @@ def _restore_memory(old: tuple[int, int] | None) -> None:
         resource.setrlimit(resource.RLIMIT_AS, old)
 
 
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+
+
 def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payload: bytearray) -> None:
     sender.send(STARTED, seq)
     channel.begin(seq)
@@ -284,17 +329,14 @@ def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payl
             body = pickle.dumps(value, PICKLE_PROTOCOL)
             kind = DONE_OK
         except BaseException as exc:
-            body = pickle.dumps((_type_name(value), f"{_type_name(exc)}: {exc}"), PICKLE_PROTOCOL)
+            body = pickle.dumps((_type_name(value), _describe(exc)), PICKLE_PROTOCOL)
             kind = DONE_BAD_RESULT
         del value
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except Exception:
-            pass
+    _flush_std_streams()
     _hygiene.restore_std_streams()
-    _hygiene.kill_leftovers()
+    if _hygiene.kill_leftovers():
+        _hygiene.forget_multiprocessing_helpers()  # a forkserver or tracker the job started is gone
+    _hygiene.reset_signals()
     with sender.lock:
         channel.finish_locked()
         sender.send_locked(kind, seq, body)
@@ -316,6 +358,10 @@ def main(
 ) -> None:
     """Entry point of a worker process (the target given to ``multiprocessing``).
 
+    Never returns: when the parent closes the job pipe the worker flushes its
+    standard streams and exits at once, without waiting for threads a job
+    left behind.
+
     Args:
         job_conn: Read end of the pipe the parent sends JOB frames on.
         result_conn: Write end of the pipe this worker answers on.
@@ -324,6 +370,8 @@ def main(
             worker says READY (unpickled here, after ``__main__`` is set up).
         main_ref: Where the parent's main module lives, imported lazily.
     """
+    fds = [conn.fileno() for conn in (job_conn, result_conn, alive_conn)]
+    _hygiene.close_inherited_fds(fds)
     job_fd, result_fd, alive_fd = (_take_fd(conn) for conn in (job_conn, result_conn, alive_conn))
     try:
         os.setpgid(0, 0)  # our own process group: a kill reaches what the job spawned
@@ -335,6 +383,7 @@ def main(
     _MAIN_THREAD = threading.get_ident()
     signal.signal(signal.SIGTERM, _on_sigterm)
     _hygiene.setup()
+    _hygiene.save_signals()  # restored after the initializer and after every job
     sender = _Sender(result_fd)
     global _SENDER
     _SENDER = sender
@@ -346,11 +395,13 @@ def main(
         except BaseException as exc:
             sender.send(INIT_FAILED, os.getpid(), _error_body(exc))
             os._exit(3)
+        _hygiene.reset_signals()  # what the initializer armed or changed does not outlive it
     channel = _progress.ProgressChannel(sender.send_locked, sender.lock)
     sender.send(READY, os.getpid())
     jobs = _JobReader(job_fd)
     while True:
         job = jobs.next_job()
         if job is None:
-            return
+            _flush_std_streams()
+            os._exit(0)  # not a return: multiprocessing would join the job's leftover threads forever
         _run_job(sender, channel, *job)
