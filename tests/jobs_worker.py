@@ -6,8 +6,10 @@ timers, threads or signal handlers behind, raise exceptions that fight back.
 
 from __future__ import annotations
 
+import importlib.abc
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -173,3 +175,68 @@ class HostileValue:
 
 def return_hostile() -> HostileValue:
     return HostileValue()
+
+
+# --- graceful cancel windows --------------------------------------------------
+
+
+def _wait_for_file(path: str) -> str:
+    while not os.path.exists(path):
+        time.sleep(0.005)
+    return path
+
+
+class WaitWhenUnpickled:
+    """An argument whose unpickling, in the worker, waits until ``marker`` exists."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> Any:
+        return (_wait_for_file, (self.marker,))
+
+
+def return_arg(value: Any) -> Any:
+    report_progress(1.0, "the job ran")
+    return value
+
+
+class _SlowTrioImport(importlib.abc.MetaPathFinder):
+    """Holds the import of one of trio's modules until a marker file exists (once)."""
+
+    def __init__(self, module: str, marker: str) -> None:
+        self.module = module
+        self.marker = marker
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        if fullname == self.module:
+            sys.meta_path.remove(self)
+            report_progress(0.0, "importing trio")
+            _wait_for_file(self.marker)
+        return None
+
+
+def slow_down_trio_import(marker: str) -> bool:
+    """Make this worker's next ``import trio`` stop half way until ``marker`` exists."""
+    sys.meta_path.insert(0, _SlowTrioImport("trio._core._run", marker))
+    return "trio" in sys.modules
+
+
+async def async_triple(n: int) -> int:
+    import trio.lowlevel
+
+    await trio.lowlevel.checkpoint()
+    return n * 3
+
+
+class AsyncCallable:
+    """An object whose ``__call__`` is ``async def``."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    async def __call__(self, n: int) -> int:
+        import trio.lowlevel
+
+        await trio.lowlevel.checkpoint()
+        return n * self.factor

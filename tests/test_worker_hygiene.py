@@ -8,9 +8,11 @@ the next task on the same worker (``max_workers=1``) runs as on a fresh one.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,18 +20,23 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import wait_pids_gone, wait_until
+from conftest import wait_pids_gone, wait_status, wait_until
 from genro_tasks import RemoteError, TaskManager, TaskStatus, UnpicklableResult
 from jobs import getpid, return_on_cancel
 from jobs_worker import (
+    AsyncCallable,
+    WaitWhenUnpickled,
     arm_alarm,
+    async_triple,
     leave_non_daemon_thread,
     leave_timers_and_signals,
     open_fds,
     outlive_leftover_alarm,
     raise_hostile,
+    return_arg,
     return_hostile,
     signal_state,
+    slow_down_trio_import,
     use_multiprocessing,
 )
 
@@ -165,3 +172,51 @@ async def test_unpicklable_result_that_cannot_be_described_fails_its_task(one: T
             await one.result(tid)
         assert await one.run(getpid) == worker
     assert one.statistics().worker_crashes == 0
+
+
+# --- 19. graceful cancel right after RUNNING ---------------------------------------------
+
+
+async def test_graceful_cancel_while_the_job_is_unpickled(one: TaskManager, tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+    tid = one.submit(return_arg, WaitWhenUnpickled(str(marker)))
+    await wait_status(one, tid, TaskStatus.RUNNING)
+    with trio.fail_after(30):
+        assert await _cancel_gracefully_once_sent(one, tid, marker)
+    info = await one.info(tid)
+    assert info.status is TaskStatus.CANCELLED
+    assert info.progress is None  # the job itself never ran
+    with trio.fail_after(30):
+        assert await one.run(return_arg, 5) == 5  # and the request does not leak into the next one
+
+
+async def test_stray_sigterm_between_jobs_does_not_cancel_the_next(one: TaskManager) -> None:
+    with trio.fail_after(30):
+        worker = await one.run(getpid)
+        os.kill(worker, signal.SIGTERM)
+        assert await one.run(return_arg, 6) == 6
+
+
+# --- 20. graceful cancel while trio is being imported --------------------------------------
+
+
+async def test_graceful_cancel_while_trio_imports(one: TaskManager, tmp_path: Path) -> None:
+    marker = tmp_path / "imported"
+    with trio.fail_after(30):
+        assert not await one.run(slow_down_trio_import, str(marker))
+    tid = one.submit(async_triple, 1)
+    await wait_until(one, lambda: one._records[tid].progress_message == "importing trio")
+    with trio.fail_after(30):
+        assert await _cancel_gracefully_once_sent(one, tid, marker)
+        assert (await one.info(tid)).status is TaskStatus.CANCELLED
+        assert await one.run(async_triple, 2) == 6  # trio is whole in that worker
+
+
+# --- 23. async callable objects ------------------------------------------------------------
+
+
+async def test_async_callable_objects_run_as_coroutines(one: TaskManager) -> None:
+    with trio.fail_after(30):
+        assert await one.run(AsyncCallable(4), 5) == 20
+        assert await one.run(functools.partial(AsyncCallable(2), 5)) == 10
+        assert await one.run(functools.partial(async_triple, 7)) == 21

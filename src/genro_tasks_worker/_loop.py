@@ -5,6 +5,10 @@ it even unpickles the job, runs it, and answers with exactly one DONE_* frame.
 It exits when the job pipe reaches end-of-file (the parent closed it), and
 kills itself and everything it spawned the moment the parent process dies
 (end-of-file on the shared *alive* pipe), even while a job is busy.
+
+A graceful cancel (SIGTERM) interrupts only the job's own code: while the
+worker's code runs (unpickling the job, importing trio, writing a frame) the
+request is kept, and delivered as soon as the job's code runs again.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -119,9 +123,8 @@ class _Sender:
 
     def send_locked(self, kind: int, seq: int, body: bytes) -> None:
         header = pack_header(kind, seq, len(body))
-        in_main = threading.get_ident() == _MAIN_THREAD
-        if in_main:
-            _JobState.writing = True  # a graceful-cancel request now waits for the frame to be whole
+        # From the job's thread, a graceful-cancel request waits until the frame is whole.
+        interrupt = _disarm() if threading.get_ident() == _MAIN_THREAD else None
         try:
             if len(body) < _SPLIT_WRITE:
                 _write_all(self.fd, header + body)
@@ -129,12 +132,8 @@ class _Sender:
                 _write_all(self.fd, header)
                 _write_all(self.fd, body)
         finally:
-            if in_main:
-                _JobState.writing = False
-                if _JobState.deferred and _JobState.in_job:
-                    _JobState.deferred = False
-                    _JobState.in_job = False
-                    raise CancelRequested("the task was cancelled; clean up and return")
+            if interrupt is not None:
+                _arm(interrupt)
 
     def send(self, kind: int, seq: int, body: bytes = b"") -> None:
         with self.lock:
@@ -223,45 +222,84 @@ _SENDER: _Sender | None = None
 
 
 class _JobState:
-    """What the SIGTERM handler needs to know about the job in progress."""
+    """What the SIGTERM handler needs to know about the job in progress.
 
+    One mechanism decides when a graceful cancel may interrupt: ``interrupt``
+    is set (armed) only while the job's own code runs, and says how to
+    interrupt it (raise :class:`CancelRequested`, or cancel the job's trio
+    scope). Whenever the worker's own code runs in the job's window (from
+    STARTED through unpickling, importing trio, writing a frame) it is None,
+    and a request is kept in ``pending`` until the job's code is armed again.
+    """
+
+    #: From just before STARTED until the job returned or raised.
     in_job = False
-    trio_cancel: Callable[[], None] | None = None
-    #: The main thread is writing a frame: a SIGTERM must not cut it in half.
-    writing = False
-    #: A SIGTERM arrived during such a write; raised once the frame is out.
-    deferred = False
+    interrupt: Callable[[], None] | None = None
+    pending = False
+
+
+def _raise_cancel() -> None:
+    _JobState.interrupt = None  # one CancelRequested per request: the job's cleanup is not cut
+    raise CancelRequested("the task was cancelled; clean up and return")
+
+
+def _arm(interrupt: Callable[[], None], deliver: Callable[[], None] | None = None) -> None:
+    """The job's code runs from here: deliver a request kept meanwhile, then any new one at once.
+
+    ``deliver`` (default: ``interrupt``) delivers the kept request from this thread.
+    """
+    _JobState.interrupt = interrupt
+    if _JobState.pending:
+        _JobState.pending = False
+        (deliver or interrupt)()
+
+
+def _disarm() -> Callable[[], None] | None:
+    """The worker's code runs from here: keep requests for later; return what was armed."""
+    interrupt = _JobState.interrupt
+    _JobState.interrupt = None
+    return interrupt
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
     """Graceful cancel: interrupt the running job (never the worker's own code)."""
     if not _JobState.in_job:
-        return
-    cancel = _JobState.trio_cancel
-    if cancel is not None:
-        cancel()
-        return
-    if _JobState.writing:
-        _JobState.deferred = True
-        return
-    _JobState.in_job = False
-    raise CancelRequested("the task was cancelled; clean up and return")
+        return  # between jobs: a request for a job that has already ended
+    interrupt = _JobState.interrupt
+    if interrupt is None:
+        _JobState.pending = True
+    else:
+        interrupt()
 
 
 def _call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Call the job; ``async def`` jobs run under ``trio.run`` (imported only then)."""
-    if not inspect.iscoroutinefunction(func):
-        return func(*args, **kwargs)
-    import trio
+    """Call the job; if that gives a coroutine (``async def`` function, async callable
+    object, partial of one), run it under ``trio.run`` (imported only then)."""
+    _arm(_raise_cancel)
+    try:
+        value = func(*args, **kwargs)
+    finally:
+        _disarm()
+    if not inspect.iscoroutine(value):
+        return value
+    return _run_coroutine(value)
+
+
+def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        import trio  # disarmed: a cancel request waits until the job's scope exists
+    except BaseException:
+        coro.close()
+        raise
 
     async def runner() -> Any:
         with trio.CancelScope() as scope:
             token = trio.lowlevel.current_trio_token()
-            _JobState.trio_cancel = lambda: token.run_sync_soon(scope.cancel)
+            _arm(lambda: token.run_sync_soon(scope.cancel), scope.cancel)
             try:
-                return await func(*args, **kwargs)
+                return await coro
             finally:
-                _JobState.trio_cancel = None
+                _disarm()
         raise CancelRequested("the task was cancelled; its trio scope was cancelled")
 
     return trio.run(runner)
@@ -302,6 +340,8 @@ def _flush_std_streams() -> None:
 
 
 def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payload: bytearray) -> None:
+    _JobState.pending = False  # a request that arrived between jobs was for an earlier one
+    _JobState.in_job = True
     sender.send(STARTED, seq)
     channel.begin(seq)
     _progress._activate(channel)
@@ -312,8 +352,6 @@ def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payl
             del payload
             if memory_limit is not None:
                 limits = _limit_memory(memory_limit)
-            _JobState.deferred = False
-            _JobState.in_job = True
             value: Any = _call(func, args, kwargs)
         finally:
             _JobState.in_job = False
