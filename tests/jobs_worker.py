@@ -48,6 +48,23 @@ def use_multiprocessing() -> tuple[int, int | None]:
         shm.unlink()
 
 
+# --- fork ---------------------------------------------------------------------
+
+
+def fork_and_leave(how: str) -> tuple[str, int]:
+    """Fork; the child reports progress and leaves the job by returning or raising."""
+    pid = os.fork()
+    if pid == 0:  # the child: it must never answer for the task
+        report_progress(0.5, "from the forked child")
+        if how == "raise":
+            raise RuntimeError("raised in the forked child")
+        if how == "exit":
+            sys.exit(0)
+        return ("child", os.getpid())
+    _, status = os.waitpid(pid, 0)  # returns once the child has left the job (and exited)
+    return ("parent", os.waitstatus_to_exitcode(status))
+
+
 # --- timers and signals -------------------------------------------------------
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGCHLD, signal.SIGPIPE, signal.SIGUSR1)

@@ -28,10 +28,13 @@ from jobs_worker import (
     WaitWhenUnpickled,
     arm_alarm,
     async_triple,
+    fork_and_leave,
     leave_non_daemon_thread,
+    leave_progress_thread,
     leave_timers_and_signals,
     open_fds,
     outlive_leftover_alarm,
+    progress_with_a_leftover_around,
     raise_hostile,
     return_arg,
     return_hostile,
@@ -104,6 +107,21 @@ async def test_job_can_still_use_multiprocessing(one: TaskManager) -> None:
         assert await one.run(use_multiprocessing) == (7, 0)
 
 
+# --- 5. a job that forks -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("how", "code"), [("return", 0), ("raise", 1), ("exit", 0)])
+async def test_forked_child_never_answers_and_exits(one: TaskManager, how: str, code: int) -> None:
+    with trio.fail_after(30):
+        worker = await one.run(getpid)
+        tid = one.submit(fork_and_leave, how)
+        assert await one.result(tid) == ("parent", code)
+        info = await one.info(tid)
+        assert info.progress is None, "the forked child's progress reached the parent"
+        assert info.worker_pid == worker
+        assert await one.run(getpid) == worker  # the next task is served by the worker itself
+
+
 # --- 6. leftover timers and signal dispositions ------------------------------------
 
 
@@ -139,6 +157,19 @@ async def test_retired_worker_exits_despite_non_daemon_thread() -> None:
         await wait_pids_gone([pid], 20)  # retired: its job pipe was closed, so it exits
         with trio.fail_after(30):
             assert await tm.run(getpid) != pid
+
+
+# --- 8. progress from leftover threads ------------------------------------------------
+
+
+async def test_leftover_thread_progress_is_not_the_next_tasks(one: TaskManager) -> None:
+    with trio.fail_after(30):
+        first = one.submit(leave_progress_thread)
+        await one.result(first)
+        tid = one.submit(progress_with_a_leftover_around)
+        assert await one.result(tid) >= 2
+        info = await one.info(tid)
+        assert (info.progress, info.progress_message) == (0.25, "from this job's thread")
 
 
 # --- 10. exceptions that fight back -----------------------------------------------------

@@ -8,7 +8,8 @@ kills itself and everything it spawned the moment the parent process dies
 
 A graceful cancel (SIGTERM) interrupts only the job's own code: while the
 worker's code runs (unpickling the job, importing trio, writing a frame) the
-request is kept, and delivered as soon as the job's code runs again.
+request is kept, and delivered as soon as the job's code runs again. A process
+the job forks never speaks on the protocol and exits when it leaves the job.
 """
 
 from __future__ import annotations
@@ -216,6 +217,7 @@ def _error_body(exc: BaseException) -> bytes:
 
 
 _MAIN_THREAD = threading.get_ident()
+_WORKER_PID = os.getpid()
 
 #: This worker's sender (fault-injection tests write raw bytes through ``_SENDER.fd``).
 _SENDER: _Sender | None = None
@@ -339,30 +341,56 @@ def _flush_std_streams() -> None:
             pass
 
 
+def _in_forked_child() -> None:
+    """Runs in any process forked from this worker: it must never speak for a task."""
+    _progress.end_job()
+    sender = _SENDER
+    if sender is not None:
+        fd, sender.fd = sender.fd, -1  # a write now fails instead of reaching the parent
+        try:
+            os.close(fd)
+        except OSError:  # pragma: no cover - already closed
+            pass
+
+
+def _leave_if_forked(code: int) -> None:
+    """A forked child of the job that leaves the job exits here, silently."""
+    if os.getpid() != _WORKER_PID:
+        _flush_std_streams()
+        os._exit(code)
+
+
 def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payload: bytearray) -> None:
     _JobState.pending = False  # a request that arrived between jobs was for an earlier one
     _JobState.in_job = True
     sender.send(STARTED, seq)
-    channel.begin(seq)
-    _progress._activate(channel)
+    _progress.start_job(channel, seq)
     limits: tuple[int, int] | None = None
     try:
         try:
-            func, args, kwargs, memory_limit = pickle.loads(payload)
-            del payload
-            if memory_limit is not None:
-                limits = _limit_memory(memory_limit)
-            value: Any = _call(func, args, kwargs)
+            try:
+                func, args, kwargs, memory_limit = pickle.loads(payload)
+                del payload
+                if memory_limit is not None:
+                    limits = _limit_memory(memory_limit)
+                value: Any = _call(func, args, kwargs)
+            except SystemExit as exc:
+                _leave_if_forked(exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1)
+                raise
+            except BaseException:
+                _leave_if_forked(1)
+                raise
+            _leave_if_forked(0)
         finally:
             _JobState.in_job = False
             _restore_memory(limits)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task too
-        _progress._activate(None)
+        _progress.end_job()
         body = _error_body(exc)
         del exc
         kind = DONE_ERROR
     else:
-        _progress._activate(None)
+        _progress.end_job()
         try:
             body = pickle.dumps(value, PICKLE_PROTOCOL)
             kind = DONE_OK
@@ -416,15 +444,19 @@ def main(
     except OSError:  # pragma: no cover - already a group or session leader
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    threading.Thread(target=_die_with_parent, args=(alive_fd,), name="genro-tasks-watchdog", daemon=True).start()
-    global _MAIN_THREAD
+    watchdog = threading.Thread(target=_die_with_parent, args=(alive_fd,), name="genro-tasks-watchdog", daemon=True)
+    watchdog.start()
+    _progress.worker_thread(watchdog)
+    global _MAIN_THREAD, _WORKER_PID
     _MAIN_THREAD = threading.get_ident()
+    _WORKER_PID = os.getpid()
     signal.signal(signal.SIGTERM, _on_sigterm)
     _hygiene.setup()
     _hygiene.save_signals()  # restored after the initializer and after every job
     sender = _Sender(result_fd)
     global _SENDER
     _SENDER = sender
+    os.register_at_fork(after_in_child=_in_forked_child)
     _main_module.install(main_ref)
     if init_payload is not None:
         try:

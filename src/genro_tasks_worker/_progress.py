@@ -8,11 +8,16 @@ Updates are coalesced: the newest value always wins, at most one frame leaves
 the worker every :data:`MIN_INTERVAL` seconds, and a flusher thread makes sure
 a value reported just after a send is delivered without waiting for the next
 call.
+
+Progress belongs to the task it was reported from: a thread that was already
+alive when a job started (one a previous job left behind) is not that job's,
+and a value reported for a job that has ended is dropped.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import threading
 import time
@@ -41,6 +46,7 @@ class ProgressChannel:
         self._armed = False
         thread = threading.Thread(target=self._flusher, name="genro-tasks-progress", daemon=True)
         thread.start()
+        worker_thread(thread)
 
     def begin(self, seq: int) -> None:
         """Start reporting for the task with sequence number ``seq``."""
@@ -49,9 +55,11 @@ class ProgressChannel:
             self._pending = None
             self._next_send = 0.0
 
-    def update(self, update: _Update) -> None:
-        """Record ``update``; send it now, or arm the flusher to send it soon."""
+    def update(self, seq: int, update: _Update) -> None:
+        """Record ``update`` for task ``seq``; send it now, or arm the flusher to send it soon."""
         with self._lock:  # the flusher thread takes _pending under the same lock
+            if seq != self.seq:
+                return  # reported for a task that has ended (by a thread that outlived its job)
             old = self._pending
             if old is not None and (update[0] is None or update[1] is None):
                 update = (old[0] if update[0] is None else update[0], old[1] if update[1] is None else update[1])
@@ -89,14 +97,37 @@ class ProgressChannel:
                 self._send_pending_locked()
 
 
-_channel: ProgressChannel | None = None
-_active = False
+#: The running job's (channel, seq, native ids of threads that are not its own), or None.
+_job: tuple[ProgressChannel, int, frozenset[int]] | None = None
+#: Native ids of the worker's own threads (they never report progress).
+_worker_threads: set[int] = set()
 
 
-def _activate(channel: ProgressChannel | None) -> None:
-    global _channel, _active
-    _channel = channel
-    _active = channel is not None
+def worker_thread(thread: threading.Thread) -> None:
+    """Register a started thread of the worker's own (it is nobody's leftover)."""
+    if thread.native_id is not None:
+        _worker_threads.add(thread.native_id)
+
+
+def _thread_ids() -> frozenset[int]:
+    try:
+        return frozenset(int(tid) for tid in os.listdir("/proc/self/task"))
+    except OSError:  # pragma: no cover - no /proc: the seq check below still applies
+        return frozenset()
+
+
+def start_job(channel: ProgressChannel, seq: int) -> None:
+    """Route progress to task ``seq``, from the calling thread and threads started after this."""
+    global _job
+    others = _thread_ids() - _worker_threads - {threading.get_native_id()}
+    channel.begin(seq)
+    _job = (channel, seq, others)
+
+
+def end_job() -> None:
+    """Stop routing progress anywhere (the job has ended)."""
+    global _job
+    _job = None
 
 
 def report_progress(fraction: float | None = None, message: str | None = None) -> None:
@@ -127,5 +158,9 @@ def report_progress(fraction: float | None = None, message: str | None = None) -
             raise ValueError(f"report_progress: fraction must be a finite number in [0.0, 1.0], got {fraction!r}")
     if message is not None and not isinstance(message, str):
         raise TypeError(f"report_progress: message must be a str or None, got {type(message).__name__}")
-    if _active and _channel is not None:
-        _channel.update((fraction, message))
+    job = _job
+    if job is not None:
+        channel, seq, others = job
+        if others and threading.get_native_id() in others:
+            return  # a thread that was alive before this job started is not this job's
+        channel.update(seq, (fraction, message))
