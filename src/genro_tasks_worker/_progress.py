@@ -137,7 +137,8 @@ def report_progress(fraction: float | None = None, message: str | None = None) -
     and cost well under a microsecond when nothing has to be sent. The parent
     sees them as :attr:`TaskInfo.progress` and :attr:`TaskInfo.progress_message`.
     Outside a task run by a :class:`~genro_tasks.TaskManager` it validates its
-    arguments and does nothing else.
+    arguments and does nothing else; so it does from a thread an earlier job
+    left running, and from a process the job forked.
 
     Args:
         fraction: How much of the job is done, a finite number in ``[0.0, 1.0]``,
