@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import importlib
 import io
 import os
 import signal
@@ -29,6 +30,8 @@ _saved_std: list[int] = []
 _subreaper = False
 
 _Handler = Callable[[int, FrameType | None], Any] | int | None
+#: ``signal.getsignal`` without its enum conversion, which costs 20x more (this runs after every job).
+_getsignal: Callable[[int], _Handler] = importlib.import_module("_signal").getsignal
 _TIMERS = (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
 _saved_handlers: dict[int, _Handler] = {}
 _saved_mask: set[int] = set()
@@ -186,7 +189,7 @@ def save_signals() -> None:
     for signum in signal.valid_signals():
         if signum in (signal.SIGKILL, signal.SIGSTOP):
             continue
-        handler = signal.getsignal(signum)
+        handler = _getsignal(signum)
         if handler is not None:  # None: set outside Python, nothing we can restore
             _saved_handlers[signum] = handler
     _saved_mask.clear()
@@ -202,7 +205,7 @@ def reset_signals() -> None:
     for which in _TIMERS:
         signal.setitimer(which, 0)
     signal.set_wakeup_fd(-1)
-    changed = [signum for signum, handler in _saved_handlers.items() if signal.getsignal(signum) != handler]
+    changed = [signum for signum, handler in _saved_handlers.items() if _getsignal(signum) != handler]
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     if blocked != _saved_mask:
         for signum in signal.sigpending() & (blocked - _saved_mask):

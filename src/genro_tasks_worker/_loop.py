@@ -400,9 +400,9 @@ def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payl
         del value
     _flush_std_streams()
     _hygiene.restore_std_streams()
+    _hygiene.reset_signals()  # first: a SIGCHLD the job ignores would hide its children from us
     if _hygiene.kill_leftovers():
         _hygiene.forget_multiprocessing_helpers()  # a forkserver or tracker the job started is gone
-    _hygiene.reset_signals()
     with sender.lock:
         channel.finish_locked()
         sender.send_locked(kind, seq, body)
