@@ -34,6 +34,7 @@ _Handler = Callable[[int, FrameType | None], Any] | int | None
 _getsignal: Callable[[int], _Handler] = importlib.import_module("_signal").getsignal
 _TIMERS = (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
 _saved_handlers: dict[int, _Handler] = {}
+_saved_pairs: tuple[tuple[int, _Handler], ...] = ()
 _saved_mask: set[int] = set()
 
 
@@ -192,6 +193,8 @@ def save_signals() -> None:
         handler = _getsignal(signum)
         if handler is not None:  # None: set outside Python, nothing we can restore
             _saved_handlers[signum] = handler
+    global _saved_pairs
+    _saved_pairs = tuple(_saved_handlers.items())
     _saved_mask.clear()
     _saved_mask.update(signal.pthread_sigmask(signal.SIG_BLOCK, []))
 
@@ -205,7 +208,8 @@ def reset_signals() -> None:
     for which in _TIMERS:
         signal.setitimer(which, 0)
     signal.set_wakeup_fd(-1)
-    changed = [signum for signum, handler in _saved_handlers.items() if _getsignal(signum) != handler]
+    getsignal = _getsignal
+    changed = [signum for signum, handler in _saved_pairs if getsignal(signum) is not handler]
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     if blocked != _saved_mask:
         for signum in signal.sigpending() & (blocked - _saved_mask):

@@ -17,7 +17,6 @@ and a value reported for a job that has ended is dropped.
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import threading
 import time
@@ -109,17 +108,22 @@ def worker_thread(thread: threading.Thread) -> None:
         _worker_threads.add(thread.native_id)
 
 
-def _thread_ids() -> frozenset[int]:
-    try:
-        return frozenset(int(tid) for tid in os.listdir("/proc/self/task"))
-    except OSError:  # pragma: no cover - no /proc: the seq check below still applies
-        return frozenset()
+def _other_threads() -> frozenset[int]:
+    """Native ids of the threads alive now, but the calling one and the worker's own.
+
+    Threads known to :mod:`threading` (a thread started in C code that never
+    registered there is not seen; the task check in ``update`` still applies).
+    """
+    if threading.active_count() <= len(_worker_threads) + 1:
+        return frozenset()  # the common case, for the price of a len()
+    ids = {thread.native_id for thread in threading.enumerate()}
+    return frozenset(tid for tid in ids if tid is not None) - _worker_threads - {threading.get_native_id()}
 
 
 def start_job(channel: ProgressChannel, seq: int) -> None:
     """Route progress to task ``seq``, from the calling thread and threads started after this."""
     global _job
-    others = _thread_ids() - _worker_threads - {threading.get_native_id()}
+    others = _other_threads()
     channel.begin(seq)
     _job = (channel, seq, others)
 
