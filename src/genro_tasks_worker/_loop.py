@@ -197,14 +197,10 @@ def _error_body(exc: BaseException) -> bytes:
     name = _type_name(exc)
     message = _text(lambda: str(exc), f"<str() of {name} failed>")
 
-    def format_without_user_code() -> str:
-        frames = "".join(traceback.format_tb(exc.__traceback__))
-        return f"Traceback (most recent call last):\n{frames}{name}: {message}\n"
-
-    tb_text = _text(
-        lambda: "".join(traceback.format_exception(exc)),
-        _text(format_without_user_code, f"{name}: {message}\n"),
-    )
+    tb_text = _text(lambda: "".join(traceback.format_exception(exc)), "")
+    if not tb_text:  # formatting called the exception's own code, which raised: frames only
+        frames = _text(lambda: "".join(traceback.format_tb(exc.__traceback__)), "")
+        tb_text = f"Traceback (most recent call last):\n{frames}{name}: {message}\n"
     exc_bytes: bytes | None
     try:
         from tblib import pickling_support
