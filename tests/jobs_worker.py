@@ -101,6 +101,17 @@ def leave_timers_and_signals() -> str:
     return "left a mess"
 
 
+def _on_usr1(signum: int, frame: Any) -> None:
+    pass
+
+
+def init_with_signals() -> None:
+    """An initializer that installs a handler, and also takes over SIGTERM and arms a timer."""
+    signal.signal(signal.SIGUSR1, _on_usr1)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.setitimer(signal.ITIMER_REAL, 600)
+
+
 def arm_alarm(seconds: float) -> str:
     """Arm SIGALRM (default action: terminate) and return before it goes off."""
     signal.setitimer(signal.ITIMER_REAL, seconds)

@@ -29,6 +29,7 @@ from jobs_worker import (
     arm_alarm,
     async_triple,
     fork_and_leave,
+    init_with_signals,
     leave_non_daemon_thread,
     leave_progress_thread,
     leave_timers_and_signals,
@@ -136,6 +137,17 @@ async def test_timers_and_signals_are_reset_after_each_job(one: TaskManager) -> 
         await wait_until(one, lambda: one._records[tid].progress_message == "waiting")
         assert not await one.cancel(tid, grace=30)  # the job returns on CancelRequested
         assert await one.result(tid) == "partial result"
+
+
+async def test_initializer_handlers_stay_but_not_over_the_workers_own() -> None:
+    async with TaskManager(max_workers=1, initializer=init_with_signals) as tm:
+        with trio.fail_after(30):
+            state = await tm.run(signal_state)
+            assert state["timers"] == [(0.0, 0.0)] * 3
+            assert "_on_usr1" in state["handlers"]["SIGUSR1"]  # the initializer's handler stays
+            assert "_on_sigterm" in state["handlers"]["SIGTERM"]  # graceful cancel stays the worker's
+            await tm.run(leave_timers_and_signals)
+            assert await tm.run(signal_state) == state
 
 
 async def test_leftover_alarm_does_not_kill_the_next_task(one: TaskManager) -> None:

@@ -184,8 +184,15 @@ def forget_multiprocessing_helpers(close: bool = True) -> None:
                 pass
 
 
-def save_signals() -> None:
-    """Remember the worker's signal dispositions and mask (after it installed its own)."""
+def save_signals(disarm: bool = False) -> None:
+    """Remember the signal dispositions and mask every job starts with.
+
+    Args:
+        disarm: Disarm the timers first (an initializer may have armed one).
+    """
+    if disarm:
+        for which in _TIMERS:
+            signal.setitimer(which, 0)
     _saved_handlers.clear()
     for signum in signal.valid_signals():
         if signum in (signal.SIGKILL, signal.SIGSTOP):

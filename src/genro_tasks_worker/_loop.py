@@ -404,6 +404,13 @@ def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payl
         sender.send_locked(kind, seq, body)
 
 
+def _own_signals() -> None:
+    """Install the signal handling the worker relies on."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    signal.signal(signal.SIGTERM, _on_sigterm)  # graceful cancel
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
 def _take_fd(conn: Connection) -> int:
     """Own the descriptor behind ``conn`` as a plain fd."""
     fd = os.dup(conn.fileno())
@@ -439,16 +446,14 @@ def main(
         os.setpgid(0, 0)  # our own process group: a kill reaches what the job spawned
     except OSError:  # pragma: no cover - already a group or session leader
         pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    _own_signals()
     watchdog = threading.Thread(target=_die_with_parent, args=(alive_fd,), name="genro-tasks-watchdog", daemon=True)
     watchdog.start()
     _progress.worker_thread(watchdog)
     global _MAIN_THREAD, _WORKER_PID
     _MAIN_THREAD = threading.get_ident()
     _WORKER_PID = os.getpid()
-    signal.signal(signal.SIGTERM, _on_sigterm)
     _hygiene.setup()
-    _hygiene.save_signals()  # restored after the initializer and after every job
     sender = _Sender(result_fd)
     global _SENDER
     _SENDER = sender
@@ -461,7 +466,8 @@ def main(
         except BaseException as exc:
             sender.send(INIT_FAILED, os.getpid(), _error_body(exc))
             os._exit(3)
-        _hygiene.reset_signals()  # what the initializer armed or changed does not outlive it
+        _own_signals()  # the initializer's other handlers stay: they are the worker's setup
+    _hygiene.save_signals(disarm=True)  # every job starts with this; restored after each one
     channel = _progress.ProgressChannel(sender.send_locked, sender.lock)
     sender.send(READY, os.getpid())
     jobs = _JobReader(job_fd)
