@@ -98,6 +98,8 @@ class ProgressChannel:
 
 #: The running job's (channel, seq, native ids of threads that are not its own), or None.
 _job: tuple[ProgressChannel, int, frozenset[int]] | None = None
+#: The running job's channel, or None (its ``seq`` is the running task's).
+_channel: ProgressChannel | None = None
 #: Native ids of the worker's own threads (they never report progress).
 _worker_threads: set[int] = set()
 
@@ -122,16 +124,17 @@ def _other_threads() -> frozenset[int]:
 
 def start_job(channel: ProgressChannel, seq: int) -> None:
     """Route progress to task ``seq``, from the calling thread and threads started after this."""
-    global _job
+    global _job, _channel
     others = _other_threads()
     channel.begin(seq)
     _job = (channel, seq, others)
+    _channel = channel
 
 
 def end_job() -> None:
     """Stop routing progress anywhere (the job has ended)."""
-    global _job
-    _job = None
+    global _job, _channel
+    _job = _channel = None
 
 
 def report_progress(fraction: float | None = None, message: str | None = None) -> None:
