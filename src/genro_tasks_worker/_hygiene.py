@@ -6,9 +6,10 @@
 * File descriptors 0-2, and ``sys.stdout``/``sys.stderr``, are restored if a
   job closed them, so the next job can still print.
 * Timers a job armed (``signal.alarm``, ``setitimer``) are disarmed, and the
-  signal dispositions, signal mask and wakeup fd the worker relies on are put
-  back, so a leftover timer cannot kill the worker during the next job.
-* At start, the worker closes every descriptor it inherited but its own
+  signal dispositions, signal mask and wakeup fd are put back as they were
+  when the worker became ready (after its initializer), so a leftover timer or
+  handler cannot kill or confuse the worker during the next job.
+* At start, the worker closes the descriptors it inherited but does not own
   (the forkserver's and the resource tracker's): a job cannot harm them.
 """
 
