@@ -229,3 +229,20 @@ async def test_a_starting_worker_killed_from_outside_is_not_an_initializer_failu
         (tmp_path / "gate").touch()
         with trio.fail_after(30):
             await tm.shutdown(wait=False)
+
+
+async def test_external_sigterm_reads_as_a_crash_naming_the_signal(tasks: TaskManager, tmp_path: Path) -> None:
+    """Only the manager's own request is a graceful cancel; anyone else's SIGTERM is a crash."""
+    tid = tasks.submit(wait_for_path, str(tmp_path / "never"))
+    await wait_status(tasks, tid, TaskStatus.RUNNING)
+    pid = (await tasks.info(tid)).worker_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    with trio.fail_after(30), pytest.raises(WorkerCrashed, match=r"killed by SIGTERM \(signal 15\)"):
+        await tasks.result(tid)
+    # The manager's own graceful cancel still is one.
+    tid = tasks.submit(wait_for_path, str(tmp_path / "never"))
+    await wait_status(tasks, tid, TaskStatus.RUNNING)
+    with trio.fail_after(30):
+        assert await tasks.cancel(tid, grace=10)
+    assert (await tasks.info(tid)).status is TaskStatus.CANCELLED

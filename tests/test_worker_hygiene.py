@@ -95,11 +95,12 @@ async def test_worker_keeps_no_inherited_descriptor(one: TaskManager, request: p
         server_pid = multiprocessing.forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
         server = {link for fd, link in _links(server_pid).items() if fd > 2 and link not in std}
         assert not server & set(others.values()), "a descriptor shared with the forkserver"
-    # What is left: copies of 0-2, and the worker's own three pipes (plus, when
-    # spawned, the pipe its parent watches to see it exit).
+    # What is left: copies of 0-2, and the worker's own four pipes (jobs, results,
+    # the parent's liveness, cancel requests; plus, when spawned, the pipe its
+    # parent watches to see it exit).
     assert all(link in std or link.startswith("pipe:") for link in others.values()), others
     pipes = {link for link in others.values() if link.startswith("pipe:")} - std
-    assert len(pipes) == (3 if forkserver else 4), others
+    assert len(pipes) == (4 if forkserver else 5), others
 
 
 async def test_job_can_still_use_multiprocessing(one: TaskManager) -> None:

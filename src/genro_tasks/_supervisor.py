@@ -571,7 +571,7 @@ class Supervisor:
             if w.grace_deadline == math.inf:
                 log.debug("cancelling task %r gracefully (%gs)", rec.task_id, grace)
                 w.grace_deadline = trio.current_time() + grace
-                w.terminate()
+                w.terminate(rec.seq)
                 self._rearm(w)
             return
         log.debug("cancelling task %r: killing worker %d", rec.task_id, w.pid)

@@ -18,6 +18,7 @@ import inspect
 import os
 import pickle
 import signal
+import struct
 import sys
 import threading
 import traceback
@@ -42,6 +43,8 @@ from ._protocol import (
     pack_header,
 )
 
+#: A cancel request on the cancel pipe: the task's sequence number.
+_SEQ = struct.Struct("<Q")
 #: Bodies at least this large are written with a separate syscall from their header.
 _SPLIT_WRITE = 1 << 16
 
@@ -232,6 +235,10 @@ class _JobState:
 
     #: From just before STARTED until the job returned or raised.
     in_job = False
+    #: Sequence number of the task in progress (the parent names it in cancel requests).
+    seq = 0
+    #: Read end of the pipe the parent writes cancel requests on (-1: none, or a forked child).
+    cancel_fd = -1
     interrupt: Callable[[], None] | None = None
     pending = False
 
@@ -259,10 +266,46 @@ def _disarm() -> Callable[[], None] | None:
     return interrupt
 
 
+def _cancel_request() -> bool | None:
+    """Read what the parent wrote on the cancel pipe: is the running job asked to stop?
+
+    Returns None when nothing was written (the SIGTERM did not come from the
+    parent), True when the running job is asked to stop, False for requests
+    about jobs that have already ended.
+    """
+    fd = _JobState.cancel_fd
+    if fd < 0:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:  # pragma: no cover - closed under us
+        return None
+    seqs = {seq for (seq,) in _SEQ.iter_unpack(data[: len(data) - len(data) % _SEQ.size])}
+    return _JobState.in_job and _JobState.seq in seqs
+
+
+def _die_of(signum: int) -> None:
+    """Die of ``signum`` as an unmanaged process would: the parent reads it as a crash naming it."""
+    signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+    os.kill(os.getpid(), signum)
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
-    """Graceful cancel: interrupt the running job (never the worker's own code)."""
-    if not _JobState.in_job:
-        return  # between jobs: a request for a job that has already ended
+    """Graceful cancel: interrupt the running job (never the worker's own code).
+
+    The parent asks by writing the task's sequence number on the cancel pipe
+    before it signals; a SIGTERM with nothing on that pipe came from someone
+    else (an operator, a supervisor such as systemd), and the worker dies of it.
+    """
+    request = _cancel_request()
+    if request is None:
+        _die_of(signum)
+        return  # pragma: no cover - the signal ends the process
+    if not request:
+        return  # a request for a job that has already ended
     interrupt = _JobState.interrupt
     if interrupt is None:
         _JobState.pending = True
@@ -340,6 +383,12 @@ def _flush_std_streams() -> None:
 def _in_forked_child() -> None:
     """Runs in any process forked from this worker: it must never speak for a task."""
     _progress.end_job()
+    fd, _JobState.cancel_fd = _JobState.cancel_fd, -1  # a SIGTERM here is never the parent's request
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:  # pragma: no cover - already closed
+            pass
     sender = _SENDER
     if sender is not None:
         fd, sender.fd = sender.fd, -1  # a write now fails instead of reaching the parent
@@ -358,6 +407,7 @@ def _leave_if_forked(code: int) -> None:
 
 def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payload: bytearray) -> None:
     _JobState.pending = False  # a request that arrived between jobs was for an earlier one
+    _JobState.seq = seq
     _JobState.in_job = True
     sender.send(STARTED, seq)
     _progress.start_job(channel, seq)
@@ -424,6 +474,7 @@ def main(
     alive_conn: Connection,
     init_payload: bytes | None = None,
     main_ref: tuple[str, str] | None = None,
+    cancel_conn: Connection | None = None,
 ) -> None:
     """Entry point of a worker process (the target given to ``multiprocessing``).
 
@@ -438,10 +489,15 @@ def main(
         init_payload: Pickled ``(initializer, initargs)``, called before the
             worker says READY (unpickled here, after ``__main__`` is set up).
         main_ref: Where the parent's main module lives, imported lazily.
+        cancel_conn: Read end of the pipe the parent names a task on before
+            it sends SIGTERM to cancel that task gracefully.
     """
-    fds = [conn.fileno() for conn in (job_conn, result_conn, alive_conn)]
-    _hygiene.close_inherited_fds(fds)
+    conns = [job_conn, result_conn, alive_conn] + ([cancel_conn] if cancel_conn is not None else [])
+    _hygiene.close_inherited_fds([conn.fileno() for conn in conns])
     job_fd, result_fd, alive_fd = (_take_fd(conn) for conn in (job_conn, result_conn, alive_conn))
+    if cancel_conn is not None:
+        _JobState.cancel_fd = _take_fd(cancel_conn)
+        os.set_blocking(_JobState.cancel_fd, False)
     try:
         os.setpgid(0, 0)  # our own process group: a kill reaches what the job spawned
     except OSError:  # pragma: no cover - already a group or session leader
