@@ -91,3 +91,12 @@ def leave_non_daemon_thread() -> int:
 
     threading.Thread(target=time.sleep, args=(3600,), daemon=False).start()
     return os.getpid()
+
+
+def init_report_pid_then_wait(directory: str) -> None:
+    """Once armed: write this starting worker's pid to a file, then wait for the test's gate."""
+    if not os.path.exists(os.path.join(directory, "armed")):
+        return
+    with open(os.path.join(directory, f"starting-{os.getpid()}"), "w") as f:
+        f.write(str(os.getpid()))
+    wait_for_path(os.path.join(directory, "gate"))

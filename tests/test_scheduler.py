@@ -145,6 +145,19 @@ async def test_cancel_waits_for_the_death() -> None:
         await harness.scheduler.stop(wait=True, cancel_pending=False)
 
 
+async def test_cancel_while_the_worker_already_dies_is_a_cancel() -> None:
+    harness = Harness(FakeBackend(capacity=1, kill_at_once=False))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(harness.scheduler.run)
+        await harness.scheduler.wait_started()
+        rec = harness.submit("t")  # handed over, not started: a death would requeue it
+        harness.scheduler.cancel(rec)  # the backend is (say) already killing that worker for a crash
+        harness.backend.lose(rec.seq, exitcode=-9, retryable=True)
+        assert _status(rec) is TaskStatus.CANCELLED
+        assert not harness.backend.jobs  # not sent again
+        await harness.scheduler.stop(wait=True, cancel_pending=False)
+
+
 async def test_timeout_counts_from_running(fake: Harness, autojump_clock: trio.abc.Clock) -> None:
     rec = fake.submit("t", timeout=5)
     await trio.sleep(60)  # handed over but not started: the clock does not run yet

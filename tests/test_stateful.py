@@ -157,7 +157,7 @@ class TaskManagerMachine(RuleBasedStateMachine):
             elif isinstance(outcome, TaskTimeout):
                 assert self.timeouts[task] is not None
             else:
-                assert kind == "fail"
+                assert kind == "fail", (kind, repr(outcome))
                 assert isinstance(outcome, ValueError), outcome
 
     def _status(self, task: str) -> TaskStatus:

@@ -20,6 +20,7 @@ from jobs_death import (
     exit_with,
     init_exit_if_armed,
     init_one_fails_others_wait,
+    init_report_pid_then_wait,
     leave_non_daemon_thread,
     leave_own_group_and_sleep,
     return_unloadable,
@@ -196,3 +197,52 @@ async def test_a_retired_worker_that_will_not_exit_is_killed() -> None:
             second = await tm.run(leave_non_daemon_thread)
         assert first != second
         await wait_pids_gone([first], 30)
+
+
+async def _new_starting_pid(directory: Path, known: set[int]) -> int:
+    """Wait until a starting worker other than ``known`` wrote its pid (initializer's file)."""
+    for _ in range(3000):
+        found = {int(p.read_text() or 0) for p in directory.glob("starting-*")} - known - {0}
+        if found:
+            return found.pop()
+        await trio.sleep(0.01)
+    raise AssertionError("no worker started")
+
+
+async def test_a_starting_worker_killed_from_outside_is_not_an_initializer_failure(tmp_path: Path) -> None:
+    tm = TaskManager(max_workers=1, initializer=init_report_pid_then_wait, initargs=(str(tmp_path),))
+    await tm.startup()
+    try:
+        (tmp_path / "armed").touch()
+        victim = tm.submit(die_by, signal.SIGKILL)
+        with trio.fail_after(30), pytest.raises(WorkerCrashed):
+            await tm.result(victim)
+        queued = tm.submit(simple_task, 6)
+        starting = await _new_starting_pid(tmp_path, set())
+        os.kill(starting, signal.SIGKILL)  # killed while its initializer runs
+        await _new_starting_pid(tmp_path, {starting})  # its replacement is starting
+        assert await tm.status(queued) is TaskStatus.PENDING
+        (tmp_path / "gate").touch()
+        with trio.fail_after(30):
+            assert await tm.result(queued) == 12
+    finally:
+        (tmp_path / "gate").touch()
+        with trio.fail_after(30):
+            await tm.shutdown(wait=False)
+
+
+async def test_external_sigterm_reads_as_a_crash_naming_the_signal(tasks: TaskManager, tmp_path: Path) -> None:
+    """Only the manager's own request is a graceful cancel; anyone else's SIGTERM is a crash."""
+    tid = tasks.submit(wait_for_path, str(tmp_path / "never"))
+    await wait_status(tasks, tid, TaskStatus.RUNNING)
+    pid = (await tasks.info(tid)).worker_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    with trio.fail_after(30), pytest.raises(WorkerCrashed, match=r"killed by SIGTERM \(signal 15\)"):
+        await tasks.result(tid)
+    # The manager's own graceful cancel still is one.
+    tid = tasks.submit(wait_for_path, str(tmp_path / "never"))
+    await wait_status(tasks, tid, TaskStatus.RUNNING)
+    with trio.fail_after(30):
+        assert await tasks.cancel(tid, grace=10)
+    assert (await tasks.info(tid)).status is TaskStatus.CANCELLED

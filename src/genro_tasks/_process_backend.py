@@ -62,6 +62,8 @@ _EOF_GRACE = 1.0
 _REAP_LIMIT = 10.0
 #: How long a crashed worker's exit status may take to arrive (it names the signal).
 _STATUS_LIMIT = 2.0
+#: Workers dying before READY this many times in a row mean none can start (queued tasks fail).
+_FAILED_STARTS = 3
 #: Worker states that can still run a job (now, or once started).
 _LIVE_STATES = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY})
 
@@ -103,6 +105,8 @@ class ProcessBackend(ExecutionBackend):
         self._all_ready = False
         self._ready_count = 0
         self._backoff = 0.0
+        #: Workers in a row that died before they were ready (reset by a READY).
+        self._failed_starts = 0
         self._no_workers = trio.Event()
         #: The last failure to start a worker, until one starts fine again.
         self.start_error: BaseException | None = None
@@ -358,6 +362,7 @@ class ProcessBackend(ExecutionBackend):
         w.state = WorkerState.IDLE
         w.ready = True
         self._backoff = 0.0
+        self._failed_starts = 0
         self.start_error = None
         log.debug("worker %d ready", w.pid)
         if self._stopping:
@@ -401,7 +406,7 @@ class ProcessBackend(ExecutionBackend):
     def interrupt(self, key: int) -> None:
         w = self._jobs.get(key)
         if w is not None and w.state is WorkerState.BUSY:
-            w.terminate()
+            w.terminate(key)
 
     @enable_ki_protection
     def kill(self, key: int) -> None:
@@ -491,16 +496,19 @@ class ProcessBackend(ExecutionBackend):
         elif not was_ready:
             error = w.init_error
             if error is None and reason is None and not stopping:
-                # Died while starting (in the initializer or before it): a failed start, like a raise.
+                # Died while starting (in the initializer or before it). Once could be a kill from
+                # outside; several starts in a row failing is a failed start, like an initializer raising.
                 self.crashes += 1
+                self._failed_starts += 1
                 log.warning("worker %d died before it was ready (%s)", w.pid, describe_exit(exitcode))
-                error = WorkerInitError(
-                    "",
-                    f"worker {w.pid} {describe_exit(exitcode)} before it was ready (its stderr says why; if "
-                    "your main module starts a TaskManager when imported, guard that code with "
-                    "`if __name__ == '__main__':`)",
-                    "",
-                )
+                if self._failed_starts >= _FAILED_STARTS or not self._all_ready:
+                    error = WorkerInitError(
+                        "",
+                        f"worker {w.pid} {describe_exit(exitcode)} before it was ready (its stderr says why; "
+                        "if your main module starts a TaskManager when imported, guard that code with "
+                        "`if __name__ == '__main__':`)",
+                        "",
+                    )
             if error is not None:
                 self.start_error = error
             if self.start_error is not None and (error is not None or not self._can_run_soon()):

@@ -21,6 +21,7 @@ import multiprocessing.connection
 import os
 import select
 import signal
+import struct
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -164,20 +165,25 @@ class WorkerProcess:
     ) -> None:
         job_r, job_w = os.pipe()
         res_r, res_w = os.pipe()
+        cancel_r, cancel_w = os.pipe()
         _enlarge_pipe(job_w)
         _enlarge_pipe(res_w)
         child_ends = [
             multiprocessing.connection.Connection(job_r, writable=False),
             multiprocessing.connection.Connection(res_w, readable=False),
             multiprocessing.connection.Connection(os.dup(alive_r), writable=False),
+            multiprocessing.connection.Connection(cancel_r, writable=False),
         ]
         self.number = number
         try:
             self.process: Any = start_process(
-                ctx, _loop.main, (*child_ends, init_payload, main_ref), f"genro-tasks-worker-{number}"
+                ctx,
+                _loop.main,
+                (*child_ends[:3], init_payload, main_ref, child_ends[3]),
+                f"genro-tasks-worker-{number}",
             )
         except BaseException:
-            for fd in (job_w, res_r):
+            for fd in (job_w, res_r, cancel_w):
                 os.close(fd)
             raise
         finally:
@@ -192,6 +198,8 @@ class WorkerProcess:
         self.pidfd: int | None = _open_pidfd(self.pid)
         os.set_blocking(job_w, False)
         os.set_blocking(res_r, False)
+        os.set_blocking(cancel_w, False)
+        self._cancel_fd: int | None = cancel_w
         self.job_fd: int | None = job_w
         self.reader = FrameReader(res_r)
         self.state = WorkerState.STARTING
@@ -277,12 +285,24 @@ class WorkerProcess:
         self._out.clear()
 
     # --- killing and reaping ---------------------------------------------------
-    def terminate(self) -> None:
-        """SIGTERM the worker's process group: a graceful cancel request to the job."""
-        try:
-            os.killpg(self.pid, signal.SIGTERM)
-        except OSError:
-            pass
+    def terminate(self, seq: int) -> None:
+        """Ask the job of task ``seq`` to stop (graceful cancel): name it on the cancel pipe, then SIGTERM.
+
+        Only the worker is signalled, not its group: the job's own cleanup
+        decides what happens to its children (the hard kill after the grace
+        period reaches them all). A SIGTERM with no request on the pipe is
+        someone else's, and the worker dies of it like any process.
+        """
+        fd = self._cancel_fd
+        if fd is None or self.exitcode is not None:
+            return
+        with contextlib.suppress(OSError):  # a full pipe already holds requests enough
+            os.write(fd, struct.pack("<Q", seq))
+        with contextlib.suppress(OSError):
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGTERM)
+            else:  # pragma: no cover - not Linux
+                os.kill(self.pid, signal.SIGTERM)
 
     def kill(self) -> None:
         """SIGKILL the worker and its process group (what its job spawned).
@@ -358,6 +378,9 @@ class WorkerProcess:
             trio.lowlevel.notify_closing(self.pidfd)
             os.close(self.pidfd)
             self.pidfd = None
+        if self._cancel_fd is not None:
+            os.close(self._cancel_fd)
+            self._cancel_fd = None
         if self.exitcode is None and not self.status_lost:
             # Still not reported (the forkserver is alive but silent): leave the
             # Process object to multiprocessing's own cleanup rather than block.

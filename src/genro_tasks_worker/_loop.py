@@ -5,6 +5,11 @@ it even unpickles the job, runs it, and answers with exactly one DONE_* frame.
 It exits when the job pipe reaches end-of-file (the parent closed it), and
 kills itself and everything it spawned the moment the parent process dies
 (end-of-file on the shared *alive* pipe), even while a job is busy.
+
+A graceful cancel (SIGTERM) interrupts only the job's own code: while the
+worker's code runs (unpickling the job, importing trio, writing a frame) the
+request is kept, and delivered as soon as the job's code runs again. A process
+the job forks never speaks on the protocol and exits when it leaves the job.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import inspect
 import os
 import pickle
 import signal
+import struct
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -37,6 +43,8 @@ from ._protocol import (
     pack_header,
 )
 
+#: A cancel request on the cancel pipe: the task's sequence number.
+_SEQ = struct.Struct("<Q")
 #: Bodies at least this large are written with a separate syscall from their header.
 _SPLIT_WRITE = 1 << 16
 
@@ -119,9 +127,8 @@ class _Sender:
 
     def send_locked(self, kind: int, seq: int, body: bytes) -> None:
         header = pack_header(kind, seq, len(body))
-        in_main = threading.get_ident() == _MAIN_THREAD
-        if in_main:
-            _JobState.writing = True  # a graceful-cancel request now waits for the frame to be whole
+        # From the job's thread, a graceful-cancel request waits until the frame is whole.
+        interrupt = _disarm() if threading.get_ident() == _MAIN_THREAD else None
         try:
             if len(body) < _SPLIT_WRITE:
                 _write_all(self.fd, header + body)
@@ -129,12 +136,8 @@ class _Sender:
                 _write_all(self.fd, header)
                 _write_all(self.fd, body)
         finally:
-            if in_main:
-                _JobState.writing = False
-                if _JobState.deferred and _JobState.in_job:
-                    _JobState.deferred = False
-                    _JobState.in_job = False
-                    raise CancelRequested("the task was cancelled; clean up and return")
+            if interrupt is not None:
+                _arm(interrupt)
 
     def send(self, kind: int, seq: int, body: bytes = b"") -> None:
         with self.lock:
@@ -158,74 +161,186 @@ def _die_with_parent(alive_fd: int) -> None:
 
 
 def _type_name(obj: object) -> str:
-    cls = obj if isinstance(obj, type) else type(obj)
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+    """``module.QualName`` of ``obj`` (a class) or of its type, calling nothing they override."""
+    cls = obj if issubclass(type(obj), type) else type(obj)
+    try:
+        module = type.__dict__["__module__"].__get__(cls)
+        qualname = type.__dict__["__qualname__"].__get__(cls)
+    except BaseException:  # pragma: no cover - a type without names
+        return "<unnamed type>"
+    if type(qualname) is not str:  # pragma: no cover - see above
+        return "<unnamed type>"
+    return qualname if module == "builtins" or type(module) is not str else f"{module}.{qualname}"
+
+
+def _text(describe: Callable[[], object], fallback: str) -> str:
+    """``describe()`` if it gives a string; ``fallback`` if it fails in any way (even SystemExit)."""
+    try:
+        text = describe()
+        if isinstance(text, str):
+            return str.__str__(text)  # a plain str, even from a subclass
+    except BaseException:  # the description is user code: it may raise anything
+        pass
+    return fallback
+
+
+def _describe(exc: BaseException) -> str:
+    """``"Type: message"`` for ``exc``, best effort."""
+    name = _type_name(exc)
+    return f"{name}: {_text(lambda: str(exc), f'<str() of {name} failed>')}"
 
 
 def _error_body(exc: BaseException) -> bytes:
-    """Pickle ``exc`` with its remote traceback and causes, plus a text fallback."""
-    tb_text = "".join(traceback.format_exception(exc))
+    """Pickle ``exc`` with its remote traceback and causes, plus a text fallback.
+
+    Never raises: an exception whose formatting or pickling raises (even a
+    BaseException) is described as well as it can be, so it fails its task
+    instead of the worker.
+    """
+    name = _type_name(exc)
+    message = _text(lambda: str(exc), f"<str() of {name} failed>")
+
+    tb_text = _text(lambda: "".join(traceback.format_exception(exc)), "")
+    if not tb_text:  # formatting called the exception's own code, which raised: frames only
+        frames = _text(lambda: "".join(traceback.format_tb(exc.__traceback__)), "")
+        tb_text = f"Traceback (most recent call last):\n{frames}{name}: {message}\n"
+    exc_bytes: bytes | None
     try:
         from tblib import pickling_support
 
         pickling_support.install(exc)
-        exc_bytes: bytes | None = pickle.dumps(exc, PICKLE_PROTOCOL)
-    except Exception:
+        exc_bytes = pickle.dumps(exc, PICKLE_PROTOCOL)
+    except BaseException:  # pickling is user code too (__reduce__)
         exc_bytes = None
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"<str() of {_type_name(exc)} failed>"
-    return pickle.dumps((exc_bytes, _type_name(exc), message, tb_text), PICKLE_PROTOCOL)
+    return pickle.dumps((exc_bytes, name, message, tb_text), PICKLE_PROTOCOL)
 
 
 _MAIN_THREAD = threading.get_ident()
+_WORKER_PID = os.getpid()
 
 #: This worker's sender (fault-injection tests write raw bytes through ``_SENDER.fd``).
 _SENDER: _Sender | None = None
 
 
 class _JobState:
-    """What the SIGTERM handler needs to know about the job in progress."""
+    """What the SIGTERM handler needs to know about the job in progress.
 
+    One mechanism decides when a graceful cancel may interrupt: ``interrupt``
+    is set (armed) only while the job's own code runs, and says how to
+    interrupt it (raise :class:`CancelRequested`, or cancel the job's trio
+    scope). Whenever the worker's own code runs in the job's window (from
+    STARTED through unpickling, importing trio, writing a frame) it is None,
+    and a request is kept in ``pending`` until the job's code is armed again.
+    """
+
+    #: From just before STARTED until the job returned or raised.
     in_job = False
-    trio_cancel: Callable[[], None] | None = None
-    #: The main thread is writing a frame: a SIGTERM must not cut it in half.
-    writing = False
-    #: A SIGTERM arrived during such a write; raised once the frame is out.
-    deferred = False
+    #: Sequence number of the task in progress (the parent names it in cancel requests).
+    seq = 0
+    #: Read end of the pipe the parent writes cancel requests on (-1: none, or a forked child).
+    cancel_fd = -1
+    interrupt: Callable[[], None] | None = None
+    pending = False
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    """Graceful cancel: interrupt the running job (never the worker's own code)."""
-    if not _JobState.in_job:
-        return
-    cancel = _JobState.trio_cancel
-    if cancel is not None:
-        cancel()
-        return
-    if _JobState.writing:
-        _JobState.deferred = True
-        return
-    _JobState.in_job = False
+def _raise_cancel() -> None:
+    _JobState.interrupt = None  # one CancelRequested per request: the job's cleanup is not cut
     raise CancelRequested("the task was cancelled; clean up and return")
 
 
+def _arm(interrupt: Callable[[], None], deliver: Callable[[], None] | None = None) -> None:
+    """The job's code runs from here: deliver a request kept meanwhile, then any new one at once.
+
+    ``deliver`` (default: ``interrupt``) delivers the kept request from this thread.
+    """
+    _JobState.interrupt = interrupt
+    if _JobState.pending:
+        _JobState.pending = False
+        (deliver or interrupt)()
+
+
+def _disarm() -> Callable[[], None] | None:
+    """The worker's code runs from here: keep requests for later; return what was armed."""
+    interrupt = _JobState.interrupt
+    _JobState.interrupt = None
+    return interrupt
+
+
+def _cancel_request() -> bool | None:
+    """Read what the parent wrote on the cancel pipe: is the running job asked to stop?
+
+    Returns None when nothing was written (the SIGTERM did not come from the
+    parent), True when the running job is asked to stop, False for requests
+    about jobs that have already ended.
+    """
+    fd = _JobState.cancel_fd
+    if fd < 0:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:  # pragma: no cover - closed under us
+        return None
+    seqs = {seq for (seq,) in _SEQ.iter_unpack(data[: len(data) - len(data) % _SEQ.size])}
+    return _JobState.in_job and _JobState.seq in seqs
+
+
+def _die_of(signum: int) -> None:
+    """Die of ``signum`` as an unmanaged process would: the parent reads it as a crash naming it."""
+    signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+    os.kill(os.getpid(), signum)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Graceful cancel: interrupt the running job (never the worker's own code).
+
+    The parent asks by writing the task's sequence number on the cancel pipe
+    before it signals; a SIGTERM with nothing on that pipe came from someone
+    else (an operator, a supervisor such as systemd), and the worker dies of it.
+    """
+    request = _cancel_request()
+    if request is None:
+        _die_of(signum)
+        return  # pragma: no cover - the signal ends the process
+    if not request:
+        return  # a request for a job that has already ended
+    interrupt = _JobState.interrupt
+    if interrupt is None:
+        _JobState.pending = True
+    else:
+        interrupt()
+
+
 def _call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Call the job; ``async def`` jobs run under ``trio.run`` (imported only then)."""
-    if not inspect.iscoroutinefunction(func):
-        return func(*args, **kwargs)
-    import trio
+    """Call the job; if that gives a coroutine (``async def`` function, async callable
+    object, partial of one), run it under ``trio.run`` (imported only then)."""
+    _arm(_raise_cancel)
+    try:
+        value = func(*args, **kwargs)
+    finally:
+        _disarm()
+    if not inspect.iscoroutine(value):
+        return value
+    return _run_coroutine(value)
+
+
+def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        import trio  # disarmed: a cancel request waits until the job's scope exists
+    except BaseException:
+        coro.close()
+        raise
 
     async def runner() -> Any:
         with trio.CancelScope() as scope:
             token = trio.lowlevel.current_trio_token()
-            _JobState.trio_cancel = lambda: token.run_sync_soon(scope.cancel)
+            _arm(lambda: token.run_sync_soon(scope.cancel), scope.cancel)
             try:
-                return await func(*args, **kwargs)
+                return await coro
             finally:
-                _JobState.trio_cancel = None
+                _disarm()
         raise CancelRequested("the task was cancelled; its trio scope was cancelled")
 
     return trio.run(runner)
@@ -256,48 +371,94 @@ def _restore_memory(old: tuple[int, int] | None) -> None:
         resource.setrlimit(resource.RLIMIT_AS, old)
 
 
-def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payload: bytearray) -> None:
-    sender.send(STARTED, seq)
-    channel.begin(seq)
-    _progress._activate(channel)
-    limits: tuple[int, int] | None = None
-    try:
-        try:
-            func, args, kwargs, memory_limit = pickle.loads(payload)
-            del payload
-            if memory_limit is not None:
-                limits = _limit_memory(memory_limit)
-            _JobState.deferred = False
-            _JobState.in_job = True
-            value: Any = _call(func, args, kwargs)
-        finally:
-            _JobState.in_job = False
-            _restore_memory(limits)
-    except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task too
-        _progress._activate(None)
-        body = _error_body(exc)
-        del exc
-        kind = DONE_ERROR
-    else:
-        _progress._activate(None)
-        try:
-            body = pickle.dumps(value, PICKLE_PROTOCOL)
-            kind = DONE_OK
-        except BaseException as exc:
-            body = pickle.dumps((_type_name(value), f"{_type_name(exc)}: {exc}"), PICKLE_PROTOCOL)
-            kind = DONE_BAD_RESULT
-        del value
+def _flush_std_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
                 stream.flush()
         except Exception:
             pass
+
+
+def _in_forked_child() -> None:
+    """Runs in any process forked from this worker: it must never speak for a task."""
+    _progress.end_job()
+    fd, _JobState.cancel_fd = _JobState.cancel_fd, -1  # a SIGTERM here is never the parent's request
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:  # pragma: no cover - already closed
+            pass
+    sender = _SENDER
+    if sender is not None:
+        fd, sender.fd = sender.fd, -1  # a write now fails instead of reaching the parent
+        try:
+            os.close(fd)
+        except OSError:  # pragma: no cover - already closed
+            pass
+
+
+def _leave_if_forked(code: int) -> None:
+    """A forked child of the job that leaves the job exits here, silently."""
+    if os.getpid() != _WORKER_PID:
+        _flush_std_streams()
+        os._exit(code)
+
+
+def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payload: bytearray) -> None:
+    _JobState.pending = False  # a request that arrived between jobs was for an earlier one
+    _JobState.seq = seq
+    _JobState.in_job = True
+    sender.send(STARTED, seq)
+    _progress.start_job(channel, seq)
+    limits: tuple[int, int] | None = None
+    try:
+        try:
+            try:
+                func, args, kwargs, memory_limit = pickle.loads(payload)
+                del payload
+                if memory_limit is not None:
+                    limits = _limit_memory(memory_limit)
+                value: Any = _call(func, args, kwargs)
+            except SystemExit as exc:
+                _leave_if_forked(exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1)
+                raise
+            except BaseException:
+                _leave_if_forked(1)
+                raise
+            _leave_if_forked(0)
+        finally:
+            _JobState.in_job = False
+            _restore_memory(limits)
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task too
+        _progress.end_job()
+        body = _error_body(exc)
+        del exc
+        kind = DONE_ERROR
+    else:
+        _progress.end_job()
+        try:
+            body = pickle.dumps(value, PICKLE_PROTOCOL)
+            kind = DONE_OK
+        except BaseException as exc:
+            body = pickle.dumps((_type_name(value), _describe(exc)), PICKLE_PROTOCOL)
+            kind = DONE_BAD_RESULT
+        del value
+    _flush_std_streams()
     _hygiene.restore_std_streams()
-    _hygiene.kill_leftovers()
+    _hygiene.reset_signals()  # first: a SIGCHLD the job ignores would hide its children from us
+    if _hygiene.kill_leftovers():
+        _hygiene.forget_multiprocessing_helpers()  # a forkserver or tracker the job started is gone
     with sender.lock:
         channel.finish_locked()
         sender.send_locked(kind, seq, body)
+
+
+def _own_signals() -> None:
+    """Install the signal handling the worker relies on."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    signal.signal(signal.SIGTERM, _on_sigterm)  # graceful cancel
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def _take_fd(conn: Connection) -> int:
@@ -313,8 +474,13 @@ def main(
     alive_conn: Connection,
     init_payload: bytes | None = None,
     main_ref: tuple[str, str] | None = None,
+    cancel_conn: Connection | None = None,
 ) -> None:
     """Entry point of a worker process (the target given to ``multiprocessing``).
+
+    Never returns: when the parent closes the job pipe the worker flushes its
+    standard streams and exits at once, without waiting for threads a job
+    left behind.
 
     Args:
         job_conn: Read end of the pipe the parent sends JOB frames on.
@@ -323,21 +489,31 @@ def main(
         init_payload: Pickled ``(initializer, initargs)``, called before the
             worker says READY (unpickled here, after ``__main__`` is set up).
         main_ref: Where the parent's main module lives, imported lazily.
+        cancel_conn: Read end of the pipe the parent names a task on before
+            it sends SIGTERM to cancel that task gracefully.
     """
+    conns = [job_conn, result_conn, alive_conn] + ([cancel_conn] if cancel_conn is not None else [])
+    _hygiene.close_inherited_fds([conn.fileno() for conn in conns])
     job_fd, result_fd, alive_fd = (_take_fd(conn) for conn in (job_conn, result_conn, alive_conn))
+    if cancel_conn is not None:
+        _JobState.cancel_fd = _take_fd(cancel_conn)
+        os.set_blocking(_JobState.cancel_fd, False)
     try:
         os.setpgid(0, 0)  # our own process group: a kill reaches what the job spawned
     except OSError:  # pragma: no cover - already a group or session leader
         pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    threading.Thread(target=_die_with_parent, args=(alive_fd,), name="genro-tasks-watchdog", daemon=True).start()
-    global _MAIN_THREAD
+    _own_signals()
+    watchdog = threading.Thread(target=_die_with_parent, args=(alive_fd,), name="genro-tasks-watchdog", daemon=True)
+    watchdog.start()
+    _progress.worker_thread(watchdog)
+    global _MAIN_THREAD, _WORKER_PID
     _MAIN_THREAD = threading.get_ident()
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    _WORKER_PID = os.getpid()
     _hygiene.setup()
     sender = _Sender(result_fd)
     global _SENDER
     _SENDER = sender
+    os.register_at_fork(after_in_child=_in_forked_child)
     _main_module.install(main_ref)
     if init_payload is not None:
         try:
@@ -346,11 +522,14 @@ def main(
         except BaseException as exc:
             sender.send(INIT_FAILED, os.getpid(), _error_body(exc))
             os._exit(3)
+        _own_signals()  # the initializer's other handlers stay: they are the worker's setup
+    _hygiene.save_signals(disarm=True)  # every job starts with this; restored after each one
     channel = _progress.ProgressChannel(sender.send_locked, sender.lock)
     sender.send(READY, os.getpid())
     jobs = _JobReader(job_fd)
     while True:
         job = jobs.next_job()
         if job is None:
-            return
+            _flush_std_streams()
+            os._exit(0)  # not a return: multiprocessing would join the job's leftover threads forever
         _run_job(sender, channel, *job)

@@ -8,6 +8,10 @@ Updates are coalesced: the newest value always wins, at most one frame leaves
 the worker every :data:`MIN_INTERVAL` seconds, and a flusher thread makes sure
 a value reported just after a send is delivered without waiting for the next
 call.
+
+Progress belongs to the task it was reported from: a thread that was already
+alive when a job started (one a previous job left behind) is not that job's,
+and a value reported for a job that has ended is dropped.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class ProgressChannel:
         self._armed = False
         thread = threading.Thread(target=self._flusher, name="genro-tasks-progress", daemon=True)
         thread.start()
+        worker_thread(thread)
 
     def begin(self, seq: int) -> None:
         """Start reporting for the task with sequence number ``seq``."""
@@ -49,9 +54,11 @@ class ProgressChannel:
             self._pending = None
             self._next_send = 0.0
 
-    def update(self, update: _Update) -> None:
-        """Record ``update``; send it now, or arm the flusher to send it soon."""
+    def update(self, seq: int, update: _Update) -> None:
+        """Record ``update`` for task ``seq``; send it now, or arm the flusher to send it soon."""
         with self._lock:  # the flusher thread takes _pending under the same lock
+            if seq != self.seq:
+                return  # reported for a task that has ended (by a thread that outlived its job)
             old = self._pending
             if old is not None and (update[0] is None or update[1] is None):
                 update = (old[0] if update[0] is None else update[0], old[1] if update[1] is None else update[1])
@@ -89,14 +96,45 @@ class ProgressChannel:
                 self._send_pending_locked()
 
 
+#: The running job's (channel, seq, native ids of threads that are not its own), or None.
+_job: tuple[ProgressChannel, int, frozenset[int]] | None = None
+#: The running job's channel, or None (its ``seq`` is the running task's).
 _channel: ProgressChannel | None = None
-_active = False
+#: Native ids of the worker's own threads (they never report progress).
+_worker_threads: set[int] = set()
 
 
-def _activate(channel: ProgressChannel | None) -> None:
-    global _channel, _active
+def worker_thread(thread: threading.Thread) -> None:
+    """Register a started thread of the worker's own (it is nobody's leftover)."""
+    if thread.native_id is not None:
+        _worker_threads.add(thread.native_id)
+
+
+def _other_threads() -> frozenset[int]:
+    """Native ids of the threads alive now, but the calling one and the worker's own.
+
+    Threads known to :mod:`threading` (a thread started in C code that never
+    registered there is not seen; the task check in ``update`` still applies).
+    """
+    if threading.active_count() <= len(_worker_threads) + 1:
+        return frozenset()  # the common case, for the price of a len()
+    ids = {thread.native_id for thread in threading.enumerate()}
+    return frozenset(tid for tid in ids if tid is not None) - _worker_threads - {threading.get_native_id()}
+
+
+def start_job(channel: ProgressChannel, seq: int) -> None:
+    """Route progress to task ``seq``, from the calling thread and threads started after this."""
+    global _job, _channel
+    others = _other_threads()
+    channel.begin(seq)
+    _job = (channel, seq, others)
     _channel = channel
-    _active = channel is not None
+
+
+def end_job() -> None:
+    """Stop routing progress anywhere (the job has ended)."""
+    global _job, _channel
+    _job = _channel = None
 
 
 def report_progress(fraction: float | None = None, message: str | None = None) -> None:
@@ -106,7 +144,8 @@ def report_progress(fraction: float | None = None, message: str | None = None) -
     and cost well under a microsecond when nothing has to be sent. The parent
     sees them as :attr:`TaskInfo.progress` and :attr:`TaskInfo.progress_message`.
     Outside a task run by a :class:`~genro_tasks.TaskManager` it validates its
-    arguments and does nothing else.
+    arguments and does nothing else; so it does from a thread an earlier job
+    left running, and from a process the job forked.
 
     Args:
         fraction: How much of the job is done, a finite number in ``[0.0, 1.0]``,
@@ -130,5 +169,9 @@ def report_progress(fraction: float | None = None, message: str | None = None) -
             raise ValueError(f"report_progress: fraction must be a finite number in [0.0, 1.0], got {fraction!r}")
     if message is not None and not isinstance(message, str):
         raise TypeError(f"report_progress: message must be a str or None, got {type(message).__name__}")
-    if _active and _channel is not None:
-        _channel.update((fraction, message))
+    job = _job
+    if job is not None:
+        channel, seq, others = job
+        if others and threading.get_native_id() in others:
+            return  # a thread that was alive before this job started is not this job's
+        channel.update(seq, (fraction, message))
