@@ -139,7 +139,14 @@ class Scheduler(BackendListener):
 
     @enable_ki_protection
     async def run(self) -> None:
-        """Body of the scheduler's task (a trio system task): the backend and the deadlines."""
+        """Body of the scheduler's task (a trio system task): the backend and the deadlines.
+
+        Returns once :meth:`stop` (or a failure) ended it; every job still in
+        flight then ends CANCELLED by shutdown and every worker is dead.
+
+        **Cancellation:** Cancelling it (the end of the trio run) stops it the
+        same way: the backend kills and reaps its workers, shielded, first.
+        """
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._serve_backend)
@@ -358,7 +365,9 @@ class Scheduler(BackendListener):
     # ------------------------------------------------- what the backend reports
     @enable_ki_protection
     def started(self, key: int, worker: int) -> None:
-        flight = self._flights[key]
+        flight = self._flights.get(key)
+        if flight is None:
+            return  # settled already (the scheduler failed)
         rec = flight.rec
         rec.set_running(worker)
         if rec.timeout is not None:
@@ -369,13 +378,18 @@ class Scheduler(BackendListener):
 
     @enable_ki_protection
     def progress(self, key: int, fraction: float | None, message: str | None) -> None:
-        rec = self._flights[key].rec
+        flight = self._flights.get(key)
+        if flight is None:
+            return
+        rec = flight.rec
         rec.set_progress(fraction, message)
         self._on_change(rec)
 
     @enable_ki_protection
     def done(self, key: int, outcome: Outcome) -> None:
-        flight = self._flights.pop(key)
+        flight = self._flights.pop(key, None)
+        if flight is None:
+            return
         rec = flight.rec
         if isinstance(outcome, Returned):
             rec.finish_ok(outcome.value)

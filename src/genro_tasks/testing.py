@@ -169,6 +169,10 @@ class FakeBackend(ExecutionBackend):
         self._stopped = trio.Event()
 
     async def serve(self, listener: BackendListener) -> None:
+        """Report ready at once, then wait; on the way out every job left is lost.
+
+        **Cancellation:** Cancelling it is how it stops (jobs in flight are reported lost).
+        """
         self.listener = listener
         listener.all_ready()
         listener.capacity_changed()
@@ -200,6 +204,10 @@ class FakeBackend(ExecutionBackend):
             self._stopped.set()
 
     async def wait_stopped(self) -> None:
+        """Wait until :meth:`begin_stop` was called and no job is left.
+
+        **Cancellation:** Only the wait is cancelled.
+        """
         await self._stopped.wait()
 
     def statistics(self) -> BackendStatistics:
