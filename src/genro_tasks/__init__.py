@@ -24,6 +24,7 @@ from genro_tasks_worker import report_progress as report_progress
 
 from ._errors import ManagerClosed as ManagerClosed
 from ._errors import MemoryLimitExceeded as MemoryLimitExceeded
+from ._errors import MessageTooLarge as MessageTooLarge
 from ._errors import QueueFull as QueueFull
 from ._errors import RemoteError as RemoteError
 from ._errors import SupervisorFailed as SupervisorFailed
@@ -50,6 +51,7 @@ __all__ = (
     "ChangeStream",
     "ManagerClosed",
     "MemoryLimitExceeded",
+    "MessageTooLarge",
     "QueueFull",
     "RemoteError",
     "SupervisorFailed",

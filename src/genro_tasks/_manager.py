@@ -19,9 +19,14 @@ from typing import Any, TypeVar, overload
 
 import trio
 
-from genro_tasks_worker._protocol import PICKLE_PROTOCOL
+from genro_tasks_worker._protocol import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_MAX_MESSAGE_SIZE,
+    MIN_MAX_MESSAGE_SIZE,
+    PICKLE_PROTOCOL,
+)
 
-from ._errors import ManagerClosed, QueueFull, UnpicklableJob
+from ._errors import ManagerClosed, MessageTooLarge, QueueFull, UnpicklableJob
 from ._supervisor import Supervisor, default_context
 from ._task import TaskInfo, TaskManagerStatistics, TaskRecord, TaskStatus
 from ._watch import ChangeStream, TaskWatcher
@@ -93,6 +98,12 @@ class TaskManager:
         max_finished: Most finished tasks (with their results) kept for
             ``info``/``result``; the oldest finished are forgotten first.
         finished_ttl: Seconds a finished task is kept (``None``: no age limit).
+        max_message_size: Largest message, in bytes, between this process
+            and a worker (default 1 GiB; at least 1 MiB): a pickled job
+            (``submit`` raises MessageTooLarge beyond it), a pickled result,
+            an error report, a progress message. A task whose result is
+            larger fails with MessageTooLarge. It bounds what one worker
+            can make this process buffer, however its frames claim more.
     """
 
     def __init__(
@@ -106,6 +117,7 @@ class TaskManager:
         max_queued: int | None = None,
         max_finished: int = 10_000,
         finished_ttl: float | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
@@ -115,6 +127,15 @@ class TaskManager:
         _check_count("max_finished", max_finished, allow_none=False)
         if finished_ttl is not None and not (isinstance(finished_ttl, int | float) and 0 < finished_ttl < math.inf):
             raise ValueError(f"finished_ttl must be a positive number of seconds or None, not {finished_ttl!r}")
+        if (
+            isinstance(max_message_size, bool)
+            or not isinstance(max_message_size, int)
+            or not MIN_MAX_MESSAGE_SIZE <= max_message_size <= MAX_MAX_MESSAGE_SIZE
+        ):
+            raise ValueError(
+                f"max_message_size must be an int of bytes between {MIN_MAX_MESSAGE_SIZE:,} (1 MiB) and "
+                f"{MAX_MAX_MESSAGE_SIZE:,} (1 TiB), not {max_message_size!r}"
+            )
         if initializer is not None:
             if not callable(initializer):
                 raise TypeError(f"initializer must be callable, not {initializer!r}")
@@ -134,6 +155,7 @@ class TaskManager:
         self._max_queued = max_queued
         self._max_finished = max_finished
         self._finished_ttl = finished_ttl
+        self._max_message_size = max_message_size
         self._records: dict[str, TaskRecord] = {}
         self._finished: deque[TaskRecord] = deque()
         self._sup: Supervisor | None = None
@@ -185,6 +207,7 @@ class TaskManager:
             initializer=self._initializer,
             initargs=self._initargs,
             max_tasks_per_worker=self._max_tasks,
+            max_message_size=self._max_message_size,
         )
         self._sup = sup
         trio.lowlevel.spawn_system_task(sup.run, name="genro_tasks supervisor")
@@ -289,6 +312,8 @@ class TaskManager:
             ValueError: ``task_id`` is already used, or ``timeout``,
                 ``priority`` or ``memory_limit`` is out of range.
             UnpicklableJob: ``func`` or an argument cannot be pickled (a TypeError).
+            MessageTooLarge: ``func`` and its arguments pickle to more than
+                ``max_message_size`` bytes (a ValueError).
         """
         sup = self._sup
         if not self._running or sup is None or not sup.accepting:
@@ -327,6 +352,10 @@ class TaskManager:
                 "The function must be importable by name (a module-level def, not a lambda, closure or "
                 "local function) and every argument must be picklable."
             ) from exc
+        if len(payload) > self._max_message_size:
+            raise MessageTooLarge(
+                task_id, f"job ({name} and its arguments, pickled)", len(payload), self._max_message_size
+            )
         self._seq += 1
         rec = TaskRecord(
             self._seq, task_id, name, payload, dict(metadata) if metadata else None, timeout, priority, memory_limit

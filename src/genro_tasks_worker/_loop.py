@@ -1,7 +1,9 @@
 """The worker process's main loop (stdlib only: never imports trio).
 
-A worker reads one JOB frame at a time from its job pipe, says STARTED before
-it even unpickles the job, runs it, and answers with exactly one DONE_* frame.
+A worker reads one :class:`~._protocol.Job` at a time from its job pipe (through
+the shared :class:`~._protocol.Framer`), says ``Started`` before it even
+unpickles the job, runs it, and answers with exactly one ``Done*`` message,
+never one over ``max_message_size`` (:func:`~._protocol.encode_within`).
 It exits when the job pipe reaches end-of-file (the parent closed it), and
 kills itself and everything it spawned the moment the parent process dies
 (end-of-file on the shared *alive* pipe), even while a job is busy.
@@ -22,85 +24,48 @@ from typing import Any
 
 from . import _hygiene, _main_module, _progress
 from ._protocol import (
-    DONE_BAD_RESULT,
-    DONE_ERROR,
-    DONE_OK,
-    HEADER,
-    HEADER_SIZE,
-    INIT_FAILED,
-    MAX_BODY,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    JOB_KINDS,
     PICKLE_PROTOCOL,
-    READY,
-    STARTED,
+    SPLIT_WRITE,
     CancelRequested,
+    DoneBadResult,
+    DoneError,
+    DoneOk,
+    Failure,
+    Framer,
+    InitFailed,
+    Job,
+    Message,
     ProtocolError,
-    pack_header,
+    Ready,
+    Started,
+    WorkerMessage,
+    encode_within,
 )
-
-#: Bodies at least this large are written with a separate syscall from their header.
-_SPLIT_WRITE = 1 << 16
-
-
-def _read_exact(fd: int, size: int) -> bytearray | None:
-    """Read exactly ``size`` bytes, or return None at a clean end-of-file."""
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
-        n = os.readv(fd, [view[got:]])
-        if n == 0:
-            if got == 0:
-                return None
-            raise ProtocolError(f"job pipe closed after {got} of {size} bytes")
-        got += n
-    return buf
 
 
 class _JobReader:
-    """Reads JOB frames with as few syscalls as possible (one for a small job)."""
+    """Reads Job messages from the job pipe through the shared Framer (blocking reads)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, max_message_size: int) -> None:
         self.fd = fd
-        self.buf = bytearray(1 << 16)
-        self.start = 0
-        self.end = 0
+        self.framer = Framer(JOB_KINDS, max_message_size)
+        self.ready: list[Message] = []
 
-    def _fill(self) -> bool:
-        if self.start == self.end:
-            self.start = self.end = 0
-        elif self.end == len(self.buf):
-            del self.buf[: self.start]
-            self.buf.extend(bytes(self.start))
-            self.end -= self.start
-            self.start = 0
-        n = os.readv(self.fd, [memoryview(self.buf)[self.end :]])
-        self.end += n
-        return n > 0
-
-    def next_job(self) -> tuple[int, bytearray] | None:
-        """Return (seq, payload) of the next job, or None at a clean end-of-file."""
-        while self.end - self.start < HEADER_SIZE:
-            if not self._fill():
-                if self.end == self.start:
+    def next_job(self) -> Job | None:
+        """Return the next job, or None at a clean end-of-file."""
+        framer = self.framer
+        while not self.ready:
+            n = os.readv(self.fd, [framer.buffer()])
+            if n == 0:
+                if framer.idle:
                     return None
-                raise ProtocolError("job pipe closed inside a frame header")
-        _kind, seq, length = HEADER.unpack_from(self.buf, self.start)
-        if length > MAX_BODY:
-            raise ProtocolError(f"job frame claims {length} bytes")
-        self.start += HEADER_SIZE
-        have = min(length, self.end - self.start)
-        if have == length:
-            payload = self.buf[self.start : self.start + length]
-            self.start += length
-            return seq, payload
-        payload = bytearray(length)
-        payload[:have] = self.buf[self.start : self.start + have]
-        self.start = self.end = 0
-        rest = _read_exact(self.fd, length - have)
-        if rest is None:
-            raise ProtocolError("job pipe closed inside a frame body")
-        payload[have:] = rest
-        return seq, payload
+                raise ProtocolError("job pipe closed inside a frame")
+            framer.received(n, self.ready)
+        job = self.ready.pop(0)
+        assert isinstance(job, Job)  # the framer accepts JOB frames only
+        return job
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -113,17 +78,18 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
 class _Sender:
     """Serialises frame writes from the job thread and the progress flusher."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self.fd = fd
         self.lock = threading.Lock()
+        self.max_message_size = max_message_size
 
-    def send_locked(self, kind: int, seq: int, body: bytes) -> None:
-        header = pack_header(kind, seq, len(body))
+    def send_locked(self, msg: WorkerMessage) -> None:
+        header, body = encode_within(msg, self.max_message_size)
         in_main = threading.get_ident() == _MAIN_THREAD
         if in_main:
             _JobState.writing = True  # a graceful-cancel request now waits for the frame to be whole
         try:
-            if len(body) < _SPLIT_WRITE:
+            if len(body) < SPLIT_WRITE:
                 _write_all(self.fd, header + body)
             else:
                 _write_all(self.fd, header)
@@ -136,9 +102,9 @@ class _Sender:
                     _JobState.in_job = False
                     raise CancelRequested("the task was cancelled; clean up and return")
 
-    def send(self, kind: int, seq: int, body: bytes = b"") -> None:
+    def send(self, msg: WorkerMessage) -> None:
         with self.lock:
-            self.send_locked(kind, seq, body)
+            self.send_locked(msg)
 
 
 def _die_with_parent(alive_fd: int) -> None:
@@ -163,8 +129,8 @@ def _type_name(obj: object) -> str:
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
-def _error_body(exc: BaseException) -> bytes:
-    """Pickle ``exc`` with its remote traceback and causes, plus a text fallback."""
+def _failure(exc: BaseException) -> Failure:
+    """Describe ``exc``: pickled with its remote traceback and causes, plus a text fallback."""
     tb_text = "".join(traceback.format_exception(exc))
     try:
         from tblib import pickling_support
@@ -177,7 +143,7 @@ def _error_body(exc: BaseException) -> bytes:
         message = str(exc)
     except Exception:
         message = f"<str() of {_type_name(exc)} failed>"
-    return pickle.dumps((exc_bytes, _type_name(exc), message, tb_text), PICKLE_PROTOCOL)
+    return Failure(exc_bytes, _type_name(exc), message, tb_text)
 
 
 _MAIN_THREAD = threading.get_ident()
@@ -256,8 +222,8 @@ def _restore_memory(old: tuple[int, int] | None) -> None:
         resource.setrlimit(resource.RLIMIT_AS, old)
 
 
-def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payload: bytearray) -> None:
-    sender.send(STARTED, seq)
+def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payload: bytes | bytearray) -> None:
+    sender.send(Started(seq))
     channel.begin(seq)
     _progress._activate(channel)
     limits: tuple[int, int] | None = None
@@ -275,17 +241,14 @@ def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payl
             _restore_memory(limits)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task too
         _progress._activate(None)
-        body = _error_body(exc)
+        done: WorkerMessage = DoneError(seq, _failure(exc))
         del exc
-        kind = DONE_ERROR
     else:
         _progress._activate(None)
         try:
-            body = pickle.dumps(value, PICKLE_PROTOCOL)
-            kind = DONE_OK
+            done = DoneOk(seq, pickle.dumps(value, PICKLE_PROTOCOL))
         except BaseException as exc:
-            body = pickle.dumps((_type_name(value), f"{_type_name(exc)}: {exc}"), PICKLE_PROTOCOL)
-            kind = DONE_BAD_RESULT
+            done = DoneBadResult(seq, _type_name(value), f"{_type_name(exc)}: {exc}")
         del value
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -297,7 +260,7 @@ def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payl
     _hygiene.kill_leftovers()
     with sender.lock:
         channel.finish_locked()
-        sender.send_locked(kind, seq, body)
+        sender.send_locked(done)
 
 
 def _take_fd(conn: Connection) -> int:
@@ -313,6 +276,7 @@ def main(
     alive_conn: Connection,
     init_payload: bytes | None = None,
     main_ref: tuple[str, str] | None = None,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
 ) -> None:
     """Entry point of a worker process (the target given to ``multiprocessing``).
 
@@ -323,6 +287,8 @@ def main(
         init_payload: Pickled ``(initializer, initargs)``, called before the
             worker says READY (unpickled here, after ``__main__`` is set up).
         main_ref: Where the parent's main module lives, imported lazily.
+        max_message_size: Largest job this worker accepts and largest
+            message it sends (see :func:`~._protocol.encode_within`).
     """
     job_fd, result_fd, alive_fd = (_take_fd(conn) for conn in (job_conn, result_conn, alive_conn))
     try:
@@ -335,7 +301,7 @@ def main(
     _MAIN_THREAD = threading.get_ident()
     signal.signal(signal.SIGTERM, _on_sigterm)
     _hygiene.setup()
-    sender = _Sender(result_fd)
+    sender = _Sender(result_fd, max_message_size)
     global _SENDER
     _SENDER = sender
     _main_module.install(main_ref)
@@ -344,13 +310,13 @@ def main(
             initializer, initargs = pickle.loads(init_payload)
             initializer(*initargs)
         except BaseException as exc:
-            sender.send(INIT_FAILED, os.getpid(), _error_body(exc))
+            sender.send(InitFailed(os.getpid(), _failure(exc)))
             os._exit(3)
-    channel = _progress.ProgressChannel(sender.send_locked, sender.lock)
-    sender.send(READY, os.getpid())
-    jobs = _JobReader(job_fd)
+    channel = _progress.ProgressChannel(sender.send_locked, sender.lock, max_message_size)
+    sender.send(Ready(os.getpid()))
+    jobs = _JobReader(job_fd, max_message_size)
     while True:
         job = jobs.next_job()
         if job is None:
             return
-        _run_job(sender, channel, *job)
+        _run_job(sender, channel, job.seq, job.payload)
