@@ -136,7 +136,7 @@ async def test_supervisor_failure_fails_everything_loudly() -> None:
             raise RuntimeError("injected supervisor bug")
         original(w, msg)  # type: ignore[arg-type]
 
-    sup._on_frame = broken  # type: ignore[method-assign,assignment]
+    sup._on_frame = broken  # type: ignore[method-assign]
     running = tm.submit(slow_task, 60)
     queued = tm.submit(simple_task, 1)
     workers = [w.pid for w in sup.workers]

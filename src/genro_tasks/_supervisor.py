@@ -288,21 +288,17 @@ class Supervisor:
         while True:
             try:
                 alive = reader.read(frames)
+                broken: ProtocolError | None = None
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(reader.fd)
                 continue
-            except FrameTooLarge as exc:
-                self._too_large(w, exc)
-                return
             except ProtocolError as exc:
-                self._protocol_error(w, exc)
-                return
+                alive, broken = True, exc
             except MemoryError:
                 # Bodies grow only as their bytes arrive: this is a message within
                 # max_message_size that this process has no memory left for.
-                self._protocol_error(w, ProtocolError("its message is larger than the memory left to receive it"))
-                return
-            if frames:
+                alive, broken = True, ProtocolError("its message is larger than the memory left to receive it")
+            if frames:  # the messages before a broken frame count, in order
                 try:
                     for frame in frames:
                         self._on_frame(w, frame)
@@ -311,6 +307,12 @@ class Supervisor:
                     return
                 finally:
                     frames.clear()
+            if isinstance(broken, FrameTooLarge):
+                self._too_large(w, broken)
+                return
+            if broken is not None:
+                self._protocol_error(w, broken)
+                return
             if not alive:
                 # Normally the process has exited and _serve cancels us any
                 # moment now; one that lives on without its pipe is broken.
