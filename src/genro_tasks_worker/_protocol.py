@@ -374,12 +374,14 @@ def _decode_progress(seq: int, body: bytes | bytearray) -> Progress:
 
 
 def _decode_started(seq: int, body: bytes | bytearray) -> Started:
-    _no_body(body)
+    if body:
+        _no_body(body)
     return Started(seq)
 
 
 def _decode_ready(seq: int, body: bytes | bytearray) -> Ready:
-    _no_body(body)
+    if body:
+        _no_body(body)
     return Ready(seq)
 
 
@@ -533,7 +535,7 @@ class Framer:
     def _parse(self, out: list[Message]) -> None:
         view = self._view
         pos, end = self._start, self._end
-        kinds, limit = self._kinds, self._limit
+        kinds, limit, decoders = self._kinds, self._limit, _DECODERS
         while end - pos >= HEADER_SIZE:
             kind, seq, length = HEADER.unpack_from(view, pos)
             if kind not in kinds:
@@ -542,7 +544,7 @@ class Framer:
                 raise FrameTooLarge(kind, seq, length, limit)
             start = pos + HEADER_SIZE
             if end - start >= length:
-                out.append(decode(kind, seq, bytes(view[start : start + length])))
+                out.append(decoders[kind](seq, bytes(view[start : start + length])))  # every kind has one
                 pos = start + length
                 continue
             if self._check is not None:
