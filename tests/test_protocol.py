@@ -1,6 +1,6 @@
 """The wire format: named messages, one sans-IO framer, and max_message_size.
 
-The first half unit-tests genro_tasks_worker._protocol with hypothesis
+The first half unit-tests genro_tasks_worker._protocol and ._framing with hypothesis
 (random messages cut at random chunk boundaries); the second half checks
 the promises with real worker processes: a frame header is not a memory
 grant, and a message over the limit fails only its own task.
@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from genro_tasks import MessageTooLarge, RemoteError, TaskManager, TaskStatus, WorkerCrashed
+from genro_tasks_worker._framing import Framer
 from genro_tasks_worker._protocol import (
     DONE_OK,
     HEADER_SIZE,
@@ -30,7 +31,6 @@ from genro_tasks_worker._protocol import (
     DoneOk,
     DoneTooLarge,
     Failure,
-    Framer,
     FrameTooLarge,
     InitFailed,
     Job,
@@ -340,3 +340,11 @@ async def test_submit_refuses_a_job_over_the_limit() -> None:
 def test_max_message_size_is_validated_at_the_call(bad: object) -> None:
     with pytest.raises(ValueError, match="max_message_size must be an int of bytes"):
         TaskManager(1, max_message_size=bad)  # type: ignore[arg-type]
+
+
+def test_message_too_large_survives_pickling() -> None:
+    import pickle
+
+    error = pickle.loads(pickle.dumps(MessageTooLarge("t1", "result", 3 * MiB, MiB)))
+    assert (error.task_id, error.what, error.size, error.limit) == ("t1", "result", 3 * MiB, MiB)
+    assert "max_message_size=1,048,576" in str(error)

@@ -10,7 +10,8 @@ Layers, top to bottom:
 * :mod:`._worker_proc` — the parent's handle of one worker process: its
   framed, non-blocking pipes and its process sentinel.
 * :mod:`genro_tasks_worker` — what runs *inside* a worker: a stdlib-only loop
-  that never imports trio, plus :func:`report_progress`.
+  that never imports trio, plus :func:`report_progress`; and the wire format
+  both sides share (``_protocol``: named messages; ``_framing``: the framer).
 * :mod:`._task`, :mod:`._watch` and :mod:`._errors` — the records, live views
   (``watch``, ``open_change_stream``) and exceptions users see.
 * :mod:`genro_tasks.asgi` — lifespan integration, JSON/SSE API and dashboard

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from genro_tasks_worker import _loop
+from genro_tasks_worker._framing import Framer, HeaderCheck
 from genro_tasks_worker._protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     INIT_FAILED,
@@ -32,8 +33,6 @@ from genro_tasks_worker._protocol import (
     READY,
     SPLIT_WRITE,
     WORKER_KINDS,
-    Framer,
-    HeaderCheck,
     Job,
     Message,
     ProtocolError,

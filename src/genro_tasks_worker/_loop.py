@@ -23,6 +23,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from . import _hygiene, _main_module, _progress
+from ._framing import Framer
 from ._protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     JOB_KINDS,
@@ -33,7 +34,6 @@ from ._protocol import (
     DoneError,
     DoneOk,
     Failure,
-    Framer,
     InitFailed,
     Job,
     Message,

@@ -1,8 +1,9 @@
 """The wire format shared by the parent and the worker processes (stdlib only).
 
 Everything that crosses a worker's pipes is defined here, and only here: the
-named messages, how each one is encoded, and :class:`Framer`, the one
-incremental parser both sides use to turn bytes into messages.
+named messages and how each one is encoded and decoded. The one incremental
+parser both sides use to turn bytes into messages is
+:class:`~._framing.Framer`, next door.
 
 Every message travels as one *frame*: a fixed 17-byte header followed by
 ``length`` bytes of body::
@@ -93,8 +94,8 @@ class ProtocolError(Exception):
 class FrameTooLarge(ProtocolError):
     """A frame header claims a body larger than this side accepts.
 
-    Raised by :class:`Framer` as soon as the header is complete, before any
-    of the body is buffered. The framer is unusable afterwards.
+    Raised by :class:`~._framing.Framer` as soon as the header is complete,
+    before any of the body is buffered. The framer is unusable afterwards.
     """
 
     def __init__(self, kind: int, seq: int, length: int, limit: int) -> None:
@@ -209,7 +210,7 @@ KIND_NAMES: Final = {
     JOB: "job",
     READY: "ready",
     STARTED: "started",
-    PROGRESS: "progress",
+    PROGRESS: "progress report",
     DONE_OK: "result",
     DONE_ERROR: "error report",
     DONE_BAD_RESULT: "bad-result report",
@@ -397,7 +398,7 @@ def _decode_too_large(seq: int, body: bytes | bytearray) -> DoneTooLarge:
     return DoneTooLarge(seq, _str_field(bytes(body[_SIZE.size :])), size)
 
 
-_DECODERS: Final[dict[int, Callable[[int, bytes | bytearray], Message]]] = {
+DECODERS: Final[dict[int, Callable[[int, bytes | bytearray], Message]]] = {
     JOB: Job,
     READY: _decode_ready,
     STARTED: _decode_started,
@@ -412,7 +413,7 @@ _DECODERS: Final[dict[int, Callable[[int, bytes | bytearray], Message]]] = {
 
 def decode(kind: int, seq: int, body: bytes | bytearray) -> Message:
     """Build the message of one frame, or raise ProtocolError if it is malformed."""
-    decoder = _DECODERS.get(kind)
+    decoder = DECODERS.get(kind)
     if decoder is None:
         raise ProtocolError(f"unknown message kind {kind}")
     return decoder(seq, body)
@@ -421,141 +422,3 @@ def decode(kind: int, seq: int, body: bytes | bytearray) -> Message:
 def pack_header(kind: int, seq: int, length: int) -> bytes:
     """Return a raw frame header (for tests that forge frames)."""
     return HEADER.pack(kind, seq, length)
-
-
-# ----------------------------------------------------------------- framing
-#: Scratch buffer size: frames up to about this size never get their own buffer.
-_SCRATCH = 1 << 16
-#: First size of a body buffer; it then at most doubles as data arrives.
-_FIRST_BODY = 1 << 20
-
-HeaderCheck: TypeAlias = Callable[[int, int, int], None]
-
-
-class Framer:
-    """Incremental, sans-IO frame parser: bytes in, messages out, no I/O inside.
-
-    Use it like asyncio's ``BufferedProtocol``: read into :meth:`buffer`,
-    then call :meth:`received` with the byte count, which decodes every
-    frame that is now complete. :meth:`feed` does both for bytes you
-    already hold. Small frames are parsed straight out of one persistent
-    scratch buffer; a larger body gets its own buffer, read into directly,
-    which starts small and at most doubles as its bytes arrive: a header
-    is never trusted for an allocation.
-
-    Args:
-        kinds: The frame kinds this side accepts; any other is corrupt.
-        max_size: Largest body accepted. A header claiming more raises
-            :class:`FrameTooLarge` before any of its body is kept.
-        check_header: Called as ``check_header(kind, seq, length)`` for a
-            frame whose body is not yet complete, before the framer buffers
-            more of it (possibly more than once for one frame); raise (e.g.
-            ProtocolError) to refuse it. Frames that arrived whole are
-            simply decoded and delivered.
-
-    After any exception the framer is broken and raises ProtocolError.
-    """
-
-    __slots__ = (
-        "_body",
-        "_broken",
-        "_check",
-        "_end",
-        "_got",
-        "_head",
-        "_kinds",
-        "_limit",
-        "_scratch",
-        "_start",
-        "_view",
-    )
-
-    def __init__(self, kinds: frozenset[int], max_size: int, check_header: HeaderCheck | None = None) -> None:
-        self._kinds = kinds
-        self._limit = max_size
-        self._check = check_header
-        self._scratch = bytearray(_SCRATCH)
-        self._view = memoryview(self._scratch)
-        self._start = 0  # unparsed bytes are _scratch[_start:_end]
-        self._end = 0
-        self._body: bytearray | None = None  # a large body being received
-        self._got = 0
-        self._head = (0, 0, 0)
-        self._broken = False
-
-    @property
-    def idle(self) -> bool:
-        """True between frames (an end-of-file here is a clean one)."""
-        return self._body is None and self._start == self._end
-
-    def buffer(self) -> memoryview:
-        """Where the next bytes should be read to (non-empty; drop it after the read)."""
-        if self._broken:
-            raise ProtocolError("the stream already broke")
-        body = self._body
-        if body is not None:
-            if self._got == len(body):  # full: grow it, at most doubling
-                body.extend(bytes(min(self._head[2], 2 * len(body)) - len(body)))
-            return memoryview(body)[self._got :]
-        if self._end == _SCRATCH:  # only a partial frame is left, at the back: move it forward
-            size = self._end - self._start
-            self._scratch[:size] = bytes(self._view[self._start : self._end])
-            self._start, self._end = 0, size
-        return self._view[self._end :]
-
-    def received(self, n: int, out: list[Message]) -> None:
-        """``n`` bytes were written into :meth:`buffer`: append completed messages to ``out``."""
-        if self._broken:
-            raise ProtocolError("the stream already broke")
-        try:
-            if self._body is not None:
-                self._got += n
-                if self._got == self._head[2]:
-                    kind, seq, _length = self._head
-                    body, self._body = self._body, None
-                    out.append(decode(kind, seq, body))
-                return
-            self._end += n
-            self._parse(out)
-        except BaseException:
-            self._broken = True
-            raise
-
-    def feed(self, data: bytes | bytearray | memoryview, out: list[Message]) -> None:
-        """Parse ``data`` (of any length), appending completed messages to ``out``."""
-        src = memoryview(data)
-        while src:
-            dest = self.buffer()
-            n = min(len(dest), len(src))
-            dest[:n] = src[:n]
-            del dest
-            self.received(n, out)
-            src = src[n:]
-
-    def _parse(self, out: list[Message]) -> None:
-        view = self._view
-        pos, end = self._start, self._end
-        kinds, limit, decoders = self._kinds, self._limit, _DECODERS
-        while end - pos >= HEADER_SIZE:
-            kind, seq, length = HEADER.unpack_from(view, pos)
-            if kind not in kinds:
-                raise ProtocolError(f"corrupt frame header (kind={kind}, length={length})")
-            if length > limit:
-                raise FrameTooLarge(kind, seq, length, limit)
-            start = pos + HEADER_SIZE
-            if end - start >= length:
-                out.append(decoders[kind](seq, bytes(view[start : start + length])))  # every kind has one
-                pos = start + length
-                continue
-            if self._check is not None:
-                self._check(kind, seq, length)
-            if length > _SCRATCH - HEADER_SIZE:  # will not fit the scratch: its own buffer
-                have = end - start
-                body = bytearray(min(length, max(_FIRST_BODY, 2 * have)))
-                body[:have] = view[start:end]
-                self._body, self._got, self._head = body, have, (kind, seq, length)
-                pos = end
-            break
-        if pos == end:
-            pos = end = 0
-        self._start, self._end = pos, end
