@@ -14,8 +14,8 @@ from ._protocol import DECODERS, HEADER, HEADER_SIZE, FrameTooLarge, Message, Pr
 
 #: Scratch buffer size: frames up to about this size never get their own buffer.
 _SCRATCH = 1 << 16
-#: First size of a body buffer; it then at most doubles as data arrives.
-_FIRST_BODY = 1 << 20
+#: Read size while a large body arrives (the pipes hold 1 MiB).
+_CHUNK = 1 << 20
 
 HeaderCheck: TypeAlias = Callable[[int, int, int], None]
 
@@ -27,9 +27,9 @@ class Framer:
     then call :meth:`received` with the byte count, which decodes every
     frame that is now complete. :meth:`feed` does both for bytes you
     already hold. Small frames are parsed straight out of one persistent
-    scratch buffer; a larger body gets its own buffer, read into directly,
-    which starts small and at most doubles as its bytes arrive: a header
-    is never trusted for an allocation.
+    scratch buffer; a larger body is read 1 MiB at a time and appended to
+    its own buffer, which grows only as its bytes arrive: a header is never
+    trusted for an allocation.
 
     Args:
         kinds: The frame kinds this side accepts; any other is corrupt.
@@ -48,8 +48,8 @@ class Framer:
         "_body",
         "_broken",
         "_check",
+        "_chunk",
         "_end",
-        "_got",
         "_head",
         "_kinds",
         "_limit",
@@ -67,7 +67,7 @@ class Framer:
         self._start = 0  # unparsed bytes are _scratch[_start:_end]
         self._end = 0
         self._body: bytearray | None = None  # a large body being received
-        self._got = 0
+        self._chunk = memoryview(b"")  # where its bytes are read to, then appended
         self._head = (0, 0, 0)
         self._broken = False
 
@@ -82,9 +82,7 @@ class Framer:
             raise ProtocolError("the stream already broke")
         body = self._body
         if body is not None:
-            if self._got == len(body):  # full: grow it, at most doubling
-                body.extend(bytes(min(self._head[2], 2 * len(body)) - len(body)))
-            return memoryview(body)[self._got :]
+            return self._chunk[: self._head[2] - len(body)]  # never past this frame
         if self._end == _SCRATCH:  # only a partial frame is left, at the back: move it forward
             size = self._end - self._start
             self._scratch[:size] = bytes(self._view[self._start : self._end])
@@ -96,11 +94,12 @@ class Framer:
         if self._broken:
             raise ProtocolError("the stream already broke")
         try:
-            if self._body is not None:
-                self._got += n
-                if self._got == self._head[2]:
+            body = self._body
+            if body is not None:
+                body += self._chunk[:n]  # grows with the data (realloc: no copy of what it holds)
+                if len(body) == self._head[2]:
                     kind, seq, _length = self._head
-                    body, self._body = self._body, None
+                    self._body, self._chunk = None, memoryview(b"")
                     out.append(decode(kind, seq, body))
                 return
             self._end += n
@@ -138,10 +137,8 @@ class Framer:
             if self._check is not None:
                 self._check(kind, seq, length)
             if length > _SCRATCH - HEADER_SIZE:  # will not fit the scratch: its own buffer
-                have = end - start
-                body = bytearray(min(length, max(_FIRST_BODY, 2 * have)))
-                body[:have] = view[start:end]
-                self._body, self._got, self._head = body, have, (kind, seq, length)
+                self._body, self._head = bytearray(view[start:end]), (kind, seq, length)
+                self._chunk = memoryview(bytearray(min(_CHUNK, length)))
                 pos = end
             break
         if pos == end:
