@@ -381,7 +381,7 @@ class Supervisor:
         rec = w.task
         if rec is None or rec.seq != msg.seq:
             raise ProtocolError(f"{type(msg).__name__} about task #{msg.seq}, which this worker does not run")
-        if isinstance(msg, Started):
+        if type(msg) is Started:
             if rec.status is not TaskStatus.PENDING:
                 raise ProtocolError("Started twice")
             rec.set_running(w.pid)
@@ -393,13 +393,13 @@ class Supervisor:
             return
         if rec.status is not TaskStatus.RUNNING:
             raise ProtocolError(f"{type(msg).__name__} before Started")
-        if isinstance(msg, Progress):
+        if type(msg) is Progress:
             rec.set_progress(msg.fraction, msg.message)
             self._on_change(rec)
             return
-        if isinstance(msg, DoneOk):
+        if type(msg) is DoneOk:
             rec.finish_ok(msg.result)
-        elif isinstance(msg, DoneError):
+        elif type(msg) is DoneError:
             failure = msg.failure
             if w.grace_deadline < math.inf:
                 rec.finish_cancelled(f"cancelled gracefully; the job ended with {failure.type_name}: {failure.message}")
@@ -408,14 +408,14 @@ class Supervisor:
                 rec.finish_failed(limit_error)
             else:
                 rec.finish_remote_error(failure)
-        elif isinstance(msg, DoneBadResult):
+        elif type(msg) is DoneBadResult:
             rec.finish_failed(
                 UnpicklableResult(
                     f"Task {rec.task_id!r} ({rec.name}) returned a {msg.type_name} that cannot be pickled "
                     f"({msg.reason}); return plain data instead, e.g. write it to a file and return the path"
                 )
             )
-        elif isinstance(msg, DoneTooLarge):
+        elif type(msg) is DoneTooLarge:
             rec.finish_failed(MessageTooLarge(rec.task_id, msg.what, msg.size, self.max_message_size))
         else:  # pragma: no cover - the framer accepts worker messages only
             raise ProtocolError(f"unexpected {type(msg).__name__}")

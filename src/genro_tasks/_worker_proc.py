@@ -82,11 +82,14 @@ class FrameReader:
     which grows as the body arrives.
     """
 
-    __slots__ = ("fd", "framer")
+    __slots__ = ("_buffer", "fd", "framer")
 
     def __init__(self, fd: int, max_message_size: int, check_header: HeaderCheck | None = None) -> None:
         self.fd = fd
         self.framer = Framer(WORKER_KINDS, max_message_size, check_header)
+        # Where the next read goes, as the framer said after it last took bytes:
+        # a read that finds the pipe empty costs no call.
+        self._buffer = self.framer.buffer()
 
     def read(self, messages: list[Message]) -> bool:
         """Read what the pipe holds now, appending whole messages to ``messages``.
@@ -95,10 +98,10 @@ class FrameReader:
         was available, ProtocolError for a corrupt frame and FrameTooLarge
         (a ProtocolError) for a frame over ``max_message_size``.
         """
-        n = os.readv(self.fd, [self.framer.buffer()])
+        n = os.readv(self.fd, [self._buffer])
         if n == 0:
             return False
-        self.framer.received(n, messages)
+        self._buffer = self.framer.received(n, messages)
         return True
 
 

@@ -77,7 +77,11 @@ class Framer:
         return self._body is None and self._start == self._end
 
     def buffer(self) -> memoryview:
-        """Where the next bytes should be read to (non-empty; drop it after the read)."""
+        """Where the next bytes should be read to: non-empty, and valid until :meth:`received`.
+
+        The framer never resizes a buffer it handed out, so a caller may
+        keep this view across reads that found nothing.
+        """
         if self._broken:
             raise ProtocolError("the stream already broke")
         body = self._body
@@ -89,8 +93,11 @@ class Framer:
             self._start, self._end = 0, size
         return self._view[self._end :]
 
-    def received(self, n: int, out: list[Message]) -> None:
-        """``n`` bytes were written into :meth:`buffer`: append completed messages to ``out``."""
+    def received(self, n: int, out: list[Message]) -> memoryview:
+        """``n`` bytes were written into :meth:`buffer`: append completed messages to ``out``.
+
+        Returns the next :meth:`buffer` (one call per read on the hot path).
+        """
         if self._broken:
             raise ProtocolError("the stream already broke")
         try:
@@ -101,9 +108,35 @@ class Framer:
                     kind, seq, _length = self._head
                     self._body, self._chunk = None, memoryview(b"")
                     out.append(decode(kind, seq, body))
-                return
-            self._end += n
-            self._parse(out)
+                return self.buffer()
+            # The hot path, inline: whole frames straight out of the scratch buffer.
+            view = self._view
+            pos, end = self._start, self._end + n
+            kinds, limit, decoders = self._kinds, self._limit, DECODERS
+            while end - pos >= HEADER_SIZE:
+                kind, seq, length = HEADER.unpack_from(view, pos)
+                if kind not in kinds:
+                    raise ProtocolError(f"corrupt frame header (kind={kind}, length={length})")
+                if length > limit:
+                    raise FrameTooLarge(kind, seq, length, limit)
+                start = pos + HEADER_SIZE
+                if end - start >= length:
+                    out.append(decoders[kind](seq, bytes(view[start : start + length])))  # every kind has one
+                    pos = start + length
+                    continue
+                if self._check is not None:
+                    self._check(kind, seq, length)
+                if length > _SCRATCH - HEADER_SIZE:  # will not fit the scratch: its own buffer
+                    self._body, self._head = bytearray(view[start:end]), (kind, seq, length)
+                    self._chunk = memoryview(bytearray(min(_CHUNK, length)))
+                    self._start = self._end = 0
+                    return self.buffer()
+                break
+            if pos == end:
+                self._start = self._end = 0
+                return view
+            self._start, self._end = pos, end
+            return self.buffer()
         except BaseException:
             self._broken = True
             raise
@@ -111,36 +144,9 @@ class Framer:
     def feed(self, data: bytes | bytearray | memoryview, out: list[Message]) -> None:
         """Parse ``data`` (of any length), appending completed messages to ``out``."""
         src = memoryview(data)
+        dest = self.buffer()
         while src:
-            dest = self.buffer()
             n = min(len(dest), len(src))
             dest[:n] = src[:n]
-            del dest
-            self.received(n, out)
+            dest = self.received(n, out)
             src = src[n:]
-
-    def _parse(self, out: list[Message]) -> None:
-        view = self._view
-        pos, end = self._start, self._end
-        kinds, limit, decoders = self._kinds, self._limit, DECODERS
-        while end - pos >= HEADER_SIZE:
-            kind, seq, length = HEADER.unpack_from(view, pos)
-            if kind not in kinds:
-                raise ProtocolError(f"corrupt frame header (kind={kind}, length={length})")
-            if length > limit:
-                raise FrameTooLarge(kind, seq, length, limit)
-            start = pos + HEADER_SIZE
-            if end - start >= length:
-                out.append(decoders[kind](seq, bytes(view[start : start + length])))  # every kind has one
-                pos = start + length
-                continue
-            if self._check is not None:
-                self._check(kind, seq, length)
-            if length > _SCRATCH - HEADER_SIZE:  # will not fit the scratch: its own buffer
-                self._body, self._head = bytearray(view[start:end]), (kind, seq, length)
-                self._chunk = memoryview(bytearray(min(_CHUNK, length)))
-                pos = end
-            break
-        if pos == end:
-            pos = end = 0
-        self._start, self._end = pos, end

@@ -41,6 +41,7 @@ from ._protocol import (
     Ready,
     Started,
     WorkerMessage,
+    encode,
     encode_within,
 )
 
@@ -51,18 +52,19 @@ class _JobReader:
     def __init__(self, fd: int, max_message_size: int) -> None:
         self.fd = fd
         self.framer = Framer(JOB_KINDS, max_message_size)
+        self.buffer = self.framer.buffer()
         self.ready: list[Message] = []
 
     def next_job(self) -> Job | None:
         """Return the next job, or None at a clean end-of-file."""
         framer = self.framer
         while not self.ready:
-            n = os.readv(self.fd, [framer.buffer()])
+            n = os.readv(self.fd, [self.buffer])
             if n == 0:
                 if framer.idle:
                     return None
                 raise ProtocolError("job pipe closed inside a frame")
-            framer.received(n, self.ready)
+            self.buffer = framer.received(n, self.ready)
         job = self.ready.pop(0)
         assert isinstance(job, Job)  # the framer accepts JOB frames only
         return job
@@ -84,7 +86,9 @@ class _Sender:
         self.max_message_size = max_message_size
 
     def send_locked(self, msg: WorkerMessage) -> None:
-        header, body = encode_within(msg, self.max_message_size)
+        header, body = encode(msg)
+        if len(body) > self.max_message_size:
+            header, body = encode_within(msg, self.max_message_size)
         in_main = threading.get_ident() == _MAIN_THREAD
         if in_main:
             _JobState.writing = True  # a graceful-cancel request now waits for the frame to be whole

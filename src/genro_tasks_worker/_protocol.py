@@ -296,25 +296,25 @@ def encode(msg: Message) -> tuple[bytes, bytes | bytearray]:
     kind: int
     seq: int
     body: bytes | bytearray
-    if isinstance(msg, Started):
+    if type(msg) is Started:
         kind, seq, body = STARTED, msg.seq, b""
-    elif isinstance(msg, DoneOk):
+    elif type(msg) is DoneOk:
         kind, seq, body = DONE_OK, msg.seq, msg.result
-    elif isinstance(msg, Job):
+    elif type(msg) is Job:
         kind, seq, body = JOB, msg.seq, msg.payload
-    elif isinstance(msg, Progress):
+    elif type(msg) is Progress:
         flags = (msg.fraction is not None) | (msg.message is not None) << 1
         text = b"" if msg.message is None else _text(msg.message)
         kind, seq, body = PROGRESS, msg.seq, _PROGRESS.pack(flags, msg.fraction or 0.0) + text
-    elif isinstance(msg, DoneError):
+    elif type(msg) is DoneError:
         kind, seq, body = DONE_ERROR, msg.seq, _encode_failure(msg.failure)
-    elif isinstance(msg, DoneBadResult):
+    elif type(msg) is DoneBadResult:
         kind, seq, body = DONE_BAD_RESULT, msg.seq, _pack_fields(_text(msg.type_name), _text(msg.reason))
-    elif isinstance(msg, DoneTooLarge):
+    elif type(msg) is DoneTooLarge:
         kind, seq, body = DONE_TOO_LARGE, msg.seq, _SIZE.pack(msg.size) + _text(msg.what)
-    elif isinstance(msg, Ready):
+    elif type(msg) is Ready:
         kind, seq, body = READY, msg.pid, b""
-    elif isinstance(msg, InitFailed):
+    elif type(msg) is InitFailed:
         kind, seq, body = INIT_FAILED, msg.pid, _encode_failure(msg.failure)
     else:  # pragma: no cover - exhaustive
         raise TypeError(f"not a protocol message: {msg!r}")
