@@ -11,6 +11,7 @@ import trio
 
 from conftest import wait_pids_gone, wait_status, wait_until
 from genro_tasks import ManagerClosed, SupervisorFailed, TaskManager, TaskStatus, WorkerCrashed
+from genro_tasks_worker._protocol import Started
 from jobs import (
     CustomBaseException,
     big_result,
@@ -130,12 +131,12 @@ async def test_supervisor_failure_fails_everything_loudly() -> None:
     assert sup is not None
     original = sup._on_frame
 
-    def broken(w: object, frame: tuple[int, int, bytes]) -> None:
-        if frame[0] == 11:  # STARTED: blow up inside the supervisor
+    def broken(w: object, msg: object) -> None:
+        if isinstance(msg, Started):  # blow up inside the supervisor
             raise RuntimeError("injected supervisor bug")
-        original(w, frame)  # type: ignore[arg-type]
+        original(w, msg)  # type: ignore[arg-type]
 
-    sup._on_frame = broken  # type: ignore[method-assign,assignment]
+    sup._on_frame = broken  # type: ignore[method-assign]
     running = tm.submit(slow_task, 60)
     queued = tm.submit(simple_task, 1)
     workers = [w.pid for w in sup.workers]

@@ -10,7 +10,8 @@ Layers, top to bottom:
 * :mod:`._worker_proc` — the parent's handle of one worker process: its
   framed, non-blocking pipes and its process sentinel.
 * :mod:`genro_tasks_worker` — what runs *inside* a worker: a stdlib-only loop
-  that never imports trio, plus :func:`report_progress`.
+  that never imports trio, plus :func:`report_progress`; and the wire format
+  both sides share (``_protocol``: named messages; ``_framing``: the framer).
 * :mod:`._task`, :mod:`._watch` and :mod:`._errors` — the records, live views
   (``watch``, ``open_change_stream``) and exceptions users see.
 * :mod:`._options` and :mod:`._validate` — per-task options
@@ -27,6 +28,7 @@ from genro_tasks_worker import report_progress as report_progress
 
 from ._errors import ManagerClosed as ManagerClosed
 from ._errors import MemoryLimitExceeded as MemoryLimitExceeded
+from ._errors import MessageTooLarge as MessageTooLarge
 from ._errors import QueueFull as QueueFull
 from ._errors import RemoteError as RemoteError
 from ._errors import SupervisorFailed as SupervisorFailed
@@ -55,6 +57,7 @@ __all__ = (
     "ChangeStream",
     "ManagerClosed",
     "MemoryLimitExceeded",
+    "MessageTooLarge",
     "QueueFull",
     "RemoteError",
     "SupervisorFailed",

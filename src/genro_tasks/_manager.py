@@ -21,9 +21,14 @@ from typing import Any, NamedTuple, TypeVar, overload
 import trio
 from trio.lowlevel import enable_ki_protection
 
-from genro_tasks_worker._protocol import PICKLE_PROTOCOL
+from genro_tasks_worker._protocol import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_MAX_MESSAGE_SIZE,
+    MIN_MAX_MESSAGE_SIZE,
+    PICKLE_PROTOCOL,
+)
 
-from ._errors import ManagerClosed, QueueFull, UnpicklableJob
+from ._errors import ManagerClosed, MessageTooLarge, QueueFull, UnpicklableJob
 from ._options import _KEEP, DEFAULT_OPTIONS, TaskOptions, TaskSubmitter, _Keep
 from ._supervisor import Supervisor, default_context
 from ._task import TaskInfo, TaskManagerStatistics, TaskRecord, TaskStatus
@@ -136,6 +141,12 @@ class TaskManager:
         max_finished: Most finished tasks (with their results) kept for
             ``info``/``result``; the oldest finished are forgotten first.
         finished_ttl: Seconds a finished task is kept (``None``: no age limit).
+        max_message_size: Largest message, in bytes, between this process
+            and a worker (default 1 GiB; at least 1 MiB): a pickled job
+            (``submit`` raises MessageTooLarge beyond it), a pickled result,
+            an error report, a progress message. A task whose result is
+            larger fails with MessageTooLarge. It bounds what one worker
+            can make this process buffer, however its frames claim more.
     """
 
     def __init__(
@@ -149,6 +160,7 @@ class TaskManager:
         max_queued: int | None = None,
         max_finished: int = 10_000,
         finished_ttl: float | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
@@ -163,6 +175,15 @@ class TaskManager:
             initargs = tuple(initargs)
         except TypeError:
             raise TypeError(f"initargs must be a tuple of arguments for the initializer, not {initargs!r}") from None
+        if (
+            isinstance(max_message_size, bool)
+            or not isinstance(max_message_size, int)
+            or not MIN_MAX_MESSAGE_SIZE <= max_message_size <= MAX_MAX_MESSAGE_SIZE
+        ):
+            raise ValueError(
+                f"max_message_size must be an int of bytes between {MIN_MAX_MESSAGE_SIZE:,} (1 MiB) and "
+                f"{MAX_MAX_MESSAGE_SIZE:,} (1 TiB), not {max_message_size!r}"
+            )
         if initializer is not None:
             if not callable(initializer):
                 raise TypeError(f"initializer must be callable, not {initializer!r}")
@@ -184,6 +205,7 @@ class TaskManager:
         self._max_queued = max_queued
         self._max_finished = max_finished
         self._finished_ttl = finished_ttl
+        self._max_message_size = max_message_size
         self._records: dict[str, TaskRecord] = {}
         self._finished: deque[TaskRecord] = deque()
         self._sup: Supervisor | None = None
@@ -240,6 +262,7 @@ class TaskManager:
             initializer=self._initializer,
             initargs=self._initargs,
             max_tasks_per_worker=self._max_tasks,
+            max_message_size=self._max_message_size,
         )
         self._sup = sup
         trio.lowlevel.spawn_system_task(sup.run, name="genro_tasks supervisor")
@@ -392,6 +415,8 @@ class TaskManager:
             TypeError: ``func`` is not callable, or ``metadata`` not a dict.
             UnpicklableJob: ``func`` or an argument cannot be pickled, or
                 refers to a main module the workers cannot import (a TypeError).
+            MessageTooLarge: ``func`` and its arguments pickle to more than
+                ``max_message_size`` bytes (a ValueError).
             RuntimeError: Called from a thread other than the manager's trio thread.
         """
         return self._submit(func, args, kwargs, task_id, metadata, DEFAULT_OPTIONS)
@@ -482,6 +507,10 @@ class TaskManager:
                 "The function must be importable by name (a module-level def, not a lambda, closure or "
                 "local function) and every argument must be picklable."
             ) from exc
+        if len(payload) > self._max_message_size:
+            raise MessageTooLarge(
+                task_id, f"job ({name} and its arguments, pickled)", len(payload), self._max_message_size
+            )
         if b"__main__" in payload:
             _refuse_unimportable_main(f"Task {task_id!r} ({name})", (func, args, kwargs))
         return _Job(task_id, name, payload, meta, options)

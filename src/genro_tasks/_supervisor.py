@@ -32,20 +32,28 @@ import trio
 from trio.lowlevel import enable_ki_protection
 
 from genro_tasks_worker._protocol import (
-    DONE_BAD_RESULT,
-    DONE_ERROR,
-    DONE_OK,
-    INIT_FAILED,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    KIND_NAMES,
     PICKLE_PROTOCOL,
-    PROGRESS,
     READY,
     STARTED,
+    DoneBadResult,
+    DoneError,
+    DoneOk,
+    DoneTooLarge,
+    FrameTooLarge,
+    InitFailed,
+    Message,
+    Progress,
     ProtocolError,
+    Ready,
+    Started,
 )
 
 from ._errors import (
     ManagerClosed,
     MemoryLimitExceeded,
+    MessageTooLarge,
     SupervisorFailed,
     TaskTimeout,
     UnpicklableResult,
@@ -54,7 +62,7 @@ from ._errors import (
     describe_exit,
 )
 from ._task import TaskManagerStatistics, TaskRecord, TaskStatus
-from ._worker_proc import Frame, KillReason, WorkerProcess, WorkerState, main_module_ref
+from ._worker_proc import KillReason, WorkerProcess, WorkerState, main_module_ref
 
 log = logging.getLogger("genro_tasks")
 
@@ -89,8 +97,10 @@ class Supervisor:
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
         max_tasks_per_worker: int | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         self.max_workers = max_workers
+        self.max_message_size = max_message_size
         self._ctx = ctx
         self._on_change = on_change
         self._init_payload = pickle.dumps((initializer, initargs), PICKLE_PROTOCOL) if initializer is not None else None
@@ -204,7 +214,9 @@ class Supervisor:
         assert self._nursery is not None
         self._numbers += 1
         try:
-            w = WorkerProcess(self._ctx, self._alive_r, self._numbers, self._init_payload, self._main_ref)
+            w = WorkerProcess(
+                self._ctx, self._alive_r, self._numbers, self._init_payload, self._main_ref, self.max_message_size
+            )
         except Exception as exc:
             log.error("could not start a genro_tasks worker process: %s", exc)
             if self._starting:
@@ -310,22 +322,22 @@ class Supervisor:
 
     @enable_ki_protection
     async def _read_loop(self, w: WorkerProcess) -> None:
-        frames: list[Frame] = []
+        frames: list[Message] = []
         reader = w.reader
         while True:
             try:
                 alive = reader.read(frames)
+                broken: ProtocolError | None = None
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(reader.fd)
                 continue
             except ProtocolError as exc:
-                self._protocol_error(w, exc)
-                return
+                alive, broken = True, exc
             except MemoryError:
-                # A frame claiming more memory than we have: the worker's fault, not ours.
-                self._protocol_error(w, ProtocolError("a frame claims more memory than is available"))
-                return
-            if frames:
+                # Bodies grow only as their bytes arrive: this is a message within
+                # max_message_size that this process has no memory left for.
+                alive, broken = True, ProtocolError("its message is larger than the memory left to receive it")
+            if frames:  # the messages before a broken frame count, in order
                 try:
                     for frame in frames:
                         self._on_frame(w, frame)
@@ -334,6 +346,12 @@ class Supervisor:
                     return
                 finally:
                     frames.clear()
+            if isinstance(broken, FrameTooLarge):
+                self._too_large(w, broken)
+                return
+            if broken is not None:
+                self._protocol_error(w, broken)
+                return
             if not alive:
                 # Normally the process has exited and _serve cancels us any
                 # moment now; one that lives on without its pipe is broken.
@@ -346,9 +364,19 @@ class Supervisor:
         log.warning("worker %d sent a corrupt message (%s); treating it as crashed", w.pid, exc)
         self._kill(w, KillReason.CRASH, f"it sent a corrupt message: {exc}")
 
+    def _too_large(self, w: WorkerProcess, exc: FrameTooLarge) -> None:
+        """A frame over max_message_size: its task fails, its worker (whose pipe is now useless) is replaced."""
+        rec = w.task
+        if exc.kind in (READY, STARTED) or rec is None or rec.seq != exc.seq or rec.status is not TaskStatus.RUNNING:
+            self._protocol_error(w, exc)
+            return
+        log.warning("worker %d: task %r sent %s; killing the worker", w.pid, rec.task_id, exc)
+        w.oversize = (KIND_NAMES[exc.kind], exc.length)
+        self._kill(w, KillReason.TOO_LARGE, str(exc))
+
     def _drain(self, w: WorkerProcess) -> None:
         """Handle the whole frames an exited worker left in its pipe."""
-        frames: list[Frame] = []
+        frames: list[Message] = []
         for _ in range(1 << 16):
             try:
                 if not w.reader.read(frames):
@@ -362,18 +390,17 @@ class Supervisor:
                 break
 
     # ---------------------------------------------------------------- messages
-    def _on_frame(self, w: WorkerProcess, frame: Frame) -> None:
-        kind, seq, body = frame
+    def _on_frame(self, w: WorkerProcess, msg: Message) -> None:
         if w.state is WorkerState.DYING or w.state is WorkerState.DEAD:
             return  # we already decided how its task ends
-        if kind == INIT_FAILED:
+        if isinstance(msg, InitFailed):
             if w.state is not WorkerState.STARTING:
-                raise ProtocolError("unexpected INIT_FAILED")
-            self._init_failed(w, body)
+                raise ProtocolError("unexpected InitFailed")
+            self._init_failed(w, msg)
             return
-        if kind == READY:
-            if w.state is not WorkerState.STARTING or seq != w.pid:
-                raise ProtocolError(f"unexpected READY (pid {seq})")
+        if isinstance(msg, Ready):
+            if w.state is not WorkerState.STARTING or msg.pid != w.pid:
+                raise ProtocolError(f"unexpected Ready (pid {msg.pid})")
             w.state = WorkerState.IDLE
             w.ready = True
             self._backoff = 0.0
@@ -391,11 +418,11 @@ class Supervisor:
             self.dispatch()
             return
         rec = w.task
-        if rec is None or rec.seq != seq:
-            raise ProtocolError(f"message kind {kind} about task #{seq}, which this worker does not run")
-        if kind == STARTED:
+        if rec is None or rec.seq != msg.seq:
+            raise ProtocolError(f"{type(msg).__name__} about task #{msg.seq}, which this worker does not run")
+        if type(msg) is Started:
             if rec.status is not TaskStatus.PENDING:
-                raise ProtocolError("STARTED twice")
+                raise ProtocolError("Started twice")
             rec.set_running(w.pid)
             if rec.timeout is not None:
                 rec.deadline = trio.current_time() + rec.timeout
@@ -404,19 +431,15 @@ class Supervisor:
             self._on_change(rec)
             return
         if rec.status is not TaskStatus.RUNNING:
-            raise ProtocolError(f"message kind {kind} before STARTED")
-        if kind == PROGRESS:
-            try:
-                fraction, message = pickle.loads(body)
-            except Exception as exc:
-                raise ProtocolError(f"bad PROGRESS body: {exc}") from None
-            rec.set_progress(fraction, message)
+            raise ProtocolError(f"{type(msg).__name__} before Started")
+        if type(msg) is Progress:
+            rec.set_progress(msg.fraction, msg.message)
             self._on_change(rec)
             return
-        if kind == DONE_OK:
+        if type(msg) is DoneOk:
             # Decoded here, before COMPLETED is recorded: COMPLETED means result() returns.
             try:
-                value = pickle.loads(body)
+                value = pickle.loads(msg.result)
             except BaseException as exc:  # user code ran: even SystemExit stays here, as this task's failure
                 error = UnpicklableResult(
                     f"Task {rec.task_id!r} ({rec.name}) returned a value that cannot be unpickled in this "
@@ -426,31 +449,26 @@ class Supervisor:
                 rec.finish_failed(error)
             else:
                 rec.finish_ok(value)
-        elif kind == DONE_ERROR:
-            try:
-                failure = pickle.loads(body)
-            except Exception as exc:
-                raise ProtocolError(f"bad DONE_ERROR body: {exc}") from None
+        elif type(msg) is DoneError:
+            failure = msg.failure
             if w.grace_deadline < math.inf:
-                rec.finish_cancelled(f"cancelled gracefully; the job ended with {failure[1]}: {failure[2]}")
-            elif failure[1] == "MemoryError" and rec.memory_limit is not None:
-                limit_error = MemoryLimitExceeded(rec.task_id, rec.memory_limit, failure[3])
+                rec.finish_cancelled(f"cancelled gracefully; the job ended with {failure.type_name}: {failure.message}")
+            elif failure.type_name == "MemoryError" and rec.memory_limit is not None:
+                limit_error = MemoryLimitExceeded(rec.task_id, rec.memory_limit, failure.traceback)
                 rec.finish_failed(limit_error)
             else:
                 rec.finish_remote_error(failure)
-        elif kind == DONE_BAD_RESULT:
-            try:
-                type_name, why = pickle.loads(body)
-            except Exception as exc:
-                raise ProtocolError(f"bad DONE_BAD_RESULT body: {exc}") from None
+        elif type(msg) is DoneBadResult:
             rec.finish_failed(
                 UnpicklableResult(
-                    f"Task {rec.task_id!r} ({rec.name}) returned a {type_name} that cannot be pickled "
-                    f"({why}); return plain data instead, e.g. write it to a file and return the path"
+                    f"Task {rec.task_id!r} ({rec.name}) returned a {msg.type_name} that cannot be pickled "
+                    f"({msg.reason}); return plain data instead, e.g. write it to a file and return the path"
                 )
             )
-        else:  # pragma: no cover - FrameReader filters kinds
-            raise ProtocolError(f"unknown message kind {kind}")
+        elif type(msg) is DoneTooLarge:
+            rec.finish_failed(MessageTooLarge(rec.task_id, msg.what, msg.size, self.max_message_size))
+        else:  # pragma: no cover - the framer accepts worker messages only
+            raise ProtocolError(f"unexpected {type(msg).__name__}")
         log.debug("task %r %s", rec.task_id, rec.status.value)
         w.task = None
         w.jobs_done += 1
@@ -469,12 +487,9 @@ class Supervisor:
             self.dispatch()
         self._check_drained()
 
-    def _init_failed(self, w: WorkerProcess, body: bytes | bytearray) -> None:
+    def _init_failed(self, w: WorkerProcess, msg: InitFailed) -> None:
         """A worker's initializer raised: remember why (the worker exits next; _on_exit goes on)."""
-        try:
-            _exc_bytes, type_name, message, tb_text = pickle.loads(body)
-        except Exception:
-            type_name, message, tb_text = "<unknown>", "initializer failed", ""
+        type_name, message, tb_text = msg.failure.type_name, msg.failure.message, msg.failure.traceback
         w.init_failed = True
         log.warning("worker %d: initializer failed: %s: %s", w.pid, type_name, message)
         self._start_failed(WorkerInitError(type_name, message, tb_text))
@@ -691,6 +706,9 @@ class Supervisor:
         elif reason is KillReason.TIMEOUT:
             assert rec.timeout is not None
             rec.finish_failed(TaskTimeout(rec.task_id, rec.timeout))
+        elif reason is KillReason.TOO_LARGE:
+            what, size = w.oversize
+            rec.finish_failed(MessageTooLarge(rec.task_id, what, size, self.max_message_size))
         elif reason is KillReason.SUPERVISOR:  # pragma: no cover - _fail finished it
             return
         elif rec.status is TaskStatus.PENDING and rec.cancel_requested:
