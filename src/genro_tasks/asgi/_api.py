@@ -2,51 +2,61 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_to_bytes
 
 from .._manager import TaskManager
 from .._task import TaskInfo, TaskStatus
-from ._dashboard import dashboard_html, send_html
+from ._dashboard import send_page, send_script, status_table
 from ._events import EventStreams
-from ._http import HTTPError, Receive, Scope, Send, int_param, send_body, send_json
+from ._http import HTTPError, Receive, Scope, Send, check_method, head_only, send_body, send_json
 from ._lifespan import task_manager
+from ._listing import list_page
 from ._serialize import info_to_json
 
 #: ``authorize(scope, action, task_id)``: True (or an awaitable of True) allows the action.
 Authorize = Callable[[Scope, str, "str | None"], "bool | Awaitable[bool]"]
 
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
-_MAX_LIMIT = 500
 _CSRF_HEADER = b"x-genro-tasks"
 
 
 class TaskAPI:
     """A mountable ASGI app: JSON API, SSE streams and a dashboard over a TaskManager.
 
-    Routes, relative to where it is mounted (``scope["root_path"]``):
+    Routes, relative to where it is mounted (``scope["root_path"]``). Every
+    GET also answers HEAD; a wrong method gets 405 with ``Allow``. Task ids
+    are one percent-encoded path segment each, so every id ``submit``
+    accepts is addressable (``export/42`` is ``export%2F42``).
 
-    ========================  =====================================================
-    ``GET /``                 the dashboard (one self-contained HTML page)
-    ``GET /config``           what the dashboard may do (``{"can_cancel": bool}``)
-    ``GET /tasks``            list: ``?status=running&limit=50&offset=0``
-    ``GET /tasks/{id}``       one task's info
-    ``POST /tasks/{id}/cancel``  cancel (needs ``authorize``; ``?grace=5`` optional)
+    ===========================  ==================================================
+    ``GET /``                    the dashboard page (its script: ``/dashboard.js``)
+    ``GET /config``              what the dashboard may do, and the statuses
+    ``GET /tasks``               list: ``?status=&q=&sort=-created_at&limit=50&offset=0``
+                                 (``total`` matching, ``counts`` by status)
+    ``GET /tasks/{id}``          one task's info
+    ``POST /tasks/{id}/cancel``  cancel (``authorize``; ``?grace=5`` optional)
     ``GET /tasks/{id}/result``   the result if COMPLETED and JSON-serialisable, else 409
     ``GET /tasks/{id}/events``   Server-Sent Events: the task's snapshots until it ends
-    ``GET /events``           Server-Sent Events: every task's changes
-    ========================  =====================================================
+    ``GET /events``              Server-Sent Events: ``hello`` once subscribed, then
+                                 every task's changes (``resync`` if some were dropped)
+    ``GET /stats``               ``TaskManager.statistics()`` as JSON (the pool view)
+    ``POST /clear``              forget finished tasks (``authorize(scope, "clear", None)``)
+    ===========================  ==================================================
+
+    Every POST needs the ``X-Genro-Tasks: 1`` header (a cross-site form cannot
+    send it) and ``authorize`` to return True.
 
     Args:
         manager: The TaskManager, or None to use ``scope["genro_tasks"]``
             (set by :class:`TaskManagerLifespan`).
         authorize: ``authorize(scope, action, task_id) -> bool`` (or awaitable).
-            Without it every mutating action (cancel) is refused with 403.
+            Actions: ``cancel``, ``clear`` (and ``read`` with ``authorize_reads``).
+            Without it every mutating action is refused with 403.
         expose_tracebacks: Include remote tracebacks in errors (default: no,
             errors are reduced to their first line).
         authorize_reads: If True, every read (list, info, result, streams,
@@ -54,6 +64,12 @@ class TaskAPI:
             task_id_or_None)`` to return True; otherwise 403. Default False:
             reads are open, so mount the API where only operators reach it.
         max_streams: Most Server-Sent-Events streams open at once (503 beyond).
+        stream_backlog: Most distinct tasks an event stream buffers for a
+            slow client (newest state per task); beyond it the oldest are
+            dropped and the client is sent ``resync``.
+
+    Raises:
+        ValueError: ``max_streams`` or ``stream_backlog`` is out of range.
     """
 
     def __init__(
@@ -64,12 +80,17 @@ class TaskAPI:
         expose_tracebacks: bool = False,
         authorize_reads: bool = False,
         max_streams: int = 64,
+        stream_backlog: int = 10_000,
     ) -> None:
+        if isinstance(stream_backlog, bool) or not isinstance(stream_backlog, int) or stream_backlog < 1:
+            raise ValueError(f"stream_backlog must be a positive int (tasks), not {stream_backlog!r}")
+        if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 0:
+            raise ValueError(f"max_streams must be an int >= 0, not {max_streams!r}")
         self._manager = manager
         self._authorize = authorize
         self._tracebacks = expose_tracebacks
         self._authorize_reads = authorize_reads
-        self._streams = EventStreams(max_streams, expose_tracebacks)
+        self._streams = EventStreams(max_streams, expose_tracebacks, stream_backlog)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point.
@@ -91,82 +112,71 @@ class TaskAPI:
         try:
             await self._route(scope, receive, send)
         except HTTPError as exc:
-            await send_json(send, exc.status, {"error": exc.message})
+            if scope["method"] == "HEAD":
+                send = head_only(send)
+            await send_json(send, exc.status, {"error": exc.message}, exc.headers)
 
     def manager(self, scope: Scope) -> TaskManager:
         return self._manager if self._manager is not None else task_manager(scope)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
-        path = scope["path"]
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :]
-        parts = [p for p in path.split("/") if p]
+        head = method == "HEAD"
+        if head:
+            send = head_only(send)
+        parts = _segments(scope)
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         tm = self.manager(scope)
-        if not parts:
-            self._method(method, "GET")
-            await send_html(send, dashboard_html())
+        if not parts or parts == ["dashboard.js"]:  # static: they hold no task data
+            check_method(method, "GET")
+            await (send_script(send) if parts else send_page(send))
             return
-        head, *rest = parts
-        if self._authorize_reads and not (head == "tasks" and len(rest) == 2 and rest[1] == "cancel"):
-            target = _valid_id(rest[0]) if head == "tasks" and rest else None
+        first, *rest = parts
+        if method != "POST" and self._authorize_reads:
+            target = rest[0] if first == "tasks" and rest else None
             if not await self._allowed(scope, "read", target):
                 raise HTTPError(403, "not authorised to read tasks")
-        if head == "config" and not rest:
-            self._method(method, "GET")
-            await send_json(send, 200, {"can_cancel": await self._allowed(scope, "cancel", None)})
-        elif head == "events" and not rest:
-            self._method(method, "GET")
-            await self._streams.all(tm, receive, send)
-        elif head == "tasks" and not rest:
-            self._method(method, "GET")
-            await send_json(send, 200, self._list(tm, query))
-        elif head == "tasks":
-            task_id = _valid_id(rest[0])
+        if first == "config" and not rest:
+            check_method(method, "GET")
+            await send_json(send, 200, await self._config(scope))
+        elif first == "events" and not rest:
+            check_method(method, "GET")
+            await self._streams.all(tm, receive, send, head=head)
+        elif first == "tasks" and not rest:
+            check_method(method, "GET")
+            await send_json(send, 200, list_page(tm, query, tracebacks=self._tracebacks))
+        elif first == "stats" and not rest:
+            check_method(method, "GET")
+            await send_json(send, 200, dataclasses.asdict(tm.statistics()))
+        elif first == "clear" and not rest:
+            check_method(method, "POST")
+            await self._guard(scope, "clear", None)
+            await send_json(send, 200, {"cleared": tm.clear_completed()})
+        elif first == "tasks" and len(rest) <= 2:
+            task_id = rest[0]
             action = rest[1] if len(rest) > 1 else None
-            if len(rest) > 2:
-                raise HTTPError(404, "no such route")
             if action is None:
-                self._method(method, "GET")
+                check_method(method, "GET")
                 await send_json(send, 200, info_to_json(await _info(tm, task_id), tracebacks=self._tracebacks))
             elif action == "cancel":
-                self._method(method, "POST")
+                check_method(method, "POST")
                 await self._cancel(tm, scope, task_id, query, send)
             elif action == "result":
-                self._method(method, "GET")
+                check_method(method, "GET")
                 await self._result(tm, task_id, send)
             elif action == "events":
-                self._method(method, "GET")
-                await self._streams.one(tm, task_id, receive, send)
+                check_method(method, "GET")
+                await self._streams.one(tm, task_id, receive, send, head=head)
             else:
                 raise HTTPError(404, "no such route")
         else:
             raise HTTPError(404, "no such route")
 
-    @staticmethod
-    def _method(method: str, expected: str) -> None:
-        if method != expected:
-            raise HTTPError(405, f"use {expected}")
-
-    def _list(self, tm: TaskManager, query: dict[str, list[str]]) -> dict[str, Any]:
-        status: TaskStatus | None = None
-        if "status" in query:
-            try:
-                status = TaskStatus(query["status"][0])
-            except ValueError:
-                allowed = ", ".join(s.value for s in TaskStatus)
-                raise HTTPError(400, f"status must be one of: {allowed}") from None
-        limit = int_param(query, "limit", 50, 1, _MAX_LIMIT)
-        offset = int_param(query, "offset", 0, 0, 10**9)
-        infos = tm.list_tasks(status)
-        page = infos[offset : offset + limit]
+    async def _config(self, scope: Scope) -> dict[str, Any]:
         return {
-            "tasks": [info_to_json(i, tracebacks=self._tracebacks) for i in page],
-            "total": len(infos),
-            "limit": limit,
-            "offset": offset,
+            "can_cancel": await self._allowed(scope, "cancel", None),
+            "can_clear": await self._allowed(scope, "clear", None),
+            "statuses": status_table(),
         }
 
     async def _allowed(self, scope: Scope, action: str, task_id: str | None) -> bool:
@@ -177,16 +187,21 @@ class TaskAPI:
             verdict = await verdict
         return verdict is True
 
-    async def _cancel(
-        self, tm: TaskManager, scope: Scope, task_id: str, query: dict[str, list[str]], send: Send
-    ) -> None:
+    async def _guard(self, scope: Scope, action: str, task_id: str | None) -> None:
+        """Every mutating action: the anti-CSRF header, then ``authorize``; else 403."""
         headers = dict(scope.get("headers", []))
         if headers.get(_CSRF_HEADER) != b"1":
             raise HTTPError(403, "missing header 'X-Genro-Tasks: 1' (it protects against cross-site requests)")
         if self._authorize is None:
-            raise HTTPError(403, "cancel is disabled: the application did not configure TaskAPI(authorize=...)")
-        if not await self._allowed(scope, "cancel", task_id):
-            raise HTTPError(403, f"not authorised to cancel task {task_id!r}")
+            raise HTTPError(403, f"{action} is disabled: the application did not configure TaskAPI(authorize=...)")
+        if not await self._allowed(scope, action, task_id):
+            target = f" task {task_id!r}" if task_id is not None else " tasks"
+            raise HTTPError(403, f"not authorised to {action}{target}")
+
+    async def _cancel(
+        self, tm: TaskManager, scope: Scope, task_id: str, query: dict[str, list[str]], send: Send
+    ) -> None:
+        await self._guard(scope, "cancel", task_id)
         grace: float | None = None
         if "grace" in query:
             try:
@@ -225,7 +240,7 @@ class TaskAPI:
             return
         try:
             payload = json.dumps({"task_id": task_id, "result": value}, allow_nan=False)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             await send_json(
                 send, 409, {"error": f"the result of task {task_id!r} is not JSON-serialisable ({type(exc).__name__})"}
             )
@@ -240,9 +255,21 @@ async def _info(tm: TaskManager, task_id: str) -> TaskInfo:
         raise HTTPError(404, f"Task not found: {task_id}") from None
 
 
-def _valid_id(raw: str) -> str:
-    if not _ID_RE.fullmatch(raw):
-        raise HTTPError(
-            400, "invalid task id: use 1-128 letters, digits and . _ : @ -, starting with a letter or digit"
-        )
-    return raw
+def _segments(scope: Scope) -> list[str]:
+    """The path's segments below the mount point, each percent-decoded on its own.
+
+    Splitting the *raw* path before decoding is what makes every task id
+    addressable: ``export/42`` arrives as ``export%2F42``, one segment.
+    """
+    raw = scope.get("raw_path")
+    if raw is None:  # the server gives no raw path: ids containing "/" cannot be told apart
+        segments = [s for s in scope["path"].split("/") if s]
+    else:
+        try:
+            segments = [unquote_to_bytes(s).decode("utf-8") for s in bytes(raw).split(b"/") if s]
+        except UnicodeDecodeError:
+            raise HTTPError(400, "the path is not valid percent-encoded UTF-8") from None
+    root = [s for s in scope.get("root_path", "").split("/") if s]
+    if root and segments[: len(root)] == root:
+        segments = segments[len(root) :]
+    return segments

@@ -14,12 +14,31 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class HTTPError(Exception):
-    """An error answered as ``{"error": message}`` with ``status``."""
+    """An error answered as ``{"error": message}`` with ``status`` (and extra ``headers``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or []
+
+
+def check_method(method: str, allowed: str) -> None:
+    """405 with an ``Allow`` header unless ``method`` is allowed (``"GET"`` also allows ``HEAD``)."""
+    methods = ("GET", "HEAD") if allowed == "GET" else (allowed,)
+    if method not in methods:
+        raise HTTPError(405, f"use {allowed}", [(b"allow", ", ".join(methods).encode())])
+
+
+def head_only(send: Send) -> Send:
+    """Wrap ``send`` for a HEAD request: the headers go out, the body does not."""
+
+    async def send_head(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return send_head
 
 
 def int_param(query: dict[str, list[str]], name: str, default: int, low: int, high: int) -> int:
@@ -35,7 +54,9 @@ def int_param(query: dict[str, list[str]], name: str, default: int, low: int, hi
     return value
 
 
-async def send_body(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+async def send_body(
+    send: Send, status: int, body: bytes, content_type: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     """Send a complete response."""
     await send(
         {
@@ -46,12 +67,13 @@ async def send_body(send: Send, status: int, body: bytes, content_type: bytes) -
                 (b"content-length", str(len(body)).encode()),
                 (b"cache-control", b"no-store"),
                 (b"x-content-type-options", b"nosniff"),
+                *(headers or []),
             ],
         }
     )
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_json(send: Send, status: int, payload: Any) -> None:
+async def send_json(send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     """Send ``payload`` as a JSON response."""
-    await send_body(send, status, json.dumps(payload).encode(), b"application/json")
+    await send_body(send, status, json.dumps(payload).encode(), b"application/json", headers)

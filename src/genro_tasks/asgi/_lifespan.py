@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+import trio
+
 from .._manager import TaskManager
 from ._http import ASGIApp, Message, Receive, Scope, Send
 
@@ -12,16 +16,28 @@ class TaskManagerLifespan:
     """Wrap an ASGI app so that a TaskManager lives exactly as long as the app.
 
     On ``lifespan.startup`` the manager is started before the wrapped app sees
-    the event; on shutdown it is shut down (``wait`` and ``cancel_pending`` as
-    given) after the app has finished its own shutdown. Every ``http`` and
-    ``websocket`` scope gets the manager as ``scope["genro_tasks"]``. Works
-    whether or not the wrapped app handles lifespan events itself.
+    the event; on shutdown it is shut down after the app has finished its own
+    shutdown. Every ``http`` and ``websocket`` scope gets the manager as
+    ``scope["genro_tasks"]``. Works whether or not the wrapped app handles
+    lifespan events itself.
+
+    Shutdown is bounded by default, so it ends well within a server's own
+    shutdown timeout: queued tasks are CANCELLED at once, running tasks get
+    ``shutdown_timeout`` seconds to finish, and whatever still runs then is
+    killed and recorded CANCELLED.
 
     Args:
         app: The ASGI application to wrap.
         manager: The TaskManager to run (default: ``TaskManager()``).
-        shutdown_wait: Passed to ``shutdown(wait=...)``.
-        shutdown_cancel_pending: Passed to ``shutdown(cancel_pending=...)``.
+        shutdown_wait: If False, running tasks are killed at once
+            (``shutdown(wait=False)``).
+        shutdown_cancel_pending: If False, queued tasks also run during the
+            drain (still bounded by ``shutdown_timeout``).
+        shutdown_timeout: Seconds to let tasks finish before they are
+            killed (default 10), or None to wait however long they take.
+
+    Raises:
+        ValueError: ``shutdown_timeout`` is negative, NaN or infinite.
     """
 
     def __init__(
@@ -30,19 +46,37 @@ class TaskManagerLifespan:
         manager: TaskManager | None = None,
         *,
         shutdown_wait: bool = True,
-        shutdown_cancel_pending: bool = False,
+        shutdown_cancel_pending: bool = True,
+        shutdown_timeout: float | None = 10.0,
     ) -> None:
+        if shutdown_timeout is not None and (
+            isinstance(shutdown_timeout, bool)
+            or not isinstance(shutdown_timeout, int | float)
+            or not 0 <= shutdown_timeout < math.inf
+        ):
+            raise ValueError(
+                f"shutdown_timeout must be a finite number of seconds >= 0, or None to wait for every task; "
+                f"not {shutdown_timeout!r}"
+            )
         self.app = app
         self.tasks = manager if manager is not None else TaskManager()
         self._wait = shutdown_wait
         self._cancel_pending = shutdown_cancel_pending
+        #: Seconds tasks get to finish at shutdown before they are killed (None: no limit).
+        self.shutdown_timeout = shutdown_timeout
+
+    async def _shutdown(self) -> None:
+        """Drain up to ``shutdown_timeout``, then kill what is left (shutdown's own cancel path)."""
+        limit = math.inf if self.shutdown_timeout is None else self.shutdown_timeout
+        with trio.move_on_after(limit):
+            await self.tasks.shutdown(wait=self._wait, cancel_pending=self._cancel_pending)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point.
 
         **Cancellation:** For a request, as the wrapped app. During lifespan,
-        cancellation while the manager shuts down kills every worker first
-        (see :meth:`TaskManager.shutdown`).
+        cancellation while the manager shuts down (or ``shutdown_timeout``
+        running out) kills every worker first (see :meth:`TaskManager.shutdown`).
         """
         if scope["type"] != "lifespan":
             scope[SCOPE_KEY] = self.tasks
@@ -69,7 +103,7 @@ class TaskManagerLifespan:
             if kind == "lifespan.startup.complete" and startup_error:
                 message = {"type": "lifespan.startup.failed", "message": f"TaskManager: {startup_error[0]}"}
             elif kind == "lifespan.shutdown.complete":
-                await self.tasks.shutdown(wait=self._wait, cancel_pending=self._cancel_pending)
+                await self._shutdown()
             await send(message)
 
         try:
@@ -90,7 +124,7 @@ class TaskManagerLifespan:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.tasks.shutdown(wait=self._wait, cancel_pending=self._cancel_pending)
+                await self._shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -1,0 +1,210 @@
+"""The web layer's promises (issue 14) against a real hypercorn on 127.0.0.1:
+defensive serialisation, addressable ids, 405/HEAD, bounded lifespan
+shutdown, and event streams that never lose a final state."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+import trio
+
+from conftest import wait_status
+from genro_tasks import TaskManager, TaskStatus
+from genro_tasks.asgi import TaskAPI, TaskManagerLifespan
+from jobs import simple_task, slow_task
+from test_asgi import allow_all, api_app, running
+
+
+class RaisingRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+
+def deep(levels: int) -> dict[str, Any]:
+    root: dict[str, Any] = {}
+    node = root
+    for _ in range(levels):
+        node["a"] = {}
+        node = node["a"]
+    return root
+
+
+async def test_odd_metadata_never_breaks_list_or_info() -> None:
+    tm = TaskManager(1)
+    async with running(api_app(tm)) as url, httpx.AsyncClient(base_url=url + "/api") as client:
+        tm.submit(simple_task, 1, task_id="plain", metadata={"owner": "ann"})
+        tm.submit(simple_task, 2, task_id="deep", metadata={"tree": deep(3_000)})
+        tm.submit(simple_task, 3, task_id="bigint", metadata={"n": 10**5_000})
+        odd: dict[Any, Any] = {"obj": RaisingRepr(), RaisingRepr(): 1}
+        tm.submit(simple_task, 4, task_id="repr", metadata=odd)
+        tm.submit(simple_task, 5, task_id="nan", metadata={"x": math.nan, "many": list(range(100_000))})
+        listing = await client.get("/tasks")
+        assert listing.status_code == 200
+        assert [t["task_id"] for t in listing.json()["tasks"]] == ["plain", "deep", "bigint", "repr", "nan"]
+        for tid in ("plain", "deep", "bigint", "repr", "nan"):
+            reply = await client.get(f"/tasks/{tid}")
+            assert reply.status_code == 200, tid
+            assert reply.json()["task_id"] == tid
+        assert (await client.get("/tasks/plain")).json()["metadata"] == {"owner": "ann"}
+        assert "int of" in (await client.get("/tasks/bigint")).json()["metadata"]["n"]
+        assert "repr failed" in (await client.get("/tasks/repr")).json()["metadata"]["obj"]
+
+
+def segment(task_id: str) -> str:
+    """A task id as one path segment (as the dashboard encodes it: dots too, or '..' would be resolved)."""
+    return quote(task_id, safe="").replace(".", "%2E")
+
+
+ODD_IDS = ["report 2024", "rapport-été", "export/42", "_x", "a?b#c&d", "%41", "..", "cancel"]
+
+
+async def test_every_id_submit_accepts_is_addressable() -> None:
+    tm = TaskManager(1)
+    async with running(api_app(tm, authorize=allow_all)) as url, httpx.AsyncClient(base_url=url + "/api") as client:
+        for tid in ODD_IDS:
+            tm.submit(slow_task, 60, task_id=tid)
+        for tid in ODD_IDS:
+            path = "/tasks/" + segment(tid)
+            info = await client.get(path)
+            assert info.status_code == 200, (tid, info.text)
+            assert info.json()["task_id"] == tid
+            cancel = await client.post(path + "/cancel", headers={"X-Genro-Tasks": "1"})
+            assert cancel.status_code == 200, (tid, cancel.text)
+            assert cancel.json()["task"]["status"] == "cancelled"
+            result = await client.get(path + "/result")
+            assert result.status_code == 409
+            assert result.json()["task"]["task_id"] == tid
+        assert (await client.get("/tasks/%FF")).status_code == 400  # not UTF-8: a clear 400, not a 500
+
+
+async def test_405_names_the_allowed_methods_and_head_works() -> None:
+    tm = TaskManager(1)
+    async with running(api_app(tm, authorize=allow_all)) as url, httpx.AsyncClient(base_url=url + "/api") as client:
+        tm.submit(simple_task, 1, task_id="t")
+        for path in ("/", "/tasks", "/tasks/t", "/events", "/config"):
+            reply = await client.post(path)
+            assert reply.status_code == 405, path
+            assert reply.headers["allow"] == "GET, HEAD", path
+        reply = await client.get("/tasks/t/cancel")
+        assert reply.status_code == 405
+        assert reply.headers["allow"] == "POST"
+        for path in ("/", "/tasks", "/tasks/t", "/events", "/tasks/t/events"):
+            head = await client.head(path)
+            assert head.status_code == 200, path
+            assert head.content == b""
+        page = await client.head("/")
+        assert int(page.headers["content-length"]) == len((await client.get("/")).content)
+
+
+async def test_lifespan_shutdown_is_bounded_then_cancels() -> None:
+    tm = TaskManager(1)
+    app = TaskManagerLifespan(TaskAPI(), tm, shutdown_timeout=0.5)
+    with trio.fail_after(30):  # before the fix: shutdown waited for the 60 s job and the queue behind it
+        async with running(app):
+            busy = tm.submit(slow_task, 60)
+            queued = [tm.submit(slow_task, 60) for _ in range(3)]
+            await wait_status(tm, busy, TaskStatus.RUNNING)
+    assert not tm.is_running
+    assert await tm.status(busy) is TaskStatus.CANCELLED
+    assert [await tm.status(t) for t in queued] == [TaskStatus.CANCELLED] * 3
+    assert TaskManagerLifespan(TaskAPI()).shutdown_timeout == 10.0  # bounded by default
+    for bad in (-1, math.nan, math.inf, "5"):
+        with pytest.raises(ValueError, match="shutdown_timeout"):
+            TaskManagerLifespan(TaskAPI(), shutdown_timeout=bad)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def event_stream(url: str, path: str) -> AsyncIterator[trio.MemoryReceiveChannel[tuple[str, Any]]]:
+    """Open a Server-Sent-Events stream; yield a channel of (event, data)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    send_channel, receive_channel = trio.open_memory_channel[tuple[str, Any]](math.inf)
+
+    async def pump(stream: trio.SocketStream) -> None:
+        buffer = b""
+        kind = ""
+        head_done = False
+        async with send_channel:
+            while chunk := await stream.receive_some(65536):
+                buffer += chunk
+                if not head_done:
+                    if b"\r\n\r\n" not in buffer:
+                        continue
+                    head, buffer = buffer.split(b"\r\n\r\n", 1)
+                    assert b" 200 " in head.split(b"\r\n")[0], head
+                    head_done = True
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    text = line.decode()
+                    if text.startswith("event: "):
+                        kind = text[7:]
+                    elif text.startswith("data: "):
+                        send_channel.send_nowait((kind, json.loads(text[6:])))
+
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream, trio.open_nursery() as nursery:
+        await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        nursery.start_soon(pump, stream)
+        yield receive_channel
+        nursery.cancel_scope.cancel()
+
+
+async def test_event_stream_subscribes_before_it_says_hello() -> None:
+    tm = TaskManager(1)
+    async with running(api_app(tm)) as url, event_stream(url, "/api/events") as events:
+        with trio.fail_after(20):
+            kind, _ = await events.receive()
+            assert kind == "hello"
+            tid = tm.submit(simple_task, 1)  # right after hello: must be on the stream
+            async for kind, data in events:
+                if kind == "task" and data["task_id"] == tid and data["status"] == "completed":
+                    break
+
+
+@pytest.mark.parametrize("backlog", [None, 100])
+async def test_a_burst_never_loses_a_final_state(backlog: int | None) -> None:
+    """2,500 submits at once: every final state arrives, or the stream says resync."""
+    n = 2_500
+    tm = TaskManager(2)
+    options = {} if backlog is None else {"stream_backlog": backlog}
+    async with (
+        running(api_app(tm, **options)) as url,
+        httpx.AsyncClient(base_url=url + "/api") as client,
+        event_stream(url, "/api/events") as events,
+    ):
+        rank = {s.value: i for i, s in enumerate(TaskStatus)}
+        seen: dict[str, str] = {}
+
+        def merge(task: dict[str, Any]) -> None:
+            old = seen.get(task["task_id"])
+            if old is None or rank[task["status"]] >= rank[old]:
+                seen[task["task_id"]] = task["status"]
+
+        resyncs = 0
+        with trio.fail_after(60):
+            kind, _ = await events.receive()
+            assert kind == "hello"
+            ids = [tm.submit(simple_task, i) for i in range(n)]
+            async for kind, data in events:
+                if kind == "task":
+                    merge(data)
+                elif kind == "resync":
+                    resyncs += 1
+                    offset = 0
+                    while True:
+                        page = (await client.get("/tasks", params={"limit": 500, "offset": offset})).json()
+                        for task in page["tasks"]:
+                            merge(task)
+                        offset += len(page["tasks"])
+                        if not page["tasks"] or offset >= page["total"]:
+                            break
+                if all(seen.get(t) == "completed" for t in ids):
+                    break
+        if backlog is not None:
+            assert resyncs > 0  # the client fell behind and was told so
