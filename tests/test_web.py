@@ -81,7 +81,10 @@ async def test_every_id_submit_accepts_is_addressable() -> None:
             result = await client.get(path + "/result")
             assert result.status_code == 409
             assert result.json()["task"]["task_id"] == tid
+            by_query = await client.get("/task", params={"id": tid})  # the form the dashboard uses
+            assert by_query.json()["task_id"] == tid
         assert (await client.get("/tasks/%FF")).status_code == 400  # not UTF-8: a clear 400, not a 500
+        assert (await client.get("/task")).status_code == 400
 
 
 async def test_405_names_the_allowed_methods_and_head_works() -> None:
@@ -208,3 +211,34 @@ async def test_a_burst_never_loses_a_final_state(backlog: int | None) -> None:
                     break
         if backlog is not None:
             assert resyncs > 0  # the client fell behind and was told so
+
+
+async def test_dashboard_cannot_be_framed_and_runs_no_inline_script() -> None:
+    tm = TaskManager(1)
+    async with running(api_app(tm)) as url, httpx.AsyncClient(base_url=url + "/api") as client:
+        for path in ("/", "/dashboard.js"):
+            reply = await client.get(path)
+            assert reply.status_code == 200
+            csp = reply.headers["content-security-policy"]
+            assert "frame-ancestors 'none'" in csp
+            assert reply.headers["x-frame-options"] == "DENY"
+            script_src = next(d for d in csp.split(";") if d.strip().startswith("script-src"))
+            assert "'unsafe-inline'" not in script_src
+        assert "<script>" not in (await client.get("/")).text  # the script is the external file
+        assert (await client.get("/dashboard.js")).headers["content-type"].startswith("text/javascript")
+
+
+def test_the_dashboard_knows_every_status() -> None:
+    """A new TaskStatus is one edit here (its colour) plus its handling; rank and finality follow."""
+    from genro_tasks.asgi._dashboard import STATUS_COLOURS, status_table
+
+    assert set(STATUS_COLOURS) == set(TaskStatus)
+    table = status_table()
+    assert [s["name"] for s in table] == [s.value for s in TaskStatus]
+    for entry in table:
+        status = TaskStatus(entry["name"])
+        assert entry["terminal"] is status.is_terminal
+        assert entry["colour"] == STATUS_COLOURS[status]
+    live = [s["rank"] for s in table if not s["terminal"]]
+    assert live == sorted(live)
+    assert all(s["rank"] > max(live) for s in table if s["terminal"])

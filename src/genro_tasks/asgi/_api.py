@@ -42,6 +42,9 @@ class TaskAPI:
     ``POST /tasks/{id}/cancel``  cancel (``authorize``; ``?grace=5`` optional)
     ``GET /tasks/{id}/result``   the result if COMPLETED and JSON-serialisable, else 409
     ``GET /tasks/{id}/events``   Server-Sent Events: the task's snapshots until it ends
+    ``/task?id={id}`` ...        the same four routes with the id in the query
+                                 (``/task/cancel?id=``...): browsers resolve ``..``
+                                 in a path even when percent-encoded
     ``GET /events``              Server-Sent Events: ``hello`` once subscribed, then
                                  every task's changes (``resync`` if some were dropped)
     ``GET /stats``               ``TaskManager.statistics()`` as JSON (the pool view)
@@ -133,7 +136,7 @@ class TaskAPI:
             return
         first, *rest = parts
         if method != "POST" and self._authorize_reads:
-            target = rest[0] if first == "tasks" and rest else None
+            target = rest[0] if first == "tasks" and rest else query.get("id", [None])[0] if first == "task" else None
             if not await self._allowed(scope, "read", target):
                 raise HTTPError(403, "not authorised to read tasks")
         if first == "config" and not rest:
@@ -152,9 +155,13 @@ class TaskAPI:
             check_method(method, "POST")
             await self._guard(scope, "clear", None)
             await send_json(send, 200, {"cleared": tm.clear_completed()})
-        elif first == "tasks" and len(rest) <= 2:
-            task_id = rest[0]
-            action = rest[1] if len(rest) > 1 else None
+        elif (first == "tasks" and len(rest) <= 2) or (first == "task" and len(rest) <= 1):
+            if first == "task":  # ?id=...: for ids a browser cannot put in a path ("." and "..")
+                if not query.get("id", [""])[0]:
+                    raise HTTPError(400, "missing ?id=<task id>")
+                task_id, action = query["id"][0], (rest[0] if rest else None)
+            else:
+                task_id, action = rest[0], (rest[1] if len(rest) > 1 else None)
             if action is None:
                 check_method(method, "GET")
                 await send_json(send, 200, info_to_json(await _info(tm, task_id), tracebacks=self._tracebacks))

@@ -23,8 +23,8 @@
 
   function el(tag, cls) { const e = document.createElement(tag); if (cls) e.className = cls; return e; }
   function api(path, options) { return fetch(base + path, options); }
-  // Dots too: a browser would resolve an id of ".." as a path step.
-  function taskPath(id) { return "tasks/" + encodeURIComponent(id).replaceAll(".", "%2E"); }
+  // The id goes in the query: a browser resolves ".." in a path, even percent-encoded.
+  function taskPath(id, action) { return "task" + (action ? "/" + action : "") + "?id=" + encodeURIComponent(id); }
 
   function elapsed(t) {
     if (!t.started_at) return "";
@@ -196,7 +196,7 @@
       const row = state.rows.get(id);
       if (row) row.button.disabled = true;
       try {
-        const r = await api(taskPath(id) + "/cancel", { method: "POST", headers: { "X-Genro-Tasks": "1" } });
+        const r = await api(taskPath(id, "cancel"), { method: "POST", headers: { "X-Genro-Tasks": "1" } });
         const body = await r.json();
         if (body.task) change(body.task);
         else if (!r.ok) alert(body.error || "cancel failed");
@@ -243,7 +243,7 @@
     if (!r.ok) { $("detail-title").textContent = id; $("detail-error").textContent = t.error; return; }
     fillDetail(t);
     if (t.status === "completed") {
-      const res = await api(taskPath(id) + "/result");
+      const res = await api(taskPath(id, "result"));
       const body = await res.json();
       const text = res.ok ? JSON.stringify(body.result, null, 2) : body.error;
       $("detail-result").textContent = text.length > 4000 ? text.slice(0, 4000) + "\n…" : text;
@@ -293,7 +293,8 @@
     $("cancel-selected").addEventListener("click", () => cancelTasks([...state.selected]));
     $("clear-finished").addEventListener("click", () => clearFinished().catch(() => {}));
     $("detail-close").addEventListener("click", () => { $("detail").hidden = true; openId = null; });
-    connect();  // the listing is loaded on the stream's hello, i.e. after the server subscribed
+    reload().catch(() => {});  // show something even while the stream is refused (e.g. at the server's cap)
+    connect();  // and the listing is reloaded on each hello, i.e. after the server subscribed
     pool(); setInterval(pool, 2000);
     setInterval(() => { for (const row of state.rows.values()) if (row.task && row.task.status === "running") row.cells.elapsed.textContent = elapsed(row.task); }, 500);
   }
