@@ -8,6 +8,7 @@ import json
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -242,3 +243,48 @@ def test_the_dashboard_knows_every_status() -> None:
     live = [s["rank"] for s in table if not s["terminal"]]
     assert live == sorted(live)
     assert all(s["rank"] > max(live) for s in table if s["terminal"])
+
+
+async def test_example_app_refuses_forgeries_floods_and_bad_numbers_and_never_leaves_a_partial_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from examples import export_app
+
+    monkeypatch.setenv("EXPORT_REPORT_DIR", str(tmp_path))
+    app = export_app.make_app(max_workers=1, max_queued=2)
+    tm = app.tasks
+    header = {"X-Requested-With": "exports"}
+    async with running(app) as url, httpx.AsyncClient(base_url=url) as client:
+        forged = await client.post("/exports", params={"user_id": 1}, data={"a": "b"})  # a cross-site form post
+        assert forged.status_code == 403
+        for bad in ("nan", "inf", "-1", "0", "61", "soon"):
+            reply = await client.post("/exports", params={"user_id": 1, "seconds": bad}, headers=header)
+            assert reply.status_code == 422, bad
+            assert "seconds" in reply.json()["error"]
+        assert tm.list_tasks() == []
+
+        started = await client.post("/exports", params={"user_id": 7, "seconds": 60}, headers=header)
+        assert started.status_code == 202
+        victim = started.json()["task_id"]
+        for _ in range(2):  # fills the queue (max_queued=2) behind the running export
+            assert (
+                await client.post("/exports", params={"user_id": 8, "seconds": 60}, headers=header)
+            ).status_code == 202
+        flood = await client.post("/exports", params={"user_id": 9, "seconds": 60}, headers=header)
+        assert flood.status_code == 429
+        assert flood.headers["retry-after"]
+
+        async for info in tm.watch(victim):  # the report is being written
+            if info.progress:
+                break
+        assert list(tmp_path.glob("*.part"))
+        assert await tm.cancel(victim)  # hard: the worker is killed mid-write
+        assert not list(tmp_path.glob("report-7-*.csv"))  # no half-written report under a report's name
+        for info in tm.list_tasks(TaskStatus.PENDING):
+            await tm.cancel(info.task_id)
+
+        done = await client.post("/exports", params={"user_id": 5, "seconds": 0.2}, headers=header)
+        with trio.fail_after(30):
+            path = Path(await tm.result(done.json()["task_id"]))
+        assert path.read_text().count("\n") == 201  # the whole report
+        assert not list(tmp_path.glob("*.part"))  # the killed export's partial file was cleaned up
