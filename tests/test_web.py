@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,8 @@ import pytest
 import trio
 
 from conftest import wait_status
-from genro_tasks import TaskManager, TaskStatus
-from genro_tasks.asgi import TaskAPI, TaskManagerLifespan
+from genro_tasks import MemoryLimitExceeded, QueueFull, TaskManager, TaskStatus, TaskTimeout, WorkerCrashed
+from genro_tasks.asgi import Receive, Scope, Send, TaskAPI, TaskManagerLifespan
 from jobs import simple_task, slow_task
 from test_asgi import allow_all, api_app, running
 
@@ -288,3 +288,63 @@ async def test_example_app_refuses_forgeries_floods_and_bad_numbers_and_never_le
             path = Path(await tm.result(done.json()["task_id"]))
         assert path.read_text().count("\n") == 201  # the whole report
         assert not list(tmp_path.glob("*.part"))  # the killed export's partial file was cleaned up
+
+
+async def test_prometheus_metrics_after_a_known_run() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from jobs import allocate, exit_hard, failing_task
+
+    tm = TaskManager(1, max_queued=2)
+    api = TaskAPI()
+
+    async def routes(scope: Scope, receive: Receive, send: Send) -> None:
+        await api({**scope, "root_path": ""}, receive, send)
+
+    app = TaskManagerLifespan(routes, tm, metrics=True, shutdown_wait=False)
+
+    def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    async with running(app) as url, httpx.AsyncClient(base_url=url) as client:
+        with trio.fail_after(60):
+            for i in range(3):
+                await tm.result(tm.submit(simple_task, i))
+            ends: list[tuple[type[Exception], Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = [
+                # one at a time: the queue holds only two
+                (ValueError, failing_task, (), {}),
+                (TaskTimeout, slow_task, (60,), {"timeout": 0.3}),
+                (WorkerCrashed, exit_hard, (3,), {}),
+                (MemoryLimitExceeded, allocate, (400,), {"memory_limit": 100 * 1024 * 1024}),
+            ]
+            for error, func, args, options in ends:
+                with pytest.raises(error):
+                    await tm.result(tm.submit(func, *args, **options))
+            victim = tm.submit(slow_task, 60)
+            await wait_status(tm, victim, TaskStatus.RUNNING)
+            waiting = [tm.submit(slow_task, 60, priority=5), tm.submit(slow_task, 60)]
+            with pytest.raises(QueueFull):
+                tm.submit(slow_task, 60)
+            expected = {"completed": 3, "failed": 1, "timeout": 1, "crash": 1, "memory_limit": 1, "cancelled": 0}
+            while True:  # the observer runs alongside: wait until it has seen every end
+                values = samples((await client.get("/metrics")).text)
+                finished = {k: values[("genro_tasks_finished_total", (("outcome", k),))] for k in expected}
+                if finished == expected:
+                    break
+                await trio.sleep(0.02)  # polls a state (the scrape), within fail_after
+            assert values[("genro_tasks_running", ())] == 1
+            assert values[("genro_tasks_queue_depth", (("priority", "5"),))] == 1
+            assert values[("genro_tasks_queue_depth", (("priority", "0"),))] == 1
+            assert values[("genro_tasks_rejected_total", ())] == 1
+            assert values[("genro_tasks_retained", ())] == 10
+            assert values[("genro_tasks_worker_crashes_total", ())] >= 1
+            assert values[("genro_tasks_run_seconds_count", ())] == 7  # every task that ran to its end
+            assert values[("genro_tasks_queue_wait_seconds_count", ())] == 8  # ... and the one running now
+            for tid in (victim, *waiting):
+                await tm.cancel(tid)
+        reply = await client.get("/metrics")
+        assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")

@@ -15,7 +15,7 @@ from .._task import TaskInfo, TaskStatus
 from ._dashboard import send_page, send_script, status_table
 from ._events import EventStreams
 from ._http import HTTPError, Receive, Scope, Send, check_method, head_only, send_body, send_json
-from ._lifespan import task_manager
+from ._lifespan import METRICS_KEY, task_manager
 from ._listing import list_page
 from ._serialize import info_to_json
 
@@ -48,6 +48,7 @@ class TaskAPI:
     ``GET /events``              Server-Sent Events: ``hello`` once subscribed, then
                                  every task's changes (``resync`` if some were dropped)
     ``GET /stats``               ``TaskManager.statistics()`` as JSON (the pool view)
+    ``GET /metrics``             Prometheus text format (``TaskManagerLifespan(metrics=True)``)
     ``POST /clear``              forget finished tasks (``authorize(scope, "clear", None)``)
     ===========================  ==================================================
 
@@ -151,6 +152,17 @@ class TaskAPI:
         elif first == "stats" and not rest:
             check_method(method, "GET")
             await send_json(send, 200, dataclasses.asdict(tm.statistics()))
+        elif first == "metrics" and not rest:
+            check_method(method, "GET")
+            metrics = scope.get(METRICS_KEY)
+            if metrics is None:
+                raise HTTPError(
+                    404,
+                    "metrics are off: use TaskManagerLifespan(..., metrics=True) "
+                    "(and pip install 'genro-tasks[metrics]')",
+                )
+            body = metrics.exposition()  # CPU only, and it reads the manager: on this thread
+            await send_body(send, 200, body, b"text/plain; version=0.0.4; charset=utf-8")
         elif first == "clear" and not rest:
             check_method(method, "POST")
             await self._guard(scope, "clear", None)

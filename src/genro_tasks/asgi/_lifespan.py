@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import trio
 
@@ -10,6 +11,7 @@ from .._manager import TaskManager
 from ._http import ASGIApp, Message, Receive, Scope, Send
 
 SCOPE_KEY = "genro_tasks"
+METRICS_KEY = "genro_tasks.metrics"
 
 
 class TaskManagerLifespan:
@@ -35,6 +37,8 @@ class TaskManagerLifespan:
             drain (still bounded by ``shutdown_timeout``).
         shutdown_timeout: Seconds to let tasks finish before they are
             killed (default 10), or None to wait however long they take.
+        metrics: Keep Prometheus metrics of the manager (needs the
+            ``metrics`` extra); :class:`TaskAPI` serves them at ``GET /metrics``.
 
     Raises:
         ValueError: ``shutdown_timeout`` is negative, NaN or infinite.
@@ -48,6 +52,7 @@ class TaskManagerLifespan:
         shutdown_wait: bool = True,
         shutdown_cancel_pending: bool = True,
         shutdown_timeout: float | None = 10.0,
+        metrics: bool = False,
     ) -> None:
         if shutdown_timeout is not None and (
             isinstance(shutdown_timeout, bool)
@@ -59,11 +64,22 @@ class TaskManagerLifespan:
                 f"not {shutdown_timeout!r}"
             )
         self.app = app
+        self._nursery: trio.Nursery | None = None
         self.tasks = manager if manager is not None else TaskManager()
         self._wait = shutdown_wait
         self._cancel_pending = shutdown_cancel_pending
         #: Seconds tasks get to finish at shutdown before they are killed (None: no limit).
         self.shutdown_timeout = shutdown_timeout
+        #: The Prometheus metrics (``metrics=True``), served by TaskAPI at ``GET /metrics``.
+        self.metrics: Any = None
+        if metrics:
+            try:
+                from ._metrics import TaskMetrics
+            except ImportError as exc:
+                raise ImportError(
+                    "TaskManagerLifespan(metrics=True) needs prometheus_client: pip install 'genro-tasks[metrics]'"
+                ) from exc
+            self.metrics = TaskMetrics(self.tasks)
 
     async def _shutdown(self) -> None:
         """Drain up to ``shutdown_timeout``, then kill what is left (shutdown's own cancel path)."""
@@ -80,9 +96,18 @@ class TaskManagerLifespan:
         """
         if scope["type"] != "lifespan":
             scope[SCOPE_KEY] = self.tasks
+            if self.metrics is not None:
+                scope[METRICS_KEY] = self.metrics
             await self.app(scope, receive, send)
             return
-        await self._lifespan(scope, receive, send)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._lifespan(scope, receive, send)
+
+    async def _startup(self) -> None:
+        await self.tasks.startup()
+        if self.metrics is not None and self._nursery is not None:
+            self._nursery.start_soon(self.metrics.run)  # ends when the manager shuts down
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         seen: list[str] = []
@@ -93,7 +118,7 @@ class TaskManagerLifespan:
             seen.append(message["type"])
             if message["type"] == "lifespan.startup":
                 try:
-                    await self.tasks.startup()
+                    await self._startup()
                 except Exception as exc:
                     startup_error.append(exc)
             return message
@@ -118,7 +143,7 @@ class TaskManagerLifespan:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    await self.tasks.startup()
+                    await self._startup()
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": f"TaskManager: {exc}"})
                     return
