@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 HERE = Path(__file__).parent
 APP = "browser_app_web:app"
-DOCS = HERE.parent / "docs"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
@@ -349,3 +348,69 @@ def test_odd_ids_can_be_cancelled_from_the_page(browser: Browser) -> None:
             page.wait_for_selector(f"{selector}.pending")
             page.click(f"{selector} button.cancel")
             page.wait_for_selector(f"{selector}.cancelled")  # before the fix: 400/404 and an alert
+
+
+def test_operator_views_detail_pool_selection_search_sort_and_clear(browser: Browser, tmp_path: Path) -> None:
+    """Issue 14 items 12-14. Screenshots go to the test's tmp dir, or to $GENRO_TASKS_SCREENSHOTS
+    (``GENRO_TASKS_SCREENSHOTS=docs`` refreshes the README's)."""
+    shots = Path(os.environ.get("GENRO_TASKS_SCREENSHOTS", tmp_path))
+    with serve() as url:
+        call(url + "/submit", job="simple", args="21", id="done", n=2)
+        call(url + "/submit", job="fail", id="broken")
+        call(url + "/wait", id="broken", status="failed")
+        call(url + "/submit", job="slow", args="60", id="busy-a")
+        call(url + "/submit", job="slow", args="60", id="busy-b")
+        call(url + "/submit", job="slow", args="60", id="wait", n=3)
+        call(url + "/wait", id="busy-b", status="running")
+
+        answers: list[bool] = []  # the next confirm() answers, oldest first
+        page = browser.new_page(viewport={"width": 1280, "height": 560})
+        page.set_default_timeout(30_000)
+        page.on("dialog", lambda d: d.accept() if answers.pop(0) else d.dismiss())
+        page.goto(url + "/tasks/")
+        page.wait_for_selector("#conn.live")
+
+        # 13: the pool view.
+        page.wait_for_function(
+            "() => ['busy', 'idle', 'queued'].map(k => document.querySelector(`#pool [data-stat=${k}] b`)?.textContent)"
+            ".join() === '2,0,3'"
+        )
+        page.screenshot(path=str(shots / "dashboard-pool.png"))
+
+        # 12: the detail view: error with traceback, timestamps, worker pid; a result preview.
+        page.click(f"{row('broken')} td.id a")
+        page.wait_for_function("() => document.querySelector('#detail-error').textContent.includes('Traceback')")
+        assert "ValueError: Task failed intentionally" in page.inner_text("#detail-error")
+        fields = page.inner_text("#detail-fields")
+        for label in ("created", "started", "ended", "queued for", "running for", "worker pid", "metadata"):
+            assert label in fields
+        page.screenshot(path=str(shots / "dashboard-detail.png"))
+        page.click(f"{row('done-0')} td.id a")
+        page.wait_for_function("() => document.querySelector('#detail-result').textContent === '42'")
+        page.click("#detail-close")
+
+        # 14: a hard kill asks first; saying no leaves the task alone.
+        answers.append(False)
+        with page.expect_event("dialog"):
+            page.click(f"{row('busy-a')} button.cancel")
+        # Cancel a selection.
+        page.check(f"{row('wait-0')} td.select input")
+        page.check(f"{row('wait-1')} td.select input")
+        answers.append(True)
+        page.click("#cancel-selected")
+        page.wait_for_selector(f"{row('wait-0')}.cancelled")
+        page.wait_for_selector(f"{row('wait-1')}.cancelled")
+        assert page.is_visible(f"{row('wait-2')}.pending")
+        assert page.is_visible(f"{row('busy-a')}.running")  # the "no" above was respected
+        # Search and sort happen on the server.
+        page.fill("#filter-text", "wait-2")
+        page.wait_for_function("() => document.querySelectorAll('#rows tr').length === 1")
+        page.fill("#filter-text", "")
+        page.select_option("#sort", "task_id")
+        page.wait_for_function("() => document.querySelector('#rows tr').dataset.taskId === 'broken'")
+        # Clear finished tasks.
+        answers.append(True)
+        page.click("#clear-finished")
+        page.wait_for_selector(row("done-0"), state="detached")
+        page.wait_for_function("() => document.querySelectorAll('#rows tr').length === 3")  # busy-a, busy-b, wait-2
+        assert "completed 0" in page.inner_text("#counts")

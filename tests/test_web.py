@@ -20,7 +20,7 @@ from conftest import wait_status
 from genro_tasks import MemoryLimitExceeded, QueueFull, TaskManager, TaskStatus, TaskTimeout, WorkerCrashed
 from genro_tasks.asgi import Receive, Scope, Send, TaskAPI, TaskManagerLifespan
 from jobs import simple_task, slow_task
-from test_asgi import allow_all, api_app, running
+from test_asgi import allow_all, api_app, deny_all, running
 
 
 class RaisingRepr:
@@ -348,3 +348,43 @@ async def test_prometheus_metrics_after_a_known_run() -> None:
                 await tm.cancel(tid)
         reply = await client.get("/metrics")
         assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
+
+
+async def test_listing_sorts_searches_and_counts_on_the_server_and_stats_and_clear() -> None:
+    tm = TaskManager(1)
+    async with running(api_app(tm, authorize=allow_all)) as url, httpx.AsyncClient(base_url=url + "/api") as client:
+        for name in ("b-job", "a-job", "c-job"):
+            await tm.result(tm.submit(simple_task, 1, task_id=name))
+        blocker = tm.submit(slow_task, 60, task_id="zz-blocker")
+        await wait_status(tm, blocker, TaskStatus.RUNNING)
+        page = (await client.get("/tasks", params={"sort": "task_id", "limit": 2})).json()
+        assert [t["task_id"] for t in page["tasks"]] == ["a-job", "b-job"]
+        assert page["total"] == 4
+        assert page["counts"]["completed"] == 3
+        assert page["counts"]["running"] == 1
+        newest = (await client.get("/tasks", params={"sort": "-created_at", "limit": 1})).json()
+        assert newest["tasks"][0]["task_id"] == "zz-blocker"
+        found = (await client.get("/tasks", params={"q": "C-JOB"})).json()
+        assert [t["task_id"] for t in found["tasks"]] == ["c-job"]
+        assert found["counts"]["completed"] == 3  # counts ignore the filters
+        bad = await client.get("/tasks", params={"sort": "colour"})
+        assert bad.status_code == 400
+        assert "sort must be one of" in bad.json()["error"]
+
+        stats = (await client.get("/stats")).json()
+        assert stats["workers_busy"] == 1
+        assert stats["tasks_completed"] == 3
+        assert stats["tasks_rejected"] == 0
+
+        assert (await client.post("/clear")).status_code == 403  # no anti-CSRF header
+        cleared = await client.post("/clear", headers={"X-Genro-Tasks": "1"})
+        assert cleared.json() == {"cleared": 3}
+        assert [t["task_id"] for t in (await client.get("/tasks")).json()["tasks"]] == ["zz-blocker"]
+        await tm.cancel(blocker)
+
+    tm = TaskManager(1)
+    async with running(api_app(tm, authorize=deny_all)) as url, httpx.AsyncClient(base_url=url + "/api") as client:
+        refused = await client.post("/clear", headers={"X-Genro-Tasks": "1"})
+        assert refused.status_code == 403
+        assert "not authorised to clear" in refused.json()["error"]
+        assert (await client.get("/config")).json()["can_clear"] is False
