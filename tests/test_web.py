@@ -388,3 +388,45 @@ async def test_listing_sorts_searches_and_counts_on_the_server_and_stats_and_cle
         assert refused.status_code == 403
         assert "not authorised to clear" in refused.json()["error"]
         assert (await client.get("/config")).json()["can_clear"] is False
+
+
+async def test_opentelemetry_one_span_per_task_parented_on_the_submitter() -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="opentelemetry-sdk is not installed")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    from genro_tasks.asgi import TaskTracer, trace_metadata
+    from jobs import failing_task
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with TaskManager(1) as tm, trio.open_nursery() as nursery:
+        tracer = TaskTracer(tm, tracer_provider=provider)
+        nursery.start_soon(tracer.run)
+        await trio.lowlevel.checkpoint()  # run() has subscribed
+        with provider.get_tracer("test").start_as_current_span("request") as request:
+            ok = tm.submit(simple_task, 2, metadata=trace_metadata({"user": 1}))
+        bad = tm.submit(failing_task)
+        with trio.fail_after(30):
+            assert await tm.result(ok) == 4
+            with pytest.raises(ValueError, match="intentionally"):
+                await tm.result(bad)
+            # The request's span and one per task; the tracer runs alongside: poll its output.
+            while len(exporter.get_finished_spans()) < 3:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        await tm.shutdown()
+    spans = {s.attributes["genro_tasks.task_id"]: s for s in exporter.get_finished_spans() if s.attributes}
+    traced = spans[ok]
+    assert traced.parent is not None
+    assert traced.parent.span_id == request.get_span_context().span_id
+    assert traced.context.trace_id == request.get_span_context().trace_id
+    assert [e.name for e in traced.events] == ["started", "completed"]
+    assert traced.start_time is not None
+    assert traced.end_time is not None
+    assert traced.start_time <= traced.events[0].timestamp <= traced.end_time
+    assert spans[bad].parent is None
+    assert spans[bad].status.status_code is StatusCode.ERROR
+    assert dict(spans[bad].attributes or {})["genro_tasks.outcome"] == "failed"

@@ -15,14 +15,33 @@ imported. Serve with hypercorn's trio worker::
   caller choose code to run: submission stays in your own handlers.
 
 Modules: ``_lifespan`` (the wrapper), ``_api`` (routes), ``_events`` (event
-streams), ``_serialize`` (a task's JSON form), ``_dashboard`` (the page),
-``_http`` (ASGI plumbing).
+streams), ``_listing`` (server-side paging, search and sort), ``_serialize``
+(a task's JSON form), ``_dashboard`` (the page, its script, the status
+palette), ``_http`` (ASGI plumbing); optional: ``_metrics`` (Prometheus,
+``TaskMetrics``) and ``_tracing`` (OpenTelemetry, ``TaskTracer``,
+``trace_metadata``), loaded on first use.
 """
+
+from typing import Any
 
 from ._api import Authorize, TaskAPI
 from ._http import ASGIApp, Message, Receive, Scope, Send
 from ._lifespan import SCOPE_KEY, TaskManagerLifespan, task_manager
 from ._serialize import info_to_json
+
+
+def __getattr__(name: str) -> Any:
+    # The optional extras load only when asked for.
+    if name in ("TaskMetrics",):
+        from ._metrics import TaskMetrics
+
+        return TaskMetrics
+    if name in ("TaskTracer", "trace_metadata"):
+        from . import _tracing
+
+        return getattr(_tracing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = (
     "SCOPE_KEY",

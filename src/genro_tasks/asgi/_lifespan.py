@@ -39,6 +39,9 @@ class TaskManagerLifespan:
             killed (default 10), or None to wait however long they take.
         metrics: Keep Prometheus metrics of the manager (needs the
             ``metrics`` extra); :class:`TaskAPI` serves them at ``GET /metrics``.
+        tracing: Emit one OpenTelemetry span per finished task to the global
+            tracer provider (needs the ``otel`` extra; see
+            :func:`genro_tasks.asgi.trace_metadata` to parent it on the submitter's trace).
 
     Raises:
         ValueError: ``shutdown_timeout`` is negative, NaN or infinite.
@@ -53,6 +56,7 @@ class TaskManagerLifespan:
         shutdown_cancel_pending: bool = True,
         shutdown_timeout: float | None = 10.0,
         metrics: bool = False,
+        tracing: bool = False,
     ) -> None:
         if shutdown_timeout is not None and (
             isinstance(shutdown_timeout, bool)
@@ -80,6 +84,16 @@ class TaskManagerLifespan:
                     "TaskManagerLifespan(metrics=True) needs prometheus_client: pip install 'genro-tasks[metrics]'"
                 ) from exc
             self.metrics = TaskMetrics(self.tasks)
+        #: The OpenTelemetry task tracer (``tracing=True``).
+        self.tracer: Any = None
+        if tracing:
+            try:
+                from ._tracing import TaskTracer
+            except ImportError as exc:
+                raise ImportError(
+                    "TaskManagerLifespan(tracing=True) needs opentelemetry-api: pip install 'genro-tasks[otel]'"
+                ) from exc
+            self.tracer = TaskTracer(self.tasks)
 
     async def _shutdown(self) -> None:
         """Drain up to ``shutdown_timeout``, then kill what is left (shutdown's own cancel path)."""
@@ -106,8 +120,9 @@ class TaskManagerLifespan:
 
     async def _startup(self) -> None:
         await self.tasks.startup()
-        if self.metrics is not None and self._nursery is not None:
-            self._nursery.start_soon(self.metrics.run)  # ends when the manager shuts down
+        for observer in (self.metrics, self.tracer):
+            if observer is not None and self._nursery is not None:
+                self._nursery.start_soon(observer.run)  # ends when the manager shuts down
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         seen: list[str] = []

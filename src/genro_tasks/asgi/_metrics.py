@@ -21,19 +21,10 @@ from prometheus_client.registry import Collector
 
 from .._manager import TaskManager
 from .._task import TaskInfo, TaskStatus
+from ._outcome import OUTCOMES, outcome
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
-OUTCOMES = ("completed", "failed", "cancelled", "timeout", "crash", "memory_limit")
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
-_KIND_BY_ERROR = {"TaskTimeout": "timeout", "WorkerCrashed": "crash", "MemoryLimitExceeded": "memory_limit"}
-
-
-def outcome(info: TaskInfo) -> str:
-    """The outcome kind of a terminal task: one of :data:`OUTCOMES`."""
-    if info.status is not TaskStatus.FAILED:
-        return info.status.value
-    error_type = (info.error or "").split(":", 1)[0].rsplit(".", 1)[-1]
-    return _KIND_BY_ERROR.get(error_type, "failed")
 
 
 class TaskMetrics(Collector):
