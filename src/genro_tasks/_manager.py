@@ -6,6 +6,7 @@ supervisor to act. It never changes a task's state itself.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -203,6 +204,7 @@ class TaskManager:
         self._initargs = initargs
         self._max_tasks = max_tasks_per_worker
         self._max_queued = max_queued
+        self._rejected = 0
         self._max_finished = max_finished
         self._finished_ttl = finished_ttl
         self._max_message_size = max_message_size
@@ -528,6 +530,7 @@ class TaskManager:
         if not self._running or sup is None or not sup.accepting or sup.finished.is_set():
             raise self._closed_error()
         if not wait_for_room and self._max_queued is not None and sup.queued >= self._max_queued:
+            self._rejected += 1
             raise QueueFull(
                 f"{sup.queued} tasks are already queued (max_queued={self._max_queued}); retry later, "
                 "or use 'await tm.submit_wait(...)' to wait for room"
@@ -786,8 +789,8 @@ class TaskManager:
         sup = self._sup
         self._prune()
         if sup is None:
-            return TaskManagerStatistics(0, 0, 0, 0, 0, 0, 0, 0, len(self._records), 0, 0)
-        return sup.statistics(len(self._records))
+            return TaskManagerStatistics(0, 0, 0, 0, 0, 0, 0, 0, len(self._records), 0, 0, self._rejected)
+        return dataclasses.replace(sup.statistics(len(self._records)), tasks_rejected=self._rejected)
 
     def _prune(self) -> None:
         """Apply the retention limits: forget the oldest finished tasks first."""

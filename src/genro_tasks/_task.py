@@ -108,6 +108,7 @@ class TaskManagerStatistics:
         tasks_tracked: Task records currently kept (see retention limits).
         worker_restarts: Workers started to replace one that exited.
         worker_crashes: Workers that died without being asked to.
+        tasks_rejected: ``submit`` calls refused with QueueFull (``max_queued``) since startup.
     """
 
     workers_total: int
@@ -121,6 +122,7 @@ class TaskManagerStatistics:
     tasks_tracked: int
     worker_restarts: int
     worker_crashes: int
+    tasks_rejected: int = 0
 
 
 class TaskRecord:
