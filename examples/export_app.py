@@ -12,12 +12,22 @@ then open http://127.0.0.1:8000/ (start exports) and http://127.0.0.1:8000/tasks
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
+from urllib.parse import parse_qs
 
-from genro_tasks import TaskManager
+import trio
+
+from genro_tasks import QueueFull, TaskManager
 from genro_tasks.asgi import Receive, Scope, Send, TaskAPI, TaskManagerLifespan, info_to_json, task_manager
 
-from .export_jobs import generate_report
+from .export_jobs import clean_stale_parts, generate_report, report_dir
+
+#: Requests that start work must carry this header. A cross-site HTML form cannot
+#: set custom headers (and a cross-site fetch that sets one needs a CORS preflight
+#: this app never grants), so a hostile page cannot start exports in a user's name.
+CSRF_HEADER = (b"x-requested-with", b"exports")
+MAX_SECONDS = 60.0
 
 
 def local_operator(scope: Scope, action: str, task_id: str | None) -> bool:
@@ -34,33 +44,57 @@ INDEX = b"""<!doctype html><meta charset="utf-8"><title>exports</title>
 <pre id="out"></pre>
 <script>
 document.getElementById("go").onclick = async () => {
-  const r = await fetch("exports?user_id=" + Math.floor(Math.random() * 1000), {method: "POST"});
+  const r = await fetch("exports?user_id=" + Math.floor(Math.random() * 1000),
+                        {method: "POST", headers: {"X-Requested-With": "exports"}});
   document.getElementById("out").textContent = JSON.stringify(await r.json(), null, 2);
 };
 </script>
 """
 
 
-async def send_json(send: Send, status: int, payload: Any) -> None:
+async def send_json(send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    start = [(b"content-type", b"application/json"), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body})
 
 
 async def start_export(scope: Scope, send: Send) -> None:
-    """POST /exports?user_id=N: submit the long-running export, answer with its id at once."""
-    query = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if "=" in p)
+    """POST /exports?user_id=N[&seconds=S]: submit the export, answer with its id at once.
+
+    403 without the ``X-Requested-With: exports`` header, 422 for a bad
+    ``user_id`` or ``seconds`` (a finite number in (0, 60]), 429 when the
+    queue is full (``max_queued``), with ``Retry-After``.
+    """
+    if CSRF_HEADER not in scope.get("headers", []):
+        await send_json(send, 403, {"error": "missing header 'X-Requested-With: exports' (cross-site protection)"})
+        return
+    query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode("latin-1")).items()}
     try:
         user_id = int(query.get("user_id", ""))
     except ValueError:
-        await send_json(send, 400, {"error": "user_id must be an integer"})
+        await send_json(send, 422, {"error": "user_id must be an integer"})
         return
     try:
-        seconds = min(max(float(query.get("seconds", "6")), 0.1), 60.0)
+        seconds = float(query.get("seconds", "6"))
     except ValueError:
-        seconds = 6.0
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_SECONDS):
+        error = f"seconds must be a number in (0, {MAX_SECONDS:g}], not {query['seconds']!r}"
+        await send_json(send, 422, {"error": error})
+        return
     tm = task_manager(scope)
-    task_id = tm.submit(generate_report, user_id, seconds=seconds, metadata={"type": "export", "user": user_id})
+    try:
+        task_id = tm.submit(
+            generate_report,
+            user_id,
+            seconds=seconds,
+            directory=str(report_dir()),
+            metadata={"type": "export", "user": user_id},
+        )
+    except QueueFull:
+        await send_json(send, 429, {"error": "too many exports waiting; retry later"}, [(b"retry-after", b"10")])
+        return
     await send_json(send, 202, {"task_id": task_id, "status_url": f"exports/{task_id}"})
 
 
@@ -79,6 +113,9 @@ async def check_export(scope: Scope, send: Send, task_id: str) -> None:
 
 
 async def routes(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+        return
     if scope["type"] != "http":
         return
     path, method = scope["path"], scope["method"]
@@ -99,4 +136,21 @@ async def routes(scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 404, {"error": "not found"})
 
 
-app = TaskManagerLifespan(routes, TaskManager(max_workers=2))
+async def lifespan(receive: Receive, send: Send) -> None:
+    """Startup removes partial reports that hard-killed exports left behind."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await trio.to_thread.run_sync(clean_stale_parts, report_dir())
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def make_app(max_workers: int = 2, max_queued: int = 20) -> TaskManagerLifespan:
+    """The app with its own TaskManager (queue bounded: beyond ``max_queued``, 429)."""
+    return TaskManagerLifespan(routes, TaskManager(max_workers=max_workers, max_queued=max_queued))
+
+
+app = make_app()

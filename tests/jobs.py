@@ -270,9 +270,12 @@ def _result_fd() -> int:
 
 def write_truncated_frame() -> None:
     """Die half way through sending a result frame."""
+    from genro_tasks_worker import _progress
     from genro_tasks_worker._protocol import DONE_OK, pack_header
 
-    os.write(_result_fd(), pack_header(DONE_OK, 0, 1 << 20) + b"x" * 100)
+    assert _progress._channel is not None
+    seq = _progress._channel.seq  # a frame about this very task (the parent refuses others at the header)
+    os.write(_result_fd(), pack_header(DONE_OK, seq, 1 << 20) + b"x" * 100)
     os._exit(9)
 
 

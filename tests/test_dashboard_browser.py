@@ -91,6 +91,7 @@ def test_dashboard_live_cancel_and_escaping(server: str, tmp_path: Path) -> None
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 420})
             page.set_default_timeout(30_000)
+            page.on("dialog", lambda dialog: dialog.accept())  # the hard-kill confirmation
             page.goto(server + "/tasks/")
             target = 'tr[data-task-id="target"]'
             page.wait_for_selector(f"{target}.pending")
@@ -126,9 +127,10 @@ def test_dashboard_live_cancel_and_escaping(server: str, tmp_path: Path) -> None
 
             # The filter hides what does not match.
             page.select_option("#filter-status", "cancelled")
-            assert page.is_hidden(hostile)
+            page.wait_for_selector(hostile, state="detached")
             assert page.is_visible(target)
             page.select_option("#filter-status", "")
+            page.wait_for_selector(hostile)
 
             shot = Path(os.environ.get("GENRO_TASKS_SCREENSHOT", tmp_path / "dashboard.png"))
             page.screenshot(path=str(shot), full_page=True)

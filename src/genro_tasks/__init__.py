@@ -19,8 +19,8 @@ Layers, top to bottom (docs/architecture.md draws the data flow):
   :mod:`._launch` starts one), the only decoder of worker messages, and the
   one kill path.
 * :mod:`genro_tasks_worker` — what runs *inside* a worker: a stdlib-only loop
-  that never imports trio, the wire format (``_protocol``), and
-  :func:`report_progress`.
+  that never imports trio, :func:`report_progress`, and the wire format both
+  sides share (``_protocol``: named messages; ``_framing``: the one framer).
 * :mod:`._task`, :mod:`._watch` and :mod:`._errors` — the records, live views
   and exceptions users see.
 * :mod:`genro_tasks.testing` — waits, process pids and a fake backend for tests.
@@ -35,6 +35,7 @@ from genro_tasks_worker import report_progress as report_progress
 
 from ._errors import ManagerClosed as ManagerClosed
 from ._errors import MemoryLimitExceeded as MemoryLimitExceeded
+from ._errors import MessageTooLarge as MessageTooLarge
 from ._errors import QueueFull as QueueFull
 from ._errors import RemoteError as RemoteError
 from ._errors import SupervisorFailed as SupervisorFailed
@@ -63,6 +64,7 @@ __all__ = (
     "ChangeStream",
     "ManagerClosed",
     "MemoryLimitExceeded",
+    "MessageTooLarge",
     "QueueFull",
     "RemoteError",
     "SupervisorFailed",

@@ -26,6 +26,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from genro_tasks_worker._protocol import Failure
+
 
 @dataclass(frozen=True, slots=True)
 class Returned:
@@ -36,23 +38,9 @@ class Returned:
 
 @dataclass(frozen=True, slots=True)
 class Raised:
-    """The job raised; the error as the worker sent it.
+    """The job raised; ``failure`` is the error as the worker sent it (unpickled only by ``result()``)."""
 
-    Attributes:
-        exc_bytes: The pickled exception (with its traceback), or None if it
-            could not be pickled.
-        type_name: Qualified name of the exception's class.
-        message: ``str()`` of the exception.
-        traceback: The formatted remote traceback.
-    """
-
-    exc_bytes: bytes | None
-    type_name: str
-    message: str
-    traceback: str
-
-    def as_tuple(self) -> tuple[bytes | None, str, str, str]:
-        return (self.exc_bytes, self.type_name, self.message, self.traceback)
+    failure: Failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +52,15 @@ class Unreturnable:
 
 
 @dataclass(frozen=True, slots=True)
+class TooLarge:
+    """The job's ``what`` (its result, error report, progress...) was ``size`` bytes, over ``limit``."""
+
+    what: str
+    size: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class Undecodable:
     """The job's value arrived but cannot be unpickled in this process."""
 
@@ -71,7 +68,7 @@ class Undecodable:
 
 
 #: How a job ended, as the backend reports it.
-Outcome = Returned | Raised | Unreturnable | Undecodable
+Outcome = Returned | Raised | Unreturnable | TooLarge | Undecodable
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,9 @@
 Failures of a *task* reach you from :meth:`TaskManager.result` (and
 :meth:`TaskManager.run`): the job's own exception, or one of
 :class:`TaskCancelled`, :class:`TaskTimeout`, :class:`WorkerCrashed`,
-:class:`RemoteError`, :class:`UnpicklableResult`. Failures of a *call* are
-raised by the call itself: :class:`UnpicklableJob` by ``submit``,
+:class:`RemoteError`, :class:`UnpicklableResult`, :class:`MessageTooLarge`.
+Failures of a *call* are raised by the call itself: :class:`UnpicklableJob`
+and :class:`MessageTooLarge` by ``submit``,
 :class:`ManagerClosed` by ``submit`` on a manager that is not running.
 """
 
@@ -127,6 +128,31 @@ class MemoryLimitExceeded(MemoryError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.task_id, self.limit, self.remote_traceback))
+
+
+class MessageTooLarge(ValueError):
+    """A task's job, result or report is larger than ``max_message_size``.
+
+    Raised by ``submit()`` when the pickled function and arguments are over
+    the ``max_message_size=`` given to TaskManager (nothing is recorded), and
+    by ``result()`` for a task whose result, error report or progress
+    message was: its worker refused to send it (the task is FAILED, the
+    worker serves on), or sent it anyway (the worker is replaced). Pass
+    large data through a file and send its path, or raise the limit.
+    """
+
+    def __init__(self, task_id: str, what: str, size: int, limit: int) -> None:
+        self.task_id = task_id
+        self.what = what
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"Task {task_id!r}: its {what} is {size:,} bytes, over max_message_size={limit:,}; pass large data "
+            "through a file and send its path, or raise TaskManager(max_message_size=...)"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task_id, self.what, self.size, self.limit))
 
 
 class WorkerInitError(RuntimeError):

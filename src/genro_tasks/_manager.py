@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import trio
 from trio.lowlevel import enable_ki_protection
 
+from genro_tasks_worker._protocol import DEFAULT_MAX_MESSAGE_SIZE
+
 from ._errors import ManagerClosed, QueueFull
 from ._launch import default_context
 from ._options import _KEEP, DEFAULT_OPTIONS, Call, SubmitMethods, TaskOptions, TaskSubmitter, _Keep
@@ -26,7 +28,7 @@ from ._registry import MemoryRegistry, TaskRegistry
 from ._scheduler import Scheduler
 from ._submission import Job, id_in_use, prepare, prepare_initializer
 from ._task import TaskInfo, TaskManagerStatistics, TaskRecord, TaskStatus
-from ._validate import check_bool, check_count, check_seconds, parse_status
+from ._validate import check_bool, check_count, check_message_size, check_seconds, parse_status
 from ._watch import ChangeStream, TaskWatcher
 
 T = TypeVar("T")
@@ -68,6 +70,12 @@ class TaskManager(SubmitMethods):
         max_finished: Most finished tasks (with their results) kept for
             ``info``/``result``; the oldest finished are forgotten first.
         finished_ttl: Seconds a finished task is kept (``None``: no age limit).
+        max_message_size: Largest message, in bytes, between this process
+            and a worker (default 1 GiB; at least 1 MiB): a pickled job
+            (``submit`` raises MessageTooLarge beyond it), a pickled result,
+            an error report, a progress message. A task whose result is
+            larger fails with MessageTooLarge. It bounds what one worker
+            can make this process buffer, however its frames claim more.
     """
 
     def __init__(
@@ -81,6 +89,7 @@ class TaskManager(SubmitMethods):
         max_queued: int | None = None,
         max_finished: int = 10_000,
         finished_ttl: float | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
@@ -91,12 +100,16 @@ class TaskManager(SubmitMethods):
         finished_ttl = check_seconds("finished_ttl", finished_ttl)
         if not isinstance(start_method, str):
             raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r}")
+        check_message_size(max_message_size)
         initargs, self._init_payload = prepare_initializer(initializer, initargs)
         self._max_workers = max_workers
         self._ctx = default_context(start_method)
         self._start_method = start_method
         self._max_tasks = max_tasks_per_worker
         self._max_queued = max_queued
+        self._max_message_size = max_message_size
+        #: submit() calls refused with QueueFull.
+        self._rejected = 0
         #: The trio run this manager belongs to (set by startup()).
         self._owner = RunOwner()
         self._registry: TaskRegistry = MemoryRegistry(max_finished, finished_ttl, self._owner.now)
@@ -143,7 +156,9 @@ class TaskManager(SubmitMethods):
                 return
             raise RuntimeError("this TaskManager was shut down; create a new one")
         self._owner.claim()
-        self._backend = ProcessBackend(self._max_workers, self._ctx, self._init_payload, self._max_tasks)
+        self._backend = ProcessBackend(
+            self._max_workers, self._ctx, self._init_payload, self._max_tasks, self._max_message_size
+        )
         hub = self._registry.hub
         scheduler = Scheduler(self._backend, self._registry.changed, hub.room_freed, hub.close)
         self._scheduler = scheduler
@@ -257,12 +272,12 @@ class TaskManager(SubmitMethods):
     def _submit(self, call: Call, options: TaskOptions) -> str:
         """The one way in: every submit, submit_wait and run of the manager and its views."""
         self._check_owner("submit")
-        job = prepare(call, options, self._registry.__contains__)
+        job = prepare(call, options, self._registry.__contains__, self._max_message_size)
         return self._enqueue(job, wait_for_room=False)
 
     async def _submit_wait(self, call: Call, options: TaskOptions) -> str:
         self._check_owner("submit_wait")
-        job = prepare(call, options, self._registry.__contains__)
+        job = prepare(call, options, self._registry.__contains__, self._max_message_size)
         while True:
             scheduler = self._scheduler
             if (
@@ -283,6 +298,7 @@ class TaskManager(SubmitMethods):
         if not self._running or scheduler is None or not scheduler.accepting or scheduler.finished.is_set():
             raise self._closed_error()
         if not wait_for_room and self._max_queued is not None and scheduler.queued >= self._max_queued:
+            self._rejected += 1
             raise QueueFull(
                 f"{scheduler.queued} tasks are already queued (max_queued={self._max_queued}); retry later, "
                 "or use 'await tm.submit_wait(...)' to wait for room"
@@ -482,7 +498,7 @@ class TaskManager(SubmitMethods):
         registry.prune()
         scheduler = self._scheduler
         if scheduler is None:
-            return TaskManagerStatistics(0, 0, 0, 0, 0, 0, 0, 0, len(registry), 0, 0)
+            return TaskManagerStatistics(0, 0, 0, 0, 0, 0, 0, 0, len(registry), 0, 0, self._rejected)
         workers = scheduler.backend.statistics()
         return TaskManagerStatistics(
             workers_total=workers.workers_total,
@@ -496,6 +512,7 @@ class TaskManager(SubmitMethods):
             tasks_tracked=len(registry),
             worker_restarts=workers.restarts,
             worker_crashes=workers.crashes,
+            tasks_rejected=self._rejected,
         )
 
     def _check_owner(self, call: str) -> None:

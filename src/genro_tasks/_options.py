@@ -132,6 +132,8 @@ class SubmitMethods:
             TypeError: ``func`` is not callable, or ``metadata`` not a dict.
             UnpicklableJob: ``func`` or an argument cannot be pickled, or
                 refers to a main module the workers cannot import (a TypeError).
+            MessageTooLarge: ``func`` and its arguments pickle to more than
+                ``max_message_size`` bytes (a ValueError).
             RuntimeError: Called from a thread other than the manager's trio thread.
         """
         manager, options = self._submit_to()

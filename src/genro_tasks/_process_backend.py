@@ -3,7 +3,7 @@
 It owns the worker processes (:class:`~._worker_proc.WorkerProcess`): it
 starts them (forkserver or spawn), with back-off while they fail to start,
 retires them after ``max_tasks_per_worker`` jobs, decodes everything they
-send (:meth:`ProcessBackend._on_frame`, the one place that reads worker
+send (:meth:`ProcessBackend._on_message`, the one place that reads worker
 messages), and runs the single kill path: *signal → observe death on the
 pidfd → report → refill* (:meth:`ProcessBackend._kill`, then
 :meth:`ProcessBackend._on_exit`). Which worker runs which job is kept in one
@@ -24,14 +24,21 @@ import trio
 from trio.lowlevel import enable_ki_protection
 
 from genro_tasks_worker._protocol import (
-    DONE_BAD_RESULT,
-    DONE_ERROR,
-    DONE_OK,
-    INIT_FAILED,
-    PROGRESS,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    KIND_NAMES,
     READY,
     STARTED,
+    DoneBadResult,
+    DoneError,
+    DoneOk,
+    DoneTooLarge,
+    FrameTooLarge,
+    InitFailed,
+    Message,
+    Progress,
     ProtocolError,
+    Ready,
+    Started,
 )
 
 from ._backend import (
@@ -39,15 +46,17 @@ from ._backend import (
     BackendStatistics,
     ExecutionBackend,
     Lost,
+    Outcome,
     Raised,
     Returned,
+    TooLarge,
     Undecodable,
     Unreturnable,
 )
 from ._errors import WorkerInitError, describe_exit
 from ._launch import main_module_ref
 from ._util import only_cancelled
-from ._worker_proc import Frame, KillReason, WorkerProcess, WorkerState
+from ._worker_proc import KillReason, WorkerProcess, WorkerState
 
 log = logging.getLogger("genro_tasks")
 
@@ -76,6 +85,7 @@ class ProcessBackend(ExecutionBackend):
         ctx: The multiprocessing context (see :func:`default_context`).
         init_payload: The pickled ``(initializer, initargs)``, or None.
         max_tasks_per_worker: Replace a worker after this many jobs (None: never).
+        max_message_size: Largest message a worker may send (and is sent).
     """
 
     def __init__(
@@ -84,8 +94,10 @@ class ProcessBackend(ExecutionBackend):
         ctx: BaseContext,
         init_payload: bytes | None = None,
         max_tasks_per_worker: int | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         self.capacity = max_workers
+        self.max_message_size = max_message_size
         self._ctx = ctx
         self._init_payload = init_payload
         self._main_ref = main_module_ref()
@@ -157,7 +169,14 @@ class ProcessBackend(ExecutionBackend):
             try:
                 async with self._launch_lock:
                     w = await trio.to_thread.run_sync(
-                        WorkerProcess, self._ctx, self._alive_r, number, self._init_payload, self._main_ref
+                        WorkerProcess,
+                        self._ctx,
+                        self._alive_r,
+                        number,
+                        self._init_payload,
+                        self._main_ref,
+                        self.max_message_size,
+                        self._owns,
                     )
             except Exception as exc:
                 log.error("could not start a genro_tasks worker process: %s", exc)
@@ -237,30 +256,36 @@ class ProcessBackend(ExecutionBackend):
 
     @enable_ki_protection
     async def _read_loop(self, w: WorkerProcess) -> None:
-        frames: list[Frame] = []
+        messages: list[Message] = []
         reader = w.reader
         while True:
             try:
-                alive = reader.read(frames)
+                alive = reader.read(messages)
+                broken: ProtocolError | None = None
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(reader.fd)
                 continue
             except ProtocolError as exc:
-                self._protocol_error(w, exc)
-                return
+                alive, broken = True, exc
             except MemoryError:
-                # A frame claiming more memory than we have: the worker's fault, not ours.
-                self._protocol_error(w, ProtocolError("a frame claims more memory than is available"))
-                return
-            if frames:
+                # Bodies grow only as their bytes arrive: this is a message within
+                # max_message_size that this process has no memory left for.
+                alive, broken = True, ProtocolError("its message is larger than the memory left to receive it")
+            if messages:  # the messages before a broken frame count, in order
                 try:
-                    for frame in frames:
-                        self._on_frame(w, frame)
+                    for msg in messages:
+                        self._on_message(w, msg)
                 except ProtocolError as exc:
                     self._protocol_error(w, exc)
                     return
                 finally:
-                    frames.clear()
+                    messages.clear()
+            if isinstance(broken, FrameTooLarge):
+                self._too_large(w, broken)
+                return
+            if broken is not None:
+                self._protocol_error(w, broken)
+                return
             if not alive:
                 # Normally the process has exited and _serve cancels us any
                 # moment now; one that lives on without its pipe is broken.
@@ -273,79 +298,93 @@ class ProcessBackend(ExecutionBackend):
         log.warning("worker %d sent a corrupt message (%s); treating it as crashed", w.pid, exc)
         self._kill(w, KillReason.CRASH, f"it sent a corrupt message: {exc}")
 
+    def _too_large(self, w: WorkerProcess, exc: FrameTooLarge) -> None:
+        """A frame over max_message_size: its job fails, its worker (whose pipe is now useless) is replaced."""
+        if exc.kind in (READY, STARTED) or self._jobs.get(exc.seq) is not w or not w.started:
+            self._protocol_error(w, exc)
+            return
+        log.warning("worker %d: task #%d sent %s; killing the worker", w.pid, exc.seq, exc)
+        del self._jobs[exc.seq]
+        w.started = False
+        self._kill(w, KillReason.TOO_LARGE, str(exc))  # not a crash: the job's message was the fault
+        assert self._listener is not None
+        self._listener.done(exc.seq, TooLarge(KIND_NAMES[exc.kind], exc.length, self.max_message_size))
+
     def _drain(self, w: WorkerProcess) -> None:
-        """Handle the whole frames an exited worker left in its pipe."""
-        frames: list[Frame] = []
+        """Handle the whole messages an exited worker left in its pipe."""
+        messages: list[Message] = []
         for _ in range(1 << 16):
             try:
-                if not w.reader.read(frames):
+                if not w.reader.read(messages):
                     break
             except Exception:  # BlockingIOError at the end; anything else: stop reading
                 break
-        for frame in frames:
+        for msg in messages:
             try:
-                self._on_frame(w, frame)
+                self._on_message(w, msg)
             except ProtocolError:
                 break
 
+    def _owns(self, w: WorkerProcess, key: int) -> bool:
+        """True if ``w`` runs job ``key`` (the framer asks before buffering a large body)."""
+        return self._jobs.get(key) is w
+
     # ---------------------------------------------------------------- messages
-    def _on_frame(self, w: WorkerProcess, frame: Frame) -> None:
-        """Decode one message from a worker and report it (the only reader of worker messages)."""
-        kind, key, body = frame
+    def _on_message(self, w: WorkerProcess, msg: Message) -> None:
+        """Act on one message from a worker and report it (the only reader of worker messages)."""
         listener = self._listener
         assert listener is not None
         if w.state is WorkerState.DYING or w.state is WorkerState.DEAD:
             return  # being killed: its job's end is decided already
-        if kind == INIT_FAILED:
+        kind = type(msg)
+        if kind is InitFailed:
+            assert isinstance(msg, InitFailed)
             if w.state is not WorkerState.STARTING:
-                raise ProtocolError("unexpected INIT_FAILED")
-            try:
-                _exc_bytes, type_name, message, tb_text = pickle.loads(body)
-            except Exception:
-                type_name, message, tb_text = "<unknown>", "initializer failed", ""
-            log.warning("worker %d: initializer failed: %s: %s", w.pid, type_name, message)
-            w.init_error = WorkerInitError(type_name, message, tb_text)
+                raise ProtocolError("unexpected InitFailed")
+            failure = msg.failure
+            log.warning("worker %d: initializer failed: %s: %s", w.pid, failure.type_name, failure.message)
+            w.init_error = WorkerInitError(failure.type_name, failure.message, failure.traceback)
             return  # it exits next; _on_exit reports it
-        if kind == READY:
-            if w.state is not WorkerState.STARTING or key != w.pid:
-                raise ProtocolError(f"unexpected READY (pid {key})")
+        if kind is Ready:
+            assert isinstance(msg, Ready)
+            if w.state is not WorkerState.STARTING or msg.pid != w.pid:
+                raise ProtocolError(f"unexpected Ready (pid {msg.pid})")
             self._on_ready(w)
             return
+        key: int = msg.seq  # type: ignore[union-attr]
         if self._jobs.get(key) is not w:
-            raise ProtocolError(f"message kind {kind} about task #{key}, which this worker does not run")
-        if kind == STARTED:
+            raise ProtocolError(f"{kind.__name__} about task #{key}, which this worker does not run")
+        if kind is Started:
             if w.started:
-                raise ProtocolError("STARTED twice")
+                raise ProtocolError("Started twice")
             w.started = True
             listener.started(key, w.pid)
             return
         if not w.started:
-            raise ProtocolError(f"message kind {kind} before STARTED")
-        if kind == PROGRESS:
-            try:
-                fraction, message = pickle.loads(body)
-            except Exception as exc:
-                raise ProtocolError(f"bad PROGRESS body: {exc}") from None
-            listener.progress(key, fraction, message)
+            raise ProtocolError(f"{kind.__name__} before Started")
+        if kind is Progress:
+            assert isinstance(msg, Progress)
+            listener.progress(key, msg.fraction, msg.message)
             return
-        if kind == DONE_OK:
-            # Decoded here, before COMPLETED is recorded: COMPLETED means result() returns.
+        outcome: Outcome
+        if kind is DoneOk:
+            assert isinstance(msg, DoneOk)
+            # Unpickled here, before COMPLETED is recorded: COMPLETED means result() returns.
             try:
-                outcome: Returned | Raised | Unreturnable | Undecodable = Returned(pickle.loads(body))
+                outcome = Returned(pickle.loads(msg.result))
             except BaseException as exc:  # user code ran: even SystemExit stays here, as this task's failure
                 outcome = Undecodable(exc)
-        elif kind == DONE_ERROR:
-            try:
-                outcome = Raised(*pickle.loads(body))
-            except Exception as exc:
-                raise ProtocolError(f"bad DONE_ERROR body: {exc}") from None
-        elif kind == DONE_BAD_RESULT:
-            try:
-                outcome = Unreturnable(*pickle.loads(body))
-            except Exception as exc:
-                raise ProtocolError(f"bad DONE_BAD_RESULT body: {exc}") from None
-        else:  # pragma: no cover - FrameReader filters kinds
-            raise ProtocolError(f"unknown message kind {kind}")
+        elif kind is DoneError:
+            assert isinstance(msg, DoneError)
+            outcome = Raised(msg.failure)
+        elif kind is DoneBadResult:
+            assert isinstance(msg, DoneBadResult)
+            outcome = Unreturnable(msg.type_name, msg.reason)
+        elif kind is DoneTooLarge:
+            assert isinstance(msg, DoneTooLarge)
+            outcome = TooLarge(msg.what, msg.size, self.max_message_size)
+        else:  # pragma: no cover - the framer accepts worker messages only
+            raise ProtocolError(f"unexpected {kind.__name__}")
         del self._jobs[key]
         w.started = False
         w.jobs_done += 1

@@ -30,10 +30,21 @@ from collections.abc import Callable
 import trio
 from trio.lowlevel import enable_ki_protection
 
-from ._backend import BackendListener, ExecutionBackend, Lost, Outcome, Raised, Returned, Undecodable, Unreturnable
+from ._backend import (
+    BackendListener,
+    ExecutionBackend,
+    Lost,
+    Outcome,
+    Raised,
+    Returned,
+    TooLarge,
+    Undecodable,
+    Unreturnable,
+)
 from ._errors import (
     ManagerClosed,
     MemoryLimitExceeded,
+    MessageTooLarge,
     SupervisorFailed,
     TaskTimeout,
     UnpicklableResult,
@@ -391,15 +402,19 @@ class Scheduler(BackendListener):
         if flight is None:
             return
         rec = flight.rec
-        if isinstance(outcome, Returned):
-            rec.finish_ok(outcome.value)
+        kind = type(outcome)
+        if kind is Returned:
+            rec.finish_ok(outcome.value)  # type: ignore[union-attr]
         elif isinstance(outcome, Raised):
+            failure = outcome.failure
             if flight.cancel_grace:
-                rec.finish_cancelled(f"cancelled gracefully; the job ended with {outcome.type_name}: {outcome.message}")
-            elif outcome.type_name == "MemoryError" and rec.memory_limit is not None:
-                rec.finish_failed(MemoryLimitExceeded(rec.task_id, rec.memory_limit, outcome.traceback))
+                rec.finish_cancelled(f"cancelled gracefully; the job ended with {failure.type_name}: {failure.message}")
+            elif failure.type_name == "MemoryError" and rec.memory_limit is not None:
+                rec.finish_failed(MemoryLimitExceeded(rec.task_id, rec.memory_limit, failure.traceback))
             else:
-                rec.finish_remote_error(outcome.as_tuple())
+                rec.finish_remote_error(failure)
+        elif isinstance(outcome, TooLarge):
+            rec.finish_failed(MessageTooLarge(rec.task_id, outcome.what, outcome.size, outcome.limit))
         elif isinstance(outcome, Unreturnable):
             rec.finish_failed(
                 UnpicklableResult(

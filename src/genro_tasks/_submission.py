@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from genro_tasks_worker._protocol import PICKLE_PROTOCOL
 
-from ._errors import UnpicklableJob
+from ._errors import MessageTooLarge, UnpicklableJob
 from ._launch import main_module_ref
 from ._options import Call, TaskOptions
 from ._validate import check_metadata
@@ -33,7 +33,7 @@ class Job(NamedTuple):
     options: TaskOptions
 
 
-def prepare(call: Call, options: TaskOptions, is_taken: Callable[[str], bool]) -> Job:
+def prepare(call: Call, options: TaskOptions, is_taken: Callable[[str], bool], max_size: int) -> Job:
     """Check and pickle a submission; raise for any bad argument, whatever the queue holds."""
     func, args, kwargs, task_id, metadata = call
     if task_id is None:
@@ -56,6 +56,8 @@ def prepare(call: Call, options: TaskOptions, is_taken: Callable[[str], bool]) -
             "The function must be importable by name (a module-level def, not a lambda, closure or "
             "local function) and every argument must be picklable."
         ) from exc
+    if len(payload) > max_size:
+        raise MessageTooLarge(task_id, f"job ({name} and its arguments, pickled)", len(payload), max_size)
     if b"__main__" in payload:
         refuse_unimportable_main(f"Task {task_id!r} ({name})", (func, args, kwargs))
     return Job(task_id, name, payload, meta, options)

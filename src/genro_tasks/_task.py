@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from genro_tasks_worker._protocol import Failure
+
 from ._errors import RemoteError, TaskCancelled
 
 if TYPE_CHECKING:
@@ -104,6 +106,7 @@ class TaskManagerStatistics:
         tasks_tracked: Task records currently kept (see retention limits).
         worker_restarts: Workers started to replace one that exited.
         worker_crashes: Workers that died without being asked to.
+        tasks_rejected: ``submit`` calls refused with QueueFull (``max_queued``) since startup.
     """
 
     workers_total: int
@@ -117,6 +120,7 @@ class TaskManagerStatistics:
     tasks_tracked: int
     worker_restarts: int
     worker_crashes: int
+    tasks_rejected: int = 0
 
 
 class TaskRecord:
@@ -178,7 +182,7 @@ class TaskRecord:
         #: How often it was sent again because its worker died before starting it.
         self.requeues = 0
         self._result: Any = None
-        self._failure: BaseException | tuple[bytes | None, str, str, str] | None = None
+        self._failure: BaseException | Failure | None = None
         self._done: trio.Event | None = None
         self.version = 0
         #: Live TaskWatchers of this task (weakly held), created on first watch().
@@ -212,8 +216,8 @@ class TaskRecord:
         failure = self._failure
         if failure is None:
             return None
-        if isinstance(failure, tuple):
-            return failure[3]
+        if isinstance(failure, Failure):
+            return failure.traceback
         text = getattr(failure, "remote_traceback", None)
         return text if isinstance(text, str) and text else None
 
@@ -236,16 +240,15 @@ class TaskRecord:
             raise _fresh(failure)
         if failure is None:  # pragma: no cover
             raise AssertionError(f"task {self.task_id!r} is {status.value}, not finished")
-        exc_bytes, type_name, message, tb_text = failure
         remote: object = None
-        if exc_bytes is not None:
+        if failure.exc_bytes is not None:
             try:
-                remote = pickle.loads(exc_bytes)
+                remote = pickle.loads(failure.exc_bytes)
             except BaseException:  # user code ran: whatever it raises, the task's error is a RemoteError
                 remote = None
         if isinstance(remote, BaseException):
             raise remote
-        raise RemoteError(type_name, message, tb_text)
+        raise RemoteError(failure.type_name, failure.message, failure.traceback)
 
     # --- transitions (the scheduler's alone) -------------------------------
     def set_running(self, pid: int | None) -> None:
@@ -266,9 +269,9 @@ class TaskRecord:
         self._result = value
         self._finish(TaskStatus.COMPLETED, None)
 
-    def finish_remote_error(self, failure: tuple[bytes | None, str, str, str]) -> None:
+    def finish_remote_error(self, failure: Failure) -> None:
         self._failure = failure
-        self._finish(TaskStatus.FAILED, f"{failure[1]}: {failure[2]}")
+        self._finish(TaskStatus.FAILED, f"{failure.type_name}: {failure.message}")
 
     def finish_failed(self, exc: BaseException) -> None:
         self._failure = exc

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from genro_tasks_worker._protocol import MAX_MAX_MESSAGE_SIZE, MIN_MAX_MESSAGE_SIZE
+
 from ._task import TaskStatus
 
 #: ``setrlimit`` takes limits below 2**63; a memory_limit is added to what the
@@ -99,3 +101,16 @@ def check_metadata(value: Any, *, task_id: str | None = None) -> dict[str, Any] 
     except (TypeError, ValueError):
         raise TypeError(f"metadata{_where(task_id)} must be a dict or None, not {value!r}") from None
     return copy or None
+
+
+def check_message_size(max_message_size: object) -> None:
+    """Raise ValueError unless ``max_message_size`` is an int of bytes in the accepted range."""
+    if (
+        isinstance(max_message_size, bool)
+        or not isinstance(max_message_size, int)
+        or not MIN_MAX_MESSAGE_SIZE <= max_message_size <= MAX_MAX_MESSAGE_SIZE
+    ):
+        raise ValueError(
+            f"max_message_size must be an int of bytes between {MIN_MAX_MESSAGE_SIZE:,} (1 MiB) and "
+            f"{MAX_MAX_MESSAGE_SIZE:,} (1 TiB), not {max_message_size!r}"
+        )

@@ -22,20 +22,25 @@ import os
 import select
 import signal
 import struct
+from collections.abc import Callable
 from multiprocessing.context import BaseContext
 from typing import Any
 
 import trio
 
 from genro_tasks_worker import _loop
+from genro_tasks_worker._framing import Framer, HeaderCheck
 from genro_tasks_worker._protocol import (
-    HEADER,
-    HEADER_SIZE,
-    JOB,
-    MAX_BODY,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    INIT_FAILED,
+    KIND_NAMES,
+    READY,
+    SPLIT_WRITE,
     WORKER_KINDS,
+    Job,
+    Message,
     ProtocolError,
-    pack_header,
+    encode,
 )
 
 from ._errors import WorkerInitError
@@ -43,14 +48,9 @@ from ._launch import start_process
 
 log = logging.getLogger("genro_tasks")
 
-#: Bodies at least this large are read straight into their own buffer.
-_BIG_BODY = 1 << 20
-_READ_CHUNK = 1 << 16
 #: Pipe capacity asked of Linux (F_SETPIPE_SZ); fewer wake-ups for big payloads.
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-
-Frame = tuple[int, int, "bytes | bytearray"]
 
 
 class WorkerState(enum.Enum):
@@ -66,6 +66,7 @@ class KillReason(enum.Enum):
     REQUESTED = "the scheduler asked (cancel, timeout or shutdown of its job)"
     SHUTDOWN = "the backend stopped"
     CRASH = "worker misbehaved"
+    TOO_LARGE = "sent a message over max_message_size"
     STOP = "did not exit when told to stop"
 
 
@@ -77,74 +78,33 @@ def _enlarge_pipe(fd: int) -> None:
 
 
 class FrameReader:
-    """Incremental, non-blocking reader of frames from one pipe."""
+    """Non-blocking reader of one worker's messages: a pipe feeding the shared Framer.
 
-    __slots__ = ("_big", "_big_got", "_big_head", "_big_view", "_buf", "_scratch", "_scratch_view", "fd")
+    One ``os.readv`` per call, straight into the framer's buffer: its
+    persistent scratch for small frames, or the buffer of a large body,
+    which grows as the body arrives.
+    """
 
-    def __init__(self, fd: int) -> None:
+    __slots__ = ("_buffer", "fd", "framer")
+
+    def __init__(self, fd: int, max_message_size: int, check_header: HeaderCheck | None = None) -> None:
         self.fd = fd
-        self._scratch = bytearray(_READ_CHUNK)
-        self._scratch_view = memoryview(self._scratch)
-        self._buf = bytearray()
-        self._big: bytearray | None = None
-        self._big_view: memoryview | None = None
-        self._big_got = 0
-        self._big_head: tuple[int, int] = (0, 0)
+        self.framer = Framer(WORKER_KINDS, max_message_size, check_header)
+        # Where the next read goes, as the framer said after it last took bytes:
+        # a read that finds the pipe empty costs no call.
+        self._buffer = self.framer.buffer()
 
-    def read(self, frames: list[Frame]) -> bool:
-        """Read what the pipe holds now, appending whole frames to ``frames``.
+    def read(self, messages: list[Message]) -> bool:
+        """Read what the pipe holds now, appending whole messages to ``messages``.
 
         Returns False at end-of-file. Raises BlockingIOError when nothing
-        was available and ProtocolError for a corrupt frame.
+        was available, ProtocolError for a corrupt frame and FrameTooLarge
+        (a ProtocolError) for a frame over ``max_message_size``.
         """
-        if self._big_view is not None:
-            n = os.readv(self.fd, [self._big_view[self._big_got :]])
-            if n == 0:
-                return False
-            self._big_got += n
-            if self._big_got == len(self._big_view):
-                assert self._big is not None
-                kind, seq = self._big_head
-                frames.append((kind, seq, self._big))
-                self._big_view.release()
-                self._big = self._big_view = None
-            return True
-        # Read into a buffer that lives as long as the reader: no allocation
-        # per read (a large os.read() would mmap and munmap every time).
-        n = os.readv(self.fd, [self._scratch])
+        n = os.readv(self.fd, [self._buffer])
         if n == 0:
             return False
-        buf = self._buf
-        if buf:
-            buf += self._scratch_view[:n]
-            data: bytes | bytearray | memoryview = buf
-            end = len(buf)
-        else:
-            data = self._scratch_view
-            end = n
-        pos = 0
-        while end - pos >= HEADER_SIZE:
-            kind, seq, length = HEADER.unpack_from(data, pos)
-            if kind not in WORKER_KINDS or length > MAX_BODY:
-                raise ProtocolError(f"corrupt frame header (kind={kind}, length={length})")
-            start = pos + HEADER_SIZE
-            if end - start >= length:
-                frames.append((kind, seq, bytes(data[start : start + length])))
-                pos = start + length
-                continue
-            if length >= _BIG_BODY:
-                have = end - start
-                self._big = bytearray(length)  # MemoryError for absurd lengths: the caller treats it as corrupt
-                self._big_view = memoryview(self._big)
-                self._big_view[:have] = data[start:end]
-                self._big_got = have
-                self._big_head = (kind, seq)
-                pos = end
-            break
-        if data is buf:
-            del buf[:pos]
-        elif pos < end:
-            self._buf = bytearray(data[pos:end])
+        self._buffer = self.framer.received(n, messages)
         return True
 
 
@@ -162,6 +122,8 @@ class WorkerProcess:
         number: int,
         init_payload: bytes | None = None,
         main_ref: tuple[str, str] | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        owns: Callable[[WorkerProcess, int], bool] | None = None,
     ) -> None:
         job_r, job_w = os.pipe()
         res_r, res_w = os.pipe()
@@ -179,7 +141,7 @@ class WorkerProcess:
             self.process: Any = start_process(
                 ctx,
                 _loop.main,
-                (*child_ends[:3], init_payload, main_ref, child_ends[3]),
+                (*child_ends[:3], init_payload, main_ref, max_message_size, child_ends[3]),
                 f"genro-tasks-worker-{number}",
             )
         except BaseException:
@@ -201,7 +163,9 @@ class WorkerProcess:
         os.set_blocking(cancel_w, False)
         self._cancel_fd: int | None = cancel_w
         self.job_fd: int | None = job_w
-        self.reader = FrameReader(res_r)
+        #: Asks the backend whether this worker runs job ``seq`` (the mapping is the backend's).
+        self._owns = owns
+        self.reader = FrameReader(res_r, max_message_size, self._check_header)
         self.state = WorkerState.STARTING
         self.ready = False
         #: Its exit was seen: what is left in its pipe is read, but it gets no new job.
@@ -210,6 +174,8 @@ class WorkerProcess:
         self.started = False
         self.kill_reason: KillReason | None = None
         self.kill_detail = ""
+        #: What it sent over max_message_size, and its size (KillReason.TOO_LARGE).
+        self.oversize: tuple[str, int] = ("", 0)
         self.exitcode: int | None = None
         self.jobs_done = 0
         self.timer: trio.CancelScope | None = None
@@ -227,15 +193,22 @@ class WorkerProcess:
     def __repr__(self) -> str:
         return f"<worker {self.number} pid={self.pid} {self.state.value}>"
 
+    def _check_header(self, kind: int, seq: int, length: int) -> None:
+        """Refuse a frame about a task this worker does not run, before buffering its body."""
+        own = self._owns
+        mine = seq == self.pid if kind in (READY, INIT_FAILED) else own is not None and own(self, seq)
+        if not mine:
+            raise ProtocolError(f"a {KIND_NAMES[kind]} frame of {length:,} bytes about #{seq}, not this worker's")
+
     # --- sending -------------------------------------------------------------
     def send_job(self, seq: int, payload: bytes) -> None:
-        """Queue a JOB frame; writes at once what the pipe accepts (never blocks)."""
-        header = pack_header(JOB, seq, len(payload))
-        if len(payload) < 1 << 16:
-            self._send(memoryview(header + payload))
+        """Queue a Job message; writes at once what the pipe accepts (never blocks)."""
+        header, body = encode(Job(seq, payload))
+        if len(body) < SPLIT_WRITE:
+            self._send(memoryview(header + body))
         else:
             self._send(memoryview(header))
-            self._send(memoryview(payload))
+            self._send(memoryview(body))
 
     def _send(self, view: memoryview) -> None:
         if self._out or self.job_fd is None:

@@ -23,6 +23,8 @@ from typing import Any
 
 import trio
 
+from genro_tasks_worker._protocol import Failure
+
 from ._backend import (
     BackendListener,
     BackendStatistics,
@@ -31,6 +33,7 @@ from ._backend import (
     Outcome,
     Raised,
     Returned,
+    TooLarge,
     Undecodable,
     Unreturnable,
 )
@@ -234,7 +237,7 @@ class FakeBackend(ExecutionBackend):
 
     def fail(self, key: int, type_name: str = "ValueError", message: str = "boom") -> None:
         """The job ``key`` raises (an exception that cannot be unpickled here)."""
-        self._end(key, Raised(None, type_name, message, f"Traceback: {type_name}: {message}"))
+        self._end(key, Raised(Failure(None, type_name, message, f"Traceback: {type_name}: {message}")))
 
     def end(self, key: int, outcome: Outcome) -> None:
         """The job ``key`` ends with any outcome (see :mod:`genro_tasks._backend`)."""
@@ -264,6 +267,7 @@ __all__ = (
     "FakeBackend",
     "Raised",
     "Returned",
+    "TooLarge",
     "Undecodable",
     "Unreturnable",
     "assigned_worker_pid",

@@ -1,7 +1,9 @@
 """The worker process's main loop (stdlib only: never imports trio).
 
-A worker reads one JOB frame at a time from its job pipe, says STARTED before
-it even unpickles the job, runs it, and answers with exactly one DONE_* frame.
+A worker reads one :class:`~._protocol.Job` at a time from its job pipe (through
+the shared :class:`~._protocol.Framer`), says ``Started`` before it even
+unpickles the job, runs it, and answers with exactly one ``Done*`` message,
+never one over ``max_message_size`` (:func:`~._protocol.encode_within`).
 It exits when the job pipe reaches end-of-file (the parent closed it), and
 kills itself and everything it spawned the moment the parent process dies
 (end-of-file on the shared *alive* pipe), even while a job is busy.
@@ -27,88 +29,54 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from . import _hygiene, _main_module, _progress
+from ._framing import Framer
 from ._protocol import (
-    DONE_BAD_RESULT,
-    DONE_ERROR,
-    DONE_OK,
-    HEADER,
-    HEADER_SIZE,
-    INIT_FAILED,
-    MAX_BODY,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    JOB_KINDS,
     PICKLE_PROTOCOL,
-    READY,
-    STARTED,
+    SPLIT_WRITE,
     CancelRequested,
+    DoneBadResult,
+    DoneError,
+    DoneOk,
+    Failure,
+    InitFailed,
+    Job,
+    Message,
     ProtocolError,
-    pack_header,
+    Ready,
+    Started,
+    WorkerMessage,
+    encode,
+    encode_within,
 )
 
 #: A cancel request on the cancel pipe: the task's sequence number.
 _SEQ = struct.Struct("<Q")
-#: Bodies at least this large are written with a separate syscall from their header.
-_SPLIT_WRITE = 1 << 16
-
-
-def _read_exact(fd: int, size: int) -> bytearray | None:
-    """Read exactly ``size`` bytes, or return None at a clean end-of-file."""
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
-        n = os.readv(fd, [view[got:]])
-        if n == 0:
-            if got == 0:
-                return None
-            raise ProtocolError(f"job pipe closed after {got} of {size} bytes")
-        got += n
-    return buf
 
 
 class _JobReader:
-    """Reads JOB frames with as few syscalls as possible (one for a small job)."""
+    """Reads Job messages from the job pipe through the shared Framer (blocking reads)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, max_message_size: int) -> None:
         self.fd = fd
-        self.buf = bytearray(1 << 16)
-        self.start = 0
-        self.end = 0
+        self.framer = Framer(JOB_KINDS, max_message_size)
+        self.buffer = self.framer.buffer()
+        self.ready: list[Message] = []
 
-    def _fill(self) -> bool:
-        if self.start == self.end:
-            self.start = self.end = 0
-        elif self.end == len(self.buf):
-            del self.buf[: self.start]
-            self.buf.extend(bytes(self.start))
-            self.end -= self.start
-            self.start = 0
-        n = os.readv(self.fd, [memoryview(self.buf)[self.end :]])
-        self.end += n
-        return n > 0
-
-    def next_job(self) -> tuple[int, bytearray] | None:
-        """Return (seq, payload) of the next job, or None at a clean end-of-file."""
-        while self.end - self.start < HEADER_SIZE:
-            if not self._fill():
-                if self.end == self.start:
+    def next_job(self) -> Job | None:
+        """Return the next job, or None at a clean end-of-file."""
+        framer = self.framer
+        while not self.ready:
+            n = os.readv(self.fd, [self.buffer])
+            if n == 0:
+                if framer.idle:
                     return None
-                raise ProtocolError("job pipe closed inside a frame header")
-        _kind, seq, length = HEADER.unpack_from(self.buf, self.start)
-        if length > MAX_BODY:
-            raise ProtocolError(f"job frame claims {length} bytes")
-        self.start += HEADER_SIZE
-        have = min(length, self.end - self.start)
-        if have == length:
-            payload = self.buf[self.start : self.start + length]
-            self.start += length
-            return seq, payload
-        payload = bytearray(length)
-        payload[:have] = self.buf[self.start : self.start + have]
-        self.start = self.end = 0
-        rest = _read_exact(self.fd, length - have)
-        if rest is None:
-            raise ProtocolError("job pipe closed inside a frame body")
-        payload[have:] = rest
-        return seq, payload
+                raise ProtocolError("job pipe closed inside a frame")
+            self.buffer = framer.received(n, self.ready)
+        job = self.ready.pop(0)
+        assert isinstance(job, Job)  # the framer accepts JOB frames only
+        return job
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -121,16 +89,19 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
 class _Sender:
     """Serialises frame writes from the job thread and the progress flusher."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self.fd = fd
         self.lock = threading.Lock()
+        self.max_message_size = max_message_size
 
-    def send_locked(self, kind: int, seq: int, body: bytes) -> None:
-        header = pack_header(kind, seq, len(body))
+    def send_locked(self, msg: WorkerMessage) -> None:
+        header, body = encode(msg)
+        if len(body) > self.max_message_size:
+            header, body = encode_within(msg, self.max_message_size)
         # From the job's thread, a graceful-cancel request waits until the frame is whole.
         interrupt = _disarm() if threading.get_ident() == _MAIN_THREAD else None
         try:
-            if len(body) < _SPLIT_WRITE:
+            if len(body) < SPLIT_WRITE:
                 _write_all(self.fd, header + body)
             else:
                 _write_all(self.fd, header)
@@ -139,9 +110,9 @@ class _Sender:
             if interrupt is not None:
                 _arm(interrupt)
 
-    def send(self, kind: int, seq: int, body: bytes = b"") -> None:
+    def send(self, msg: WorkerMessage) -> None:
         with self.lock:
-            self.send_locked(kind, seq, body)
+            self.send_locked(msg)
 
 
 def _die_with_parent(alive_fd: int) -> None:
@@ -190,8 +161,8 @@ def _describe(exc: BaseException) -> str:
     return f"{name}: {_text(lambda: str(exc), f'<str() of {name} failed>')}"
 
 
-def _error_body(exc: BaseException) -> bytes:
-    """Pickle ``exc`` with its remote traceback and causes, plus a text fallback.
+def _failure(exc: BaseException) -> Failure:
+    """Describe ``exc``: pickled with its remote traceback and causes, plus a text fallback.
 
     Never raises: an exception whose formatting or pickling raises (even a
     BaseException) is described as well as it can be, so it fails its task
@@ -212,7 +183,7 @@ def _error_body(exc: BaseException) -> bytes:
         exc_bytes = pickle.dumps(exc, PICKLE_PROTOCOL)
     except BaseException:  # pickling is user code too (__reduce__)
         exc_bytes = None
-    return pickle.dumps((exc_bytes, name, message, tb_text), PICKLE_PROTOCOL)
+    return Failure(exc_bytes, name, message, tb_text)
 
 
 _MAIN_THREAD = threading.get_ident()
@@ -405,11 +376,11 @@ def _leave_if_forked(code: int) -> None:
         os._exit(code)
 
 
-def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payload: bytearray) -> None:
+def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payload: bytes | bytearray) -> None:
     _JobState.pending = False  # a request that arrived between jobs was for an earlier one
     _JobState.seq = seq
     _JobState.in_job = True
-    sender.send(STARTED, seq)
+    sender.send(Started(seq))
     _progress.start_job(channel, seq)
     limits: tuple[int, int] | None = None
     try:
@@ -432,17 +403,14 @@ def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payl
             _restore_memory(limits)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task too
         _progress.end_job()
-        body = _error_body(exc)
+        done: WorkerMessage = DoneError(seq, _failure(exc))
         del exc
-        kind = DONE_ERROR
     else:
         _progress.end_job()
         try:
-            body = pickle.dumps(value, PICKLE_PROTOCOL)
-            kind = DONE_OK
+            done = DoneOk(seq, pickle.dumps(value, PICKLE_PROTOCOL))
         except BaseException as exc:
-            body = pickle.dumps((_type_name(value), _describe(exc)), PICKLE_PROTOCOL)
-            kind = DONE_BAD_RESULT
+            done = DoneBadResult(seq, _type_name(value), _describe(exc))
         del value
     _flush_std_streams()
     _hygiene.restore_std_streams()
@@ -451,7 +419,7 @@ def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payl
         _hygiene.forget_multiprocessing_helpers()  # a forkserver or tracker the job started is gone
     with sender.lock:
         channel.finish_locked()
-        sender.send_locked(kind, seq, body)
+        sender.send_locked(done)
 
 
 def _own_signals() -> None:
@@ -474,6 +442,7 @@ def main(
     alive_conn: Connection,
     init_payload: bytes | None = None,
     main_ref: tuple[str, str] | None = None,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     cancel_conn: Connection | None = None,
 ) -> None:
     """Entry point of a worker process (the target given to ``multiprocessing``).
@@ -489,6 +458,8 @@ def main(
         init_payload: Pickled ``(initializer, initargs)``, called before the
             worker says READY (unpickled here, after ``__main__`` is set up).
         main_ref: Where the parent's main module lives, imported lazily.
+        max_message_size: Largest job this worker accepts and largest
+            message it sends (see :func:`~._protocol.encode_within`).
         cancel_conn: Read end of the pipe the parent names a task on before
             it sends SIGTERM to cancel that task gracefully.
     """
@@ -510,7 +481,7 @@ def main(
     _MAIN_THREAD = threading.get_ident()
     _WORKER_PID = os.getpid()
     _hygiene.setup()
-    sender = _Sender(result_fd)
+    sender = _Sender(result_fd, max_message_size)
     global _SENDER
     _SENDER = sender
     os.register_at_fork(after_in_child=_in_forked_child)
@@ -520,16 +491,16 @@ def main(
             initializer, initargs = pickle.loads(init_payload)
             initializer(*initargs)
         except BaseException as exc:
-            sender.send(INIT_FAILED, os.getpid(), _error_body(exc))
+            sender.send(InitFailed(os.getpid(), _failure(exc)))
             os._exit(3)
         _own_signals()  # the initializer's other handlers stay: they are the worker's setup
     _hygiene.save_signals(disarm=True)  # every job starts with this; restored after each one
-    channel = _progress.ProgressChannel(sender.send_locked, sender.lock)
-    sender.send(READY, os.getpid())
-    jobs = _JobReader(job_fd)
+    channel = _progress.ProgressChannel(sender.send_locked, sender.lock, max_message_size)
+    sender.send(Ready(os.getpid()))
+    jobs = _JobReader(job_fd, max_message_size)
     while True:
         job = jobs.next_job()
         if job is None:
             _flush_std_streams()
             os._exit(0)  # not a return: multiprocessing would join the job's leftover threads forever
-        _run_job(sender, channel, *job)
+        _run_job(sender, channel, job.seq, job.payload)

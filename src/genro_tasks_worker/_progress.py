@@ -17,14 +17,13 @@ and a value reported for a job that has ended is dropped.
 from __future__ import annotations
 
 import math
-import pickle
 import threading
 import time
 from collections.abc import Callable
 from numbers import Real
 from typing import Final
 
-from ._protocol import PICKLE_PROTOCOL, PROGRESS
+from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, Progress
 
 #: Minimum spacing of progress frames sent by one worker, in seconds.
 MIN_INTERVAL: Final = 0.025
@@ -35,9 +34,17 @@ _Update = tuple[float | None, str | None]
 class ProgressChannel:
     """Coalescing sender of PROGRESS frames for the task currently running."""
 
-    def __init__(self, send_frame: Callable[[int, int, bytes], None], lock: threading.Lock) -> None:
+    def __init__(
+        self,
+        send_frame: Callable[[Progress], None],
+        lock: threading.Lock,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
         self._send_frame = send_frame
         self._lock = lock
+        #: Messages longer than this many characters are checked against the limit.
+        self.max_chars = (max_message_size - 16) // 4
+        self.max_message_size = max_message_size
         self._wake = threading.Event()
         self.seq = 0
         self._pending: _Update | None = None
@@ -81,7 +88,7 @@ class ProgressChannel:
         if update is None or self.seq == 0:
             return
         self._pending = None
-        self._send_frame(PROGRESS, self.seq, pickle.dumps(update, PICKLE_PROTOCOL))
+        self._send_frame(Progress(self.seq, update[0], update[1]))
         self._next_send = time.monotonic() + MIN_INTERVAL
 
     def _flusher(self) -> None:
@@ -154,7 +161,8 @@ def report_progress(fraction: float | None = None, message: str | None = None) -
             message unchanged.
 
     Raises:
-        ValueError: ``fraction`` is not a finite number between 0.0 and 1.0.
+        ValueError: ``fraction`` is not a finite number between 0.0 and 1.0,
+            or ``message`` is larger (UTF-8) than the manager's ``max_message_size``.
         TypeError: ``message`` is not a string.
     """
     if fraction is not None:
@@ -174,4 +182,11 @@ def report_progress(fraction: float | None = None, message: str | None = None) -
         channel, seq, others = job
         if others and threading.get_native_id() in others:
             return  # a thread that was alive before this job started is not this job's
+        if message is not None and len(message) > channel.max_chars:
+            size = len(message.encode("utf-8", "surrogatepass"))
+            if size > channel.max_message_size - 16:
+                raise ValueError(
+                    f"report_progress: message is {size:,} bytes, over max_message_size="
+                    f"{channel.max_message_size:,}; report a short status line instead"
+                )
         channel.update(seq, (fraction, message))
