@@ -29,21 +29,21 @@ from typing import Any, Protocol
 from genro_tasks_worker._protocol import Failure
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Returned:
     """The job returned ``value`` (already unpickled in this process)."""
 
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Raised:
     """The job raised; ``failure`` is the error as the worker sent it (unpickled only by ``result()``)."""
 
     failure: Failure
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unreturnable:
     """The job returned a value the worker could not send (pickling it failed there)."""
 
@@ -51,7 +51,7 @@ class Unreturnable:
     why: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TooLarge:
     """The job's ``what`` (its result, error report, progress...) was ``size`` bytes, over ``limit``."""
 
@@ -60,14 +60,15 @@ class TooLarge:
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Undecodable:
     """The job's value arrived but cannot be unpickled in this process."""
 
     error: BaseException
 
 
-#: How a job ended, as the backend reports it.
+#: How a job ended, as the backend reports it. (Not frozen: one is built per task, and
+#: building a frozen dataclass costs several times more; nobody changes them.)
 Outcome = Returned | Raised | Unreturnable | TooLarge | Undecodable
 
 

@@ -334,9 +334,6 @@ class TaskManager(SubmitMethods):
         return ManagerClosed("TaskManager is shut down: it accepts no new tasks; create and start a new one")
 
     # ------------------------------------------------------------------- queries
-    def _get(self, task_id: str) -> TaskRecord:
-        return self._registry.get(task_id)
-
     async def status(self, task_id: str) -> TaskStatus:
         """Return the task's current status.
 
@@ -346,7 +343,7 @@ class TaskManager(SubmitMethods):
         **Cancellation:** Returns at once; cancelling it has no effect on the task.
         """
         await trio.lowlevel.checkpoint()
-        return self._get(task_id).status
+        return self._registry.get(task_id).status
 
     async def info(self, task_id: str) -> TaskInfo:
         """Return a snapshot of the task that never changes under you.
@@ -357,7 +354,7 @@ class TaskManager(SubmitMethods):
         **Cancellation:** Returns at once; cancelling it has no effect on the task.
         """
         await trio.lowlevel.checkpoint()
-        return self._get(task_id).snapshot()
+        return self._registry.get(task_id).snapshot()
 
     async def result(self, task_id: str, timeout: float | None = None) -> Any:
         """Wait for the task to finish and return its value, or raise how it ended.
@@ -385,7 +382,7 @@ class TaskManager(SubmitMethods):
         **Cancellation:** Cancelling the wait leaves the task running; use
         :meth:`run` if the task should die with its caller.
         """
-        rec = self._get(task_id)
+        rec = self._registry.get(task_id)
         self._check_owner("result")
         timeout = check_seconds("result(timeout=...)", timeout, task_id=task_id, allow_zero=True)
         if not rec.status.is_terminal:
@@ -433,7 +430,7 @@ class TaskManager(SubmitMethods):
         waiting; cancelling the wait does not stop it, and the task still
         ends CANCELLED.
         """
-        rec = self._get(task_id)
+        rec = self._registry.get(task_id)
         self._check_owner("cancel")
         grace = check_seconds("grace", grace, task_id=task_id, allow_zero=True)
         scheduler = self._scheduler
@@ -516,8 +513,16 @@ class TaskManager(SubmitMethods):
         )
 
     def _check_owner(self, call: str) -> None:
+        token = self._owner.token
+        if token is None:
+            return
+        try:
+            if trio.lowlevel.current_trio_token() is token:
+                return  # the usual case, checked inline: it is on every submit's path
+        except RuntimeError:
+            pass
         scheduler = self._scheduler
-        self._owner.check(f"TaskManager.{call}", stopped=scheduler is not None and scheduler.finished.is_set())
+        self._owner.refuse(f"TaskManager.{call}", stopped=scheduler is not None and scheduler.finished.is_set())
 
     @enable_ki_protection
     def watch(self, task_id: str) -> TaskWatcher:
@@ -532,7 +537,7 @@ class TaskManager(SubmitMethods):
         Raises:
             KeyError: ``Task not found: <id>`` (raised by this call).
         """
-        rec = self._get(task_id)
+        rec = self._registry.get(task_id)
         self._check_owner("watch")
         return self._registry.hub.watch(rec)
 

@@ -9,12 +9,13 @@ class RunOwner:
     """Remembers the trio run that started a manager (see :meth:`claim`)."""
 
     def __init__(self) -> None:
-        self._token: trio.lowlevel.TrioToken | None = None
+        #: The owning run's token (None before ``startup()``).
+        self.token: trio.lowlevel.TrioToken | None = None
         self._clock: trio.abc.Clock | None = None
 
     def claim(self) -> None:
         """Belong to the current trio run (called by ``startup()``)."""
-        self._token = trio.lowlevel.current_trio_token()
+        self.token = trio.lowlevel.current_trio_token()
         self._clock = trio.lowlevel.current_clock()
 
     def now(self) -> float:
@@ -25,25 +26,18 @@ class RunOwner:
         clock = self._clock
         return clock.current_time() if clock is not None else 0.0
 
-    def check(self, call: str, *, stopped: bool) -> None:
-        """Refuse ``call`` from outside the owning run while the manager is live.
+    def refuse(self, call: str, *, stopped: bool) -> None:
+        """Refuse ``call``, made outside the owning run (the caller checked :attr:`token`), unless ``stopped``.
 
         The registry and the scheduler belong to one trio run; another thread
-        touching them would race with it. Before startup and once the
-        scheduler has stopped (``stopped``) nothing changes any more, so any
-        thread may call.
+        touching them would race with it. Once the scheduler has stopped
+        (``stopped``) nothing changes any more, so any thread may call.
 
         Raises:
             RuntimeError: Called from another thread or another trio run.
         """
-        token = self._token
-        if token is None or stopped:
+        if stopped:
             return
-        try:
-            if trio.lowlevel.current_trio_token() is token:
-                return
-        except RuntimeError:
-            pass
         name = call.rsplit(".", 1)[-1]
         raise RuntimeError(
             f"{call}() was called outside the trio run that owns this manager (from another thread "

@@ -337,16 +337,14 @@ class ProcessBackend(ExecutionBackend):
         if w.state is WorkerState.DYING or w.state is WorkerState.DEAD:
             return  # being killed: its job's end is decided already
         kind = type(msg)
-        if kind is InitFailed:
-            assert isinstance(msg, InitFailed)
+        if type(msg) is InitFailed:
             if w.state is not WorkerState.STARTING:
                 raise ProtocolError("unexpected InitFailed")
             failure = msg.failure
             log.warning("worker %d: initializer failed: %s: %s", w.pid, failure.type_name, failure.message)
             w.init_error = WorkerInitError(failure.type_name, failure.message, failure.traceback)
             return  # it exits next; _on_exit reports it
-        if kind is Ready:
-            assert isinstance(msg, Ready)
+        if type(msg) is Ready:
             if w.state is not WorkerState.STARTING or msg.pid != w.pid:
                 raise ProtocolError(f"unexpected Ready (pid {msg.pid})")
             self._on_ready(w)
@@ -362,26 +360,21 @@ class ProcessBackend(ExecutionBackend):
             return
         if not w.started:
             raise ProtocolError(f"{kind.__name__} before Started")
-        if kind is Progress:
-            assert isinstance(msg, Progress)
+        if type(msg) is Progress:
             listener.progress(key, msg.fraction, msg.message)
             return
         outcome: Outcome
-        if kind is DoneOk:
-            assert isinstance(msg, DoneOk)
+        if type(msg) is DoneOk:
             # Unpickled here, before COMPLETED is recorded: COMPLETED means result() returns.
             try:
                 outcome = Returned(pickle.loads(msg.result))
             except BaseException as exc:  # user code ran: even SystemExit stays here, as this task's failure
                 outcome = Undecodable(exc)
-        elif kind is DoneError:
-            assert isinstance(msg, DoneError)
+        elif type(msg) is DoneError:
             outcome = Raised(msg.failure)
-        elif kind is DoneBadResult:
-            assert isinstance(msg, DoneBadResult)
+        elif type(msg) is DoneBadResult:
             outcome = Unreturnable(msg.type_name, msg.reason)
-        elif kind is DoneTooLarge:
-            assert isinstance(msg, DoneTooLarge)
+        elif type(msg) is DoneTooLarge:
             outcome = TooLarge(msg.what, msg.size, self.max_message_size)
         else:  # pragma: no cover - the framer accepts worker messages only
             raise ProtocolError(f"unexpected {kind.__name__}")

@@ -34,6 +34,9 @@ class ChangeHub:
         self._changed: trio.Event | None = None
         self._room: trio.Event | None = None
         self.closed = False
+        #: False when nobody can be listening (no stream, no waiter): publishing
+        #: then skips everything but a task's own watchers. Kept conservatively.
+        self.listening = False
 
     def publish(self, rec: TaskRecord | None) -> None:
         """Deliver a change of ``rec`` (None: of the pool, no task) to everyone listening."""
@@ -52,6 +55,7 @@ class ChangeHub:
         if changed is not None:
             self._changed = None
             changed.set()
+        self.listening = bool(self._streams)
 
     async def wait_change(self) -> None:
         """Wait for the next change of any task or of the pool.
@@ -60,6 +64,7 @@ class ChangeHub:
         """
         if self._changed is None:
             self._changed = trio.Event()
+            self.listening = True
         await self._changed.wait()
 
     def room_freed(self) -> None:
@@ -94,6 +99,7 @@ class ChangeHub:
             stream.close()
         else:
             self._streams.add(stream)
+            self.listening = True
             self.publish(None)  # a new subscriber: waiters on "any change" may care
         return stream
 
@@ -176,7 +182,9 @@ class TaskRegistry(ABC):
             else:
                 self.cancelled += 1
             self._retain(rec)
-        self.hub.publish(rec)
+        hub = self.hub
+        if hub.listening or (rec is not None and rec.watchers):
+            hub.publish(rec)
 
 
 class MemoryRegistry(TaskRegistry):

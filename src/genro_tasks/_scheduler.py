@@ -402,9 +402,8 @@ class Scheduler(BackendListener):
         if flight is None:
             return
         rec = flight.rec
-        kind = type(outcome)
-        if kind is Returned:
-            rec.finish_ok(outcome.value)  # type: ignore[union-attr]
+        if type(outcome) is Returned:
+            rec.finish_ok(outcome.value)
         elif isinstance(outcome, Raised):
             failure = outcome.failure
             if flight.cancel_grace:
@@ -432,7 +431,7 @@ class Scheduler(BackendListener):
             error.__cause__ = exc if isinstance(exc, Exception) else None
             rec.finish_failed(error)
         log.debug("task %r %s", rec.task_id, rec.status.value)
-        if flight.deadline() != math.inf:
+        if flight.timeout_deadline != math.inf or flight.grace_deadline != math.inf:
             self._rearm()
         self._on_change(rec)
         self._dispatch()
