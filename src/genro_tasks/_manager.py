@@ -21,7 +21,7 @@ from genro_tasks_worker._protocol import DEFAULT_MAX_MESSAGE_SIZE
 
 from ._errors import ManagerClosed, QueueFull
 from ._launch import default_context
-from ._options import _KEEP, DEFAULT_OPTIONS, Call, SubmitMethods, TaskOptions, TaskSubmitter, _Keep
+from ._options import DEFAULT_OPTIONS, Call, SubmitMethods, TaskOptions
 from ._owner import RunOwner
 from ._process_backend import ProcessBackend
 from ._registry import MemoryRegistry, TaskRegistry
@@ -228,46 +228,6 @@ class TaskManager(SubmitMethods):
     # submit(), submit_wait() and run() are SubmitMethods', shared with the option views.
     def _submit_to(self) -> tuple[TaskManager, TaskOptions]:
         return self, DEFAULT_OPTIONS
-
-    def options(
-        self,
-        base: TaskOptions | None = None,
-        /,
-        *,
-        timeout: float | _Keep | None = _KEEP,
-        priority: int | _Keep = _KEEP,
-        memory_limit: int | _Keep | None = _KEEP,
-    ) -> TaskSubmitter:
-        """Return a view whose ``submit``/``submit_wait``/``run`` apply these task options.
-
-        The options are this project's own settings for a task; they never
-        reach the job, so a job may have its own ``timeout`` keyword::
-
-            tm.options(timeout=30).submit(fetch, url, timeout=5)
-
-        Args:
-            base: A :class:`TaskOptions` to start from (default: no timeout,
-                priority 0, no memory limit).
-            timeout: Seconds the task may run (counted from RUNNING) before
-                its worker is killed and the task FAILED with TaskTimeout.
-            priority: Higher runs first; equal priorities run in submission order.
-            memory_limit: Bytes the job may allocate on top of what its worker
-                already uses (at most 2**62); beyond it the task fails with
-                MemoryLimitExceeded.
-
-        Returns:
-            A :class:`TaskSubmitter`; ``.options(...)`` on it refines further.
-
-        Raises:
-            ValueError: An option is out of range or not a number (``True`` is
-                not one); the message names it.
-            TypeError: ``base`` is not a TaskOptions.
-        """
-        if base is None:
-            base = DEFAULT_OPTIONS
-        elif not isinstance(base, TaskOptions):
-            raise TypeError(f"options() takes a TaskOptions as its positional argument, not {base!r}")
-        return TaskSubmitter(self, base).options(timeout=timeout, priority=priority, memory_limit=memory_limit)
 
     def _submit(self, call: Call, options: TaskOptions) -> str:
         """The one way in: every submit, submit_wait and run of the manager and its views."""

@@ -74,7 +74,7 @@ DEFAULT_OPTIONS = TaskOptions()
 
 
 class SubmitMethods:
-    """``submit``, ``submit_wait`` and ``run``, written once for the manager and its option views.
+    """``options``, ``submit``, ``submit_wait`` and ``run``, written once for the manager and its views.
 
     A subclass says where tasks go and with which options (:meth:`_submit_to`).
     """
@@ -83,6 +83,56 @@ class SubmitMethods:
 
     def _submit_to(self) -> tuple[TaskManager, TaskOptions]:
         raise NotImplementedError
+
+    def options(
+        self,
+        base: TaskOptions | None = None,
+        /,
+        *,
+        timeout: float | _Keep | None = _KEEP,
+        priority: int | _Keep = _KEEP,
+        memory_limit: int | _Keep | None = _KEEP,
+    ) -> TaskSubmitter:
+        """Return a view whose ``submit``/``submit_wait``/``run`` apply these task options.
+
+        The options are this project's own settings for a task; they never
+        reach the job, so a job may have its own ``timeout`` keyword::
+
+            tm.options(timeout=30).submit(fetch, url, timeout=5)
+
+        On a view, the options not given are kept from the view's own.
+
+        Args:
+            base: A :class:`TaskOptions` to start from (default: the view's
+                options; on the manager, no timeout, priority 0, no memory limit).
+            timeout: Seconds the task may run (counted from RUNNING) before
+                its worker is killed and the task FAILED with TaskTimeout.
+            priority: Higher runs first; equal priorities run in submission order.
+            memory_limit: Bytes the job may allocate on top of what its worker
+                already uses (at most 2**62); beyond it the task fails with
+                MemoryLimitExceeded.
+
+        Returns:
+            A :class:`TaskSubmitter`; ``.options(...)`` on it refines further.
+
+        Raises:
+            ValueError: An option is out of range or not a number (``True`` is
+                not one); the message names it.
+            TypeError: ``base`` is not a TaskOptions.
+        """
+        manager, current = self._submit_to()
+        if base is None:
+            base = current
+        elif not isinstance(base, TaskOptions):
+            raise TypeError(f"options() takes a TaskOptions as its positional argument, not {base!r}")
+        changes: dict[str, Any] = {}
+        if timeout is not _KEEP:
+            changes["timeout"] = timeout
+        if priority is not _KEEP:
+            changes["priority"] = priority
+        if memory_limit is not _KEEP:
+            changes["memory_limit"] = memory_limit
+        return TaskSubmitter(manager, dataclasses.replace(base, **changes) if changes else base)
 
     def submit(
         self,
@@ -229,24 +279,3 @@ class TaskSubmitter(SubmitMethods):
 
     def _submit_to(self) -> tuple[TaskManager, TaskOptions]:
         return self._manager, self._options
-
-    def options(
-        self,
-        *,
-        timeout: float | _Keep | None = _KEEP,
-        priority: int | _Keep = _KEEP,
-        memory_limit: int | _Keep | None = _KEEP,
-    ) -> TaskSubmitter:
-        """A new view with some options changed (the ones not given are kept).
-
-        Raises:
-            ValueError: A new option is out of range (see :class:`TaskOptions`).
-        """
-        changes: dict[str, Any] = {}
-        if timeout is not _KEEP:
-            changes["timeout"] = timeout
-        if priority is not _KEEP:
-            changes["priority"] = priority
-        if memory_limit is not _KEEP:
-            changes["memory_limit"] = memory_limit
-        return TaskSubmitter(self._manager, dataclasses.replace(self._options, **changes))

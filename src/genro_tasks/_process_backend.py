@@ -257,20 +257,8 @@ class ProcessBackend(ExecutionBackend):
     @enable_ki_protection
     async def _read_loop(self, w: WorkerProcess) -> None:
         messages: list[Message] = []
-        reader = w.reader
         while True:
-            try:
-                alive = reader.read(messages)
-                broken: ProtocolError | None = None
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(reader.fd)
-                continue
-            except ProtocolError as exc:
-                alive, broken = True, exc
-            except MemoryError:
-                # Bodies grow only as their bytes arrive: this is a message within
-                # max_message_size that this process has no memory left for.
-                alive, broken = True, ProtocolError("its message is larger than the memory left to receive it")
+            alive, broken = await w.receive(messages)
             if messages:  # the messages before a broken frame count, in order
                 try:
                     for msg in messages:
@@ -312,14 +300,7 @@ class ProcessBackend(ExecutionBackend):
 
     def _drain(self, w: WorkerProcess) -> None:
         """Handle the whole messages an exited worker left in its pipe."""
-        messages: list[Message] = []
-        for _ in range(1 << 16):
-            try:
-                if not w.reader.read(messages):
-                    break
-            except Exception:  # BlockingIOError at the end; anything else: stop reading
-                break
-        for msg in messages:
+        for msg in w.leftovers():
             try:
                 self._on_message(w, msg)
             except ProtocolError:

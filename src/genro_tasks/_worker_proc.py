@@ -200,6 +200,40 @@ class WorkerProcess:
         if not mine:
             raise ProtocolError(f"a {KIND_NAMES[kind]} frame of {length:,} bytes about #{seq}, not this worker's")
 
+    # --- receiving -----------------------------------------------------------
+    async def receive(self, messages: list[Message]) -> tuple[bool, ProtocolError | None]:
+        """Wait until the worker sent something; append its whole messages to ``messages``.
+
+        Returns ``(alive, broken)``: ``alive`` is False at end-of-file;
+        ``broken`` is the error of a corrupt or oversized frame (the messages
+        before it are still appended). Never raises for the worker's faults.
+
+        **Cancellation:** Safe: nothing read is lost (it stays in the framer).
+        """
+        reader = self.reader
+        while True:
+            try:
+                return reader.read(messages), None
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(reader.fd)
+            except ProtocolError as exc:
+                return True, exc
+            except MemoryError:
+                # Bodies grow only as their bytes arrive: this is a message within
+                # max_message_size that this process has no memory left for.
+                return True, ProtocolError("its message is larger than the memory left to receive it")
+
+    def leftovers(self) -> list[Message]:
+        """The whole messages an exited worker left in its pipe (never blocks)."""
+        messages: list[Message] = []
+        for _ in range(1 << 16):
+            try:
+                if not self.reader.read(messages):
+                    break
+            except Exception:  # BlockingIOError at the end; anything else: stop reading
+                break
+        return messages
+
     # --- sending -------------------------------------------------------------
     def send_job(self, seq: int, payload: bytes) -> None:
         """Queue a Job message; writes at once what the pipe accepts (never blocks)."""
