@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, overload
 
 from ._validate import check_memory_limit, check_priority, check_seconds
 
@@ -59,14 +59,9 @@ class TaskOptions:
         check_memory_limit(self.memory_limit)
 
 
-class Call(NamedTuple):
-    """What a ``submit``/``submit_wait``/``run`` call asked for, before any check."""
-
-    func: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    task_id: str | None
-    metadata: dict[str, Any] | None
+#: What a ``submit``/``submit_wait``/``run`` call asked for, before any check:
+#: ``(func, args, kwargs, task_id, metadata)`` (a plain tuple: it is built for every task).
+Call: TypeAlias = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], str | None, dict[str, Any] | None]
 
 
 #: The options of a plain ``tm.submit(...)``.
@@ -187,7 +182,7 @@ class SubmitMethods:
             RuntimeError: Called from a thread other than the manager's trio thread.
         """
         manager, options = self._submit_to()
-        return manager._submit(Call(func, args, kwargs, task_id, metadata), options)
+        return manager._submit((func, args, kwargs, task_id, metadata), options)
 
     async def submit_wait(
         self,
@@ -207,7 +202,7 @@ class SubmitMethods:
         submitted.
         """
         manager, options = self._submit_to()
-        return await manager._submit_wait(Call(func, args, kwargs, task_id, metadata), options)
+        return await manager._submit_wait((func, args, kwargs, task_id, metadata), options)
 
     @overload
     async def run(
@@ -252,7 +247,7 @@ class SubmitMethods:
         recorded CANCELLED, before ``run`` lets the cancellation through.
         """
         manager, options = self._submit_to()
-        return await manager._run(Call(func, args, kwargs, task_id, metadata), options)
+        return await manager._run((func, args, kwargs, task_id, metadata), options)
 
 
 class TaskSubmitter(SubmitMethods):

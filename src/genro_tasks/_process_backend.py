@@ -257,8 +257,13 @@ class ProcessBackend(ExecutionBackend):
     @enable_ki_protection
     async def _read_loop(self, w: WorkerProcess) -> None:
         messages: list[Message] = []
+        fd = w.reader.fd
         while True:
-            alive, broken = await w.receive(messages)
+            got = w.receive(messages)
+            if got is None:
+                await trio.lowlevel.wait_readable(fd)
+                continue
+            alive, broken = got
             if messages:  # the messages before a broken frame count, in order
                 try:
                     for msg in messages:

@@ -82,25 +82,6 @@ class KillReason(enum.Enum):
     SHUTDOWN = "cancelled by shutdown"
 
 
-class _Flight:
-    """The scheduler's view of a job handed to the backend."""
-
-    __slots__ = ("cancel_grace", "grace_deadline", "kill_reason", "rec", "timeout_deadline")
-
-    def __init__(self, rec: TaskRecord) -> None:
-        self.rec = rec
-        self.kill_reason: KillReason | None = None
-        #: trio time at which a RUNNING task with a timeout is killed.
-        self.timeout_deadline = math.inf
-        #: trio time at which a gracefully cancelled job is killed.
-        self.grace_deadline = math.inf
-        #: A graceful cancel was asked (the job got CancelRequested).
-        self.cancel_grace = False
-
-    def deadline(self) -> float:
-        return min(self.timeout_deadline, self.grace_deadline)
-
-
 class Scheduler(BackendListener):
     """Queue, deadlines and transitions of one TaskManager's tasks.
 
@@ -132,7 +113,15 @@ class Scheduler(BackendListener):
         # stops tracking; the records live in _queued, keyed by seq.
         self._queue: list[tuple[int, int]] = []
         self._queued: dict[int, TaskRecord] = {}
-        self._flights: dict[int, _Flight] = {}
+        # The jobs handed to the backend ("flights"), and what little state some of them carry
+        # (kept in separate maps, so the usual job costs no allocation):
+        self._flights: dict[int, TaskRecord] = {}
+        #: Why the scheduler asked the backend to kill a job (the first reason wins).
+        self._kill_reasons: dict[int, KillReason] = {}
+        #: trio time at which a RUNNING job with a timeout is killed.
+        self._timeouts: dict[int, float] = {}
+        #: trio time at which a gracefully cancelled job is killed (present: CancelRequested was sent).
+        self._graces: dict[int, float] = {}
         self._timer: trio.CancelScope | None = None
         #: Shielded, so the backend is stopped only after the scheduler marked its jobs.
         self._backend_scope = trio.CancelScope(shield=True)
@@ -166,9 +155,8 @@ class Scheduler(BackendListener):
                     await self._stop.wait()
                 finally:
                     # Whatever ends us, the jobs still in flight end by shutdown.
-                    for flight in self._flights.values():
-                        if flight.kill_reason is None:
-                            flight.kill_reason = KillReason.SHUTDOWN
+                    for key in self._flights:
+                        self._kill_reasons.setdefault(key, KillReason.SHUTDOWN)
                     self._backend_scope.cancel()
                     nursery.cancel_scope.cancel()
         except BaseException as exc:
@@ -257,7 +245,7 @@ class Scheduler(BackendListener):
     @property
     def running(self) -> int:
         """Tasks RUNNING on the backend."""
-        return sum(1 for f in self._flights.values() if f.rec.status is TaskStatus.RUNNING)
+        return sum(1 for rec in self._flights.values() if rec.status is TaskStatus.RUNNING)
 
     def _dispatch(self) -> None:
         """Hand queued jobs to the backend while it has room."""
@@ -273,7 +261,7 @@ class Scheduler(BackendListener):
             if rec is None:
                 continue  # cancelled while queued
             left = True
-            self._flights[rec.seq] = _Flight(rec)
+            self._flights[rec.seq] = rec
             assert rec.payload is not None
             backend.dispatch(rec.seq, rec.payload)
             free -= 1
@@ -309,8 +297,8 @@ class Scheduler(BackendListener):
         """
         if rec.status.is_terminal:
             return
-        flight = self._flights.get(rec.seq)
-        if flight is None:
+        key = rec.seq
+        if key not in self._flights:
             if self._queued.pop(rec.seq, None) is None:  # pragma: no cover - a bug
                 return
             if len(self._queue) > 2 * len(self._queued) + 64:  # too many stale entries: compact
@@ -322,27 +310,26 @@ class Scheduler(BackendListener):
             self._on_room()
             self._check_drained()
             return
-        if grace is not None and rec.status is TaskStatus.RUNNING and flight.kill_reason is None:
-            if not flight.cancel_grace:
+        if grace is not None and rec.status is TaskStatus.RUNNING and key not in self._kill_reasons:
+            if key not in self._graces:
                 log.debug("cancelling task %r gracefully (%gs)", rec.task_id, grace)
-                flight.cancel_grace = True
-                flight.grace_deadline = trio.current_time() + grace
-                self.backend.interrupt(rec.seq)
+                self._graces[key] = trio.current_time() + grace
+                self.backend.interrupt(key)
                 self._rearm()
             return
-        self._kill(flight, KillReason.CANCEL)
+        self._kill(key, KillReason.CANCEL)
 
-    def _kill(self, flight: _Flight, reason: KillReason) -> None:
-        """Ask the backend to kill a job, remembering why (the first reason wins)."""
-        if flight.kill_reason is not None:
+    def _kill(self, key: int, reason: KillReason) -> None:
+        """Ask the backend to kill job ``key``, remembering why (the first reason wins)."""
+        if key in self._kill_reasons:
             return
-        flight.kill_reason = reason
-        log.debug("killing task %r (%s)", flight.rec.task_id, reason.value)
-        self.backend.kill(flight.rec.seq)
+        self._kill_reasons[key] = reason
+        log.debug("killing task %r (%s)", self._flights[key].task_id, reason.value)
+        self.backend.kill(key)
 
     def _kill_all(self, reason: KillReason) -> None:
-        for flight in list(self._flights.values()):
-            self._kill(flight, reason)
+        for key in list(self._flights):
+            self._kill(key, reason)
 
     # ---------------------------------------------------------------- deadlines
     @enable_ki_protection
@@ -352,22 +339,37 @@ class Scheduler(BackendListener):
             with trio.CancelScope(deadline=self._next_deadline()) as self._timer:
                 await trio.sleep_forever()
             now = trio.current_time()
-            for flight in list(self._flights.values()):
-                if flight.kill_reason is not None:
-                    continue
-                if flight.grace_deadline <= now:
-                    log.info("task %r: grace period over; killing it", flight.rec.task_id)
-                    self._kill(flight, KillReason.CANCEL)
-                elif flight.timeout_deadline <= now:
-                    log.info("task %r exceeded its timeout of %gs", flight.rec.task_id, flight.rec.timeout)
-                    self._kill(flight, KillReason.TIMEOUT)
+            for key, when in list(self._graces.items()):
+                if when <= now and key not in self._kill_reasons:
+                    log.info("task %r: grace period over; killing it", self._flights[key].task_id)
+                    self._kill(key, KillReason.CANCEL)
+            for key, when in list(self._timeouts.items()):
+                if when <= now and key not in self._kill_reasons:
+                    rec = self._flights[key]
+                    log.info("task %r exceeded its timeout of %gs", rec.task_id, rec.timeout)
+                    self._kill(key, KillReason.TIMEOUT)
 
     def _next_deadline(self) -> float:
+        killing = self._kill_reasons
         deadline = math.inf
-        for flight in self._flights.values():
-            if flight.kill_reason is None:
-                deadline = min(deadline, flight.deadline())
+        for deadlines in (self._graces, self._timeouts):
+            for key, when in deadlines.items():
+                if when < deadline and key not in killing:
+                    deadline = when
         return deadline
+
+    def _forget(self, key: int) -> tuple[KillReason | None, bool]:
+        """Drop a settled job's state; return why it was killed (if asked) and whether it was cancelled gracefully."""
+        reason = self._kill_reasons.pop(key, None) if self._kill_reasons else None
+        graceful = False
+        rearm = False
+        if self._graces and self._graces.pop(key, None) is not None:
+            graceful = rearm = True
+        if self._timeouts and self._timeouts.pop(key, None) is not None:
+            rearm = True
+        if rearm:
+            self._rearm()
+        return reason, graceful
 
     def _rearm(self) -> None:
         if self._timer is not None:
@@ -376,37 +378,35 @@ class Scheduler(BackendListener):
     # ------------------------------------------------- what the backend reports
     @enable_ki_protection
     def started(self, key: int, worker: int) -> None:
-        flight = self._flights.get(key)
-        if flight is None:
+        rec = self._flights.get(key)
+        if rec is None:
             return  # settled already (the scheduler failed)
-        rec = flight.rec
         rec.set_running(worker)
         if rec.timeout is not None:
-            flight.timeout_deadline = trio.current_time() + rec.timeout
+            self._timeouts[key] = trio.current_time() + rec.timeout
             self._rearm()
         log.debug("task %r running in worker %d", rec.task_id, worker)
         self._on_change(rec)
 
     @enable_ki_protection
     def progress(self, key: int, fraction: float | None, message: str | None) -> None:
-        flight = self._flights.get(key)
-        if flight is None:
+        rec = self._flights.get(key)
+        if rec is None:
             return
-        rec = flight.rec
         rec.set_progress(fraction, message)
         self._on_change(rec)
 
     @enable_ki_protection
     def done(self, key: int, outcome: Outcome) -> None:
-        flight = self._flights.pop(key, None)
-        if flight is None:
+        rec = self._flights.pop(key, None)
+        if rec is None:
             return
-        rec = flight.rec
+        _reason, graceful = self._forget(key)
         if type(outcome) is Returned:
             rec.finish_ok(outcome.value)
         elif isinstance(outcome, Raised):
             failure = outcome.failure
-            if flight.cancel_grace:
+            if graceful:
                 rec.finish_cancelled(f"cancelled gracefully; the job ended with {failure.type_name}: {failure.message}")
             elif failure.type_name == "MemoryError" and rec.memory_limit is not None:
                 rec.finish_failed(MemoryLimitExceeded(rec.task_id, rec.memory_limit, failure.traceback))
@@ -431,21 +431,16 @@ class Scheduler(BackendListener):
             error.__cause__ = exc if isinstance(exc, Exception) else None
             rec.finish_failed(error)
         log.debug("task %r %s", rec.task_id, rec.status.value)
-        if flight.timeout_deadline != math.inf or flight.grace_deadline != math.inf:
-            self._rearm()
         self._on_change(rec)
         self._dispatch()
         self._check_drained()
 
     @enable_ki_protection
     def lost(self, key: int, lost: Lost) -> None:
-        flight = self._flights.pop(key, None)
-        if flight is None:
+        rec = self._flights.pop(key, None)
+        if rec is None:
             return  # already settled (the scheduler failed)
-        rec = flight.rec
-        reason = flight.kill_reason
-        if flight.deadline() != math.inf:
-            self._rearm()
+        reason, _graceful = self._forget(key)
         if reason is KillReason.CANCEL:
             rec.finish_cancelled(f"cancelled by the caller; worker {lost.worker} was killed")
         elif reason is KillReason.SHUTDOWN:
@@ -513,10 +508,13 @@ class Scheduler(BackendListener):
         self._end_queued(lambda rec: rec.finish_failed(failure))
         flights = list(self._flights.values())
         self._flights.clear()
-        for flight in flights:
-            if not flight.rec.status.is_terminal:
-                flight.rec.finish_failed(failure)
-                self._on_change(flight.rec)
+        self._kill_reasons.clear()
+        self._timeouts.clear()
+        self._graces.clear()
+        for rec in flights:
+            if not rec.status.is_terminal:
+                rec.finish_failed(failure)
+                self._on_change(rec)
         self._drained.set()
         if not self._ready.is_set():
             self._startup_error = failure

@@ -201,27 +201,25 @@ class WorkerProcess:
             raise ProtocolError(f"a {KIND_NAMES[kind]} frame of {length:,} bytes about #{seq}, not this worker's")
 
     # --- receiving -----------------------------------------------------------
-    async def receive(self, messages: list[Message]) -> tuple[bool, ProtocolError | None]:
-        """Wait until the worker sent something; append its whole messages to ``messages``.
+    def receive(self, messages: list[Message]) -> tuple[bool, ProtocolError | None] | None:
+        """Append the whole messages the worker has sent so far to ``messages`` (never blocks).
 
-        Returns ``(alive, broken)``: ``alive`` is False at end-of-file;
-        ``broken`` is the error of a corrupt or oversized frame (the messages
-        before it are still appended). Never raises for the worker's faults.
-
-        **Cancellation:** Safe: nothing read is lost (it stays in the framer).
+        Returns None if nothing was there (wait for :attr:`reader`'s fd to be
+        readable, then call again), else ``(alive, broken)``: ``alive`` is
+        False at end-of-file; ``broken`` is the error of a corrupt or
+        oversized frame (the messages before it are still appended). Never
+        raises for the worker's faults.
         """
-        reader = self.reader
-        while True:
-            try:
-                return reader.read(messages), None
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(reader.fd)
-            except ProtocolError as exc:
-                return True, exc
-            except MemoryError:
-                # Bodies grow only as their bytes arrive: this is a message within
-                # max_message_size that this process has no memory left for.
-                return True, ProtocolError("its message is larger than the memory left to receive it")
+        try:
+            return self.reader.read(messages), None
+        except BlockingIOError:
+            return None
+        except ProtocolError as exc:
+            return True, exc
+        except MemoryError:
+            # Bodies grow only as their bytes arrive: this is a message within
+            # max_message_size that this process has no memory left for.
+            return True, ProtocolError("its message is larger than the memory left to receive it")
 
     def leftovers(self) -> list[Message]:
         """The whole messages an exited worker left in its pipe (never blocks)."""
