@@ -128,6 +128,11 @@ class ProcessBackend(ExecutionBackend):
     # ------------------------------------------------------------------ serving
     @enable_ki_protection
     async def serve(self, listener: BackendListener) -> None:
+        """Start ``capacity`` workers and run the pool until cancelled (see ExecutionBackend.serve).
+
+        **Cancellation:** How the pool is stopped: every worker is killed and
+        reaped (shielded), and each job in flight is reported lost.
+        """
         self._listener = listener
         self._alive_r, self._alive_w = os.pipe()
         try:
@@ -440,6 +445,10 @@ class ProcessBackend(ExecutionBackend):
         self._idle.clear()
 
     async def wait_stopped(self) -> None:
+        """Wait until no worker is left (nor being started).
+
+        **Cancellation:** Only the wait is cancelled.
+        """
         await self._no_workers.wait()
 
     def _check_no_workers(self) -> None:
