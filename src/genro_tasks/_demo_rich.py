@@ -8,8 +8,11 @@ throw the in-place redraw off).
 
 from __future__ import annotations
 
+import os
+import sys
+import termios
 from collections.abc import Callable, Mapping, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich import box
 from rich.console import Console, ConsoleOptions, RenderResult
@@ -73,8 +76,8 @@ class TaskTable:
         self.title = title
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        # One column short of the terminal: a row that fills the last column leaves the cursor
-        # waiting to wrap, and anything echoed then (the ^C of Ctrl-C) would add a line.
+        # One column short of the terminal: a row that fills the last column leaves some
+        # terminals' cursor waiting to wrap, which the next redraw would miscount.
         width = max(1, options.max_width - 1)
         yield Text(shorten(self.title(), width), style="bold", no_wrap=True, overflow="crop")
         name_w, bar_w, time_w, detail_w = _columns(width, max(len(t) for t in self.ids))
@@ -138,6 +141,7 @@ class RichView:
         self.printed: list[str] = []  # what was printed above the table, to draw again after a resize
         self.live = self._live()
         self.width = 0
+        self.saved_tty: list[Any] | None = None
 
     def _live(self) -> Live:
         return Live(
@@ -155,6 +159,7 @@ class RichView:
 
     def start(self) -> None:
         self.width = self.console.width
+        self._echo(False)
         self.live.start(refresh=True)
 
     def refresh(self) -> None:
@@ -170,6 +175,28 @@ class RichView:
 
     def stop(self) -> None:
         self.live.stop()
+        self._echo(True)
+
+    def _echo(self, on: bool) -> None:
+        """Turn the terminal's echo off while the table is live, and back on.
+
+        Anything echoed (keys typed, the ``^C`` of Ctrl-C) lands after the table and
+        can push it down a line, so the next redraw would leave a stray copy above.
+        """
+        try:
+            fd = sys.stdin.fileno()
+            if not os.isatty(fd):
+                return
+            if not on:
+                self.saved_tty = termios.tcgetattr(fd)
+                quiet = termios.tcgetattr(fd)
+                quiet[3] &= ~termios.ECHO
+                termios.tcsetattr(fd, termios.TCSANOW, quiet)
+            elif self.saved_tty is not None:
+                termios.tcsetattr(fd, termios.TCSANOW, self.saved_tty)
+                self.saved_tty = None
+        except (OSError, ValueError, termios.error):
+            pass  # no usable terminal on stdin: nothing to quiet
 
     def summary(self, infos: Sequence[TaskInfo]) -> None:
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title_justify="left")
