@@ -131,7 +131,7 @@ class _PlainView:
             line = f"[{time.monotonic() - self.t0:6.2f}s] {tid:<17} {info.status.value.upper():<9} {percent(info)}"
             text = detail(info)
             if text and self.width is not None:
-                text = shorten(text, self.width - len(line) - 2, "...")
+                text = shorten(text, max(0, self.width - len(line) - 2), "...")
             lines.append(f"{line}  {text}")
         self._write(lines)
 
@@ -221,12 +221,13 @@ async def run_demo(out: TextIO, *, workers: int = 3, live: bool | None = None) -
         intro.append(why_plain)
     await _call(lambda: view.print("\n".join(intro)))
     tm = TaskManager(max_workers=workers)
+    cancelled_by_demo: set[str] = set()
     try:
         async with tm, tm.open_change_stream() as changes:
             _submit_jobs(tm)
             infos.update({tid: await tm.info(tid) for tid in ids})
             async with _showing(view), trio.open_nursery() as nursery:
-                nursery.start_soon(_cancel_half_way, tm)
+                nursery.start_soon(_cancel_half_way, tm, cancelled_by_demo)
                 nursery.start_soon(_follow, changes, infos, view)
                 for tid in ids:
                     await _wait(tm, tid)
@@ -235,9 +236,10 @@ async def run_demo(out: TextIO, *, workers: int = 3, live: bool | None = None) -
     except BaseException as exc:
         if not _interrupted(exc):
             raise
-        ended = [await tm.info(tid) for tid in ids]
-        killed = sum(i.status is TaskStatus.CANCELLED and i.started_at is not None for i in ended)
-        dropped = sum(i.status is TaskStatus.CANCELLED and i.started_at is None for i in ended)
+        # The tasks the shutdown cancelled (none if Ctrl-C came before the jobs were submitted).
+        ended = [i for i in tm.list_tasks() if i.status is TaskStatus.CANCELLED and i.task_id not in cancelled_by_demo]
+        killed = sum(i.started_at is not None for i in ended)
+        dropped = len(ended) - killed
         line = f"Interrupted: {killed} running jobs and {dropped} queued ones were cancelled; no worker is left."
         await _call(lambda: view.print(line))
         return EXIT_INTERRUPTED
@@ -262,11 +264,12 @@ async def _wait(tm: TaskManager, tid: str) -> None:
         pass  # the summary reports how each task ended
 
 
-async def _cancel_half_way(tm: TaskManager) -> None:
+async def _cancel_half_way(tm: TaskManager, cancelled: set[str]) -> None:
     task_id, at = _CANCEL_AT
     async for info in tm.watch(task_id):
         if (info.progress or 0) >= at:
-            await tm.cancel(task_id)
+            if await tm.cancel(task_id):
+                cancelled.add(task_id)
             return
 
 
