@@ -240,7 +240,7 @@ async def test_ctrl_c_in_a_pipe_is_one_line_too(when: bytes) -> None:
     assert proc.returncode == 130, (out + err).decode()
     assert err == b""
     last = out.decode().splitlines()[-1]
-    expected = r"Interrupted: [1-3] running jobs and [0-5] queued ones were cancelled; no worker is left\."
+    expected = r"Interrupted: [1-3] running jobs and [0-7] queued ones were cancelled; no worker is left\."
     assert re.fullmatch(expected, last), last
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import textwrap
 import time
@@ -184,16 +185,6 @@ async def _showing(view: _View) -> AsyncIterator[None]:
             await _call(view.stop)
 
 
-def _interrupted(exc: BaseException) -> bool:
-    """True if ``exc`` is Ctrl-C, alone or in an exception group beside mere cancellations."""
-    if isinstance(exc, KeyboardInterrupt):
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        interrupts, rest = exc.split(KeyboardInterrupt)
-        return interrupts is not None and (rest is None or rest.split(trio.Cancelled)[1] is None)
-    return False
-
-
 async def run_demo(out: TextIO, *, workers: int = 3, live: bool | None = None) -> int:
     """Run the demo, writing to ``out``; return the process exit status.
 
@@ -208,8 +199,10 @@ async def run_demo(out: TextIO, *, workers: int = 3, live: bool | None = None) -
         130 if the demo was interrupted with Ctrl-C.
 
     **Cancellation:** Leaving early shuts the demo's TaskManager down with
-    ``wait=False``: its running jobs are killed and recorded CANCELLED. A
-    Ctrl-C (KeyboardInterrupt) is reported in one line and returns 130.
+    ``wait=False``: its running jobs are killed and recorded CANCELLED. While
+    it runs, SIGINT (Ctrl-C) does the same, is reported in one line, and
+    ``run_demo`` returns 130 instead of raising KeyboardInterrupt. It must
+    run in the main thread (it receives SIGINT).
     """
     t0 = time.monotonic()
     ids = [job.task_id for job in _JOBS]
@@ -222,20 +215,32 @@ async def run_demo(out: TextIO, *, workers: int = 3, live: bool | None = None) -
     await _call(lambda: view.print("\n".join(intro)))
     tm = TaskManager(max_workers=workers)
     cancelled_by_demo: set[str] = set()
-    try:
-        async with tm, tm.open_change_stream() as changes:
-            _submit_jobs(tm)
-            infos.update({tid: await tm.info(tid) for tid in ids})
-            async with _showing(view), trio.open_nursery() as nursery:
-                nursery.start_soon(_cancel_half_way, tm, cancelled_by_demo)
-                nursery.start_soon(_follow, changes, infos, view)
-                for tid in ids:
-                    await _wait(tm, tid)
+    interrupted = False
+    # Ctrl-C arrives here as a message instead of a KeyboardInterrupt raised wherever the
+    # code happens to be: it cancels the run, which shuts the manager down (running jobs
+    # killed, every task CANCELLED) through the usual path.
+    with trio.open_signal_receiver(signal.SIGINT) as ctrl_c:
+        async with trio.open_nursery() as top:
+
+            async def on_ctrl_c() -> None:
+                nonlocal interrupted
+                async for _ in ctrl_c:
+                    interrupted = True
+                    top.cancel_scope.cancel()
+
+            top.start_soon(on_ctrl_c)
+            async with tm, tm.open_change_stream() as changes:
+                _submit_jobs(tm)
                 infos.update({tid: await tm.info(tid) for tid in ids})
-                nursery.cancel_scope.cancel()
-    except BaseException as exc:
-        if not _interrupted(exc):
-            raise
+                async with _showing(view), trio.open_nursery() as nursery:
+                    nursery.start_soon(_cancel_half_way, tm, cancelled_by_demo)
+                    nursery.start_soon(_follow, changes, infos, view)
+                    for tid in ids:
+                        await _wait(tm, tid)
+                    infos.update({tid: await tm.info(tid) for tid in ids})
+                    nursery.cancel_scope.cancel()
+            top.cancel_scope.cancel()
+    if interrupted:
         # The tasks the shutdown cancelled (none if Ctrl-C came before the jobs were submitted).
         ended = [i for i in tm.list_tasks() if i.status is TaskStatus.CANCELLED and i.task_id not in cancelled_by_demo]
         killed = sum(i.started_at is not None for i in ended)
