@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
 
 import pytest
 from rich.console import Console
 
 from genro_tasks import TaskInfo, TaskStatus
-from genro_tasks._demo_rich import TaskTable
+from genro_tasks._demo_rich import RichView, TaskTable
 from genro_tasks._demo_text import shorten
 
 
@@ -66,3 +67,14 @@ def test_shorten_cuts_at_a_word() -> None:
     assert shorten("short", 22) == "short"
     assert shorten("averyveryverylongword", 10) == "averyvery…"
     assert shorten("a b", 0) == ""
+
+
+@pytest.mark.parametrize("width", [40, 59, 60, 79, 80, 120])
+def test_summary_fits_and_never_cuts_a_word(width: int) -> None:
+    out = io.StringIO()
+    view = RichView(out, TaskTable(list(INFOS), INFOS, lambda: "title"), force_terminal=False, width=width)
+    view.summary(list(INFOS.values()))
+    text = out.getvalue()
+    assert all(len(line) < width for line in text.splitlines()), text
+    words = " ".join(info.error or info.progress_message or "" for info in INFOS.values()).split()
+    assert all(word in text for word in words if len(word) < 20), text

@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import sys
-import textwrap
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -28,7 +27,7 @@ import trio
 
 from genro_tasks_worker import demo_jobs
 
-from ._demo_text import detail, elapsed, percent, shorten
+from ._demo_text import detail, elapsed, percent, shorten, wrap
 from ._manager import TaskManager
 from ._task import TaskInfo, TaskStatus
 
@@ -113,7 +112,7 @@ class _PlainView:
         if self.width is None:
             self._write(text.splitlines())
         else:
-            self._write([w for line in text.splitlines() for w in textwrap.wrap(line, self.width) or [""]])
+            self._write([part for line in text.splitlines() for part in wrap(line, self.width)])
 
     def start(self) -> None:
         self.refresh()
@@ -143,7 +142,7 @@ class _PlainView:
         for info in infos:
             ran = elapsed(info) if info.completed_at else "-"
             outcome = info.error or info.progress_message or ""
-            parts = [outcome] if room is None else textwrap.wrap(outcome, room) or [""]
+            parts = [outcome] if room is None else wrap(outcome, room)
             row = f"{info.task_id:<17} {info.status.value.upper():<10} {ran:>6} {info.worker_pid or '-':>7}  "
             lines.append(row + parts[0])
             lines.extend(" " * len(head) + part for part in parts[1:])

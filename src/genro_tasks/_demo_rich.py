@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ._demo_text import detail, elapsed, percent, shorten
+from ._demo_text import detail, elapsed, percent, shorten, wrap
 from ._task import TaskInfo, TaskStatus
 
 _STYLES = {
@@ -135,8 +135,10 @@ class RichView:
     table: the screen is cleared and everything drawn again from the top.
     """
 
-    def __init__(self, out: TextIO, table: TaskTable, *, force_terminal: bool) -> None:
-        self.console = Console(file=out, force_terminal=force_terminal or None, highlight=False, emoji=False)
+    def __init__(self, out: TextIO, table: TaskTable, *, force_terminal: bool, width: int | None = None) -> None:
+        self.console = Console(
+            file=out, force_terminal=force_terminal or None, width=width, highlight=False, emoji=False
+        )
         self.table = table
         self.printed: list[str] = []  # what was printed above the table, to draw again after a resize
         self.live = self._live()
@@ -199,20 +201,40 @@ class RichView:
             pass  # no usable terminal on stdin: nothing to quiet
 
     def summary(self, infos: Sequence[TaskInfo]) -> None:
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title_justify="left")
+        """A table of how each task ended, its outcome wrapped at words.
+
+        Below 60 columns the outcome column would be too narrow for whole words,
+        so each outcome goes on its own indented lines under its task instead.
+        """
+        columns = self.console.width
+        width = columns - 1  # as the live table: the last column stays free
+        with_outcome = columns >= 60
+        with_worker = columns >= 80
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
         table.add_column("task", no_wrap=True, overflow="ellipsis")
         table.add_column("status", no_wrap=True)
         table.add_column("ran", justify="right", no_wrap=True)
-        table.add_column("worker", justify="right", no_wrap=True)
-        table.add_column("outcome", ratio=1, overflow="fold")  # wraps at words, never cut
+        if with_worker:
+            table.add_column("worker", justify="right", no_wrap=True)
+        if with_outcome:
+            table.add_column("outcome", ratio=1)
         for info in infos:
-            table.add_row(
+            cells: list[Text | str] = [
                 info.task_id,
                 Text(info.status.value.upper(), style=_STYLES[info.status]),
                 elapsed(info) if info.completed_at else "-",
-                str(info.worker_pid or "-"),
-                info.error or info.progress_message or "",
-            )
+            ]
+            if with_worker:
+                cells.append(str(info.worker_pid or "-"))
+            if with_outcome:
+                cells.append(info.error or info.progress_message or "")
+            table.add_row(*cells)
         self.console.print()
         self.console.print(Text("Summary", style="bold"))
-        self.console.print(table)
+        self.console.print(table, width=width)
+        if not with_outcome:
+            for info in infos:
+                outcome = info.error or info.progress_message or ""
+                self.console.print(Text(f"{info.task_id}:", style="bold"))
+                for line in wrap(outcome, width - 2):
+                    self.console.print(Text("  " + line), no_wrap=True, overflow="crop")

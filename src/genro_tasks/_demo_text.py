@@ -6,6 +6,7 @@ they differ only in how they draw them.
 
 from __future__ import annotations
 
+import textwrap
 import time
 
 from ._task import TaskInfo, TaskStatus
@@ -51,3 +52,11 @@ def detail(info: TaskInfo) -> str:
     if info.status in (TaskStatus.FAILED, TaskStatus.CANCELLED) and info.error:
         return info.error
     return info.progress_message or ""
+
+
+def wrap(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken at spaces only (never at a hyphen).
+
+    A single word longer than ``width`` is the only thing ever cut. Empty text gives one empty line.
+    """
+    return textwrap.wrap(text, max(1, width), break_on_hyphens=False) or [""]
