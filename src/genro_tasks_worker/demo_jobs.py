@@ -45,8 +45,11 @@ def train_model(epochs: int, seconds: float) -> float:
 
 
 def native_plugin(seconds: float) -> None:
-    """Runs a while, then a buggy C extension dereferences NULL: the worker dies."""
-    _steps(10, seconds, "calling native plugin, step")
+    """Gets 60% of the way, then a buggy C extension dereferences NULL: the worker dies."""
+    for i in range(1, 7):
+        time.sleep(seconds / 10)
+        report_progress(i / 10, f"calling native plugin, step {i}/10")
+    time.sleep(0.1)  # let the last progress report leave the worker
     ctypes.string_at(0)  # segfault
 
 
