@@ -2,9 +2,10 @@
 
 Every backend (the process pool today, a Ray backend later) must report what
 the scheduler relies on: ready once, started before done, a killed job lost
-(never done), a job that never began lost as retryable, the pool whole again
-after a death, everything in flight lost when ``serve`` is cancelled. Add a
-backend to ``BACKENDS`` to hold it to the same contract.
+(never done, and not retryable once it started), a worker's own death as the
+loss of its job, the pool whole again after a death, everything in flight lost
+when ``serve`` is cancelled. Add a backend to ``BACKENDS`` to hold it to the
+same contract.
 """
 
 from __future__ import annotations
