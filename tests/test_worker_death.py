@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from conftest import wait_pids_gone, wait_status, wait_until
-from genro_tasks import TaskManager, TaskStatus, UnpicklableResult, WorkerCrashed, WorkerInitError
+from genro_tasks import TaskManager, TaskStatus, UnpicklableResult, WorkerCrashed, WorkerInitError, testing
 from jobs import simple_task
 from jobs_death import (
     die_by,
@@ -28,23 +28,13 @@ from jobs_death import (
 )
 
 
-def _children_of_me() -> list[int]:
-    pids: list[int] = []
-    for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/children") as f:
-            pids.extend(int(p) for p in f.read().split())
-    return pids
-
-
 def _forkserver_pid() -> int:
-    for pid in _children_of_me():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"forkserver" in f.read():
-                    return pid
-        except FileNotFoundError:
-            continue
-    raise AssertionError("no forkserver child found")
+    # Not found through /proc/self/task/*/children: the forkserver is a child of the thread
+    # that started the first worker, and a child is no longer listed there once that thread
+    # has exited. multiprocessing knows it.
+    pid = testing.forkserver_pid()
+    assert pid is not None, "no forkserver running"
+    return pid
 
 
 async def test_forkserver_death_leaves_running_jobs_alone(tasks: TaskManager, tmp_path: Path) -> None:
@@ -69,6 +59,7 @@ async def test_forkserver_death_leaves_running_jobs_alone(tasks: TaskManager, tm
         await tasks.result(victim)
     with trio.fail_after(30):
         assert [await tasks.run(simple_task, n) for n in range(4)] == [0, 2, 4, 6]
+    await wait_until(tasks, lambda: len(testing.worker_pids(tasks)) == 2)  # the replacement has started
     assert _forkserver_pid() != forkserver
     assert tasks.statistics().worker_crashes == 1
 

@@ -62,7 +62,12 @@ def assigned_worker_pid(tm: TaskManager, task_id: str) -> int | None:
 
 
 def forkserver_pid() -> int | None:
-    """Pid of this process's multiprocessing forkserver, if one is running."""
+    """Pid of this process's multiprocessing forkserver, if one is running.
+
+    Workers start in a thread: while one is starting after the forkserver
+    died, this may be None. Wait until :func:`worker_pids` shows the pool
+    whole again before reading it.
+    """
     from multiprocessing import forkserver
 
     pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
