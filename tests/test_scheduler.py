@@ -155,6 +155,11 @@ async def test_cancel_while_the_worker_already_dies_is_a_cancel() -> None:
         harness.backend.lose(rec.seq, exitcode=-9, retryable=True)
         assert _status(rec) is TaskStatus.CANCELLED
         assert not harness.backend.jobs  # not sent again
+        started = harness.submit("started")
+        harness.backend.start(started.seq)
+        harness.scheduler.cancel(started)  # its worker crashes at the same moment
+        harness.backend.lose(started.seq, exitcode=-11)
+        assert _status(started) is TaskStatus.CANCELLED  # the caller asked: cancel() returns True
         await harness.scheduler.stop(wait=True, cancel_pending=False)
 
 
