@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from _libs import BY_KEY, MP_DEFAULT, PEERS
-from _report import REASONS, TABLES, Summary, Table, advantage, median
+from _report import CANCEL_RETURNS_EARLY, REASONS, TABLES, Summary, Table, advantage, median
 
 LABELS = {
     ("throughput", "tps"): "throughput",
@@ -34,7 +34,7 @@ LABELS = {
     ("scale_big", "drain_tps"): "drain, many queued",
     ("scale_small", "drain_tps"): "drain, 1k queued",
 }
-AHEAD, BEHIND = "#2e7d32", "#c62828"
+AHEAD, BEHIND, ASIDE = "#2e7d32", "#c62828", "#9e9e9e"
 
 
 def _fmt(v: float) -> str:
@@ -87,18 +87,16 @@ def write_chart(path: Path, s: Summary, meta: dict[str, Any]) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
         for y, v, p in zip(ys, values, PEERS, strict=True):
             if math.isfinite(v):
-                ax.barh(y, v - 1 if v >= 1 else 1 - v, left=1.0 if v >= 1 else v, color=AHEAD if v >= 1 else BEHIND)
                 ahead = v >= 1
-                ax.text(
-                    v * (1.1 if ahead else 1 / 1.1),
-                    y,
-                    _fmt(v),
-                    va="center",
-                    fontsize=7,
-                    ha="left" if ahead else "right",
-                )
+                # A cancel that returns before the worker has exited is drawn aside (grey): not comparable.
+                early = (t.key, t.value) == ("cancel", "cancel_ms") and BY_KEY[p].family in CANCEL_RETURNS_EARLY
+                color = ASIDE if early else AHEAD if ahead else BEHIND
+                ax.barh(y, v - 1 if ahead else 1 - v, left=1.0 if ahead else v, color=color)
+                text = _fmt(v) + ("\nbefore exit" if early else "")
+                x = v * (1.1 if ahead else 1 / 1.1)
+                ax.text(x, y, text, va="center", fontsize=6 if early else 7, ha="left" if ahead else "right")
             else:
-                word = REASONS.get((t.key, p), "not measured").split(":")[0]
+                word = REASONS.get((t.key, p), "not run").split(":")[0]
                 ax.text(1.0, y, f" {word}", va="center", fontsize=7, color="gray")
         ax.axvline(1.0, color="black", linewidth=0.8)
         better = "higher" if t.higher_better else "lower"
