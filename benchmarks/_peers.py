@@ -68,6 +68,11 @@ class QueuedJob:
         return None  # the library exposes no job state
 
     async def result(self) -> Any:
+        """The job's value (its exception re-raised; RuntimeError if it was cancelled).
+
+        Cancellation:
+            Cancellable; only the wait is abandoned, the job goes on.
+        """
         await self.done.wait()
         if self.error is not None:
             raise self.error
@@ -76,6 +81,11 @@ class QueuedJob:
         return self.value
 
     async def cancel(self) -> None:
+        """Cancel the scope around the job's call (the library kills its worker) and wait until it returned.
+
+        Cancellation:
+            Cancellable; the job's scope is cancelled already.
+        """
         self.scope.cancel()
         await self.done.wait()
 
@@ -108,9 +118,19 @@ class ConsumerPool:
         return job
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` through the library's own call, awaited directly.
+
+        Cancellation:
+            Cancelling kills the worker running the job (the library's kill-on-cancel).
+        """
         return await self._run(fn, *args)
 
     async def run_batch(self, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Queue every job on the channel, then wait for their results in order.
+
+        Cancellation:
+            Cancellable; queued jobs are left to the consumers until the pool closes.
+        """
         return await call_many(self, fn, args)
 
     async def wait_running(self, job: Job, marker: Path) -> None:
@@ -185,6 +205,11 @@ class FuturePool:
         return await FutureJob(self.submit(fn, *args)).result()
 
     async def run_batch(self, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Submit every job, then wait for the whole batch in one helper thread (``as_completed``).
+
+        Cancellation:
+            Cancellable; the helper thread is abandoned and the futures left to the pool's exit.
+        """
         futures = [self.submit(fn, *a) for a in args]
 
         def drain() -> None:
