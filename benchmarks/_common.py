@@ -54,6 +54,9 @@ class Pool(Protocol):
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Submit ``fn(*args)`` and wait, the shortest way the library offers."""
 
+    async def run_batch(self, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Run ``fn(*a)`` for every ``a`` at once, the best way the library offers; results in order."""
+
     async def wait_running(self, job: Job, marker: Path) -> None:
         """Wait until ``job`` (a :func:`bench_jobs.sleep_marked`) is truly running."""
 
@@ -62,7 +65,11 @@ PoolOpener = Callable[[int], AbstractAsyncContextManager[Pool]]
 
 
 async def call_many(pool: Pool, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> list[Any]:
-    """Submit every job at once, then wait for all of them."""
+    """Submit every job at once through ``pool.start``, then wait for all of them in order.
+
+    Cancellation:
+        Cancellable; jobs already started are left to the pool's exit.
+    """
     jobs = [pool.start(fn, *a) for a in args]
     return [await job.result() for job in jobs]
 
@@ -74,21 +81,30 @@ async def wait_for_file(path: Path, timeout: float = 60.0) -> None:
             await trio.sleep(0.001)
 
 
-def process_gone(pid: int) -> bool:
-    """True once ``pid`` has exited (gone, or a zombie waiting to be reaped)."""
+def open_pidfd(pid: int) -> int | None:
+    """A pidfd for ``pid`` (Linux >= 5.3), or None where the platform has none.
+
+    Open it *before* the process may exit: the pidfd then names that process for good
+    (no pid reuse), and becomes readable the moment it exits, zombie or reaped.
+    """
+    if not hasattr(os, "pidfd_open"):
+        return None
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return True
-    return state in ("Z", "X")
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise RuntimeError(f"process {pid} exited before it could be watched") from None
+    except OSError:  # ENOSYS: a kernel without pidfds
+        return None
 
 
-async def wait_gone(pid: int, timeout: float = 30.0) -> None:
-    """Poll every millisecond until process ``pid`` has exited."""
+async def wait_gone(pidfd: int, timeout: float = 30.0) -> None:
+    """Wait until the process behind ``pidfd`` has exited: woken by the kernel, no polling.
+
+    Cancellation:
+        Cancellable; the pidfd stays open (the caller closes it).
+    """
     with trio.fail_after(timeout):
-        while not process_gone(pid):  # noqa: ASYNC110 - no event to wait on for a foreign process
-            await trio.sleep(0.001)
+        await trio.lowlevel.wait_readable(pidfd)
 
 
 def future_event(fut: Future[Any]) -> trio.Event:

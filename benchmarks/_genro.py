@@ -6,7 +6,7 @@ import gc
 import statistics
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +46,9 @@ class GenroPool:
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await self.tm.run(fn, *args)
+
+    async def run_batch(self, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        return await call_many(self, fn, args)
 
     async def wait_running(self, job: Job, marker: Path) -> None:
         assert isinstance(job, GenroJob)

@@ -1,14 +1,17 @@
-"""RESULTS.md: machine, libraries, one table per metric, then the targets."""
+"""RESULTS.md: commit, machine, libraries, one table per metric, the targets, then the notes.
+
+Every number in it comes from the run's data; the hand-written notes (NOTES.md) carry
+no figures of their own and refer to the generated tables.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from _libs import GENRO, LIBS, RAW
 from _report import (
-    GENRO,
-    HOW_DRIVEN,
-    LIBS,
+    CANCEL_RETURNS_EARLY,
     NOTES,
     REASONS,
     TABLES,
@@ -18,6 +21,7 @@ from _report import (
     Table,
     TargetRow,
     advantage,
+    best_peer,
     errors_of,
     leftovers,
     median,
@@ -29,37 +33,43 @@ def _cell(stat: dict[str, float], mult: float) -> tuple[str, str]:
     return num(stat["median"] * mult), f"{num(stat['min'] * mult)} - {num(stat['max'] * mult)}"
 
 
-def _lib_table(t: Table, params: dict[str, Any], plan: dict[str, Spec], raw: Raw, s: Summary) -> list[str]:
+def _lib_table(t: Table, meta: dict[str, Any], params: dict[str, Any], spec: Spec, raw: Raw, s: Summary) -> list[str]:
     better = "higher is better" if t.higher_better else "lower is better"
     about = (
-        f"Unit: {t.unit}, {better}. Ratio = library / genro_tasks; advantage = how many times better "
-        f"genro_tasks is (> 1: genro_tasks better). {NOTES.get((t.key, t.value), '').format(**params)}"
+        f"Unit: {t.unit}, {better}. Advantage = how many times better {t.subject} is than that row "
+        f"(> 1: genro_tasks better). {NOTES.get((t.key, t.value), '').format(**params)}"
     )
     lines = [f"### {t.title.format(**params)}", "", about.strip(), ""]
     extra = t.key == "echo"
-    head = "| library | median | min - max | rounds | ratio | genro_tasks advantage |"
-    lines += [head + (" vs raw pipe |" if extra else ""), "|---" * (7 if extra else 6) + "|"]
-    genro = median(s, t.key, GENRO, t.value)
-    raw_pipe = median(s, t.key, "raw", t.value) if extra else None
-    for lib in (*LIBS, "raw") if extra else LIBS:
-        stat = s.get(t.key, {}).get(lib, {}).get(t.value)
-        spec = plan.get(t.key)
-        if spec is None or lib not in spec.libs:
-            if (reason := REASONS.get((t.key, lib))) is not None:
-                lines.append(f"| {lib} | {reason} | | | | |" + (" |" if extra else ""))
+    cols = 5 + extra
+    head = f"| library (start method) | median | min - max | rounds | {t.subject} advantage |"
+    lines += [head + (" vs raw pipe |" if extra else ""), "|---" * cols + "|"]
+    genro = median(s, t.key, t.subject, t.value)
+    floor = median(s, t.key, RAW, t.value) if extra else None
+    best = best_peer(s, t)
+    blank = " |" * (cols - 2)
+    for lib in LIBS:
+        label = lib.label(meta["default_start_method"])
+        if lib.key not in spec.libs:
+            if (reason := REASONS.get((t.key, lib.key))) is not None:
+                lines.append(f"| {label} | {reason} |{blank}")
             continue
+        stat = s.get(t.key, {}).get(lib.key, {}).get(t.value)
         if stat is None:
-            lines.append(f"| {lib} | {errors_of(raw, t.key, lib) or 'no data'} | | | | |" + (" |" if extra else ""))
+            lines.append(f"| {label} | {errors_of(raw, t.key, lib.key) or 'no data'} |{blank}")
             continue
         med, rng = _cell(stat, t.mult)
-        ratio = adv = "-"
-        if genro is not None and lib not in (GENRO, "raw"):
-            ratio = f"{stat['median'] / genro:.2f}"
+        adv = "-"
+        if lib.key == RAW:
+            adv = "the floor"
+        elif genro is not None and lib.key != t.subject:
             adv = f"{advantage(t, genro, stat['median']):.2f}x"
-        row = f"| {lib} | {med} | {rng} | {stat['n']:.0f} | {ratio} | {adv} |"
+        if best is not None and lib.key == best[0]:
+            label = f"**{label}, best peer**"
+        row = f"| {label} | {med} | {rng} | {stat['n']:.0f} | {adv} |"
         if extra:
-            row += f" {stat['median'] / raw_pipe:.2f}x |" if raw_pipe else " - |"
-        note = errors_of(raw, t.key, lib)
+            row += f" {stat['median'] / floor:.2f}x |" if floor else " - |"
+        note = errors_of(raw, t.key, lib.key)
         lines.append(row + (f" ({note})" if note else ""))
     return [*lines, ""]
 
@@ -76,17 +86,17 @@ def _genro_table(title: str, rows: list[tuple[str, str, str]], s: Summary, raw: 
     return [*lines, ""]
 
 
-def _status_table(s: Summary, raw: Raw) -> list[str]:
+def _status_table(s: Summary, raw: Raw, spec: Spec) -> list[str]:
     lines = [
         "### Status truth: 6 jobs of sleep(2 s) on 2 workers, how many the library reports running after 0.5 s",
         "",
         "Truth: 2 are running. Closer to 2 is better (genro_tasks: status RUNNING; ppe and pebble: "
-        "`future.running()`).",
+        "`future.running()`). The start method plays no part here: each library runs with its default.",
         "",
         "| library | reported running (median) | min - max |",
         "|---|---|---|",
     ]
-    for lib in LIBS:
+    for lib in (*spec.libs, *(k for (key, k) in REASONS if key == "status_truth")):
         stat = s.get("status_truth", {}).get(lib, {}).get("running_reported")
         if (reason := REASONS.get(("status_truth", lib))) is not None:
             lines.append(f"| {lib} | {reason} | |")
@@ -99,32 +109,49 @@ def _status_table(s: Summary, raw: Raw) -> list[str]:
 
 def _header(meta: dict[str, Any]) -> list[str]:
     v = meta["versions"]
-    lines = [
-        "# genro_tasks benchmark results",
-        "",
-        f"Generated by `python benchmarks/run.py{'' if meta['mode'] == 'full' else ' --' + meta['mode']}` on "
-        f"{meta['date']} ({meta['mode']} mode, {meta['rounds']} round(s), {meta['duration_s']} s).",
+    flag = "" if meta["mode"] == "full" else " --" + meta["mode"]
+    lines = ["# genro_tasks benchmark results", ""]
+    if not meta["publishable"]:
+        lines += [
+            f"> **Not publishable**: generated with `--allow-dirty`: {'; '.join(meta['not_publishable_because'])}. "
+            "These numbers are not those of the commit below.",
+            "",
+        ]
+    lines += [
+        f"Generated by `python benchmarks/run.py{flag}` at commit `{meta['commit']}` on {meta['date']} "
+        f"({meta['mode']} mode, {meta['rounds']} round(s), {meta['duration_s']} s).",
         "",
         "## Machine",
         "",
         f"* CPU: {meta['cpu']}, {meta['cores']} cores ({meta['usable_cores']} usable); shared machine, "
         f"load average before/after: {meta['load_before'][0]:.2f} / {meta['load_after'][0]:.2f}",
-        f"* Python {meta['python']} on {meta['os']}",
+        f"* Python {meta['python']} on {meta['os']}; multiprocessing's default start method: "
+        f"{meta['default_start_method']}",
         "",
-        "## Libraries",
+        "## Libraries, start methods, and how each is driven",
         "",
-        "| library | version | how it is driven | worker start |",
+        "Each peer runs with its default start method and with its best one (forkserver: workers are "
+        "forked from a small clean server instead of starting a fresh interpreter). Every peer is driven "
+        "as its best users would drive it; a batch is the library's best way to run many jobs, a single "
+        'call its shortest way to run one. "Best peer" is the best of all those rows.',
+        "",
+        "| library | version | start methods measured | how it is driven |",
         "|---|---|---|---|",
     ]
+    families: dict[str, list[str]] = {}
     for lib in LIBS:
-        how, start = HOW_DRIVEN[lib]
-        if start == "default":
-            start = f"multiprocessing default ({meta['default_start_method']})"
-        version = v.get(lib, f"stdlib (Python {meta['python']})")
-        lines.append(f"| {lib} | {version} | {how} | {start} |")
+        if lib.key not in meta["measured"]:
+            continue
+        families.setdefault(lib.family, []).append(lib.label(meta["default_start_method"]).split(" (", 1)[1][:-1])
+    for family, starts in families.items():
+        if family == RAW:
+            continue
+        first = next(lib for lib in LIBS if lib.family == family and lib.key in meta["measured"])
+        version = v.get(family, f"stdlib (Python {meta['python']})")
+        lines.append(f"| {family} | {version} | {'; '.join(starts)} | {first.driven} |")
     lines += [
         "",
-        f"genro_tasks source: {meta['genro_source']}. trio {v.get('trio')}, matplotlib {v.get('matplotlib')}.",
+        f"trio {v.get('trio')}, matplotlib {v.get('matplotlib')}.",
         "",
         "## Method",
         "",
@@ -136,23 +163,33 @@ def _header(meta: dict[str, Any]) -> list[str]:
         "* Cancel: both workers run `sleep(60)`; the job to cancel is running (genro_tasks: status RUNNING "
         "seen via `watch`; peers: the job's marker file exists) and inside its sleep. genro_tasks: until "
         "`await tm.cancel()` returns (CANCELLED recorded); trio_parallel / anyio: cancel the scope around "
-        "`run_sync`, until it returns; pebble: `future.cancel()`, until the future is done (pebble marks it "
-        'cancelled at once and kills the worker later, see "worker process exited").',
-        "",
-        "## Results",
+        "`run_sync`, until it returns; pebble: `future.cancel()`, until the future is done. The worker's "
+        "exit is observed through a pidfd opened before the cancel. "
+        + " ".join(f"{why[0].upper()}{why[1:]}." for why in CANCEL_RETURNS_EARLY.values())
+        + " The cancel target compares only with peers that return once the worker has exited.",
+        "* The raw rows are the floor: a bare pipe to a child process (round trip: a forkserver child "
+        "echoing 20 bytes to a trio parent, `benchmarks/raw_roundtrip.py`; echo: a subprocess reading and "
+        "writing the bytes back).",
         "",
     ]
+    if meta["skipped"]:
+        lines += ["Not measured at this commit (the capability is absent; the rows appear when it lands):", ""]
+        lines += [f"* `{key}`: {why}" for key, why in meta["skipped"].items()]
+        lines.append("")
+    lines += ["## Results", ""]
     return lines
 
 
 def markdown(
     meta: dict[str, Any], params: dict[str, Any], plan: list[Spec], raw: Raw, s: Summary, targets: list[TargetRow]
 ) -> str:
+    """The whole RESULTS.md, from the run's data (and NOTES.md, which holds no figures)."""
     by_key = {spec.key: spec for spec in plan}
+    meta = {**meta, "measured": {lib for spec in plan for lib in spec.libs}}
     lines = _header(meta)
     for t in TABLES:
         if t.key in by_key:
-            lines += _lib_table(t, params, by_key, raw, s)
+            lines += _lib_table(t, meta, params, by_key[t.key], raw, s)
     lines += _genro_table(
         "genro_tasks only: `startup()` alone (construct + `await tm.startup()`)",
         [(f"{w} workers, ms", f"startup_{w}", "open_ms") for w in params["startup_workers"]],
@@ -172,15 +209,16 @@ def markdown(
         s,
         raw,
     )
-    lines += _status_table(s, raw)
+    if "status_truth" in by_key:
+        lines += _status_table(s, raw, by_key["status_truth"])
     lines += ["## Targets", "", "genro_tasks against targets computed from this same run (medians).", ""]
     lines += ["| target | result | numbers |", "|---|---|---|"]
     for name, ok, detail in targets:
         lines.append(f"| {name} | {'n/a' if ok is None else 'PASS' if ok else 'FAIL'} | {detail} |")
     left = leftovers(raw)
     lines += ["", "Leftover processes after measurements: " + ("; ".join(left) if left else "none."), ""]
-    lines += ["![ratios](results.png)", ""]
+    lines += ["![genro_tasks advantage over each peer, per metric](results.png)", ""]
     notes = Path(__file__).resolve().parent / "NOTES.md"
-    if notes.exists():  # the hand-written analysis: profiles, and why a target does not hold
+    if notes.exists():  # the hand-written analysis: it refers to the tables above, with no figures of its own
         lines += [notes.read_text().rstrip(), ""]
     return "\n".join(lines)

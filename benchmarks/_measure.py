@@ -25,19 +25,35 @@ if BENCH_DIR not in sys.path:
 if TYPE_CHECKING:
     from _common import Numbers, Params, PoolOpener
 
-LIBS = ("genro_tasks", "trio_parallel", "anyio", "ppe", "pebble")
+from _libs import GENRO, KEYS, RAW, start_method  # noqa: E402 - stdlib only, light
+
 POOL_METRICS = ("throughput", "roundtrip", "cancel", "startup", "echo", "status_truth")
 GENRO_METRICS = ("progress_flood", "progress_latency", "scale")
+#: Planned with the shared store (issue 12): cancel from another process sharing the store.
+PLANNED_METRICS = ("cross_process_cancel",)
+
+
+#: Variants planned for capabilities still to land: their adapters are written with the capability.
+_ADAPTER_TO_WRITE = {
+    f"{GENRO}+store": "open a TaskManager on the shared store (issue 12)",
+    f"{GENRO}+ray": "open a TaskManager on the Ray backend (issue 13)",
+    "ray": "drive plain Ray (ray.remote, ray.cancel(force=True)) from trio threads",
+}
 
 
 def _opener(lib: str) -> PoolOpener:
-    if lib == "genro_tasks":
+    if lib in _ADAPTER_TO_WRITE:
+        raise NotImplementedError(f"no adapter for {lib!r} yet: {_ADAPTER_TO_WRITE[lib]} in benchmarks/")
+    if lib.partition("+")[0] == GENRO:
+        import functools
+
         from _genro import open_genro
 
-        return open_genro
-    from _peers import OPENERS
+        method = start_method(lib)
+        return open_genro if method is None else functools.partial(open_genro, start_method=method)
+    from _peers import opener
 
-    return OPENERS[lib]
+    return opener(lib)
 
 
 def _coroutine(lib: str, metric: str, p: Params) -> Callable[[], Awaitable[Numbers]]:
@@ -47,26 +63,33 @@ def _coroutine(lib: str, metric: str, p: Params) -> Callable[[], Awaitable[Numbe
         func: Callable[[PoolOpener, Params], Awaitable[Numbers]] = getattr(_metrics, metric)
         opener = _opener(lib)
         return lambda: func(opener, p)
-    if lib == "genro_tasks" and metric in GENRO_METRICS:
+    if lib == GENRO and metric in GENRO_METRICS:
         import _genro
 
         genro_func: Callable[[Params], Awaitable[Numbers]] = getattr(_genro, metric)
         return lambda: genro_func(p)
-    if lib == "ppe" and metric == "scale":
+    if metric in PLANNED_METRICS:
+        raise NotImplementedError(f"{metric} is written with the shared store (issue 12)")
+    if lib.partition("+")[0] == "ppe" and metric == "scale":
         from _peers import ppe_scale
 
-        return lambda: ppe_scale(p)
+        return lambda: ppe_scale(p, start_method(lib))
     raise ValueError(f"no measurement {metric!r} for {lib!r}")
 
 
 def measure(lib: str, metric: str, p: Params, timeout: float) -> Numbers:
-    if lib == "raw":
-        if metric != "echo":
-            raise ValueError("raw only measures echo")
-        from _metrics import raw_pipe_echo
-
-        return raw_pipe_echo(p)
     import trio
+
+    if lib == RAW:
+        if metric == "echo":
+            from _metrics import raw_pipe_echo
+
+            return raw_pipe_echo(p)
+        if metric == "roundtrip":
+            from raw_roundtrip import measure as raw_roundtrip
+
+            return {"median_us": trio.run(raw_roundtrip, p.calls + p.warmup, p.warmup)}
+        raise ValueError("raw only measures echo and roundtrip")
 
     make = _coroutine(lib, metric, p)
 
@@ -74,7 +97,7 @@ def measure(lib: str, metric: str, p: Params, timeout: float) -> Numbers:
         with trio.fail_after(timeout):
             return await make()
 
-    if lib == "anyio":
+    if lib.partition("+")[0] == "anyio":
         import anyio
 
         return anyio.run(body, backend="trio")
@@ -90,8 +113,8 @@ def describe(exc: BaseException) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("lib", choices=(*LIBS, "raw"))
-    parser.add_argument("metric", choices=(*POOL_METRICS, *GENRO_METRICS))
+    parser.add_argument("lib", choices=KEYS)
+    parser.add_argument("metric", choices=(*POOL_METRICS, *GENRO_METRICS, *PLANNED_METRICS))
     parser.add_argument("--size", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--calls", type=int, default=300)

@@ -1,27 +1,33 @@
-"""Pool adapters for the peer libraries, each used the way its documentation suggests.
+"""Pool adapters for the peer libraries, each driven as its best users would drive it.
 
-* trio_parallel: ``WorkerContext.run_sync`` in trio tasks, ``kill_on_cancel=True``.
-* anyio: ``anyio.to_process.run_sync`` (trio backend) in anyio tasks, ``cancellable=True``.
-* ppe: ``concurrent.futures.ProcessPoolExecutor`` futures awaited through a trio.Event.
-* pebble: ``pebble.ProcessPool`` futures awaited the same way; ``future.cancel()`` kills.
+* trio_parallel: one ``open_worker_context`` held open for the whole measurement; a batch
+  is sent down a memory channel read by one consumer task per worker, each awaiting
+  ``ctx.run_sync(kill_on_cancel=True)`` under a ``CapacityLimiter(workers)``.
+* anyio: ``anyio.to_process.run_sync(cancellable=True)`` under a ``CapacityLimiter(workers)``,
+  a batch fed the same way through a memory object stream (anyio on its trio backend).
+* ppe: ``ProcessPoolExecutor``; a batch is ``submit`` of every job, then ``as_completed``
+  in one helper thread; a single call awaits its future through a done-callback.
+* pebble: ``pebble.ProcessPool.schedule``, futures awaited the same ways; ``future.cancel()`` kills.
 
-Every pool gets a capacity of ``workers`` (a CapacityLimiter for the task-based ones).
+Each opener takes the capacity and an optional start method (None: the library's default):
+trio_parallel and the two futures pools accept forkserver; anyio has no such option.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
+import multiprocessing
 import statistics
 import tracemalloc
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
-import anyio.abc
 import anyio.to_process
 import pebble
 import trio
@@ -33,12 +39,28 @@ from _common import FutureJob, Job, Numbers, Params, Pool, PoolOpener, call_many
 _CANCELLED: Any = object()
 
 
-class TaskJob:
-    """A job run by its own task in the pool's task group (trio_parallel, anyio)."""
+class _Scope(Protocol):
+    def __enter__(self) -> Any: ...
 
-    def __init__(self, cancel: Callable[[], None], done: Callable[[], Awaitable[None]]) -> None:
-        self._cancel = cancel
-        self._done = done
+    def __exit__(self, *exc: Any) -> bool | None: ...
+
+    def cancel(self) -> None: ...
+
+
+class _Event(Protocol):
+    def set(self) -> None: ...
+
+    async def wait(self) -> Any: ...
+
+
+class QueuedJob:
+    """A job waiting in (or taken from) a consumer pool's channel, with its own cancel scope."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], scope: _Scope, done: _Event) -> None:
+        self.fn = fn
+        self.args = args
+        self.scope = scope
+        self.done = done
         self.value: Any = _CANCELLED
         self.error: BaseException | None = None
 
@@ -46,7 +68,12 @@ class TaskJob:
         return None  # the library exposes no job state
 
     async def result(self) -> Any:
-        await self._done()
+        """The job's value (its exception re-raised; RuntimeError if it was cancelled).
+
+        Cancellation:
+            Cancellable; only the wait is abandoned, the job goes on.
+        """
+        await self.done.wait()
         if self.error is not None:
             raise self.error
         if self.value is _CANCELLED:
@@ -54,84 +81,120 @@ class TaskJob:
         return self.value
 
     async def cancel(self) -> None:
-        self._cancel()
-        await self._done()
+        """Cancel the scope around the job's call (the library kills its worker) and wait until it returned.
+
+        Cancellation:
+            Cancellable; the job's scope is cancelled already.
+        """
+        self.scope.cancel()
+        await self.done.wait()
 
 
-class _ScopedPool:
-    """A peer whose calls are cancelled by cancelling the (trio) scope around them.
+class ConsumerPool:
+    """trio_parallel or anyio: single calls awaited directly, batches fed to a few consumer tasks.
 
-    Both trio_parallel and anyio (on its trio backend) run here, so trio's
-    scope and event serve both; subclasses say how to call and how to spawn.
+    ``run`` is the library's call; ``send`` the sending end of an unbounded channel whose
+    receiving end :meth:`consume` reads (one consumer per worker). Cancelling a job cancels
+    the scope around its call, so the library kills the worker running it.
     """
 
     can_cancel = True
 
-    def __init__(self, spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], object]) -> None:
-        self._spawn = spawn
+    def __init__(
+        self,
+        run: Callable[..., Any],
+        send: Any,
+        scope: Callable[[], _Scope],
+        event: Callable[[], _Event],
+    ) -> None:
+        self._run = run
+        self._send = send
+        self._scope = scope
+        self._event = event
 
     def start(self, fn: Callable[..., Any], *args: Any) -> Job:
-        scope = trio.CancelScope()
-        done = trio.Event()
-        job = TaskJob(scope.cancel, done.wait)
-
-        async def runner() -> None:
-            try:
-                with scope:
-                    job.value = await self.call(fn, *args)
-            except Exception as exc:
-                job.error = exc
-            finally:
-                done.set()
-
-        self._spawn(runner)
+        job = QueuedJob(fn, args, self._scope(), self._event())
+        self._send.send_nowait(job)
         return job
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        raise NotImplementedError
+        """``fn(*args)`` through the library's own call, awaited directly.
+
+        Cancellation:
+            Cancelling kills the worker running the job (the library's kill-on-cancel).
+        """
+        return await self._run(fn, *args)
+
+    async def run_batch(self, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Queue every job on the channel, then wait for their results in order.
+
+        Cancellation:
+            Cancellable; queued jobs are left to the consumers until the pool closes.
+        """
+        return await call_many(self, fn, args)
 
     async def wait_running(self, job: Job, marker: Path) -> None:
         await wait_for_file(marker)
 
+    async def consume(self, receive: Any) -> None:
+        """Run the jobs of the channel one after the other until the pool closes.
 
-class TrioParallelPool(_ScopedPool):
-    def __init__(self, ctx: Any, limiter: trio.CapacityLimiter, nursery: trio.Nursery) -> None:
-        super().__init__(nursery.start_soon)
-        self.ctx = ctx
-        self.limiter = limiter
+        Cancellation:
+            Cancelled by the pool's exit; a job's own cancel only ends that job.
+        """
+        async with receive:
+            async for job in receive:
+                try:
+                    with job.scope:
+                        job.value = await self._run(job.fn, *job.args)
+                except Exception as exc:
+                    job.error = exc
+                finally:
+                    job.done.set()
 
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await self.ctx.run_sync(fn, *args, kill_on_cancel=True, limiter=self.limiter)
+
+_WORKER_TYPES = {None: "SPAWN", "spawn": "SPAWN", "forkserver": "FORKSERVER"}
 
 
 @asynccontextmanager
-async def open_trio_parallel(workers: int) -> AsyncIterator[Pool]:
+async def open_trio_parallel(workers: int, start: str | None = None) -> AsyncIterator[Pool]:
+    worker_type = getattr(trio_parallel.WorkerType, _WORKER_TYPES[start])
+    limiter = trio.CapacityLimiter(workers)
     # idle_timeout=inf: workers are kept for the whole measurement; init/retire stay no-ops.
-    async with trio_parallel.open_worker_context(idle_timeout=math.inf) as ctx, trio.open_nursery() as nursery:
-        yield TrioParallelPool(ctx, trio.CapacityLimiter(workers), nursery)
+    async with (
+        trio_parallel.open_worker_context(idle_timeout=math.inf, worker_type=worker_type) as ctx,
+        trio.open_nursery() as nursery,
+    ):
+        send, receive = trio.open_memory_channel[QueuedJob](math.inf)
+        run = functools.partial(ctx.run_sync, kill_on_cancel=True, limiter=limiter)
+        pool = ConsumerPool(run, send, trio.CancelScope, trio.Event)
+        for _ in range(workers):
+            nursery.start_soon(pool.consume, receive.clone())
+        receive.close()
+        yield pool
         nursery.cancel_scope.cancel()  # kills anything still running (kill_on_cancel)
 
 
-class AnyioPool(_ScopedPool):
-    def __init__(self, limiter: anyio.CapacityLimiter, tg: anyio.abc.TaskGroup) -> None:
-        super().__init__(tg.start_soon)
-        self.limiter = limiter
-
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await anyio.to_process.run_sync(fn, *args, cancellable=True, limiter=self.limiter)
-
-
 @asynccontextmanager
-async def open_anyio(workers: int) -> AsyncIterator[Pool]:
+async def open_anyio(workers: int, start: str | None = None) -> AsyncIterator[Pool]:
+    if start is not None:
+        raise ValueError("anyio.to_process has no start-method option")
+    limiter = anyio.CapacityLimiter(workers)
     async with anyio.create_task_group() as tg:
-        yield AnyioPool(anyio.CapacityLimiter(workers), tg)
+        send, receive = anyio.create_memory_object_stream[QueuedJob](math.inf)
+        run = functools.partial(anyio.to_process.run_sync, cancellable=True, limiter=limiter)
+        pool = ConsumerPool(run, send, anyio.CancelScope, anyio.Event)
+        for _ in range(workers):
+            tg.start_soon(pool.consume, receive.clone())
+        receive.close()
+        yield pool
         tg.cancel_scope.cancel()
 
 
 class FuturePool:
     """ProcessPoolExecutor or pebble.ProcessPool, driven from trio."""
 
-    def __init__(self, submit: Callable[..., Any], can_cancel: bool) -> None:
+    def __init__(self, submit: Callable[..., Future[Any]], can_cancel: bool) -> None:
         self.submit = submit
         self.can_cancel = can_cancel
 
@@ -141,13 +204,33 @@ class FuturePool:
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await FutureJob(self.submit(fn, *args)).result()
 
+    async def run_batch(self, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Submit every job, then wait for the whole batch in one helper thread (``as_completed``).
+
+        Cancellation:
+            Cancellable; the helper thread is abandoned and the futures left to the pool's exit.
+        """
+        futures = [self.submit(fn, *a) for a in args]
+
+        def drain() -> None:
+            for _ in as_completed(futures):
+                pass
+
+        # One thread wakes trio once for the whole batch (not one callback per future).
+        await trio.to_thread.run_sync(drain, abandon_on_cancel=True)
+        return [f.result() for f in futures]
+
     async def wait_running(self, job: Job, marker: Path) -> None:
         await wait_for_file(marker)
 
 
+def _context(start: str | None) -> Any:
+    return multiprocessing.get_context(start)
+
+
 @asynccontextmanager
-async def open_ppe(workers: int) -> AsyncIterator[Pool]:
-    ex = ProcessPoolExecutor(max_workers=workers)
+async def open_ppe(workers: int, start: str | None = None) -> AsyncIterator[Pool]:
+    ex = ProcessPoolExecutor(max_workers=workers, mp_context=_context(start))
     try:
         yield FuturePool(ex.submit, can_cancel=False)
     finally:
@@ -161,8 +244,8 @@ async def open_ppe(workers: int) -> AsyncIterator[Pool]:
 
 
 @asynccontextmanager
-async def open_pebble(workers: int) -> AsyncIterator[Pool]:
-    pool = pebble.ProcessPool(max_workers=workers)
+async def open_pebble(workers: int, start: str | None = None) -> AsyncIterator[Pool]:
+    pool = pebble.ProcessPool(max_workers=workers, context=_context(start))
 
     def submit(fn: Callable[..., Any], *args: Any) -> Any:
         return pool.schedule(fn, args)
@@ -174,12 +257,12 @@ async def open_pebble(workers: int) -> AsyncIterator[Pool]:
         pool.join(timeout=30)
 
 
-async def ppe_scale(p: Params) -> Numbers:
+async def ppe_scale(p: Params, start: str | None = None) -> Numbers:
     """Reference for genro's scale metric: p.size futures queued at once on a ProcessPoolExecutor."""
     n = p.size
     rates: list[float] = []
     per_task = 0.0
-    async with open_ppe(p.workers) as pool:
+    async with open_ppe(p.workers, start) as pool:
         assert isinstance(pool, FuturePool)
         await call_many(pool, bench_jobs.double, [(i,) for i in range(min(n, 1000))])  # warm-up, untimed
         for batch in range(p.repeat):
@@ -203,9 +286,10 @@ async def ppe_scale(p: Params) -> Numbers:
     return {"bytes_per_task": per_task, "drain_tps": statistics.median(rates), "batches": float(len(rates))}
 
 
-OPENERS: dict[str, PoolOpener] = {
-    "trio_parallel": open_trio_parallel,
-    "anyio": open_anyio,
-    "ppe": open_ppe,
-    "pebble": open_pebble,
-}
+_FAMILIES = {"trio_parallel": open_trio_parallel, "anyio": open_anyio, "ppe": open_ppe, "pebble": open_pebble}
+
+
+def opener(key: str) -> PoolOpener:
+    """The pool opener of a peer variant (``family`` or ``family+start_method``)."""
+    family, _, start = key.partition("+")
+    return functools.partial(_FAMILIES[family], start=start or None)
