@@ -20,6 +20,8 @@ from jobs import exit_hard, simple_task, slow_task
 
 pytestmark = pytest.mark.slow
 
+#: Descriptors the parent holds for one worker: job, result and cancel pipes, pidfd, sentinel.
+PARENT_FDS_PER_WORKER = 5
 BATCH = 5_000
 
 
@@ -100,6 +102,11 @@ async def test_soak_100k_tasks() -> None:
     assert outcomes[TaskStatus.PENDING] == outcomes[TaskStatus.RUNNING] == 0
     assert all(s["zombies"] == 0 for s in samples)
     assert all(s["tracked"] <= 2_000 for s in samples)
-    after_warmup = samples[min(3, len(samples) - 1) :]
-    assert max(s["fds"] for s in after_warmup) == min(s["fds"] for s in after_warmup)
+    # Descriptors do not leak: their floor after warm-up never rises. A sample may
+    # catch a worker being replaced (its pipes and pidfd open while its
+    # predecessor's are not yet released): at most two workers' worth above it.
+    fds = [s["fds"] for s in samples[min(3, len(samples) - 1) :]]
+    quarter = max(1, len(fds) // 4)
+    assert min(fds[-quarter:]) == min(fds[:quarter]), fds
+    assert max(fds) <= min(fds) + 2 * PARENT_FDS_PER_WORKER, fds
     assert abs(last["rss"] - warm["rss"]) <= 0.10 * warm["rss"]
