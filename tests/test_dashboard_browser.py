@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from hypercorn_server import serve
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -34,32 +33,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "--worker-class", "trio", "--bind", f"127.0.0.1:{port}", "browser_app:app"],
-        cwd=HERE,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    try:
-        for line in proc.stderr:  # blocks until hypercorn says it is listening
-            if b"Running on" in line:
-                break
-        else:
-            pytest.fail("hypercorn exited before it was ready")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+    with serve("browser_app:app") as url:
+        yield url
 
 
 def post(url: str) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pytest
+
+from hypercorn_server import serve as serve_app
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -35,40 +35,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def serve(**env: str) -> Iterator[str]:
     """hypercorn (trio worker) serving browser_app_web:app; yield its base URL."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "--worker-class", "trio", "--bind", f"127.0.0.1:{port}", APP],
-        cwd=HERE,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **env},
-    )
-    assert proc.stderr is not None
-    try:
-        for line in proc.stderr:  # blocks until hypercorn says it is listening
-            if b"Running on" in line:
-                break
-        else:
-            pytest.fail("hypercorn exited before it was ready")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+    with serve_app(APP, **env) as url:
+        yield url
 
 
 def call(url: str, **params: Any) -> bytes:
