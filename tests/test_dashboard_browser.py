@@ -9,7 +9,6 @@ saves a screenshot (to GENRO_TASKS_SCREENSHOT if set, else the test's tmp dir).
 from __future__ import annotations
 
 import os
-import shutil
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +16,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from hypercorn_server import serve
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, serve
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
 HERE = Path(__file__).parent
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
 pytestmark = pytest.mark.skipif(
@@ -53,15 +51,7 @@ def test_dashboard_live_cancel_and_escaping(server: str, tmp_path: Path) -> None
         browser = pw.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
+            args=CHROMIUM_ARGS,
         )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 420})

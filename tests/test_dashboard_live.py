@@ -8,7 +8,6 @@ connections, hold new ones, or answer 502 the way a real proxy would.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import threading
 import urllib.request
@@ -20,14 +19,14 @@ from urllib.parse import quote
 
 import pytest
 
-from hypercorn_server import serve as serve_app
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS
+from browser_helpers import serve as serve_app
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
 HERE = Path(__file__).parent
 APP = "browser_app_web:app"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
 pytestmark = pytest.mark.skipif(
@@ -151,15 +150,7 @@ def browser() -> Iterator[Browser]:
         launched = pw.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
+            args=CHROMIUM_ARGS,
         )
         try:
             yield launched

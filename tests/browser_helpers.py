@@ -1,8 +1,9 @@
-"""A real hypercorn server (trio worker) on 127.0.0.1 for the browser tests."""
+"""What the browser tests share: a real hypercorn server on 127.0.0.1 and Debian's Chromium."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +14,18 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
+#: Debian's Chromium, if installed (.ci/run installs it).
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+#: Headless flags for this machine: no sandbox as root, no background network traffic.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def free_port() -> int:
