@@ -1,6 +1,7 @@
 """Keeping a worker clean between jobs (stdlib only).
 
-* Processes a job leaves behind are killed when the job ends. The worker is a
+* Processes a job leaves behind are killed when the job ends (right after its
+  result is sent, before the worker reads its next job). The worker is a
   *child subreaper* (Linux), so even double-forked descendants become its
   children once their parent exits, and it can find and reap them.
 * File descriptors 0-2, and ``sys.stdout``/``sys.stderr``, are restored if a
