@@ -38,6 +38,8 @@ _TIMERS = (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
 _saved_handlers: dict[int, _Handler] = {}
 _saved_pairs: tuple[tuple[int, _Handler], ...] = ()
 _saved_mask: set[int] = set()
+#: ``signal.pthread_sigmask`` without its enum conversion (a set of plain ints; this runs after every job).
+_sigmask: Callable[[int, Iterable[int]], set[int]] = importlib.import_module("_signal").pthread_sigmask
 
 
 def setup() -> None:
@@ -205,7 +207,7 @@ def save_signals(disarm: bool = False) -> None:
     global _saved_pairs
     _saved_pairs = tuple(_saved_handlers.items())
     _saved_mask.clear()
-    _saved_mask.update(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    _saved_mask.update(_sigmask(signal.SIG_BLOCK, ()))
 
 
 def reset_signals() -> None:
@@ -219,7 +221,7 @@ def reset_signals() -> None:
     signal.set_wakeup_fd(-1)
     getsignal = _getsignal
     changed = [signum for signum, handler in _saved_pairs if getsignal(signum) is not handler]
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    blocked = _sigmask(signal.SIG_BLOCK, ())
     if blocked != _saved_mask:
         for signum in signal.sigpending() & (blocked - _saved_mask):
             if signum in _saved_handlers:
