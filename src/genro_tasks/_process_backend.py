@@ -290,7 +290,10 @@ class ProcessBackend(ExecutionBackend):
                 await trio.sleep(_EOF_GRACE)
                 self._kill(w, KillReason.CRASH, "it closed its result pipe but kept running")
                 return
-            await trio.lowlevel.checkpoint_if_cancelled()
+            if w.reader.drained:  # a short read emptied the pipe: wait, not a read that finds nothing
+                await trio.lowlevel.wait_readable(fd)
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
 
     def _protocol_error(self, w: WorkerProcess, exc: ProtocolError) -> None:
         log.warning("worker %d sent a corrupt message (%s); treating it as crashed", w.pid, exc)

@@ -85,7 +85,7 @@ class FrameReader:
     which grows as the body arrives.
     """
 
-    __slots__ = ("_buffer", "fd", "framer")
+    __slots__ = ("_buffer", "drained", "fd", "framer")
 
     def __init__(self, fd: int, max_message_size: int, check_header: HeaderCheck | None = None) -> None:
         self.fd = fd
@@ -93,6 +93,8 @@ class FrameReader:
         # Where the next read goes, as the framer said after it last took bytes:
         # a read that finds the pipe empty costs no call.
         self._buffer = self.framer.buffer()
+        #: The last read took less than it asked for: the pipe was empty then (wait before reading again).
+        self.drained = False
 
     def read(self, messages: list[Message]) -> bool:
         """Read what the pipe holds now, appending whole messages to ``messages``.
@@ -101,9 +103,11 @@ class FrameReader:
         was available, ProtocolError for a corrupt frame and FrameTooLarge
         (a ProtocolError) for a frame over ``max_message_size``.
         """
-        n = os.readv(self.fd, [self._buffer])
+        buffer = self._buffer
+        n = os.readv(self.fd, [buffer])
         if n == 0:
             return False
+        self.drained = n < len(buffer)
         self._buffer = self.framer.received(n, messages)
         return True
 

@@ -1,6 +1,7 @@
 """Keeping a worker clean between jobs (stdlib only).
 
-* Processes a job leaves behind are killed when the job ends. The worker is a
+* Processes a job leaves behind are killed when the job ends (right after its
+  result is sent, before the worker reads its next job). The worker is a
   *child subreaper* (Linux), so even double-forked descendants become its
   children once their parent exits, and it can find and reap them.
 * File descriptors 0-2, and ``sys.stdout``/``sys.stderr``, are restored if a
@@ -37,6 +38,8 @@ _TIMERS = (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
 _saved_handlers: dict[int, _Handler] = {}
 _saved_pairs: tuple[tuple[int, _Handler], ...] = ()
 _saved_mask: set[int] = set()
+#: ``signal.pthread_sigmask`` without its enum conversion (a set of plain ints; this runs after every job).
+_sigmask: Callable[[int, Iterable[int]], set[int]] = importlib.import_module("_signal").pthread_sigmask
 
 
 def setup() -> None:
@@ -204,7 +207,7 @@ def save_signals(disarm: bool = False) -> None:
     global _saved_pairs
     _saved_pairs = tuple(_saved_handlers.items())
     _saved_mask.clear()
-    _saved_mask.update(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    _saved_mask.update(_sigmask(signal.SIG_BLOCK, ()))
 
 
 def reset_signals() -> None:
@@ -218,7 +221,7 @@ def reset_signals() -> None:
     signal.set_wakeup_fd(-1)
     getsignal = _getsignal
     changed = [signum for signum, handler in _saved_pairs if getsignal(signum) is not handler]
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    blocked = _sigmask(signal.SIG_BLOCK, ())
     if blocked != _saved_mask:
         for signum in signal.sigpending() & (blocked - _saved_mask):
             if signum in _saved_handlers:

@@ -412,14 +412,17 @@ def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payl
         except BaseException as exc:
             done = DoneBadResult(seq, _type_name(value), _describe(exc))
         del value
-    _flush_std_streams()
+    _flush_std_streams()  # what the job printed comes out before its result
+    with sender.lock:
+        channel.finish_locked()
+        sender.send_locked(done)
+    del done
+    # The hygiene runs after the result left, while the parent records it and sends the next
+    # job (which waits in the pipe): off the round trip's path, and still before the next job.
     _hygiene.restore_std_streams()
     _hygiene.reset_signals()  # first: a SIGCHLD the job ignores would hide its children from us
     if _hygiene.kill_leftovers():
         _hygiene.forget_multiprocessing_helpers()  # a forkserver or tracker the job started is gone
-    with sender.lock:
-        channel.finish_locked()
-        sender.send_locked(done)
 
 
 def _own_signals() -> None:
