@@ -7,6 +7,7 @@ touches the manager's state.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
@@ -119,6 +120,17 @@ class _MainFinder(pickle.Pickler):
         return NotImplemented
 
 
+@functools.cache
+def _main_is_importable() -> bool:
+    """Whether workers can import this process's main module (asked once: it never changes).
+
+    Jobs defined in a main script are the common case, so this must not cost a
+    stat and multiprocessing's preparation data on every submit.
+    """
+    ref = main_module_ref()
+    return ref is not None and (ref[0] == "name" or os.path.isfile(ref[1]))
+
+
 def refuse_unimportable_main(what: str, obj: object) -> None:
     """Raise UnpicklableJob if ``obj`` needs ``__main__`` and worker processes cannot import it.
 
@@ -127,8 +139,7 @@ def refuse_unimportable_main(what: str, obj: object) -> None:
     interactive session has no file to import, so the worker would fail later
     with a cryptic ``AttributeError``/``FileNotFoundError``: say so now.
     """
-    ref = main_module_ref()
-    if ref is not None and (ref[0] == "name" or os.path.isfile(ref[1])):
+    if _main_is_importable():
         return
     finder = _MainFinder()
     finder.dump(obj)
