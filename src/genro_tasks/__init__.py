@@ -21,6 +21,8 @@ Layers, top to bottom (docs/architecture.md draws the data flow):
 * :mod:`genro_tasks_worker` — what runs *inside* a worker: a stdlib-only loop
   that never imports trio, :func:`report_progress`, and the wire format both
   sides share (``_protocol``: named messages; ``_framing``: the one framer).
+* :mod:`._many` — ``tm.map`` and ``tm.as_completed``: many tasks at once,
+  lazily submitted, cancelled together.
 * :mod:`._task`, :mod:`._watch` and :mod:`._errors` — the records, live views
   and exceptions users see.
 * :mod:`genro_tasks.testing` — waits, process pids and a fake backend for tests.
@@ -46,8 +48,11 @@ from ._errors import UnpicklableResult as UnpicklableResult
 from ._errors import WorkerCrashed as WorkerCrashed
 from ._errors import WorkerInitError as WorkerInitError
 from ._manager import TaskManager as TaskManager
+from ._many import AsCompleted as AsCompleted
+from ._many import TaskMap as TaskMap
 from ._options import TaskOptions as TaskOptions
 from ._options import TaskSubmitter as TaskSubmitter
+from ._task import GroupInfo as GroupInfo
 from ._task import TaskInfo as TaskInfo
 from ._task import TaskManagerStatistics as TaskManagerStatistics
 from ._task import TaskStatus as TaskStatus
@@ -60,8 +65,10 @@ __version__ = "0.1.0"
 _logging.getLogger("genro_tasks").addHandler(_logging.NullHandler())
 
 __all__ = (
+    "AsCompleted",
     "CancelRequested",
     "ChangeStream",
+    "GroupInfo",
     "ManagerClosed",
     "MemoryLimitExceeded",
     "MessageTooLarge",
@@ -72,6 +79,7 @@ __all__ = (
     "TaskInfo",
     "TaskManager",
     "TaskManagerStatistics",
+    "TaskMap",
     "TaskOptions",
     "TaskStatus",
     "TaskSubmitter",

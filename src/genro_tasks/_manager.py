@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -21,13 +21,14 @@ from genro_tasks_worker._protocol import DEFAULT_MAX_MESSAGE_SIZE
 
 from ._errors import ManagerClosed, QueueFull
 from ._launch import default_context
+from ._many import AsCompleted
 from ._options import DEFAULT_OPTIONS, Call, SubmitMethods, TaskOptions
 from ._owner import RunOwner
 from ._process_backend import ProcessBackend
 from ._registry import MemoryRegistry, TaskRegistry
 from ._scheduler import Scheduler
 from ._submission import Job, id_in_use, prepare, prepare_initializer
-from ._task import TaskInfo, TaskManagerStatistics, TaskRecord, TaskStatus
+from ._task import GroupInfo, TaskInfo, TaskManagerStatistics, TaskRecord, TaskStatus
 from ._validate import check_bool, check_count, check_message_size, check_seconds, parse_status
 from ._watch import ChangeStream, TaskWatcher
 
@@ -277,6 +278,7 @@ class TaskManager(SubmitMethods):
             options.timeout,
             options.priority,
             options.memory_limit,
+            options,
         )
         self._registry.add(rec)
         scheduler.enqueue(rec)
@@ -412,6 +414,167 @@ class TaskManager(SubmitMethods):
                     self._scheduler.cancel(rec)
                     await rec.wait_done()
         return rec.outcome()
+
+    # ---------------------------------------------------------- many tasks at once
+    # map() is SubmitMethods', so that tm.options(...).map(...) works too.
+    def as_completed(self, task_ids: Iterable[str]) -> AsCompleted:
+        """Follow tasks and yield each one's terminal :class:`TaskInfo` as it finishes.
+
+        ``async for info in tm.as_completed(ids): ...``; tasks already
+        finished come first, then the others in the order they end. Each
+        distinct task is yielded once (a task that retries is yielded when its
+        last attempt ends). Leaving the loop early leaves the tasks running.
+
+        Raises:
+            KeyError: ``Task not found: <id>``, raised by this call.
+            TypeError: ``task_ids`` is a single str instead of ids.
+            RuntimeError: Called from outside the trio run that owns the manager.
+        """
+        records = self._records_of("as_completed", task_ids)
+        return AsCompleted(records)
+
+    async def gather(self, task_ids: Iterable[str], *, return_exceptions: bool = False) -> list[Any]:
+        """Wait for every task and return their results in the order of ``task_ids``.
+
+        Args:
+            task_ids: Ids of submitted tasks (duplicates allowed).
+            return_exceptions: Put what a task raised in its place in the list
+                instead of raising it.
+
+        Returns:
+            Each task's value (as :meth:`result` returns it), in order.
+
+        Raises:
+            KeyError: ``Task not found: <id>``, before any waiting.
+            Exception: Without ``return_exceptions``, what the first task to
+                fail raised (as :meth:`result` raises it), as soon as it fails;
+                the other tasks are left running.
+
+        **Cancellation:** Only the wait is cancelled; the tasks keep going.
+        """
+        check_bool("gather(return_exceptions=...)", return_exceptions)
+        records = self._records_of("gather", task_ids)
+        by_id = {rec.task_id: rec for rec in records}
+        async for info in AsCompleted(records):
+            if info.status is not TaskStatus.COMPLETED and not return_exceptions:
+                by_id[info.task_id].outcome()  # raises
+        results: list[Any] = []
+        for rec in records:
+            try:
+                results.append(rec.outcome())
+            except Exception as exc:
+                if not return_exceptions:  # pragma: no cover - raised above
+                    raise
+                results.append(exc)
+        return results
+
+    def _records_of(self, call: str, task_ids: Iterable[str]) -> list[TaskRecord]:
+        if isinstance(task_ids, str):
+            raise TypeError(f"{call}() takes an iterable of task ids, not a single id {task_ids!r}: use [{task_ids!r}]")
+        records = [self._registry.get(tid) for tid in task_ids]
+        self._check_owner(call)
+        return records
+
+    @enable_ki_protection
+    def group_info(self, group: str) -> GroupInfo:
+        """Return a snapshot of a group: counts by status, aggregate progress, time left.
+
+        A group is every task submitted with the ``group=`` option of that
+        name (``tm.map`` makes its own). See :class:`GroupInfo`.
+
+        Raises:
+            KeyError: ``Group not found: <name>`` (no task was submitted
+                with it, or it finished long ago and was forgotten).
+            RuntimeError: Called from another thread while the manager runs.
+        """
+        self._check_owner("group_info")
+        return self._registry.group_info(group)
+
+    @enable_ki_protection
+    def groups(self) -> list[GroupInfo]:
+        """Return a snapshot of every known group, oldest first.
+
+        The last 1000 groups whose tasks all finished are remembered (and
+        ``clear_completed()`` forgets them).
+        """
+        self._check_owner("groups")
+        return self._registry.groups()
+
+    async def cancel_group(self, group: str) -> int:
+        """Hard-cancel every queued and running task of ``group``; return how many became CANCELLED.
+
+        Queued tasks (and tasks waiting to retry) are CANCELLED at once;
+        running ones have their worker killed, as :meth:`cancel` does. It
+        returns once each of them is terminal.
+
+        Raises:
+            KeyError: ``Group not found: <name>``.
+            RuntimeError: Called from outside the trio run that owns the manager.
+
+        **Cancellation:** The kills are under way when it starts waiting;
+        cancelling the wait does not stop them.
+        """
+        records = self._registry.group_members(group)
+        self._check_owner("cancel_group")
+        records.sort(key=lambda rec: rec.started_at is not None)
+        await self._cancel_records(records)
+        return sum(1 for rec in records if rec.status is TaskStatus.CANCELLED)
+
+    async def requeue(self, task_id: str) -> str:
+        """Run a finished task again: its next attempt, under the same id.
+
+        An operator's action (the API and dashboard offer it behind
+        ``authorize``): the task, COMPLETED, FAILED or CANCELLED, becomes
+        PENDING again with ``attempt`` one higher, its previous end kept in
+        ``previous_errors``, and its automatic retries (if it has any) renewed.
+        Its result is discarded; ``result()`` waits for the new attempt. The
+        same pickled call is sent again.
+
+        Returns:
+            ``task_id``.
+
+        Raises:
+            KeyError: ``Task not found: <id>`` (unknown, or forgotten by retention).
+            ValueError: The task is not finished (it is PENDING or RUNNING).
+            ManagerClosed: The manager is not running.
+            RuntimeError: Called from outside the trio run that owns the manager.
+
+        **Cancellation:** Returns at once; the task is requeued either way.
+        """
+        rec = self._registry.get(task_id)
+        self._check_owner("requeue")
+        self._requeue(rec)
+        await trio.lowlevel.checkpoint()
+        return task_id
+
+    @enable_ki_protection
+    def _requeue(self, rec: TaskRecord) -> None:
+        if not rec.status.is_terminal:
+            raise ValueError(
+                f"Task {rec.task_id!r} is {rec.status.value}, not finished: only a finished task can be "
+                "requeued (cancel it first to run it again from the start)"
+            )
+        scheduler = self._scheduler
+        if not self._running or scheduler is None or not scheduler.accepting:
+            raise self._closed_error()
+        self._registry.reopen(rec)
+        scheduler.requeue(rec)
+
+    @enable_ki_protection
+    def _kill_records(self, records: list[TaskRecord]) -> None:
+        """Start cancelling ``records`` (queued ones first, so none takes a freed slot)."""
+        scheduler = self._scheduler
+        if scheduler is None or scheduler.finished.is_set():
+            return
+        for rec in records:
+            scheduler.cancel(rec)
+
+    async def _cancel_records(self, records: list[TaskRecord]) -> None:
+        """Cancel ``records`` and wait until each is terminal."""
+        self._kill_records(records)
+        for rec in records:
+            await rec.wait_done()
+        await trio.lowlevel.checkpoint()
 
     @enable_ki_protection
     def list_tasks(self, status: TaskStatus | str | None = None) -> list[TaskInfo]:

@@ -13,10 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, overload
 
-from ._validate import check_memory_limit, check_priority, check_seconds
+from ._many import TaskMap
+from ._validate import (
+    check_bool,
+    check_group,
+    check_memory_limit,
+    check_priority,
+    check_retries,
+    check_retry_on,
+    check_seconds,
+)
 
 if TYPE_CHECKING:
     from ._manager import TaskManager
@@ -43,6 +53,23 @@ class TaskOptions:
         memory_limit: Bytes of memory the job may allocate on top of what its
             worker already uses (at most 2**62); beyond it the job gets
             MemoryError and the task fails with MemoryLimitExceeded. None: no limit.
+        group: A name tagging the task as one of a group (see
+            ``TaskManager.group_info`` and ``cancel_group``); None: no group.
+        retries: How many more attempts a task gets when an attempt fails
+            with a retryable error (0, the default: never run again).
+        retry_backoff: Seconds to wait before the first retry; each further
+            retry waits twice as long as the one before, at most
+            ``retry_backoff_max``. 0 retries at once.
+        retry_backoff_max: The longest wait between two attempts, in seconds.
+        retry_on: Which errors of an attempt are retried: exception types
+            (matched with ``isinstance`` against the error as ``result()``
+            would raise it: the job's own exception rebuilt with tblib, or
+            TaskTimeout, MemoryLimitExceeded) or names of types (``"module.Type"``
+            or ``"Type"``, matched against the job's exception type and its
+            bases, for types this process cannot import). Default: any Exception.
+        retry_on_crash: Also retry an attempt whose worker process died
+            (WorkerCrashed); off by default, because a job that crashes its
+            worker may well do it again.
 
     Raises:
         ValueError: An option is out of range or of the wrong type (``True``
@@ -52,11 +79,33 @@ class TaskOptions:
     timeout: float | None = None
     priority: int = 0
     memory_limit: int | None = None
+    group: str | None = None
+    retries: int = 0
+    retry_backoff: float = 1.0
+    retry_backoff_max: float = 60.0
+    retry_on: tuple[type[BaseException] | str, ...] = (Exception,)
+    retry_on_crash: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "timeout", check_seconds("timeout", self.timeout))
         check_priority(self.priority)
         check_memory_limit(self.memory_limit)
+        check_group(self.group)
+        check_retries(self.retries)
+        object.__setattr__(
+            self, "retry_backoff", check_seconds("retry_backoff", self.retry_backoff, allow_zero=True, allow_none=False)
+        )
+        object.__setattr__(
+            self,
+            "retry_backoff_max",
+            check_seconds("retry_backoff_max", self.retry_backoff_max, allow_zero=True, allow_none=False),
+        )
+        object.__setattr__(self, "retry_on", check_retry_on(self.retry_on))
+        check_bool("retry_on_crash", self.retry_on_crash)
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` once attempt ``attempt`` (1-based) failed."""
+        return min(self.retry_backoff * 2.0 ** min(attempt - 1, 64), self.retry_backoff_max)
 
 
 #: What a ``submit``/``submit_wait``/``run`` call asked for, before any check:
@@ -87,6 +136,12 @@ class SubmitMethods:
         timeout: float | _Keep | None = _KEEP,
         priority: int | _Keep = _KEEP,
         memory_limit: int | _Keep | None = _KEEP,
+        group: str | _Keep | None = _KEEP,
+        retries: int | _Keep = _KEEP,
+        retry_backoff: float | _Keep = _KEEP,
+        retry_backoff_max: float | _Keep = _KEEP,
+        retry_on: tuple[type[BaseException] | str, ...] | _Keep = _KEEP,
+        retry_on_crash: bool | _Keep = _KEEP,
     ) -> TaskSubmitter:
         """Return a view whose ``submit``/``submit_wait``/``run`` apply these task options.
 
@@ -106,6 +161,15 @@ class SubmitMethods:
             memory_limit: Bytes the job may allocate on top of what its worker
                 already uses (at most 2**62); beyond it the task fails with
                 MemoryLimitExceeded.
+            group: Tag the tasks as members of this group (see
+                :meth:`TaskManager.group_info`).
+            retries: Attempts a task gets after a failed one (default 0).
+            retry_backoff: Seconds before the first retry; doubled for each
+                further one, up to ``retry_backoff_max``.
+            retry_backoff_max: The longest wait between attempts.
+            retry_on: Exception types (or their names) whose failures are
+                retried; default ``(Exception,)``.
+            retry_on_crash: Also retry an attempt whose worker died.
 
         Returns:
             A :class:`TaskSubmitter`; ``.options(...)`` on it refines further.
@@ -120,13 +184,18 @@ class SubmitMethods:
             base = current
         elif not isinstance(base, TaskOptions):
             raise TypeError(f"options() takes a TaskOptions as its positional argument, not {base!r}")
-        changes: dict[str, Any] = {}
-        if timeout is not _KEEP:
-            changes["timeout"] = timeout
-        if priority is not _KEEP:
-            changes["priority"] = priority
-        if memory_limit is not _KEEP:
-            changes["memory_limit"] = memory_limit
+        given: dict[str, Any] = {
+            "timeout": timeout,
+            "priority": priority,
+            "memory_limit": memory_limit,
+            "group": group,
+            "retries": retries,
+            "retry_backoff": retry_backoff,
+            "retry_backoff_max": retry_backoff_max,
+            "retry_on": retry_on,
+            "retry_on_crash": retry_on_crash,
+        }
+        changes = {name: value for name, value in given.items() if value is not _KEEP}
         return TaskSubmitter(manager, dataclasses.replace(base, **changes) if changes else base)
 
     def submit(
@@ -248,6 +317,103 @@ class SubmitMethods:
         """
         manager, options = self._submit_to()
         return await manager._run((func, args, kwargs, task_id, metadata), options)
+
+    def map(
+        self,
+        func: Callable[..., Any],
+        items: Iterable[Any] | AsyncIterable[Any],
+        /,
+        *,
+        ordered: bool = True,
+        max_in_flight: int | None = None,
+        return_exceptions: bool = False,
+        timeout: float | _Keep | None = _KEEP,
+        priority: int | _Keep = _KEEP,
+        memory_limit: int | _Keep | None = _KEEP,
+        group: str | _Keep | None = _KEEP,
+        retries: int | _Keep = _KEEP,
+        retry_backoff: float | _Keep = _KEEP,
+        retry_backoff_max: float | _Keep = _KEEP,
+        retry_on: tuple[type[BaseException] | str, ...] | _Keep = _KEEP,
+        retry_on_crash: bool | _Keep = _KEEP,
+    ) -> TaskMap:
+        """Run ``func(item)`` for every item in worker processes; iterate the results.
+
+        ::
+
+            async with tm.map(render, pages, max_in_flight=16) as results:
+                async for page in results:
+                    ...
+
+        Items are taken from ``items`` (an iterable or an async iterable)
+        lazily: at most ``max_in_flight`` are submitted and not yet yielded,
+        so the parent's memory does not grow with the input's length. Every
+        task of the batch belongs to one group (``.group`` of the result; a
+        fresh ``"map-<uuid>"`` unless ``group`` names one), so
+        ``tm.group_info(it.group)`` shows its aggregate progress.
+
+        Leaving early (``break``, an exception, a cancelled scope, ``aclose()``)
+        hard-cancels the batch's queued and running tasks; see
+        :class:`~genro_tasks.TaskMap` for exactly when.
+
+        Args:
+            func: A picklable callable of one argument (as for ``submit``).
+            items: The arguments, one per task.
+            ordered: Yield results in input order (True) or as tasks complete.
+            max_in_flight: Most items submitted and not yet yielded (default:
+                4 times ``max_workers``).
+            return_exceptions: Yield what a failed item raised as a value
+                instead of raising it (which cancels the rest of the batch).
+            timeout: Per-task option, as for :meth:`options`.
+            priority: Per-task option, as for :meth:`options`.
+            memory_limit: Per-task option, as for :meth:`options`.
+            group: The batch's group name (default: a fresh one).
+            retries: Per-task option, as for :meth:`options`.
+            retry_backoff: Per-task option, as for :meth:`options`.
+            retry_backoff_max: Per-task option, as for :meth:`options`.
+            retry_on: Per-task option, as for :meth:`options`.
+            retry_on_crash: Per-task option, as for :meth:`options`.
+
+        Returns:
+            A :class:`~genro_tasks.TaskMap` (an async iterator and async context manager).
+
+        Raises:
+            ValueError: An option is out of range (the message names it).
+            TypeError: ``func`` is not callable or ``items`` not iterable.
+        """
+        view = self.options(
+            timeout=timeout,
+            priority=priority,
+            memory_limit=memory_limit,
+            group=group,
+            retries=retries,
+            retry_backoff=retry_backoff,
+            retry_backoff_max=retry_backoff_max,
+            retry_on=retry_on,
+            retry_on_crash=retry_on_crash,
+        )
+        manager, options = view._submit_to()
+        if not callable(func):
+            raise TypeError(f"map() needs a callable as its first argument, not {func!r}")
+        if not isinstance(items, Iterable | AsyncIterable):
+            raise TypeError(f"map() needs an iterable (or async iterable) of items, not {items!r}")
+        check_bool("map(ordered=...)", ordered)
+        check_bool("map(return_exceptions=...)", return_exceptions)
+        if max_in_flight is None:
+            max_in_flight = 4 * manager.max_workers
+        elif isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ValueError(f"map(max_in_flight=...) must be a positive int or None, not {max_in_flight!r}")
+        if options.group is None:
+            options = dataclasses.replace(options, group=f"map-{uuid.uuid4().hex[:12]}")
+        return TaskMap(
+            manager,
+            options,
+            func,
+            items,
+            ordered=ordered,
+            max_in_flight=max_in_flight,
+            return_exceptions=return_exceptions,
+        )
 
 
 class TaskSubmitter(SubmitMethods):

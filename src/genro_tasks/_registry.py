@@ -17,13 +17,56 @@ from __future__ import annotations
 
 import weakref
 from abc import ABC, abstractmethod
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 import trio
 
-from ._task import TaskInfo, TaskRecord, TaskStatus
+from ._task import GroupInfo, TaskInfo, TaskRecord, TaskStatus
 from ._watch import ChangeStream, TaskWatcher
+
+#: How many groups whose tasks all finished are remembered (oldest forgotten first).
+MAX_FINISHED_GROUPS = 1000
+
+
+class GroupStats:
+    """The live counts of one group, kept by the registry as its tasks change (internal)."""
+
+    __slots__ = ("active", "counts", "name", "started_at", "total")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.total = 0
+        self.counts = dict.fromkeys(TaskStatus, 0)
+        #: The group's tasks that are not finished, by id.
+        self.active: dict[str, TaskRecord] = {}
+        #: Clock time at which the first task of the group started RUNNING (None: none yet).
+        self.started_at: float | None = None
+
+    def info(self, now: float) -> GroupInfo:
+        counts = self.counts
+        total = self.total
+        done = counts[TaskStatus.COMPLETED] + counts[TaskStatus.FAILED] + counts[TaskStatus.CANCELLED]
+        partial = sum(rec.progress or 0.0 for rec in self.active.values())
+        progress = min(1.0, (done + partial) / total) if total else 1.0
+        eta: float | None
+        if done == total:
+            eta = 0.0
+        elif progress <= 0.0 or self.started_at is None:
+            eta = None
+        else:
+            eta = max(0.0, now - self.started_at) * (1.0 - progress) / progress
+        return GroupInfo(
+            group=self.name,
+            total=total,
+            pending=counts[TaskStatus.PENDING],
+            running=counts[TaskStatus.RUNNING],
+            completed=counts[TaskStatus.COMPLETED],
+            failed=counts[TaskStatus.FAILED],
+            cancelled=counts[TaskStatus.CANCELLED],
+            progress=progress,
+            eta=eta,
+        )
 
 
 class ChangeHub:
@@ -133,6 +176,10 @@ class TaskRegistry(ABC):
         self.completed = 0
         self.failed = 0
         self.cancelled = 0
+        #: Live counts of every group, by name (see :meth:`group_info`).
+        self._groups: dict[str, GroupStats] = {}
+        #: Groups whose tasks all finished, oldest first (forgotten beyond MAX_FINISHED_GROUPS).
+        self._finished_groups: OrderedDict[str, None] = OrderedDict()
 
     @abstractmethod
     def add(self, rec: TaskRecord) -> None:
@@ -171,6 +218,8 @@ class TaskRegistry(ABC):
 
         Called by the scheduler for every transition; keep it short.
         """
+        if rec is not None and rec.group is not None and rec.group_status is not rec.status:
+            self._count_group(rec)
         if rec is not None and rec.status.is_terminal and not rec.noted:
             rec.noted = True
             rec.finished_at = self._clock()
@@ -185,6 +234,66 @@ class TaskRegistry(ABC):
         hub = self.hub
         if hub.listening or (rec is not None and rec.watchers):
             hub.publish(rec)
+
+    def _count_group(self, rec: TaskRecord) -> None:
+        """Move ``rec`` from the status its group counted to its status now."""
+        name = rec.group
+        assert name is not None
+        stats = self._groups.get(name)
+        if stats is None:
+            stats = self._groups[name] = GroupStats(name)
+        old = rec.group_status
+        status = rec.status
+        if old is None:
+            stats.total += 1
+        else:
+            stats.counts[old] -= 1
+        stats.counts[status] += 1
+        rec.group_status = status
+        if status.is_terminal:
+            stats.active.pop(rec.task_id, None)
+            if not stats.active:
+                self._finished_groups[name] = None
+                while len(self._finished_groups) > MAX_FINISHED_GROUPS:
+                    gone, _ = self._finished_groups.popitem(last=False)
+                    del self._groups[gone]
+        else:
+            if status is TaskStatus.RUNNING and stats.started_at is None:
+                stats.started_at = self._clock()
+            stats.active[rec.task_id] = rec
+            self._finished_groups.pop(name, None)
+
+    def group_info(self, name: str) -> GroupInfo:
+        """A snapshot of group ``name``; KeyError ``Group not found: <name>`` if unknown."""
+        stats = self._groups.get(name) if isinstance(name, str) else None
+        if stats is None:
+            raise KeyError(f"Group not found: {name}")
+        return stats.info(self._clock())
+
+    def groups(self) -> list[GroupInfo]:
+        """Snapshots of every known group, oldest first."""
+        now = self._clock()
+        return [stats.info(now) for stats in self._groups.values()]
+
+    def group_members(self, name: str) -> list[TaskRecord]:
+        """The records of group ``name`` that are not finished (KeyError if the group is unknown)."""
+        stats = self._groups.get(name) if isinstance(name, str) else None
+        if stats is None:
+            raise KeyError(f"Group not found: {name}")
+        return list(stats.active.values())
+
+    def reopen(self, rec: TaskRecord) -> None:
+        """A finished ``rec`` starts a new attempt (an operator's requeue): stop retaining it as finished.
+
+        A store overrides it to drop the record from its finished-records index too
+        (and calls ``super().reopen(rec)``).
+        """
+        rec.noted = False
+
+    def _forget_finished_groups(self) -> None:
+        for name in self._finished_groups:
+            del self._groups[name]
+        self._finished_groups.clear()
 
 
 class MemoryRegistry(TaskRegistry):
@@ -224,7 +333,14 @@ class MemoryRegistry(TaskRegistry):
         for tid in done:
             del self._records[tid]
         self._finished.clear()
+        self._forget_finished_groups()
         return len(done)
+
+    def reopen(self, rec: TaskRecord) -> None:
+        try:
+            self._finished.remove(rec)
+        except ValueError:
+            pass
 
     def _retain(self, rec: TaskRecord) -> None:
         self._finished.append(rec)

@@ -9,7 +9,9 @@ job (cancel, timeout, shutdown), so when the backend reports the job
 :meth:`lost <Scheduler.lost>` it alone decides what that death means: a task
 lost before it started is sent again (up to :data:`MAX_REQUEUES` times), a
 killed task is CANCELLED or FAILED with TaskTimeout, anything else is FAILED
-with WorkerCrashed.
+with WorkerCrashed. Every failure goes through :meth:`Scheduler._fail`, the
+one place that decides whether a task with ``retries`` starts its next
+attempt (PENDING again, after its back-off) instead of ending FAILED.
 
 It knows no process, pid or descriptor: it talks to an
 :class:`~._backend.ExecutionBackend` and is unit-testable with
@@ -25,10 +27,13 @@ import enum
 import heapq
 import logging
 import math
+import pickle
 from collections.abc import Callable
 
 import trio
 from trio.lowlevel import enable_ki_protection
+
+from genro_tasks_worker._protocol import Failure
 
 from ._backend import (
     BackendListener,
@@ -50,7 +55,7 @@ from ._errors import (
     UnpicklableResult,
     WorkerCrashed,
 )
-from ._task import TaskRecord, TaskStatus
+from ._task import TaskRecord, TaskStatus, error_text
 from ._util import describe, only_cancelled, root_cause
 
 log = logging.getLogger("genro_tasks")
@@ -122,6 +127,8 @@ class Scheduler(BackendListener):
         self._timeouts: dict[int, float] = {}
         #: trio time at which a gracefully cancelled job is killed (present: CancelRequested was sent).
         self._graces: dict[int, float] = {}
+        #: Tasks waiting out their retry back-off: seq -> (trio time to queue it again, record).
+        self._backoff: dict[int, tuple[float, TaskRecord]] = {}
         self._timer: trio.CancelScope | None = None
         #: Shielded, so the backend is stopped only after the scheduler marked its jobs.
         self._backend_scope = trio.CancelScope(shield=True)
@@ -269,12 +276,16 @@ class Scheduler(BackendListener):
             self._on_room()
 
     def _end_queued(self, finish: Callable[[TaskRecord], None]) -> None:
-        """Give every queued task its terminal state with ``finish``, and empty the queue."""
-        if not self._queued:
+        """Give every queued task (and every one waiting to retry) its terminal state with ``finish``."""
+        if not self._queued and not self._backoff:
             return
         ended = list(self._queued.values())
+        ended.extend(rec for _when, rec in self._backoff.values())
         self._queue.clear()
         self._queued.clear()
+        if self._backoff:
+            self._backoff.clear()
+            self._rearm()
         for rec in ended:
             finish(rec)
             self._on_change(rec)
@@ -282,7 +293,7 @@ class Scheduler(BackendListener):
         self._check_drained()
 
     def _check_drained(self) -> None:
-        if not self._queued and not self._flights:
+        if not self._queued and not self._flights and not self._backoff:
             self._drained.set()
 
     # ------------------------------------------------------------------- cancel
@@ -299,7 +310,7 @@ class Scheduler(BackendListener):
             return
         key = rec.seq
         if key not in self._flights:
-            if self._queued.pop(rec.seq, None) is None:  # pragma: no cover - a bug
+            if self._queued.pop(key, None) is None and self._backoff.pop(key, None) is None:  # pragma: no cover
                 return
             if len(self._queue) > 2 * len(self._queued) + 64:  # too many stale entries: compact
                 self._queue = [(-r.priority, r.seq) for r in self._queued.values()]
@@ -327,6 +338,10 @@ class Scheduler(BackendListener):
         log.debug("killing task %r (%s)", self._flights[key].task_id, reason.value)
         self.backend.kill(key)
 
+    def kill_requested(self, key: int) -> bool:
+        """Whether the kill of job ``key`` was asked and its death not yet reported."""
+        return key in self._kill_reasons
+
     def _kill_all(self, reason: KillReason) -> None:
         for key in list(self._flights):
             self._kill(key, reason)
@@ -348,6 +363,11 @@ class Scheduler(BackendListener):
                     rec = self._flights[key]
                     log.info("task %r exceeded its timeout of %gs", rec.task_id, rec.timeout)
                     self._kill(key, KillReason.TIMEOUT)
+            for key, (when, rec) in list(self._backoff.items()):
+                if when <= now:
+                    del self._backoff[key]
+                    log.debug("task %r: back-off over; queueing attempt %d", rec.task_id, rec.attempt)
+                    self.enqueue(rec)
 
     def _next_deadline(self) -> float:
         killing = self._kill_reasons
@@ -356,6 +376,8 @@ class Scheduler(BackendListener):
             for key, when in deadlines.items():
                 if when < deadline and key not in killing:
                     deadline = when
+        for when, _rec in self._backoff.values():
+            deadline = min(deadline, when)
         return deadline
 
     def _forget(self, key: int) -> tuple[KillReason | None, bool]:
@@ -409,9 +431,10 @@ class Scheduler(BackendListener):
             if graceful:
                 rec.finish_cancelled(f"cancelled gracefully; the job ended with {failure.type_name}: {failure.message}")
             elif failure.type_name == "MemoryError" and rec.memory_limit is not None:
-                rec.finish_failed(MemoryLimitExceeded(rec.task_id, rec.memory_limit, failure.traceback))
+                over = MemoryLimitExceeded(rec.task_id, rec.memory_limit, failure.traceback)
+                self._fail(rec, over, self._retry_on_matches(rec, over))
             else:
-                rec.finish_remote_error(failure)
+                self._fail(rec, failure, self._retry_on_matches(rec, failure))
         elif isinstance(outcome, TooLarge):
             rec.finish_failed(MessageTooLarge(rec.task_id, outcome.what, outcome.size, outcome.limit))
         elif isinstance(outcome, Unreturnable):
@@ -447,7 +470,8 @@ class Scheduler(BackendListener):
             rec.finish_cancelled("cancelled by shutdown")
         elif reason is KillReason.TIMEOUT:
             assert rec.timeout is not None
-            rec.finish_failed(TaskTimeout(rec.task_id, rec.timeout))
+            timed_out = TaskTimeout(rec.task_id, rec.timeout)
+            self._fail(rec, timed_out, self._retry_on_matches(rec, timed_out))
         elif (
             lost.retryable
             and rec.status is TaskStatus.PENDING
@@ -463,9 +487,71 @@ class Scheduler(BackendListener):
         else:
             crash = WorkerCrashed(rec.task_id, lost.worker, lost.exitcode, lost.detail)
             log.warning("%s", crash)
-            rec.finish_failed(crash)
+            self._fail(rec, crash, rec.options is not None and rec.options.retry_on_crash)
         self._on_change(rec)
         self._check_drained()
+
+    def _fail(self, rec: TaskRecord, error: BaseException | Failure, retry_on: bool) -> None:
+        """An attempt failed with ``error``: retry it (``retry_on``: the error is one to retry) or end FAILED.
+
+        The one place a retry is decided: a task with retries left goes back
+        to PENDING as its next attempt, queued at once or after its back-off.
+        """
+        options = rec.options
+        if (
+            not retry_on
+            or options is None
+            or rec.retries_left <= 0
+            or self.lifecycle not in (Lifecycle.STARTING, Lifecycle.RUNNING, Lifecycle.DRAINING)
+        ):
+            rec.finish_error(error)
+            return
+        delay = options.retry_delay(rec.attempt)
+        log.info("task %r attempt %d failed (%s); retrying in %gs", rec.task_id, rec.attempt, error_text(error), delay)
+        rec.retries_left -= 1
+        rec.new_attempt(error_text(error))
+        if delay > 0:
+            self._backoff[rec.seq] = (trio.current_time() + delay, rec)
+            self._rearm()
+        else:
+            self.enqueue(rec)
+
+    @staticmethod
+    def _retry_on_matches(rec: TaskRecord, error: BaseException | Failure) -> bool:
+        """Whether ``error`` (what the job raised, or how it overran its limits) is in the task's ``retry_on``."""
+        options = rec.options
+        if options is None or rec.retries_left <= 0:
+            return False
+        exc: object = error
+        names: set[str] = set()
+        if isinstance(error, Failure):
+            names.add(error.type_name)
+            exc = None
+            if error.exc_bytes is not None:
+                try:
+                    exc = pickle.loads(error.exc_bytes)
+                except BaseException:  # user code ran: the error is matched by its name alone
+                    exc = None
+        if isinstance(exc, BaseException):
+            names.update(f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__)
+        names.update([name.rpartition(".")[2] for name in names])
+        for wanted in options.retry_on:
+            if isinstance(wanted, str):
+                if wanted in names:
+                    return True
+            elif isinstance(exc, wanted):
+                return True
+        return False
+
+    @enable_ki_protection
+    def requeue(self, rec: TaskRecord) -> None:
+        """An operator asked to run a finished task again: its next attempt, same id, queued now."""
+        if not rec.status.is_terminal:  # pragma: no cover - the facade checks
+            raise AssertionError(f"task {rec.task_id!r} is {rec.status.value}")
+        rec.new_attempt(f"requeued after {rec.status.value}" + (f" ({rec.error})" if rec.error else ""))
+        rec.retries_left = rec.options.retries if rec.options is not None else 0
+        self.enqueue(rec)
+        self._on_change(rec)
 
     @enable_ki_protection
     def capacity_changed(self) -> None:

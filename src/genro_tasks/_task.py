@@ -8,7 +8,7 @@ import pickle
 import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -17,15 +17,24 @@ from genro_tasks_worker._protocol import Failure
 from ._errors import RemoteError, TaskCancelled
 
 if TYPE_CHECKING:
-    from ._watch import TaskWatcher
+    from ._options import TaskOptions
+
+
+class Sink(Protocol):
+    """What follows a task's changes (a TaskWatcher, a completion iterator): fed every new snapshot."""
+
+    def _push(self, info: TaskInfo) -> None: ...
 
 
 class TaskStatus(enum.StrEnum):
-    """Where a task is in its life. It only ever moves forward.
+    """Where a task is in its life.
 
     ``PENDING`` → ``RUNNING`` → one of ``COMPLETED`` / ``FAILED`` /
-    ``CANCELLED``, or ``PENDING`` → ``CANCELLED``. A terminal status never
-    changes again.
+    ``CANCELLED``, or ``PENDING`` → ``CANCELLED``. A task with ``retries``
+    whose attempt failed goes from RUNNING back to PENDING (its ``attempt``
+    goes up): it is never FAILED between attempts. A terminal status is
+    final for the attempt; only an operator's ``requeue()`` makes a finished
+    task PENDING again, as a new attempt of the same task.
     """
 
     #: Queued, or handed to a worker that has not yet said it started the job.
@@ -72,6 +81,11 @@ class TaskInfo:
         priority: The task's priority (higher runs first).
         traceback: For a FAILED task whose job raised, the formatted remote
             traceback (the worker's frames), else None.
+        group: The task's ``group`` option, else None.
+        attempt: Which attempt this is, from 1 (retries and ``requeue()``
+            add one each).
+        previous_errors: ``"Type: message"`` of each earlier attempt's
+            failure (or end), oldest first.
     """
 
     task_id: str
@@ -88,6 +102,54 @@ class TaskInfo:
     timeout: float | None = None
     priority: int = 0
     traceback: str | None = None
+    group: str | None = None
+    attempt: int = 1
+    previous_errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A snapshot of one group of tasks (see ``TaskManager.group_info``).
+
+    Counts cover every task submitted with this ``group`` since startup,
+    by its status now (a task retrying counts as PENDING or RUNNING), even
+    when retention has forgotten finished records.
+
+    Attributes:
+        group: The group's name.
+        total: Tasks in the group.
+        pending: Of those, PENDING (queued, or waiting to retry).
+        running: RUNNING.
+        completed: COMPLETED.
+        failed: FAILED.
+        cancelled: CANCELLED.
+        progress: Aggregate progress from 0.0 to 1.0: the mean over the
+            group's tasks of their progress, a finished task counting 1 and
+            one that reported none counting 0.
+        eta: Estimated seconds left (time since the group's first task
+            started, scaled by the progress still to make); 0.0 once every
+            task finished; None before any progress is known.
+    """
+
+    group: str
+    total: int
+    pending: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+    progress: float
+    eta: float | None
+
+    @property
+    def finished(self) -> int:
+        """Tasks in a terminal status."""
+        return self.completed + self.failed + self.cancelled
+
+    @property
+    def is_finished(self) -> bool:
+        """True when every task of the group is in a terminal status."""
+        return self.finished == self.total
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,19 +192,25 @@ class TaskRecord:
         "_done",
         "_failure",
         "_result",
+        "attempt",
         "completed_at",
         "created_at",
         "error",
         "finished_at",
+        "group",
+        "group_status",
         "memory_limit",
         "metadata",
         "name",
         "noted",
+        "options",
         "payload",
+        "previous_errors",
         "priority",
         "progress",
         "progress_message",
         "requeues",
+        "retries_left",
         "seq",
         "started_at",
         "status",
@@ -163,6 +231,7 @@ class TaskRecord:
         timeout: float | None,
         priority: int = 0,
         memory_limit: int | None = None,
+        options: TaskOptions | None = None,
     ) -> None:
         self.seq = seq
         self.task_id = task_id
@@ -185,13 +254,24 @@ class TaskRecord:
         self._failure: BaseException | Failure | None = None
         self._done: trio.Event | None = None
         self.version = 0
-        #: Live TaskWatchers of this task (weakly held), created on first watch().
-        self.watchers: weakref.WeakSet[TaskWatcher] | None = None
+        #: Live TaskWatchers (and other sinks) of this task, weakly held, created on first use.
+        self.watchers: weakref.WeakSet[Sink] | None = None
         self.memory_limit = memory_limit
         #: Set once the manager has accounted for this task's terminal state.
         self.noted = False
         #: trio clock time at which the manager saw the terminal state (retention).
         self.finished_at = 0.0
+        #: The options it was submitted with (retry policy); None: the defaults.
+        self.options = options
+        self.group = options.group if options is not None else None
+        #: The status the registry last counted for the group (None: not counted yet).
+        self.group_status: TaskStatus | None = None
+        #: 1-based; each retry or requeue starts the next attempt.
+        self.attempt = 1
+        #: How many automatic retries are left.
+        self.retries_left = options.retries if options is not None else 0
+        #: "Type: message" of every earlier attempt's end, oldest first.
+        self.previous_errors: tuple[str, ...] = ()
 
     # --- reading -----------------------------------------------------------
     def snapshot(self) -> TaskInfo:
@@ -210,6 +290,9 @@ class TaskRecord:
             timeout=self.timeout,
             priority=self.priority,
             traceback=self._traceback_text(),
+            group=self.group,
+            attempt=self.attempt,
+            previous_errors=self.previous_errors,
         )
 
     def _traceback_text(self) -> str | None:
@@ -255,7 +338,6 @@ class TaskRecord:
         self.status = TaskStatus.RUNNING
         self.started_at = utcnow()
         self.worker_pid = pid
-        self.payload = None
         self.version += 1
 
     def set_progress(self, fraction: float | None, message: str | None) -> None:
@@ -269,13 +351,16 @@ class TaskRecord:
         self._result = value
         self._finish(TaskStatus.COMPLETED, None)
 
+    def finish_error(self, error: BaseException | Failure) -> None:
+        """FAILED with ``error``: what the job raised (a Failure) or our own exception."""
+        self._failure = error
+        self._finish(TaskStatus.FAILED, error_text(error))
+
     def finish_remote_error(self, failure: Failure) -> None:
-        self._failure = failure
-        self._finish(TaskStatus.FAILED, f"{failure.type_name}: {failure.message}")
+        self.finish_error(failure)
 
     def finish_failed(self, exc: BaseException) -> None:
-        self._failure = exc
-        self._finish(TaskStatus.FAILED, f"{type(exc).__name__}: {exc}")
+        self.finish_error(exc)
 
     def finish_cancelled(self, detail: str) -> None:
         self._finish(TaskStatus.CANCELLED, detail)
@@ -286,12 +371,39 @@ class TaskRecord:
         self.status = status
         self.error = error
         self.completed_at = utcnow()
-        self.payload = None
         self.version += 1
         done = self._done
         if done is not None:
             self._done = None  # waiters hold their own reference
             done.set()
+
+    def new_attempt(self, why: str) -> None:
+        """Make the task PENDING again as its next attempt; ``why`` is how the last one ended.
+
+        Used for a retry (from RUNNING or PENDING) and for an operator's
+        requeue of a finished task; the pickled call is sent again.
+        """
+        self.previous_errors = (*self.previous_errors, why)
+        self.attempt += 1
+        self.status = TaskStatus.PENDING
+        self.started_at = None
+        self.completed_at = None
+        self.error = None
+        self.progress = None
+        self.progress_message = None
+        self.worker_pid = None
+        self._result = None
+        self._failure = None
+        self.noted = False
+        self.requeues = 0
+        self.version += 1
+
+
+def error_text(error: BaseException | Failure) -> str:
+    """``"Type: message"`` of an attempt's error, as ``TaskInfo.error`` shows it."""
+    if isinstance(error, Failure):
+        return f"{error.type_name}: {error.message}"
+    return f"{type(error).__name__}: {error}"
 
 
 def _fresh(template: BaseException) -> BaseException:

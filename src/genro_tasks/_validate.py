@@ -114,3 +114,28 @@ def check_message_size(max_message_size: object) -> None:
             f"max_message_size must be an int of bytes between {MIN_MAX_MESSAGE_SIZE:,} (1 MiB) and "
             f"{MAX_MAX_MESSAGE_SIZE:,} (1 TiB), not {max_message_size!r}"
         )
+
+
+def check_group(value: object) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"group must be a non-empty str naming the group, or None; not {value!r}")
+    return value
+
+
+def check_retries(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"retries must be an int >= 0 (how many more attempts a failed task gets), not {value!r}")
+    return value
+
+
+def check_retry_on(value: object) -> tuple[type[BaseException] | str, ...]:
+    """A tuple of exception types or type names (a single one is accepted too)."""
+    items = (value,) if isinstance(value, type | str) else value
+    if isinstance(items, tuple | list):
+        out = tuple(items)
+        if all((isinstance(x, type) and issubclass(x, BaseException)) or (isinstance(x, str) and x) for x in out):
+            return out
+    raise ValueError(
+        "retry_on must be a tuple of exception types or of their names (e.g. (OSError, 'mymodule.Busy')), "
+        f"not {value!r}"
+    )

@@ -61,6 +61,18 @@ def assigned_worker_pid(tm: TaskManager, task_id: str) -> int | None:
     return scheduler.backend.worker_of(tm._registry.get(task_id).seq)
 
 
+def kill_requested(tm: TaskManager, task_id: str) -> bool:
+    """True if the manager has asked for the kill of the task's worker and not yet seen it die.
+
+    The kill signal is sent when it is asked; the task becomes CANCELLED
+    once the worker is reaped.
+    """
+    scheduler = tm._scheduler
+    if scheduler is None:
+        return False
+    return scheduler.kill_requested(tm._registry.get(task_id).seq)
+
+
 def forkserver_pid() -> int | None:
     """Pid of this process's multiprocessing forkserver, if one is running.
 
