@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from genro_tasks import TaskManager
 from genro_tasks.asgi import Receive, Scope, Send, TaskAPI, TaskManagerLifespan, task_manager
-from jobs import hostile_progress, progress_steps, slow_task
+from jobs import hostile_progress, progress_steps, simple_task, slow_task
 
 HOSTILE = '<img src=x onerror="window.pwned=1">'
 
@@ -29,6 +29,12 @@ async def routes(scope: Scope, receive: Receive, send: Send) -> None:
         tm.submit(slow_task, 60, task_id="blocker")
         tm.submit(progress_steps, 400, 0.05, task_id="target", metadata={"owner": "<b>bold</b>"})
         tm.submit(hostile_progress, HOSTILE, 60, task_id="hostile")
+    elif path == "/setup-group":
+        nightly = tm.options(group="nightly")
+        nightly.submit(simple_task, 1, task_id="n-quick")
+        nightly.submit(slow_task, 60, task_id="n-slow")
+        nightly.submit(slow_task, 60, task_id="n-queued")
+        tm.submit(simple_task, 2, task_id="loose")
     elif path == "/release":
         await tm.cancel("blocker")
     await send({"type": "http.response.start", "status": 204, "headers": []})

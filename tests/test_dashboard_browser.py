@@ -102,3 +102,40 @@ def test_dashboard_live_cancel_and_escaping(server: str, tmp_path: Path) -> None
             assert shot.stat().st_size > 10_000
         finally:
             browser.close()
+
+
+def test_dashboard_group_row_expands_and_cancels(server: str, tmp_path: Path) -> None:
+    post(server + "/setup-group")
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 520})
+            page.set_default_timeout(30_000)
+            page.on("dialog", lambda dialog: dialog.accept())  # the hard-kill confirmation
+            page.goto(server + "/tasks/")
+            group = 'tr.group[data-group="nightly"]'
+            page.wait_for_selector(group)
+            # One row for the group; its tasks are not rows of the main table.
+            page.wait_for_selector('#rows tr[data-task-id="loose"]')
+            assert page.query_selector('#rows tr[data-task-id="n-slow"]') is None
+            page.wait_for_function(
+                "s => document.querySelector(s).textContent.includes('1/3 done')", arg=f"{group} td.counts"
+            )
+            assert "1 running" in page.inner_text(f"{group} td.status")
+
+            page.click(f"{group} td.gname")  # expands
+            page.wait_for_selector('tr.member[data-task-id="n-slow"].running')
+            assert len(page.query_selector_all("tr.member")) == 3
+
+            page.click(f"{group} button.cancel")
+            page.wait_for_function(
+                "s => document.querySelector(s).textContent.includes('3/3 done')", arg=f"{group} td.counts"
+            )
+            assert "2 cancelled" in page.inner_text(f"{group} td.status")
+            page.wait_for_selector('tr.member[data-task-id="n-queued"].cancelled')
+            assert page.is_hidden(f"{group} button.cancel")
+
+            shot = Path(os.environ.get("GENRO_TASKS_GROUP_SCREENSHOT", tmp_path / "dashboard-group.png"))
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()

@@ -17,7 +17,7 @@ from ._events import EventStreams
 from ._http import HTTPError, Receive, Scope, Send, check_method, head_only, send_body, send_json
 from ._lifespan import METRICS_KEY, task_manager
 from ._listing import list_page
-from ._serialize import info_to_json
+from ._serialize import group_to_json, info_to_json
 
 #: ``authorize(scope, action, task_id)``: True (or an awaitable of True) allows the action.
 Authorize = Callable[[Scope, str, "str | None"], "bool | Awaitable[bool]"]
@@ -37,12 +37,19 @@ class TaskAPI:
     ``GET /``                    the dashboard page (its script: ``/dashboard.js``)
     ``GET /config``              what the dashboard may do, and the statuses
     ``GET /tasks``               list: ``?status=&q=&sort=-created_at&limit=50&offset=0``
-                                 (``total`` matching, ``counts`` by status)
+                                 (``total`` matching, ``counts`` by status);
+                                 ``&group=name`` a group's tasks, ``&ungrouped=1``
+                                 only tasks without a group
     ``GET /tasks/{id}``          one task's info
     ``POST /tasks/{id}/cancel``  cancel (``authorize``; ``?grace=5`` optional)
+    ``POST /tasks/{id}/requeue`` run a finished task again (``authorize``, action ``requeue``)
+    ``GET /groups``              every group: counts, aggregate progress, ``eta``
+    ``GET /groups/{group}``      one group
+    ``POST /groups/{group}/cancel``  cancel its queued and running tasks
+                                 (``authorize``, action ``cancel_group``)
     ``GET /tasks/{id}/result``   the result if COMPLETED and JSON-serialisable, else 409
     ``GET /tasks/{id}/events``   Server-Sent Events: the task's snapshots until it ends
-    ``/task?id={id}`` ...        the same four routes with the id in the query
+    ``/task?id={id}`` ...        the same five routes with the id in the query
                                  (``/task/cancel?id=``...): browsers resolve ``..``
                                  in a path even when percent-encoded
     ``GET /events``              Server-Sent Events: ``hello`` once subscribed, then
@@ -59,7 +66,9 @@ class TaskAPI:
         manager: The TaskManager, or None to use ``scope["genro_tasks"]``
             (set by :class:`TaskManagerLifespan`).
         authorize: ``authorize(scope, action, task_id) -> bool`` (or awaitable).
-            Actions: ``cancel``, ``clear`` (and ``read`` with ``authorize_reads``).
+            Actions: ``cancel``, ``requeue``, ``cancel_group`` (its third
+            argument is then the group's name), ``clear`` (and ``read`` with
+            ``authorize_reads``).
             Without it every mutating action is refused with 403.
         expose_tracebacks: Include remote tracebacks in errors (default: no,
             errors are reduced to their first line).
@@ -163,6 +172,8 @@ class TaskAPI:
                 )
             body = metrics.exposition()  # CPU only, and it reads the manager: on this thread
             await send_body(send, 200, body, b"text/plain; version=0.0.4; charset=utf-8")
+        elif first == "groups" and len(rest) <= 2:
+            await self._groups(tm, scope, method, rest, send)
         elif first == "clear" and not rest:
             check_method(method, "POST")
             await self._guard(scope, "clear", None)
@@ -180,6 +191,9 @@ class TaskAPI:
             elif action == "cancel":
                 check_method(method, "POST")
                 await self._cancel(tm, scope, task_id, query, send)
+            elif action == "requeue":
+                check_method(method, "POST")
+                await self._requeue(tm, scope, task_id, send)
             elif action == "result":
                 check_method(method, "GET")
                 await self._result(tm, task_id, send)
@@ -191,9 +205,47 @@ class TaskAPI:
         else:
             raise HTTPError(404, "no such route")
 
+    async def _groups(self, tm: TaskManager, scope: Scope, method: str, rest: list[str], send: Send) -> None:
+        if not rest:
+            check_method(method, "GET")
+            await send_json(send, 200, {"groups": [group_to_json(g) for g in tm.groups()]})
+            return
+        group = rest[0]
+        if len(rest) == 1:
+            check_method(method, "GET")
+            try:
+                info = tm.group_info(group)
+            except KeyError:
+                raise HTTPError(404, f"Group not found: {group}") from None
+            await send_json(send, 200, group_to_json(info))
+        elif rest[1] == "cancel":
+            check_method(method, "POST")
+            await self._guard(scope, "cancel_group", group)
+            try:
+                cancelled = await tm.cancel_group(group)
+            except KeyError:
+                raise HTTPError(404, f"Group not found: {group}") from None
+            await send_json(send, 200, {"cancelled": cancelled, "group": group_to_json(tm.group_info(group))})
+        else:
+            raise HTTPError(404, "no such route")
+
+    async def _requeue(self, tm: TaskManager, scope: Scope, task_id: str, send: Send) -> None:
+        await self._guard(scope, "requeue", task_id)
+        try:
+            await tm.requeue(task_id)
+        except KeyError:
+            raise HTTPError(404, f"Task not found: {task_id}") from None
+        except ValueError as exc:
+            raise HTTPError(409, str(exc)) from None
+        except RuntimeError as exc:  # ManagerClosed
+            raise HTTPError(503, str(exc)) from None
+        await send_json(send, 200, {"task": info_to_json(await _info(tm, task_id), tracebacks=self._tracebacks)})
+
     async def _config(self, scope: Scope) -> dict[str, Any]:
         return {
             "can_cancel": await self._allowed(scope, "cancel", None),
+            "can_requeue": await self._allowed(scope, "requeue", None),
+            "can_cancel_group": await self._allowed(scope, "cancel_group", None),
             "can_clear": await self._allowed(scope, "clear", None),
             "statuses": status_table(),
         }

@@ -29,7 +29,8 @@ SORT_KEYS: dict[str, Callable[[TaskInfo], Any]] = {
 
 
 def list_page(tm: TaskManager, query: dict[str, list[str]], *, tracebacks: bool) -> dict[str, Any]:
-    """Answer ``GET /tasks``: ``status``, ``q`` (search), ``sort``, ``limit``, ``offset``.
+    """Answer ``GET /tasks``: ``status``, ``q`` (search), ``sort``, ``limit``, ``offset``,
+    ``group`` (only that group's tasks) and ``ungrouped=1`` (only tasks without a group).
 
     ``counts`` holds how many retained tasks have each status (whatever the
     filters), so a client paging through a large table still sees totals.
@@ -49,11 +50,17 @@ def list_page(tm: TaskManager, query: dict[str, list[str]], *, tracebacks: bool)
     limit = int_param(query, "limit", 50, 1, MAX_LIMIT)
     offset = int_param(query, "offset", 0, 0, 10**9)
     text = query.get("q", [""])[0].strip().lower()
+    group = query.get("group", [""])[0]
+    ungrouped = query.get("ungrouped", [""])[0] in ("1", "true")
 
     infos = tm.list_tasks()
     counts = dict.fromkeys((s.value for s in TaskStatus), 0)
     for info in infos:
         counts[info.status.value] += 1
+    if group:
+        infos = [i for i in infos if i.group == group]
+    elif ungrouped:
+        infos = [i for i in infos if i.group is None]
     if status is not None:
         infos = [i for i in infos if i.status is status]
     if text:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._task import TaskInfo
+from .._task import GroupInfo, TaskInfo
 
 _MAX_DEPTH = 16
 _MAX_ITEMS = 200
@@ -40,10 +40,28 @@ def info_to_json(info: TaskInfo, *, tracebacks: bool = False) -> dict[str, Any]:
         "worker_pid": info.worker_pid,
         "timeout": info.timeout,
         "priority": info.priority,
+        "group": info.group,
+        "attempt": info.attempt,
+        "previous_errors": [e if tracebacks else e.split("\n", 1)[0] for e in info.previous_errors],
     }
     if tracebacks:
         data["traceback"] = info.traceback
     return data
+
+
+def group_to_json(info: GroupInfo) -> dict[str, Any]:
+    """The JSON form of a GroupInfo."""
+    return {
+        "group": info.group,
+        "total": info.total,
+        "pending": info.pending,
+        "running": info.running,
+        "completed": info.completed,
+        "failed": info.failed,
+        "cancelled": info.cancelled,
+        "progress": info.progress,
+        "eta": info.eta,
+    }
 
 
 def safe_json(value: Any, depth: int = 0) -> Any:

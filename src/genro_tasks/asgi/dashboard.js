@@ -13,7 +13,9 @@
   const PAGE = 100;
   const $ = (id) => document.getElementById(id);
   const state = {
-    canCancel: false, statuses: [], rank: {}, colour: {}, live: new Set(),
+    canCancel: false, canRequeue: false, canCancelGroup: false, statuses: [],
+    groups: new Map(),    // group name -> its row (one row per group; members shown when expanded)
+    expanded: new Set(), rank: {}, colour: {}, live: new Set(),
     offset: 0, total: 0,
     rows: new Map(),      // task_id -> row of the current page
     known: new Map(),     // task_id -> last status seen (to tell progress from membership changes)
@@ -80,12 +82,17 @@
     row.cells.worker.textContent = t.worker_pid == null ? "" : String(t.worker_pid);
   }
 
-  function newer(old, t) { return !old || state.rank[t.status] >= state.rank[old.status]; }  // statuses only move forward
+  // Within an attempt statuses only move forward; a retry or a requeue starts a later attempt.
+  function newer(old, t) {
+    const a = t.attempt || 1, b = old ? old.attempt || 1 : 0;
+    return !old || a > b || (a === b && state.rank[t.status] >= state.rank[old.status]);
+  }
 
   // ------------------------------------------------------------------ listing
   let loading = null, reloadAgain = false, reloadTimer = null;
   function query() {
-    const q = new URLSearchParams({ limit: String(PAGE), offset: String(state.offset), sort: $("sort").value });
+    // A group's tasks live in its own row above (see loadGroups): the table lists the others.
+    const q = new URLSearchParams({ limit: String(PAGE), offset: String(state.offset), sort: $("sort").value, ungrouped: "1" });
     if ($("filter-status").value) q.set("status", $("filter-status").value);
     if ($("filter-text").value.trim()) q.set("q", $("filter-text").value.trim());
     return q;
@@ -143,6 +150,101 @@
     }
   }
 
+  // ------------------------------------------------------------------ groups
+  // One row per group (counts, aggregate progress, time left); a click expands it to its tasks.
+  let groupTimer = null, groupsLoading = false;
+  function scheduleGroups() { if (!groupTimer) groupTimer = setTimeout(() => { groupTimer = null; loadGroups().catch(() => {}); }, 500); }
+  function duration(s) { return s == null ? "" : s < 60 ? s.toFixed(0) + "s" : Math.floor(s / 60) + "m" + String(Math.floor(s % 60)).padStart(2, "0") + "s"; }
+  async function loadGroups() {
+    if (groupsLoading) { scheduleGroups(); return; }
+    groupsLoading = true;
+    try {
+      const r = await api("groups");
+      if (!r.ok) return;
+      const list = (await r.json()).groups;
+      const body = $("group-rows");
+      const keep = new Map();
+      for (const g of list) {
+        let row = state.groups.get(g.group);
+        if (!row) row = makeGroupRow(g.group);
+        drawGroup(row, g);
+        keep.set(g.group, row);
+        body.appendChild(row.tr);
+        for (const m of row.members) body.appendChild(m);
+        if (state.expanded.has(g.group)) loadMembers(row).catch(() => {});
+      }
+      for (const [name, row] of state.groups) if (!keep.has(name)) { row.tr.remove(); for (const m of row.members) m.remove(); state.expanded.delete(name); }
+      state.groups = keep;
+      $("groups").hidden = keep.size === 0;
+    } finally { groupsLoading = false; }
+  }
+  function makeGroupRow(name) {
+    const tr = el("tr", "group"); tr.dataset.group = name;
+    const cells = {};
+    for (const c of ["toggle", "gname", "counts", "status", "progress", "eta", "x1", "x2", "action"]) { cells[c] = el("td", c); tr.appendChild(cells[c]); }
+    const bar = el("div", "bar"); const fill = el("div"); bar.appendChild(fill); const pct = el("span", "pct");
+    cells.progress.append(bar, pct);
+    const button = el("button", "cancel"); button.type = "button"; button.textContent = "cancel group";
+    button.addEventListener("click", (e) => { e.stopPropagation(); cancelGroup(name).catch(() => {}); });
+    cells.action.appendChild(button);
+    cells.gname.textContent = name; cells.gname.title = name;
+    const row = { tr, cells, fill, pct, button, members: [] };
+    tr.addEventListener("click", () => {
+      if (state.expanded.has(name)) { state.expanded.delete(name); for (const m of row.members) m.remove(); row.members = []; cells.toggle.textContent = "▸"; }
+      else { state.expanded.add(name); cells.toggle.textContent = "▾"; loadMembers(row).catch(() => {}); }
+    });
+    cells.toggle.textContent = state.expanded.has(name) ? "▾" : "▸";
+    return row;
+  }
+  function drawGroup(row, g) {
+    const done = g.completed + g.failed + g.cancelled;
+    const live = g.pending + g.running > 0;
+    row.tr.className = "group " + (live ? "live" : "finished");
+    row.cells.counts.textContent = `${done}/${g.total} done`;
+    const parts = [];
+    for (const s of ["running", "pending", "failed", "cancelled"]) if (g[s]) parts.push(g[s] + " " + s);
+    row.cells.status.textContent = parts.join(" · ") || "completed";
+    row.fill.style.width = (g.progress * 100).toFixed(1) + "%";
+    row.fill.style.background = state.colour[live ? "running" : (g.failed ? "failed" : "completed")] || "";
+    row.pct.textContent = Math.round(g.progress * 100) + "%";
+    row.cells.eta.textContent = live ? duration(g.eta) : "";
+    row.button.hidden = !(state.canCancelGroup && live);
+  }
+  async function loadMembers(row) {
+    const name = row.tr.dataset.group;
+    const r = await api("tasks?" + new URLSearchParams({ group: name, limit: String(PAGE), sort: "created_at" }));
+    if (!r.ok || !state.expanded.has(name)) return;
+    const page = await r.json();
+    for (const m of row.members) m.remove();
+    row.members = [];
+    let after = row.tr;
+    for (const t of page.tasks) {
+      const tr = el("tr", "member " + t.status); tr.dataset.taskId = t.task_id;
+      const cells = [el("td"), el("td", "id"), el("td", "name"), el("td", "status"), el("td", "progress"), el("td", "msg"), el("td", "elapsed"), el("td", "worker"), el("td")];
+      const link = el("a"); link.href = "#"; link.textContent = t.task_id; link.addEventListener("click", (e) => { e.preventDefault(); openDetail(t.task_id); });
+      cells[1].appendChild(link); cells[2].textContent = t.name;
+      cells[3].textContent = t.status.toUpperCase(); cells[3].style.color = state.colour[t.status] || "";
+      const p = t.progress == null ? (t.status === "completed" ? 1 : 0) : t.progress;
+      cells[4].textContent = Math.round(p * 100) + "%";
+      cells[5].textContent = t.error || t.progress_message || "";
+      cells[6].textContent = elapsed(t);
+      cells[7].textContent = t.worker_pid == null ? "" : String(t.worker_pid);
+      tr.append(...cells);
+      after.after(tr); after = tr;
+      row.members.push(tr);
+    }
+    if (page.total > page.tasks.length) {
+      const tr = el("tr", "member more"); const td = el("td"); td.colSpan = 9; td.textContent = `… ${page.total - page.tasks.length} more`; tr.appendChild(td);
+      after.after(tr); row.members.push(tr);
+    }
+  }
+  async function cancelGroup(name) {
+    if (!confirm("Cancel every queued and running task of group " + name + "? Running jobs are hard-killed.")) return;
+    const r = await api("groups/" + encodeURIComponent(name) + "/cancel", { method: "POST", headers: { "X-Genro-Tasks": "1" } });
+    if (!r.ok) alert((await r.json()).error || "cancel failed");
+    await loadGroups();
+  }
+
   // ------------------------------------------------------------------ live changes
   let frameQueued = false;
   function change(t) {
@@ -153,6 +255,7 @@
       state.known.set(t.task_id, t.status);
       scheduleReload();
     }
+    if (t.group != null) { scheduleGroups(); return; }  // shown in its group's row
     if (!row) return;
     const queued = state.dirty.get(t.task_id);
     if (!newer(queued || row.task, t)) return;
@@ -171,8 +274,8 @@
   function connect() {
     const conn = $("conn");
     source = new EventSource(base + "events");
-    source.addEventListener("hello", () => { retries = 0; conn.className = "live"; conn.textContent = "live"; reload().catch(() => {}); });
-    source.addEventListener("resync", () => reload().catch(() => {}));
+    source.addEventListener("hello", () => { retries = 0; conn.className = "live"; conn.textContent = "live"; reload().catch(() => {}); loadGroups().catch(() => {}); });
+    source.addEventListener("resync", () => { reload().catch(() => {}); loadGroups().catch(() => {}); });
     source.addEventListener("task", (e) => change(JSON.parse(e.data)));
     source.addEventListener("end", () => { source.close(); conn.className = "down"; conn.textContent = "server stopped"; });
     source.addEventListener("error", () => {
@@ -206,6 +309,15 @@
     updateTools();
   }
 
+  async function requeue(id) {
+    if (id === null || !confirm("Run task " + id + " again (a new attempt under the same id)?")) return;
+    const r = await api(taskPath(id, "requeue"), { method: "POST", headers: { "X-Genro-Tasks": "1" } });
+    const body = await r.json();
+    if (!r.ok) { alert(body.error || "requeue failed"); return; }
+    change(body.task);
+    fillDetail(body.task);
+  }
+
   async function clearFinished() {
     if (!confirm("Forget every finished task?")) return;
     const r = await api("clear", { method: "POST", headers: { "X-Genro-Tasks": "1" } });
@@ -220,7 +332,7 @@
 
   // ------------------------------------------------------------------ detail view
   let openId = null;
-  const FIELDS = [["status", "status"], ["job", "name"], ["worker pid", "worker_pid"], ["priority", "priority"],
+  const FIELDS = [["status", "status"], ["attempt", "attempt"], ["group", "group"], ["job", "name"], ["worker pid", "worker_pid"], ["priority", "priority"],
     ["timeout", "timeout"], ["created", "created_at"], ["started", "started_at"], ["ended", "completed_at"]];
   function span(a, b) { if (!a) return ""; const s = ((b ? Date.parse(b) : Date.now()) - Date.parse(a)) / 1000; return s.toFixed(3) + " s"; }
   function fillDetail(t) {
@@ -232,8 +344,10 @@
     add("running for", span(t.started_at, t.completed_at));
     add("progress", t.progress == null ? "" : Math.round(t.progress * 100) + "% " + (t.progress_message || ""));
     add("metadata", JSON.stringify(t.metadata));
-    $("detail-error").textContent = (t.error || "") + (t.traceback ? "\n\n" + t.traceback : "");
+    const earlier = (t.previous_errors || []).map((e, i) => `attempt ${i + 1}: ${e}`).join("\n");
+    $("detail-error").textContent = (t.error || "") + (t.traceback ? "\n\n" + t.traceback : "") + (earlier ? "\n\nearlier attempts:\n" + earlier : "");
     $("detail").dataset.status = t.status;
+    $("detail-requeue").hidden = !(state.canRequeue && !state.live.has(t.status));
   }
   async function openDetail(id) {
     openId = id;
@@ -272,6 +386,8 @@
   async function main() {
     const cfg = await (await api("config")).json();
     state.canCancel = cfg.can_cancel === true;
+    state.canRequeue = cfg.can_requeue === true;
+    state.canCancelGroup = cfg.can_cancel_group === true;
     state.statuses = cfg.statuses;
     const filter = $("filter-status");
     for (const s of cfg.statuses) {
@@ -294,6 +410,8 @@
     $("cancel-selected").addEventListener("click", () => cancelTasks([...state.selected]));
     $("clear-finished").addEventListener("click", () => clearFinished().catch(() => {}));
     $("detail-close").addEventListener("click", () => { $("detail").hidden = true; openId = null; });
+    $("detail-requeue").addEventListener("click", () => requeue(openId).catch(() => {}));
+    loadGroups().catch(() => {});
     reload().catch(() => {});  // show something even while the stream is refused (e.g. at the server's cap)
     connect();  // and the listing is reloaded on each hello, i.e. after the server subscribed
     pool(); setInterval(pool, 2000);
