@@ -60,6 +60,9 @@ _PPE = (
     "`as_completed` in one helper thread (`trio.to_thread`); a single call awaits one future through "
     "a done-callback; it cannot cancel a running job"
 )
+_MP_POOL = (
+    "`multiprocessing.Pool(workers)`: `imap(fn, items, chunksize=1)` consumed in one helper thread (`tm.map` rows only)"
+)
 _PEBBLE = (
     "`pebble.ProcessPool(max_workers, context=...)`; `schedule` per job, futures awaited through "
     "done-callbacks (a batch: `as_completed` in one helper thread); `future.cancel()` kills the worker"
@@ -77,6 +80,7 @@ LIBS: tuple[Lib, ...] = (
     Lib("ppe+forkserver", "ppe", "forkserver", False, _PPE, "forkserver"),
     Lib("pebble", "pebble", MP_DEFAULT, True, _PEBBLE),
     Lib("pebble+forkserver", "pebble", "forkserver", False, _PEBBLE, "forkserver"),
+    Lib("mp_pool", "mp_pool", MP_DEFAULT, True, _MP_POOL),
     # Rows for capabilities still to land (issue 16, item 7): planned, skipped while absent.
     Lib(f"{GENRO}+store", GENRO, "forkserver", True, "`TaskManager` on the shared SQLite store (issue 12)"),
     Lib(f"{GENRO}+ray", GENRO, "Ray workers", True, "`TaskManager` on the Ray backend (issue 13)"),
@@ -87,8 +91,12 @@ BY_KEY = {lib.key: lib for lib in LIBS}
 KEYS = tuple(BY_KEY)
 #: The peers of the process-pool metrics (plain Ray has rows of its own).
 PEERS = tuple(lib.key for lib in LIBS if lib.is_peer and lib.family != "ray")
+#: Peers measured only by the map rows (they have no pool adapter).
+MAP_ONLY = ("mp_pool",)
 #: Every variant that runs the pool metrics (genro_tasks at its default, every peer variant).
-POOL_LIBS = (GENRO, *PEERS)
+POOL_LIBS = (GENRO, *(key for key in PEERS if BY_KEY[key].family not in MAP_ONLY))
+#: The variants of the ``tm.map`` rows: genro_tasks and the peers' own map functions.
+MAP_LIBS = (GENRO, "ppe", "ppe+forkserver", "pebble", "pebble+forkserver", "mp_pool")
 
 
 def start_method(key: str) -> str | None:

@@ -209,6 +209,26 @@ def markdown(
         s,
         raw,
     )
+    lines += _genro_table(
+        "genro_tasks only: `tm.map` against submitting everything and awaiting it, and parent memory",
+        [
+            (f"`tm.map` over {params['map_size']:,} items, tasks/s", "map", "tps"),
+            (f"submit all {params['map_size']:,}, then await each, tasks/s", "map", "submit_all_tps"),
+            ("`tm.map` / submit-all", "map", "map_vs_submit_all"),
+            (
+                f"parent peak RSS growth, `tm.map` over {params['map_mem_small']:,} items, MiB",
+                "map_memory_small",
+                "peak_rss_growth_mib",
+            ),
+            (
+                f"parent peak RSS growth, `tm.map` over {params['map_mem_big']:,} items, MiB",
+                "map_memory_big",
+                "peak_rss_growth_mib",
+            ),
+        ],
+        s,
+        raw,
+    )
     if "status_truth" in by_key:
         lines += _status_table(s, raw, by_key["status_truth"])
     lines += ["## Targets", "", "genro_tasks against targets computed from this same run (medians).", ""]

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 from _libs import GENRO, KEYS, RAW, start_method  # noqa: E402 - stdlib only, light
 
 POOL_METRICS = ("throughput", "roundtrip", "cancel", "startup", "echo", "status_truth")
-GENRO_METRICS = ("progress_flood", "progress_latency", "scale")
+GENRO_METRICS = ("progress_flood", "progress_latency", "scale", "map_memory")
+#: tm.map against the peers' own map functions (issue 17).
+MAP_METRICS = ("map",)
 #: Planned with the shared store (issue 12): cancel from another process sharing the store.
 PLANNED_METRICS = ("cross_process_cancel",)
 
@@ -57,6 +59,12 @@ def _opener(lib: str) -> PoolOpener:
 
 
 def _coroutine(lib: str, metric: str, p: Params) -> Callable[[], Awaitable[Numbers]]:
+    if metric in MAP_METRICS or (lib == GENRO and metric == "map_memory"):
+        import _map
+
+        if metric == "map":
+            return lambda: _map.map_throughput(lib, p)
+        return lambda: _map.map_memory(p)
     if metric in POOL_METRICS:
         import _metrics
 
@@ -114,7 +122,7 @@ def describe(exc: BaseException) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("lib", choices=KEYS)
-    parser.add_argument("metric", choices=(*POOL_METRICS, *GENRO_METRICS, *PLANNED_METRICS))
+    parser.add_argument("metric", choices=(*POOL_METRICS, *GENRO_METRICS, *MAP_METRICS, *PLANNED_METRICS))
     parser.add_argument("--size", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--calls", type=int, default=300)

@@ -60,6 +60,7 @@ TABLES = (
     Table("scale_big", "bytes_per_task", "Parent memory per queued task, {scale_big:,} queued", "bytes", LO),
     Table("scale_big", "drain_tps", "Draining {scale_big:,} queued trivial tasks", "tasks/s", HI),
     Table("scale_small", "drain_tps", "Draining {scale_small:,} queued trivial tasks", "tasks/s", HI),
+    Table("map", "tps", "`tm.map` over {map_size:,} trivial items vs each peer's own map (chunksize 1)", "tasks/s", HI),
     # Issue 16 item 7: filled once the store and the Ray backend land (skipped while absent).
     Table("store_throughput", "tps", "Shared store: throughput, {throughput:,} trivial tasks", "tasks/s", HI),
     Table("store_roundtrip", "median_us", "Shared store: sequential round trip, median per call", "µs", LO),
@@ -94,6 +95,9 @@ NOTES = {
     ("scale_big", "bytes_per_task"): f"{_REF} tracemalloc growth over the submits, divided by the task count.",
     ("scale_big", "drain_tps"): f"{_REF} From the last submit until every result is in (ppe: jobs still queued).",
     ("scale_small", "drain_tps"): f"{_REF} Median of {{scale_repeat}} batches per round.",
+    ("map", "tps"): "genro_tasks: `async for v in tm.map(...)`, lazy submission (`max_in_flight` at its "
+    "default); peers: `ProcessPoolExecutor.map`, pebble's `ProcessPool.map`, `multiprocessing.Pool.imap`, "
+    "each consumed in a helper thread. Best of two runs per round.",
     ("cancel", "cancel_ms"): "pebble's future is marked cancelled at once; its worker is killed later (see below).",
     ("cancel", "worker_gone_ms"): "Observed through a pidfd opened before the cancel: the kernel wakes the "
     "watcher at the exit (no polling).",
@@ -282,6 +286,22 @@ def target_rows(s: Summary) -> list[TargetRow]:
             (median(s, "scale_big", GENRO, "bytes_per_task"),),
             lambda v: v <= 2048,
             lambda v: f"{num(v)} bytes per task",
+        ),
+        _against_best("`tm.map` >= 2x the best peer's map", s, _table("map", "tps"), 2.0),
+        _row(
+            "`tm.map` >= 90% of submit-all-and-await, same manager, same run",
+            (median(s, "map", GENRO, "map_vs_submit_all"),),
+            lambda r: r >= 0.9,
+            lambda r: f"{r:.2f}x of submit-all",
+        ),
+        _row(
+            "`tm.map` parent memory flat: long input's peak growth within 2x the short one's (+8 MiB)",
+            (
+                median(s, "map_memory_big", GENRO, "peak_rss_growth_mib"),
+                median(s, "map_memory_small", GENRO, "peak_rss_growth_mib"),
+            ),
+            lambda big, small: big <= 2 * small + 8,
+            lambda big, small: f"{num(big)} MiB vs {num(small)} MiB",
         ),
         _row(
             "Throughput with many queued within 15% of 1k queued",

@@ -38,7 +38,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 from _chart import write_chart  # noqa: E402
-from _libs import GENRO, POOL_LIBS, RAW  # noqa: E402
+from _libs import GENRO, MAP_LIBS, POOL_LIBS, RAW  # noqa: E402
 from _markdown import markdown  # noqa: E402
 from _report import Raw, Spec, machine_info, summarize, target_rows  # noqa: E402
 
@@ -71,12 +71,18 @@ class Mode:
     startup_workers: tuple[int, ...]
     timeout: float
     ppe_scale: bool
+    #: tm.map rows (issue 17): items mapped, and the two input lengths of the memory rows.
+    map_size: int = 100_000
+    map_mem_small: int = 10_000
+    map_mem_big: int = 1_000_000
 
 
 MODES = {
     "full": Mode("full", 5, 3000, 300, 20, 64 << 20, 200_000, 100_000, 1000, 10, (2, 8), 300.0, True),
-    "quick": Mode("quick", 3, 1000, 300, 20, 64 << 20, 200_000, 20_000, 1000, 10, (2, 8), 60.0, True),
-    "tiny": Mode("tiny", 1, 100, 20, 5, 4 << 20, 20_000, 2000, 500, 2, (2,), 30.0, False),
+    "quick": Mode(
+        "quick", 3, 1000, 300, 20, 64 << 20, 200_000, 20_000, 1000, 10, (2, 8), 60.0, True, 20_000, 10_000, 100_000
+    ),
+    "tiny": Mode("tiny", 1, 100, 20, 5, 4 << 20, 20_000, 2000, 500, 2, (2,), 30.0, False, 2000, 1000, 10_000),
 }
 
 
@@ -98,6 +104,9 @@ def specs(m: Mode) -> list[Spec]:
         Spec("scale_big", "scale", scale_libs, ("--size", str(m.scale_big))),
         Spec("scale_small", "scale", scale_libs, ("--size", str(m.scale_small), "--repeat", str(m.scale_repeat))),
         Spec("status_truth", "status_truth", STATE_LIBS, ()),
+        Spec("map", "map", MAP_LIBS, ("--size", str(m.map_size))),
+        Spec("map_memory_small", "map_memory", (GENRO,), ("--size", str(m.map_mem_small))),
+        Spec("map_memory_big", "map_memory", (GENRO,), ("--size", str(m.map_mem_big))),
         # Issue 16 item 7: rows for capabilities as they land (skipped while absent).
         Spec("store_throughput", "throughput", (GENRO, f"{GENRO}+store"), ("--size", str(m.throughput)), "store"),
         Spec("store_roundtrip", "roundtrip", (GENRO, f"{GENRO}+store"), calls, "store"),

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import trio
 
-from ._task import GroupInfo, TaskInfo, TaskRecord, TaskStatus
+from ._task import _TERMINAL, GroupInfo, TaskInfo, TaskRecord, TaskStatus
 from ._watch import ChangeStream, TaskWatcher
 
 #: How many groups whose tasks all finished are remembered (oldest forgotten first).
@@ -236,7 +236,7 @@ class TaskRegistry(ABC):
             hub.publish(rec)
 
     def _count_group(self, rec: TaskRecord) -> None:
-        """Move ``rec`` from the status its group counted to its status now."""
+        """Move ``rec`` from the status its group counted to its status now (on every submit's path: lean)."""
         name = rec.group
         assert name is not None
         stats = self._groups.get(name)
@@ -244,24 +244,28 @@ class TaskRegistry(ABC):
             stats = self._groups[name] = GroupStats(name)
         old = rec.group_status
         status = rec.status
+        counts = stats.counts
         if old is None:
             stats.total += 1
         else:
-            stats.counts[old] -= 1
-        stats.counts[status] += 1
+            counts[old] -= 1
+        counts[status] += 1
         rec.group_status = status
-        if status.is_terminal:
-            stats.active.pop(rec.task_id, None)
-            if not stats.active:
-                self._finished_groups[name] = None
-                while len(self._finished_groups) > MAX_FINISHED_GROUPS:
-                    gone, _ = self._finished_groups.popitem(last=False)
-                    del self._groups[gone]
-        else:
-            if status is TaskStatus.RUNNING and stats.started_at is None:
-                stats.started_at = self._clock()
-            stats.active[rec.task_id] = rec
-            self._finished_groups.pop(name, None)
+        active = stats.active
+        if status in _TERMINAL:
+            del active[rec.task_id]
+            if not active:
+                finished = self._finished_groups
+                finished[name] = None
+                if len(finished) > MAX_FINISHED_GROUPS:
+                    del self._groups[finished.popitem(last=False)[0]]
+            return
+        if old is None or old in _TERMINAL:  # new, or requeued: one of the group's live tasks again
+            if not active:
+                self._finished_groups.pop(name, None)
+            active[rec.task_id] = rec
+        if status is TaskStatus.RUNNING and stats.started_at is None:
+            stats.started_at = self._clock()
 
     def group_info(self, name: str) -> GroupInfo:
         """A snapshot of group ``name``; KeyError ``Group not found: <name>`` if unknown."""

@@ -1,0 +1,122 @@
+"""``tm.map`` against submit-all-and-await and against the peers' own ``map`` (issue 17 item 5).
+
+* genro_tasks: ``async for v in tm.map(double, range(n))`` (lazy, ``max_in_flight`` at its
+  default), and, in the same process on the same manager, the reference: every task
+  submitted at once, then each result awaited in order. Each is run twice, interleaved
+  (map, submit-all, submit-all, map), and the better of its two runs is kept.
+* ppe: ``ProcessPoolExecutor.map(double, range(n), chunksize=1)``, consumed in one helper thread.
+* pebble: ``ProcessPool.map(double, range(n), chunksize=1).result()``, consumed the same way.
+* mp_pool: ``multiprocessing.Pool.imap(double, range(n), chunksize=1)``, consumed the same way.
+
+Parent memory: the peak RSS growth (``ru_maxrss``) of the parent while ``tm.map`` runs
+over ``n`` items, after a warm-up; flat means it does not grow with ``n``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import pebble
+import trio
+
+import bench_jobs
+from _common import Numbers, Params, now
+from _libs import GENRO, start_method
+from genro_tasks import TaskManager
+
+
+async def _map_once(tm: TaskManager, n: int) -> float:
+    t0 = now()
+    total = 0
+    async for value in tm.map(bench_jobs.double, range(n)):
+        total += value
+    elapsed = now() - t0
+    if total != n * (n - 1):
+        raise RuntimeError("wrong results")
+    return n / elapsed
+
+
+async def _submit_all_once(tm: TaskManager, n: int) -> float:
+    t0 = now()
+    ids = [tm.submit(bench_jobs.double, i) for i in range(n)]
+    total = 0
+    for tid in ids:
+        total += await tm.result(tid)
+    elapsed = now() - t0
+    if total != n * (n - 1):
+        raise RuntimeError("wrong results")
+    return n / elapsed
+
+
+async def genro_map(p: Params) -> Numbers:
+    n = p.size
+    # Every record of a submit-all batch is kept until its result is read.
+    async with TaskManager(max_workers=p.workers, max_finished=max(n, 10_000)) as tm:
+        await _submit_all_once(tm, min(n, 1000))  # warm-up, untimed
+        maps: list[float] = []
+        alls: list[float] = []
+        for run in (maps, alls, alls, maps):
+            tm.clear_completed()
+            run.append(await (_map_once if run is maps else _submit_all_once)(tm, n))
+    best_map, best_all = max(maps), max(alls)
+    return {"tps": best_map, "submit_all_tps": best_all, "map_vs_submit_all": best_map / best_all}
+
+
+def _peer_map(lib: str, n: int, workers: int) -> float:
+    """One peer's map over ``n`` trivial items (after a warm-up), in this (helper) thread; tasks/s."""
+    family = lib.partition("+")[0]
+    method = start_method(lib)
+    ctx = multiprocessing.get_context(method)
+    run: Callable[[range], Any]
+    closer: Callable[[], None]
+    if family == "ppe":
+        ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        run = lambda items: ex.map(bench_jobs.double, items, chunksize=1)  # noqa: E731
+        closer = ex.shutdown
+    elif family == "pebble":
+        pool = pebble.ProcessPool(max_workers=workers, context=ctx)
+        run = lambda items: pool.map(bench_jobs.double, items, chunksize=1).result()  # noqa: E731
+
+        def closer() -> None:
+            pool.close()  # type: ignore[no-untyped-call]
+            pool.join()
+    elif family == "mp_pool":
+        mp = ctx.Pool(workers)
+        run = lambda items: mp.imap(bench_jobs.double, items, chunksize=1)  # noqa: E731
+
+        def closer() -> None:
+            mp.close()
+            mp.join()
+    else:
+        raise ValueError(f"no map measurement for {lib!r}")
+    try:
+        sum(run(range(min(n, 1000))))  # warm-up: every worker started
+        t0 = now()
+        total = sum(run(range(n)))
+        elapsed = now() - t0
+    finally:
+        closer()
+    if total != n * (n - 1):
+        raise RuntimeError("wrong results")
+    return n / elapsed
+
+
+async def map_throughput(lib: str, p: Params) -> Numbers:
+    if lib == GENRO:
+        return await genro_map(p)
+    tps = await trio.to_thread.run_sync(_peer_map, lib, p.size, p.workers)
+    return {"tps": tps}
+
+
+async def map_memory(p: Params) -> Numbers:
+    """Peak parent RSS growth while ``tm.map`` runs over ``p.size`` trivial items (default retention)."""
+    async with TaskManager(max_workers=p.workers) as tm:
+        await _map_once(tm, min(p.size, 1000))  # warm-up: imports, caches
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        tps = await _map_once(tm, p.size)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_rss_growth_mib": max(0, after - before) / 1024, "tps": tps}
