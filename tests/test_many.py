@@ -228,8 +228,9 @@ async def test_gather_returns_results_in_order(tasks: TaskManager) -> None:
 
 async def test_gather_raises_the_first_failure_without_waiting_for_the_rest(tasks: TaskManager) -> None:
     slow = tasks.submit(sleep_forever)
-    bad = tasks.submit(fail_at, 1, bad=1)
     with trio.fail_after(30):
+        await wait_status(tasks, slow, TaskStatus.RUNNING)
+        bad = tasks.submit(fail_at, 1, bad=1)
         with pytest.raises(ValueError, match="item 1 is bad"):
             await tasks.gather([slow, bad])
     assert await tasks.status(slow) is TaskStatus.RUNNING  # left alone

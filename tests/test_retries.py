@@ -188,3 +188,13 @@ async def test_requeue_refuses_an_unfinished_task(tasks: TaskManager) -> None:
         await tasks.requeue(tid)
     with pytest.raises(KeyError, match="Task not found"):
         await tasks.requeue("nope")
+
+
+async def test_no_new_attempt_once_shutdown_began(tmp_path: Path) -> None:
+    tm = TaskManager(max_workers=1)
+    async with tm:
+        tid = tm.options(retries=3, retry_backoff=0).submit(flaky, str(tmp_path / "n"), 1)
+        with trio.fail_after(30):
+            await tm.shutdown(wait=True)  # the running attempt fails during the drain
+    assert testing.status(tm, tid) is TaskStatus.FAILED
+    assert testing.snapshot(tm, tid).attempt == 1

@@ -502,7 +502,7 @@ class Scheduler(BackendListener):
             not retry_on
             or options is None
             or rec.retries_left <= 0
-            or self.lifecycle not in (Lifecycle.STARTING, Lifecycle.RUNNING, Lifecycle.DRAINING)
+            or not self.accepting  # a shutdown ends retries: this attempt's failure is final
         ):
             rec.finish_error(error)
             return
