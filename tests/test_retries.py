@@ -198,3 +198,19 @@ async def test_no_new_attempt_once_shutdown_began(tmp_path: Path) -> None:
             await tm.shutdown(wait=True)  # the running attempt fails during the drain
     assert testing.status(tm, tid) is TaskStatus.FAILED
     assert testing.snapshot(tm, tid).attempt == 1
+
+
+async def test_group_counts_follow_retries_and_requeue(tasks: TaskManager, tmp_path: Path) -> None:
+    tid = tasks.options(group="rq", retries=1, retry_backoff=3600).submit(flaky, str(tmp_path / "n"), 1)
+    with trio.fail_after(30):
+        await wait_until(tasks, lambda: testing.snapshot(tasks, tid).attempt == 2)
+        info = tasks.group_info("rq")  # waiting to retry: live, not FAILED
+        assert (info.total, info.pending, info.failed) == (1, 1, 0)
+        await tasks.cancel(tid)
+        assert (tasks.group_info("rq").cancelled, tasks.group_info("rq").pending) == (1, 0)
+        await tasks.requeue(tid)
+        info = tasks.group_info("rq")
+        assert (info.total, info.cancelled, info.pending + info.running) == (1, 0, 1)
+        assert await tasks.result(tid) == 2
+    info = tasks.group_info("rq")
+    assert (info.total, info.completed, info.cancelled, info.is_finished) == (1, 1, 0, True)

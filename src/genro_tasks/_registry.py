@@ -30,37 +30,49 @@ MAX_FINISHED_GROUPS = 1000
 
 
 class GroupStats:
-    """The live counts of one group, kept by the registry as its tasks change (internal)."""
+    """The live counts of one group, kept by the registry as its tasks change (internal).
+
+    Only what cannot be recomputed is counted as it happens: how many tasks joined and how
+    many ended in each terminal status. The live tasks are kept by id, so PENDING and RUNNING
+    are counted when asked (a task's move from PENDING to RUNNING costs nothing here).
+    """
 
     __slots__ = ("active", "counts", "name", "started_at", "total")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, now: float) -> None:
         self.name = name
         self.total = 0
-        self.counts = dict.fromkeys(TaskStatus, 0)
+        #: Tasks that ended in each terminal status (and are still so).
+        self.counts = dict.fromkeys(_TERMINAL, 0)
         #: The group's tasks that are not finished, by id.
         self.active: dict[str, TaskRecord] = {}
-        #: Clock time at which the first task of the group started RUNNING (None: none yet).
-        self.started_at: float | None = None
+        #: Clock time at which the group's first task was submitted.
+        self.started_at = now
 
     def info(self, now: float) -> GroupInfo:
         counts = self.counts
         total = self.total
         done = counts[TaskStatus.COMPLETED] + counts[TaskStatus.FAILED] + counts[TaskStatus.CANCELLED]
-        partial = sum(rec.progress or 0.0 for rec in self.active.values())
+        running = 0
+        partial = 0.0
+        for rec in self.active.values():
+            if rec.status is TaskStatus.RUNNING:
+                running += 1
+            if rec.progress is not None:
+                partial += rec.progress
         progress = min(1.0, (done + partial) / total) if total else 1.0
         eta: float | None
         if done == total:
             eta = 0.0
-        elif progress <= 0.0 or self.started_at is None:
+        elif progress <= 0.0:
             eta = None
         else:
             eta = max(0.0, now - self.started_at) * (1.0 - progress) / progress
         return GroupInfo(
             group=self.name,
             total=total,
-            pending=counts[TaskStatus.PENDING],
-            running=counts[TaskStatus.RUNNING],
+            pending=len(self.active) - running,
+            running=running,
             completed=counts[TaskStatus.COMPLETED],
             failed=counts[TaskStatus.FAILED],
             cancelled=counts[TaskStatus.CANCELLED],
@@ -218,8 +230,12 @@ class TaskRegistry(ABC):
 
         Called by the scheduler for every transition; keep it short.
         """
-        if rec is not None and rec.group is not None and rec.group_status is not rec.status:
-            self._count_group(rec)
+        if (
+            rec is not None
+            and rec.group is not None
+            and (rec.group_status is not TaskStatus.PENDING or rec.status in _TERMINAL)
+        ):
+            self._count_group(rec)  # joins, ends or lives again (a live task's other changes: nothing to count)
         if rec is not None and rec.status.is_terminal and not rec.noted:
             rec.noted = True
             rec.finished_at = self._clock()
@@ -236,36 +252,38 @@ class TaskRegistry(ABC):
             hub.publish(rec)
 
     def _count_group(self, rec: TaskRecord) -> None:
-        """Move ``rec`` from the status its group counted to its status now (on every submit's path: lean)."""
+        """Count ``rec`` joining its group, finishing, or (requeued) living again; on every change: lean."""
+        status = rec.status
+        old = rec.group_status  # None: not counted yet; PENDING: counted live; else the terminal status counted
+        if status in _TERMINAL:
+            if old is status:
+                return
+        elif old is TaskStatus.PENDING:
+            return  # a live task stays live (RUNNING, progress, a retry)
         name = rec.group
         assert name is not None
         stats = self._groups.get(name)
         if stats is None:
-            stats = self._groups[name] = GroupStats(name)
-        old = rec.group_status
-        status = rec.status
-        counts = stats.counts
+            stats = self._groups[name] = GroupStats(name, self._clock())
+        active = stats.active
         if old is None:
             stats.total += 1
-        else:
-            counts[old] -= 1
-        counts[status] += 1
-        rec.group_status = status
-        active = stats.active
+        elif old is not TaskStatus.PENDING:
+            stats.counts[old] -= 1
         if status in _TERMINAL:
+            stats.counts[status] += 1
+            rec.group_status = status
             del active[rec.task_id]
             if not active:
                 finished = self._finished_groups
                 finished[name] = None
                 if len(finished) > MAX_FINISHED_GROUPS:
                     del self._groups[finished.popitem(last=False)[0]]
-            return
-        if old is None or old in _TERMINAL:  # new, or requeued: one of the group's live tasks again
+        else:
+            rec.group_status = TaskStatus.PENDING
             if not active:
                 self._finished_groups.pop(name, None)
             active[rec.task_id] = rec
-        if status is TaskStatus.RUNNING and stats.started_at is None:
-            stats.started_at = self._clock()
 
     def group_info(self, name: str) -> GroupInfo:
         """A snapshot of group ``name``; KeyError ``Group not found: <name>`` if unknown."""

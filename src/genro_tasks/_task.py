@@ -126,8 +126,8 @@ class GroupInfo:
         progress: Aggregate progress from 0.0 to 1.0: the mean over the
             group's tasks of their progress, a finished task counting 1 and
             one that reported none counting 0.
-        eta: Estimated seconds left (time since the group's first task
-            started, scaled by the progress still to make); 0.0 once every
+        eta: Estimated seconds left (time since the group's first task was
+            submitted, scaled by the progress still to make); 0.0 once every
             task finished; None before any progress is known.
     """
 
@@ -264,7 +264,7 @@ class TaskRecord:
         #: The options it was submitted with (retry policy); None: the defaults.
         self.options = options
         self.group = options.group if options is not None else None
-        #: The status the registry last counted for the group (None: not counted yet).
+        #: How the registry counted it in its group: None (not yet), PENDING (live) or a terminal status.
         self.group_status: TaskStatus | None = None
         #: 1-based; each retry or requeue starts the next attempt.
         self.attempt = 1
