@@ -297,3 +297,9 @@ async def test_map_group_shows_the_batch_progress(tasks: TaskManager) -> None:
     assert len(results) == 10
     info = tasks.group_info(it.group)
     assert (info.total, info.completed, info.progress) == (10, 10, 1.0)
+
+
+async def test_map_waits_for_room_under_max_queued() -> None:
+    async with TaskManager(max_workers=1, max_queued=2) as tm:
+        with trio.fail_after(30):
+            assert [v async for v in tm.map(square, range(10), max_in_flight=8)] == [x * x for x in range(10)]

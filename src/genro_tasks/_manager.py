@@ -234,6 +234,12 @@ class TaskManager(SubmitMethods):
         """The one way in: every submit, submit_wait and run of the manager and its views."""
         self._check_owner("submit")
         job = prepare(call, options, self._registry.__contains__, self._max_message_size)
+        return self._enqueue(job, wait_for_room=False).task_id
+
+    def _submit_record(self, call: Call, options: TaskOptions) -> TaskRecord:
+        """:meth:`_submit`, returning the new record (for ``tm.map``)."""
+        self._check_owner("submit")
+        job = prepare(call, options, self._registry.__contains__, self._max_message_size)
         return self._enqueue(job, wait_for_room=False)
 
     async def _submit_wait(self, call: Call, options: TaskOptions) -> str:
@@ -249,11 +255,11 @@ class TaskManager(SubmitMethods):
                 or scheduler.queued < self._max_queued
             ):
                 await trio.lowlevel.checkpoint_if_cancelled()
-                return self._enqueue(job, wait_for_room=True)
+                return self._enqueue(job, wait_for_room=True).task_id
             await self._registry.hub.wait_room()
 
     @enable_ki_protection
-    def _enqueue(self, job: Job, *, wait_for_room: bool) -> str:
+    def _enqueue(self, job: Job, *, wait_for_room: bool) -> TaskRecord:
         """Record a prepared job and hand it to the scheduler (no await: atomic)."""
         scheduler = self._scheduler
         if not self._running or scheduler is None or not scheduler.accepting or scheduler.finished.is_set():
@@ -283,7 +289,7 @@ class TaskManager(SubmitMethods):
         self._registry.add(rec)
         scheduler.enqueue(rec)
         self._registry.changed(rec)
-        return task_id
+        return rec
 
     def _closed_error(self) -> ManagerClosed:
         scheduler = self._scheduler

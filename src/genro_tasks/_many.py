@@ -141,6 +141,7 @@ class TaskMap:
         self._return_exceptions = return_exceptions
         self._exhausted = False
         self._closed = False
+        self._sync_fill = self._sync_items is not None and manager._max_queued is None
         self._started = False
         #: Ordered: every submitted, not yet yielded record, in input order.
         #: Unordered: the ones that finished and wait to be yielded.
@@ -171,11 +172,24 @@ class TaskMap:
         if self._closed:
             raise StopAsyncIteration
         try:
-            await self._fill()
-            rec = await self._next_finished()
-        except StopAsyncIteration:
-            self._closed = True
-            raise
+            if self._sync_fill:  # the usual case, without a coroutine per call
+                self._fill_sync()
+            else:
+                await self._fill()
+            if self._ordered:
+                queue = self._queue
+                if queue:
+                    rec: TaskRecord | None = queue[0]
+                    assert rec is not None
+                    if rec.status.is_terminal:
+                        await trio.lowlevel.checkpoint()
+                    else:
+                        await rec.wait_done()
+                    queue.popleft()
+                else:
+                    rec = None
+            else:
+                rec = await self._next_completed()
         except BaseException:
             await self.aclose()
             raise
@@ -189,6 +203,32 @@ class TaskMap:
                 return exc
             await self.aclose()
             raise
+
+    def _fill_sync(self) -> None:
+        """:meth:`_fill` for a plain iterable and a manager without ``max_queued``: no await needed."""
+        if self._exhausted:
+            return
+        items = self._sync_items
+        assert items is not None
+        submit = self._manager._submit_record
+        options = self._options
+        func = self._func
+        ordered = self._ordered
+        queue = self._queue
+        pending = self._pending
+        limit = self._max_in_flight
+        while len(queue) + len(pending) < limit:
+            try:
+                item = next(items)
+            except StopIteration:
+                self._exhausted = True
+                return
+            rec = submit((func, (item,), {}, None, None), options)
+            if ordered:
+                queue.append(rec)
+            else:
+                pending[rec.task_id] = rec
+                _follow(rec, self)
 
     async def _fill(self) -> None:
         """Submit items until ``max_in_flight`` are submitted and not yet yielded."""
@@ -214,27 +254,17 @@ class TaskMap:
                     return
             call: Call = (func, (item,), {}, None, None)
             if wait_for_room:
-                tid = await manager._submit_wait(call, options)
+                rec = manager._registry.get(await manager._submit_wait(call, options))
             else:
-                tid = manager._submit(call, options)
-            rec = manager._registry.get(tid)
-            if self._ordered or rec.status.is_terminal:
+                rec = manager._submit_record(call, options)
+            if self._ordered:
                 self._queue.append(rec)
             else:
-                self._pending[tid] = rec
+                self._pending[rec.task_id] = rec
                 _follow(rec, self)
 
-    async def _next_finished(self) -> TaskRecord | None:
-        """The next record to yield, once finished; None when every item was yielded."""
-        if self._ordered:
-            if not self._queue:
-                return None
-            rec = self._queue[0]
-            if rec.status.is_terminal:
-                await trio.lowlevel.checkpoint()
-            else:
-                await rec.wait_done()
-            return self._queue.popleft()
+    async def _next_completed(self) -> TaskRecord | None:
+        """Unordered: the next finished record to yield; None when every item was yielded."""
         if self._queue:
             await trio.lowlevel.checkpoint()
         while not self._queue:
