@@ -1,0 +1,40 @@
+"""Job functions for the Ray backend's tests (imported by name on Ray workers)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from genro_tasks_worker import report_progress
+
+
+def where() -> tuple[int, str]:
+    """This worker's pid and Ray node id (read from Ray's environment, without importing trio)."""
+    import ray
+
+    return os.getpid(), ray.get_runtime_context().get_node_id()
+
+
+def announce_then_sleep(seconds: float) -> None:
+    """Report this worker's node as a progress message, then sleep."""
+    import ray
+
+    report_progress(0.5, ray.get_runtime_context().get_node_id())
+    time.sleep(seconds)
+
+
+def count_progress(steps: int) -> str:
+    for i in range(1, steps + 1):
+        report_progress(i / steps, f"step {i}")
+        time.sleep(0.001)
+    return "counted"
+
+
+def leaves_a_child(seconds: float) -> int:
+    """Start a sleeping child process (it holds no tracker socket), then sleep."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", str(seconds)])
+    report_progress(0.0, str(child.pid))
+    time.sleep(seconds)
+    return child.pid

@@ -1,0 +1,66 @@
+"""Starting and stopping Ray for the tests, and checking that none of it is left running."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+
+
+def ray_processes(marker: str) -> list[int]:
+    """Pids of the live processes whose command line mentions ``marker`` (a Ray temp dir)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def assert_no_ray_left(marker: str, limit: float = 15.0) -> None:
+    """Fail unless every process of the Ray under ``marker`` is gone within ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while (left := ray_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)  # a sync fixture's teardown, outside trio: Ray's processes exit on their own time
+    assert not left, f"Ray processes left running: {left}"
+
+
+@contextlib.contextmanager
+def local_ray(tmp: Path, num_cpus: int = 2) -> Iterator[None]:
+    """A local Ray joined by this process, its session files under ``tmp``; shut down, and checked gone, after."""
+    import ray
+
+    temp_dir = str(tmp)
+    with worker_path():
+        ray.init(num_cpus=num_cpus, _temp_dir=temp_dir, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        assert_no_ray_left(temp_dir)
+
+
+@contextlib.contextmanager
+def worker_path() -> Iterator[None]:
+    """Let the Ray processes started meanwhile import the tests' job modules (they inherit PYTHONPATH)."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(TESTS), *([old] if old else [])])
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
