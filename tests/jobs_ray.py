@@ -38,3 +38,10 @@ def leaves_a_child(seconds: float) -> int:
     report_progress(0.0, str(child.pid))
     time.sleep(seconds)
     return child.pid
+
+
+def count_starts_then_exit(path: str) -> None:
+    """Note each start in ``path``, then kill this worker process (a crash, not an exception)."""
+    with open(path, "a") as f:
+        f.write("started\n")
+    os._exit(3)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import os
 import pickle
 import queue
 import secrets
@@ -53,7 +54,7 @@ from genro_tasks_worker._protocol import (
     Ready,
     Started,
 )
-from genro_tasks_worker._ray import TOKEN_SIZE, TRACKER_MAX_MESSAGE, run_job
+from genro_tasks_worker._ray import HOST_ID_SIZE, TOKEN_SIZE, TRACKER_MAX_MESSAGE, host_id, run_job
 
 from ._backend import (
     BackendListener,
@@ -87,6 +88,8 @@ class _Worker:
 
     stream: trio.SocketStream
     pid: int = 0
+    #: On this machine, in this pid namespace: its death can be seen on its pid too.
+    local: bool = False
     closed: trio.Event = field(default_factory=trio.Event)
 
 
@@ -174,6 +177,7 @@ class RayBackend(ExecutionBackend):
         self._workers: set[_Worker] = set()
         self._stopping = False
         self._token = secrets.token_bytes(TOKEN_SIZE)
+        self._host_id = host_id()
         # Owner thread: commands in; Ray's callbacks put finished refs in the inbox.
         self._commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._refs: dict[int, Any] = {}
@@ -349,16 +353,17 @@ class RayBackend(ExecutionBackend):
         worker = _Worker(stream)
         async with stream:
             try:
+                hello = b""
                 with trio.move_on_after(_HELLO_LIMIT):
-                    hello = b""
-                    while len(hello) < TOKEN_SIZE:
-                        chunk = await stream.receive_some(TOKEN_SIZE - len(hello))
+                    while len(hello) < TOKEN_SIZE + HOST_ID_SIZE:
+                        chunk = await stream.receive_some(TOKEN_SIZE + HOST_ID_SIZE - len(hello))
                         if not chunk:
                             return
                         hello += chunk
-                if not secrets.compare_digest(hello, self._token):
+                if not secrets.compare_digest(hello[:TOKEN_SIZE], self._token):
                     log.warning("Ray backend: a connection to the tracker did not open with its token; closed")
                     return
+                worker.local = hello[TOKEN_SIZE:] == self._host_id
                 self._workers.add(worker)
                 framer = Framer(_TRACKER_KINDS, TRACKER_MAX_MESSAGE)
                 messages: list[Message] = []
@@ -462,11 +467,15 @@ class RayBackend(ExecutionBackend):
         self._lost(key, job, exc)
 
     async def _lost_when_dead(self, key: int, job: _Job, exc: BaseException) -> None:
-        assert job.worker is not None
+        """Report a killed job lost once its worker is dead: its connection closed, and (here) its pid exited."""
+        worker = job.worker
+        assert worker is not None
         with trio.move_on_after(_DEATH_LIMIT) as late:
-            await job.worker.closed.wait()
+            await worker.closed.wait()
+            if worker.local:
+                await _wait_exited(worker.pid)
         if late.cancelled_caught:
-            log.warning("Ray worker %d still connected %gs after its job was killed", job.worker.pid, _DEATH_LIMIT)
+            log.warning("Ray worker %d still alive %gs after its job was killed", worker.pid, _DEATH_LIMIT)
         self._lost(key, job, exc)
 
     def _lost(self, key: int, job: _Job, exc: BaseException) -> None:
@@ -555,6 +564,18 @@ class RayBackend(ExecutionBackend):
     def worker_of(self, key: int) -> int | None:
         job = self._jobs.get(key)
         return None if job is None else job.pid
+
+
+async def _wait_exited(pid: int) -> None:
+    """Wait until process ``pid`` (of this machine) has exited, woken by its pidfd."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
 
 
 def _ray_detail(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ frames.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import socket
@@ -45,6 +46,19 @@ from ._protocol import (
 TRACKER_MAX_MESSAGE: int = 1 << 20
 #: Bytes of the token a connection opens with.
 TOKEN_SIZE: int = 16
+#: Bytes of the host identity that follows the token.
+HOST_ID_SIZE: int = 32
+
+
+def host_id() -> bytes:
+    """Who can see this process's pids: the same machine (boot id) and pid namespace give the same value."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            boot = f.read().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # not Linux: never taken for the manager's machine
+        return os.urandom(HOST_ID_SIZE)
+    return hashlib.sha256(boot + b":%d" % namespace).digest()
 
 
 _Update = tuple[float | None, str | None]
@@ -81,7 +95,7 @@ class _Tracker:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.lock = threading.Lock()
         header, body = encode(Ready(os.getpid()))
-        self.sock.sendall(token + header + body)
+        self.sock.sendall(token + host_id() + header + body)
         self.channel = _Channel(self.send_locked, self.lock, TRACKER_MAX_MESSAGE)
 
     def send_locked(self, msg: WorkerMessage) -> None:
