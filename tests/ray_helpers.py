@@ -43,24 +43,29 @@ def local_ray(tmp: Path, num_cpus: int = 2) -> Iterator[None]:
     import ray
 
     temp_dir = str(tmp)
-    with worker_path():
+    with ray_env(temp_dir):
         ray.init(num_cpus=num_cpus, _temp_dir=temp_dir, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        assert_no_ray_left(temp_dir)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+            assert_no_ray_left(temp_dir)
 
 
 @contextlib.contextmanager
-def worker_path() -> Iterator[None]:
-    """Let the Ray processes started meanwhile import the tests' job modules (they inherit PYTHONPATH)."""
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(TESTS), *([old] if old else [])])
+def ray_env(temp_dir: str) -> Iterator[None]:
+    """Ray's environment for a test: every file under ``temp_dir`` (none in /tmp/ray), and the
+    Ray processes started meanwhile can import the tests' job modules (they inherit PYTHONPATH)."""
+    old = {name: os.environ.get(name) for name in ("PYTHONPATH", "RAY_TMPDIR")}
+    python_path = old["PYTHONPATH"]
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(TESTS), *([python_path] if python_path else [])])
+    os.environ["RAY_TMPDIR"] = temp_dir
+    os.makedirs(os.path.join(temp_dir, "ray"), exist_ok=True)  # where Ray notes the cluster's address
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = old
+        for name, value in old.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value

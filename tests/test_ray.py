@@ -77,8 +77,8 @@ async def test_a_job_runs_on_a_ray_worker_and_capacity_is_the_clusters_cpus(ray_
 
 
 async def test_pending_until_ray_really_starts_the_job(tmp_path: Path) -> None:
-    # Three slots on a two-CPU Ray: the third job is handed to Ray but waits in Ray's queue.
-    async with TaskManager(backend=RayBackend(max_workers=3)) as tm:
+    # Two slots and one job prefetched on a two-CPU Ray: the third job is handed to Ray but waits in its queue.
+    async with TaskManager(backend=RayBackend(max_workers=2, prefetch=1)) as tm:
         with trio.fail_after(30):
             first, second = tm.submit(announce_and_sleep, 60), tm.submit(announce_and_sleep, 60)
             await running_pid(tm, first)
@@ -172,7 +172,7 @@ async def test_an_unpicklable_result_and_an_async_job(ray_tm: TaskManager) -> No
 
 
 async def test_priorities_and_backpressure_as_with_processes() -> None:
-    async with TaskManager(backend=RayBackend(max_workers=1), max_queued=2) as tm:
+    async with TaskManager(backend=RayBackend(max_workers=1, prefetch=0), max_queued=2) as tm:
         with trio.fail_after(30):
             blocker = tm.submit(announce_and_sleep, 60)
             await running_pid(tm, blocker)
