@@ -202,6 +202,7 @@ class RayBackend(ExecutionBackend):
         self._owns_ray = False
         self._host = ""
         self._port = 0
+        self._tracker_address: tuple[str, int, bytes] = ("", 0, b"")
         self._remote: Any = None
         #: The tracker's tasks; shielded, cancelled once every job has settled.
         self._tracker_scope = trio.CancelScope(shield=True)
@@ -249,6 +250,7 @@ class RayBackend(ExecutionBackend):
             await trio.sleep_forever()
         tracker = (await trio.open_tcp_listeners(0, host=self._host))[0]
         self._port = tracker.socket.getsockname()[1]
+        self._tracker_address = (self._host, self._port, self._token)
         assert self._nursery is not None
         self._nursery.start_soon(self._accept, tracker)
         log.info("Ray backend ready: %d slots, tracker on %s:%d", self.capacity, self._host, self._port)
@@ -297,7 +299,7 @@ class RayBackend(ExecutionBackend):
         if what == "run":
             _, key, payload = command
             try:
-                ref = self._remote.remote(self._host, self._port, self._token, key, payload)
+                ref = self._remote.remote(self._tracker_address, key, payload)
             except BaseException as exc:
                 future: Future[Any] = Future()
                 future.set_exception(exc)

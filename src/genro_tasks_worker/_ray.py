@@ -128,21 +128,15 @@ def _close_in_child() -> None:
 os.register_at_fork(after_in_child=_close_in_child)
 
 
-def _tracker(host: str, port: int, token: bytes) -> _Tracker:
-    key = (host, port, token)
-    tracker = _trackers.get(key)
-    if tracker is None:
-        tracker = _trackers[key] = _Tracker(host, port, token)
-    return tracker
-
-
-def run_job(host: str, port: int, token: bytes, seq: int, payload: bytes) -> tuple[int, WorkerMessage, _Update | None]:
+def run_job(
+    tracker_address: tuple[str, int, bytes], seq: int, payload: bytes
+) -> tuple[int, WorkerMessage, _Update | None]:
     """Run one job on a Ray worker: say it started, run it, return how it ended.
 
     Args:
-        host: The tracker's address (the manager's machine, as Ray sees it).
-        port: The tracker's TCP port.
-        token: The manager's secret; a connection that does not open with it is dropped.
+        tracker_address: The tracker's host (the manager's machine, as Ray
+            sees it), TCP port, and the manager's secret token (a connection
+            that does not open with it is dropped).
         seq: The job's key (the manager's sequence number of the task).
         payload: The pickled ``(func, args, kwargs, memory_limit)``.
 
@@ -151,7 +145,9 @@ def run_job(host: str, port: int, token: bytes, seq: int, payload: bytes) -> tup
         (with the job's traceback, tblib) or ``DoneBadResult``; and the job's
         newest progress (None if it reported none).
     """
-    tracker = _tracker(host, port, token)
+    tracker = _trackers.get(tracker_address)
+    if tracker is None:
+        tracker = _trackers[tracker_address] = _Tracker(*tracker_address)
     tracker.started(seq)
     channel = tracker.channel
     _progress.start_job(channel, seq)
