@@ -27,7 +27,7 @@ from jobs import exit_hard, failing_task, simple_task, slow_task
 def _ray_backend() -> ExecutionBackend:
     from genro_tasks.ray import RayBackend
 
-    return RayBackend(max_workers=2, prefetch=0)  # free_slots() == capacity when idle, as a pool
+    return RayBackend(max_workers=2)
 
 
 BACKENDS: dict[str, Callable[[], ExecutionBackend]] = {

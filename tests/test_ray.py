@@ -172,7 +172,7 @@ async def test_an_unpicklable_result_and_an_async_job(ray_tm: TaskManager) -> No
 
 
 async def test_priorities_and_backpressure_as_with_processes() -> None:
-    async with TaskManager(backend=RayBackend(max_workers=1, prefetch=0), max_queued=2) as tm:
+    async with TaskManager(backend=RayBackend(max_workers=1), max_queued=2) as tm:
         with trio.fail_after(30):
             blocker = tm.submit(announce_and_sleep, 60)
             await running_pid(tm, blocker)

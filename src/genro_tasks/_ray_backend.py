@@ -118,10 +118,10 @@ class RayBackend(ExecutionBackend):
 
     Args:
         address: The Ray cluster to join (``"auto"``, ``"ray://..."`` or
-            ``"host:port"``); None starts a local Ray, or uses the one
-            this process already joined (``ray.init`` called before). A Ray
-            this backend started is shut down with the manager; one it
-            found is left running.
+            ``"host:port"``); None starts a local Ray. If this process has
+            already joined a Ray (``ray.init`` called before), that one is
+            used whatever the address. A Ray this backend started is shut
+            down with the manager; one it found is left running.
         max_workers: How many jobs run at once; None: the cluster's CPUs
             when the manager starts.
         init_options: More keyword arguments for ``ray.init`` (for example
@@ -135,11 +135,11 @@ class RayBackend(ExecutionBackend):
         prefetch: How many jobs beyond ``max_workers`` are handed to Ray
             ahead of time, so that a Ray worker finishing a job starts the
             next one without waiting for a round trip through this process
-            (None: twice ``max_workers``, which speeds up short jobs by
-            about a third). They stay PENDING until they
-            really start and can be cancelled, but Ray runs them in the order
-            they were handed over: a higher-priority task submitted later
-            waits for them. 0 keeps priorities strict.
+            (twice ``max_workers`` speeds up short jobs by about a third).
+            They stay PENDING until they really start and can be cancelled,
+            but Ray runs them in the order they were handed over: a
+            higher-priority task submitted later waits for them. The
+            default, 0, keeps priorities strict.
 
     A backend serves one TaskManager, once.
     """
@@ -152,7 +152,7 @@ class RayBackend(ExecutionBackend):
         init_options: dict[str, Any] | None = None,
         task_options: dict[str, Any] | None = None,
         tracker_host: str | None = None,
-        prefetch: int | None = None,
+        prefetch: int = 0,
     ) -> None:
         if address is not None and (not isinstance(address, str) or not address):
             raise ValueError(f"RayBackend(address=...) must be a Ray address such as 'auto' or None, not {address!r}")
@@ -171,15 +171,14 @@ class RayBackend(ExecutionBackend):
             )
         task_options["max_retries"] = 0
         task_options.setdefault("num_cpus", 1)
-        if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0):
-            raise ValueError(f"RayBackend(prefetch=...) must be an int >= 0 or None, not {prefetch!r}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"RayBackend(prefetch=...) must be an int >= 0, not {prefetch!r}")
         if tracker_host is not None and (not isinstance(tracker_host, str) or not tracker_host):
             raise ValueError(f"RayBackend(tracker_host=...) must be a host name or address, not {tracker_host!r}")
         self.address = address
         self.capacity = max_workers or 0
         self._max_workers = max_workers
-        self._prefetch_option = prefetch
-        self._prefetch = 0 if prefetch is None else prefetch
+        self._prefetch = prefetch
         self._init_options = dict(init_options or {})
         self._task_options = task_options
         self._tracker_host = tracker_host
@@ -334,8 +333,6 @@ class RayBackend(ExecutionBackend):
             cpus = ray.cluster_resources().get("CPU", 0)  # type: ignore[no-untyped-call]
             per_job = self._task_options["num_cpus"] or 1
             self.capacity = max(1, math.floor(cpus / per_job))
-        if self._prefetch_option is None:
-            self._prefetch = 2 * self.capacity
         self._host = self._tracker_host or ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         self._remote = ray.remote(run_job).options(**self._task_options)
 
