@@ -23,23 +23,6 @@ def announce_then_sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def count_progress(steps: int) -> str:
-    for i in range(1, steps + 1):
-        report_progress(i / steps, f"step {i}")
-        time.sleep(0.001)
-    return "counted"
-
-
-def leaves_a_child(seconds: float) -> int:
-    """Start a sleeping child process (it holds no tracker socket), then sleep."""
-    import subprocess
-
-    child = subprocess.Popen(["sleep", str(seconds)])
-    report_progress(0.0, str(child.pid))
-    time.sleep(seconds)
-    return child.pid
-
-
 def count_starts_then_exit(path: str) -> None:
     """Note each start in ``path``, then kill this worker process (a crash, not an exception)."""
     with open(path, "a") as f:

@@ -33,6 +33,8 @@ from jobs import (
     announce_and_sleep,
     async_job,
     failing_task,
+    progress_flood,
+    progress_steps,
     progress_then_return,
     return_unpicklable,
     simple_task,
@@ -211,3 +213,29 @@ async def test_a_backend_serves_one_manager() -> None:
 def test_importing_genro_tasks_does_not_import_ray() -> None:
     code = "import sys, genro_tasks, genro_tasks_worker; assert 'ray' not in sys.modules, 'ray was imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_progress_arrives_while_the_job_runs_and_is_coalesced(ray_tm: TaskManager) -> None:
+    with trio.fail_after(30):
+        task_id = ray_tm.submit(announce_and_sleep, 60)
+        pid = await running_pid(ray_tm, task_id)
+        await testing.wait_until(ray_tm, lambda: testing.snapshot(ray_tm, task_id).progress_message is not None)
+        assert testing.snapshot(ray_tm, task_id).progress_message == f"pid={pid}"  # live, over the tracker
+        assert await ray_tm.cancel(task_id)
+        flood = ray_tm.submit(progress_flood, 200_000)
+        assert await ray_tm.result(flood) == 200_000
+    info = await ray_tm.info(flood)
+    assert (info.progress, info.progress_message) == (1.0, "flood over")
+    assert testing.change_count(ray_tm, flood) < 1_000  # coalesced: nowhere near one change per call
+
+
+async def test_a_graceful_cancel_interrupts_the_job(ray_tm: TaskManager) -> None:
+    # Ray interrupts the job when it next runs Python code: here, between two short sleeps.
+    with trio.fail_after(30):
+        task_id = ray_tm.submit(progress_steps, 1000, 0.05)
+        await running_pid(ray_tm, task_id)
+        assert await ray_tm.cancel(task_id, grace=20)
+    info = await ray_tm.info(task_id)
+    assert info.status is TaskStatus.CANCELLED
+    assert info.error is not None
+    assert "gracefully" in info.error
