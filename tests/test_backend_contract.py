@@ -52,6 +52,7 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def backend_name(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     if name == "ray":
+        pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' (.ci/run does)")
         request.getfixturevalue("local_ray")
     return name
 
@@ -193,6 +194,7 @@ async def test_stopping_lets_idle_workers_exit() -> None:
 def stoppable(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     if name == "ray":
+        pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' (.ci/run does)")
         request.getfixturevalue("local_ray")
     return name
 

@@ -28,7 +28,6 @@ from genro_tasks import (
     WorkerCrashed,
     testing,
 )
-from genro_tasks.ray import RayBackend
 from jobs import (
     announce_and_sleep,
     async_job,
@@ -40,6 +39,9 @@ from jobs import (
     simple_task,
 )
 from jobs_ray import count_starts_then_exit, where
+
+pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' (.ci/run does)")
+from genro_tasks.ray import RayBackend
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 

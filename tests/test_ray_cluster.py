@@ -15,9 +15,11 @@ import trio
 
 from conftest import pid_gone, wait_status
 from genro_tasks import TaskManager, TaskStatus, WorkerCrashed
-from genro_tasks.ray import RayBackend
 from jobs import simple_task
 from jobs_ray import announce_then_sleep
+
+pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' (.ci/run does)")
+from genro_tasks.ray import RayBackend
 
 
 class TwoNodes:
