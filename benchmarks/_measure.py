@@ -38,14 +38,16 @@ PLANNED_METRICS = ("cross_process_cancel",)
 #: Variants planned for capabilities still to land: their adapters are written with the capability.
 _ADAPTER_TO_WRITE = {
     f"{GENRO}+store": "open a TaskManager on the shared store (issue 12)",
-    f"{GENRO}+ray": "open a TaskManager on the Ray backend (issue 13)",
-    "ray": "drive plain Ray (ray.remote, ray.cancel(force=True)) from trio threads",
 }
 
 
 def _opener(lib: str) -> PoolOpener:
     if lib in _ADAPTER_TO_WRITE:
         raise NotImplementedError(f"no adapter for {lib!r} yet: {_ADAPTER_TO_WRITE[lib]} in benchmarks/")
+    if lib == f"{GENRO}+ray" or lib == "ray":
+        import _ray
+
+        return _ray.open_genro_ray if lib == f"{GENRO}+ray" else _ray.open_ray
     if lib.partition("+")[0] == GENRO:
         import functools
 

@@ -19,6 +19,7 @@ from trio.lowlevel import enable_ki_protection
 
 from genro_tasks_worker._protocol import DEFAULT_MAX_MESSAGE_SIZE
 
+from ._backend import ExecutionBackend
 from ._errors import ManagerClosed, QueueFull
 from ._launch import default_context
 from ._many import AsCompleted
@@ -77,6 +78,12 @@ class TaskManager(SubmitMethods):
             an error report, a progress message. A task whose result is
             larger fails with MessageTooLarge. It bounds what one worker
             can make this process buffer, however its frames claim more.
+        backend: Run the jobs elsewhere than in local worker processes, e.g.
+            ``RayBackend(...)`` from :mod:`genro_tasks.ray`. The process
+            pool's options (``max_workers``, ``start_method``,
+            ``initializer``, ``initargs``, ``max_tasks_per_worker``,
+            ``max_message_size``) and the ``memory_limit`` task option then
+            do not apply: passing them raises ValueError.
     """
 
     def __init__(
@@ -91,7 +98,20 @@ class TaskManager(SubmitMethods):
         max_finished: int = 10_000,
         finished_ttl: float | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        backend: ExecutionBackend | None = None,
     ) -> None:
+        if backend is not None:
+            _refuse_process_options(
+                backend,
+                max_workers=max_workers is not None,
+                start_method=start_method != "forkserver",
+                initializer=initializer is not None,
+                initargs=initargs != (),
+                max_tasks_per_worker=max_tasks_per_worker is not None,
+                max_message_size=max_message_size != DEFAULT_MAX_MESSAGE_SIZE,
+            )
+        #: The backend given by the caller (None: a ProcessBackend made at startup).
+        self._given_backend = backend
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         check_count("max_workers", max_workers, allow_none=False)
@@ -114,7 +134,7 @@ class TaskManager(SubmitMethods):
         #: The trio run this manager belongs to (set by startup()).
         self._owner = RunOwner()
         self._registry: TaskRegistry = MemoryRegistry(max_finished, finished_ttl, self._owner.now)
-        self._backend: ProcessBackend | None = None
+        self._backend: ExecutionBackend | None = None
         self._scheduler: Scheduler | None = None
         self._running = False
         self._shut_down = False
@@ -131,7 +151,9 @@ class TaskManager(SubmitMethods):
 
     @property
     def max_workers(self) -> int:
-        """The number of worker processes this manager keeps."""
+        """The number of worker processes this manager keeps (a given backend's capacity)."""
+        if self._given_backend is not None:
+            return self._given_backend.capacity
         return self._max_workers
 
     async def startup(self) -> None:
@@ -157,9 +179,12 @@ class TaskManager(SubmitMethods):
                 return
             raise RuntimeError("this TaskManager was shut down; create a new one")
         self._owner.claim()
-        self._backend = ProcessBackend(
-            self._max_workers, self._ctx, self._init_payload, self._max_tasks, self._max_message_size
-        )
+        if self._given_backend is not None:
+            self._backend = self._given_backend
+        else:
+            self._backend = ProcessBackend(
+                self._max_workers, self._ctx, self._init_payload, self._max_tasks, self._max_message_size
+            )
         hub = self._registry.hub
         scheduler = Scheduler(self._backend, self._registry.changed, hub.room_freed, hub.close)
         self._scheduler = scheduler
@@ -172,7 +197,10 @@ class TaskManager(SubmitMethods):
             self._registry.hub.close()
             raise
         self._running = True
-        log.info("TaskManager started with %d %s workers", self._max_workers, self._start_method)
+        if self._given_backend is None:
+            log.info("TaskManager started with %d %s workers", self._max_workers, self._start_method)
+        else:
+            log.info("TaskManager started on %s (%d slots)", type(self._backend).__name__, self._backend.capacity)
 
     async def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
         """Stop accepting tasks, settle the ones in flight, and stop every worker.
@@ -233,6 +261,8 @@ class TaskManager(SubmitMethods):
     def _submit(self, call: Call, options: TaskOptions) -> str:
         """The one way in: every submit, submit_wait and run of the manager and its views."""
         self._check_owner("submit")
+        if options.memory_limit is not None and self._given_backend is not None:
+            raise _no_memory_limit(self._given_backend)
         job = prepare(call, options, self._registry.__contains__, self._max_message_size)
         return self._enqueue(job, wait_for_room=False).task_id
 
@@ -244,6 +274,8 @@ class TaskManager(SubmitMethods):
 
     async def _submit_wait(self, call: Call, options: TaskOptions) -> str:
         self._check_owner("submit_wait")
+        if options.memory_limit is not None and self._given_backend is not None:
+            raise _no_memory_limit(self._given_backend)
         job = prepare(call, options, self._registry.__contains__, self._max_message_size)
         while True:
             scheduler = self._scheduler
@@ -686,3 +718,27 @@ class TaskManager(SubmitMethods):
         check_count("max_pending", max_pending, allow_none=False)
         self._check_owner("open_change_stream")
         return self._registry.hub.open_stream(max_pending)
+
+
+def _refuse_process_options(backend: ExecutionBackend, **given: bool) -> None:
+    """Raise ValueError naming the process pool options passed along with ``backend=``."""
+    if not isinstance(backend, ExecutionBackend):
+        raise TypeError(f"backend must be an execution backend such as genro_tasks.ray.RayBackend, not {backend!r}")
+    names = [name for name, passed in given.items() if passed]
+    if names:
+        kind = type(backend).__name__
+        raise ValueError(
+            f"TaskManager(backend={kind}(...)) does not take {', '.join(names)}: "
+            f"{'it is an option' if len(names) == 1 else 'they are options'} of the local process pool. "
+            f"Configure the backend instead (e.g. {kind}(max_workers=...) for capacity), or drop backend= "
+            "to run jobs in local worker processes"
+        )
+
+
+def _no_memory_limit(backend: ExecutionBackend) -> ValueError:
+    kind = type(backend).__name__
+    return ValueError(
+        f"the memory_limit task option does not apply with backend={kind}(...): it caps a local worker "
+        f"process's address space. Drop it; on Ray, reserve memory with {kind}(task_options={{'memory': ...}}) "
+        "and let Ray's memory monitor stop a job that outgrows its node"
+    )

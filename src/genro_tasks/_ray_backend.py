@@ -1,0 +1,602 @@
+"""The Ray backend: jobs run as Ray tasks on an existing (or a local) Ray cluster.
+
+Three parts, each with one job:
+
+* **The owner thread** makes every call into Ray (``ray.init``, submitting a
+  task, ``ray.cancel``, ``ray.shutdown``), taking commands from the trio thread
+  on a queue, several at a time. Nothing Ray does ever runs on the event loop.
+  A task's end comes back through its ref's future: Ray's own thread queues it,
+  and one ``run_sync_soon`` hands a whole batch to the trio thread.
+* **The tracker** is a TCP listener in the trio thread. The job's first action
+  on its Ray worker is to send ``Started`` on its process's connection
+  (:mod:`genro_tasks_worker._ray`); progress follows on the same connection, and
+  its end-of-file is how the death of a killed worker is observed, on any node.
+* **The trio side** (this class's methods) owns the state: which job runs
+  where (``RayBackend._jobs``, the one task-to-handle mapping), and the one kill
+  path: ``ray.cancel(force=True)`` → the ref fails → the worker's connection
+  closes (its process is dead) → :meth:`~._backend.BackendListener.lost`.
+
+Ray never re-runs a task here (``max_retries=0``): a worker or node death is
+reported lost, never retryable, and the scheduler records WorkerCrashed.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import pickle
+import queue
+import secrets
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import ray.exceptions
+import trio
+from trio.lowlevel import enable_ki_protection
+
+from genro_tasks_worker._framing import Framer
+from genro_tasks_worker._protocol import (
+    PROGRESS,
+    READY,
+    STARTED,
+    DoneBadResult,
+    DoneError,
+    DoneOk,
+    DoneTooLarge,
+    Failure,
+    Message,
+    Progress,
+    ProtocolError,
+    Ready,
+    Started,
+)
+from genro_tasks_worker._ray import HOST_ID_SIZE, TOKEN_SIZE, TRACKER_MAX_MESSAGE, host_id, run_job
+
+from ._backend import (
+    BackendListener,
+    BackendStatistics,
+    ExecutionBackend,
+    Lost,
+    Outcome,
+    Raised,
+    Returned,
+    TooLarge,
+    Undecodable,
+    Unreturnable,
+)
+from ._util import only_cancelled
+
+log = logging.getLogger("genro_tasks")
+
+#: How long a killed job's worker may take to close its tracker connection (die) once Ray says it is cancelled.
+_DEATH_LIMIT = 10.0
+#: How long stopping waits for Ray to report every job in flight after they were all cancelled.
+_SETTLE_LIMIT = 15.0
+#: How long a new tracker connection may take to send its token.
+_HELLO_LIMIT = 10.0
+_TRACKER_KINDS = frozenset({READY, STARTED, PROGRESS})
+_STOP = ("stop",)
+
+
+@dataclass(eq=False)
+class _Worker:
+    """One Ray worker process's connection to this backend's tracker."""
+
+    stream: trio.SocketStream
+    pid: int = 0
+    #: On this machine, in this pid namespace: its death can be seen on its pid too.
+    local: bool = False
+    closed: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    """A job handed to Ray, as the trio side knows it."""
+
+    started: bool = False
+    pid: int | None = None
+    #: The worker's tracker connection (None until its Started frame arrived).
+    worker: _Worker | None = None
+    #: The kill was asked (``ray.cancel(force=True)``).
+    killed: bool = False
+    #: A graceful stop was asked (``ray.cancel(force=False)``).
+    interrupted: bool = False
+    progress: tuple[float | None, str | None] | None = None
+
+
+class RayBackend(ExecutionBackend):
+    """Run a TaskManager's jobs as Ray tasks: ``TaskManager(backend=RayBackend(...))``.
+
+    Each job is one Ray task (``num_cpus=1`` unless ``task_options`` say
+    otherwise, never retried by Ray). Statuses, progress, cancel and timeouts
+    keep the promises of the process pool: see the README's "Running on a Ray
+    cluster" for what differs.
+
+    Args:
+        address: The Ray cluster to join (``"auto"``, ``"ray://..."`` or
+            ``"host:port"``); None starts a local Ray. If this process has
+            already joined a Ray (``ray.init`` called before), that one is
+            used whatever the address. A Ray this backend started is shut
+            down with the manager; one it found is left running.
+        max_workers: How many jobs run at once; None: the cluster's CPUs
+            when the manager starts.
+        init_options: More keyword arguments for ``ray.init`` (for example
+            ``num_cpus`` or ``runtime_env``), used only if this backend
+            starts or joins Ray.
+        task_options: Ray task options for every job (``num_cpus``,
+            ``resources``, ``runtime_env``...), as for ``.options()`` of a
+            remote function; ``max_retries`` is always 0.
+        tracker_host: The address of this machine that Ray workers connect
+            back to (default: the address Ray uses for this node).
+        prefetch: How many jobs beyond ``max_workers`` are handed to Ray
+            ahead of time, so that a Ray worker finishing a job starts the
+            next one without waiting for a round trip through this process
+            (twice ``max_workers`` speeds up short jobs by about a third).
+            They stay PENDING until they really start and can be cancelled,
+            but Ray runs them in the order they were handed over: a
+            higher-priority task submitted later waits for them. The
+            default, 0, keeps priorities strict.
+
+    A backend serves one TaskManager, once.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        max_workers: int | None = None,
+        init_options: dict[str, Any] | None = None,
+        task_options: dict[str, Any] | None = None,
+        tracker_host: str | None = None,
+        prefetch: int = 0,
+    ) -> None:
+        if address is not None and (not isinstance(address, str) or not address):
+            raise ValueError(f"RayBackend(address=...) must be a Ray address such as 'auto' or None, not {address!r}")
+        if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int)):
+            raise ValueError(f"RayBackend(max_workers=...) must be a positive int or None, not {max_workers!r}")
+        if max_workers is not None and max_workers < 1:
+            raise ValueError(f"RayBackend(max_workers=...) must be at least 1, not {max_workers}")
+        for name, options in (("init_options", init_options), ("task_options", task_options)):
+            if options is not None and not isinstance(options, dict):
+                raise ValueError(f"RayBackend({name}=...) must be a dict of keyword arguments, not {options!r}")
+        task_options = dict(task_options or {})
+        if task_options.get("max_retries", 0) != 0:
+            raise ValueError(
+                "RayBackend(task_options=...) cannot set max_retries: a job is never run twice silently "
+                "(a worker or node death fails its task with WorkerCrashed); resubmit it yourself if that is safe"
+            )
+        task_options["max_retries"] = 0
+        task_options.setdefault("num_cpus", 1)
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"RayBackend(prefetch=...) must be an int >= 0, not {prefetch!r}")
+        if tracker_host is not None and (not isinstance(tracker_host, str) or not tracker_host):
+            raise ValueError(f"RayBackend(tracker_host=...) must be a host name or address, not {tracker_host!r}")
+        self.address = address
+        self.capacity = max_workers or 0
+        self._max_workers = max_workers
+        self._prefetch = prefetch
+        self._init_options = dict(init_options or {})
+        self._task_options = task_options
+        self._tracker_host = tracker_host
+        self._served = False
+        self._listener: BackendListener | None = None
+        #: The one task-to-handle mapping: job key -> what the trio side knows of it.
+        self._jobs: dict[int, _Job] = {}
+        self._workers: set[_Worker] = set()
+        self._stopping = False
+        self._token = secrets.token_bytes(TOKEN_SIZE)
+        self._host_id = host_id()
+        # Owner thread: commands in; Ray's callbacks put finished refs in the inbox.
+        self._commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._refs: dict[int, Any] = {}
+        self._inbox: collections.deque[tuple[int, Future[Any]]] = collections.deque()
+        self._wake_scheduled = False
+        self._trio_token: trio.lowlevel.TrioToken | None = None
+        self._connected = trio.Event()
+        self._connect_error: BaseException | None = None
+        self._owns_ray = False
+        self._host = ""
+        self._port = 0
+        self._tracker_address: tuple[str, int, bytes] = ("", 0, b"")
+        self._remote: Any = None
+        #: The tracker's tasks; shielded, cancelled once every job has settled.
+        self._tracker_scope = trio.CancelScope(shield=True)
+        self._nursery: trio.Nursery | None = None
+        self._inbox_ready = trio.Event()
+        self._settled = trio.Event()
+        self.crashes = 0
+
+    # ------------------------------------------------------------------ serving
+    @enable_ki_protection
+    async def serve(self, listener: BackendListener) -> None:
+        """Join Ray, open the tracker, and run jobs until cancelled (see ExecutionBackend.serve).
+
+        **Cancellation:** How the backend is stopped: every job in flight is
+        cancelled with ``ray.cancel(force=True)`` and reported lost once Ray
+        says so and its worker is dead (shielded); a Ray this backend started
+        is then shut down.
+        """
+        if self._served:
+            raise RuntimeError("this RayBackend already served a TaskManager; create a new RayBackend for each one")
+        self._served = True
+        self._listener = listener
+        self._trio_token = trio.lowlevel.current_trio_token()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run_owner, name="genro_tasks ray owner")
+                await nursery.start(self._run_tracker, name="genro_tasks ray tracker")
+                try:
+                    await self._serve(listener)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self._stop_all()
+                        self._tracker_scope.cancel()
+                        self._commands.put(_STOP)
+        except BaseException as exc:
+            if not only_cancelled(exc):
+                listener.failed(exc)
+            raise
+
+    async def _serve(self, listener: BackendListener) -> None:
+        self._commands.put(("connect",))
+        await self._connected.wait()
+        if self._connect_error is not None:
+            listener.start_failed(self._connect_error, none_left=True)
+            await trio.sleep_forever()
+        tracker = (await trio.open_tcp_listeners(0, host=self._host))[0]
+        self._port = tracker.socket.getsockname()[1]
+        self._tracker_address = (self._host, self._port, self._token)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._accept, tracker)
+        log.info("Ray backend ready: %d slots, tracker on %s:%d", self.capacity, self._host, self._port)
+        listener.all_ready()
+        listener.capacity_changed()
+        await trio.sleep_forever()
+
+    async def _run_tracker(self, task_status: trio.TaskStatus[None]) -> None:
+        """The trio side's own tasks (tracker, inbox), shielded: they outlive a cancel until every job settled."""
+        with self._tracker_scope:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._pump)
+                task_status.started()
+                await trio.sleep_forever()
+        self._nursery = None
+
+    async def _run_owner(self) -> None:
+        await trio.to_thread.run_sync(self._owner_loop, abandon_on_cancel=False)
+
+    # -------------------------------------------------------------- owner thread
+    def _owner_loop(self) -> None:
+        """The owner thread: every Ray call, in the order the trio side asked."""
+        commands = self._commands
+        try:
+            while True:
+                batch = [commands.get()]
+                while True:
+                    try:
+                        batch.append(commands.get_nowait())
+                    except queue.Empty:
+                        break
+                for command in batch:
+                    if command is _STOP:
+                        return
+                    self._execute(command)
+        finally:
+            if self._owns_ray:
+                try:
+                    ray.shutdown()
+                except Exception:  # pragma: no cover - nothing left to do about it
+                    log.exception("ray.shutdown() failed")
+
+    def _execute(self, command: tuple[Any, ...]) -> None:
+        what = command[0]
+        if what == "run":
+            _, key, payload = command
+            try:
+                ref = self._remote.remote(self._tracker_address, key, payload)
+            except BaseException as exc:
+                future: Future[Any] = Future()
+                future.set_exception(exc)
+                self._finished(key, future)
+                return
+            self._refs[key] = ref
+            ref.future().add_done_callback(lambda future, key=key: self._finished(key, future))
+        elif what == "cancel":
+            _, key, force = command
+            ref = self._refs.get(key)
+            if ref is not None:
+                try:
+                    ray.cancel(ref, force=force)
+                except Exception as exc:  # the task ended meanwhile, or Ray refuses: its end still comes
+                    log.debug("ray.cancel of job #%d: %s", key, exc)
+        else:
+            assert what == "connect"
+            try:
+                self._connect()
+            except BaseException as exc:
+                error = RuntimeError(f"RayBackend could not join Ray (address={self.address!r}): {exc}")
+                error.__cause__ = exc
+                self._connect_error = error
+            self._to_trio(self._connected.set)
+
+    def _connect(self) -> None:
+        if not ray.is_initialized():
+            options = {"include_dashboard": False, **self._init_options}
+            ray.init(address=self.address, **options)
+            self._owns_ray = True
+        if self._max_workers is None:
+            cpus = ray.cluster_resources().get("CPU", 0)  # type: ignore[no-untyped-call]
+            per_job = self._task_options["num_cpus"] or 1
+            self.capacity = max(1, math.floor(cpus / per_job))
+        self._host = self._tracker_host or ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        self._remote = ray.remote(run_job).options(**self._task_options)
+
+    def _finished(self, key: int, future: Future[Any]) -> None:
+        """A Ray thread: job ``key``'s ref resolved; hand it to the trio thread (batched)."""
+        self._refs.pop(key, None)
+        self._inbox.append((key, future))
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self._to_trio(self._ring)
+
+    def _ring(self) -> None:
+        self._inbox_ready.set()
+
+    def _to_trio(self, func: Any) -> None:
+        assert self._trio_token is not None
+        try:
+            self._trio_token.run_sync_soon(func)
+        except trio.RunFinishedError:  # pragma: no cover - the run ended under us
+            pass
+
+    # ----------------------------------------------------------------- tracker
+    async def _accept(self, tracker: trio.SocketListener) -> None:
+        assert self._nursery is not None
+        async with tracker:
+            while True:
+                stream = await tracker.accept()
+                self._nursery.start_soon(self._serve_worker, stream)
+
+    async def _serve_worker(self, stream: trio.SocketStream) -> None:
+        """Read one Ray worker's frames until its process closes the connection (dies)."""
+        worker = _Worker(stream)
+        async with stream:
+            try:
+                hello = b""
+                with trio.move_on_after(_HELLO_LIMIT):
+                    while len(hello) < TOKEN_SIZE + HOST_ID_SIZE:
+                        chunk = await stream.receive_some(TOKEN_SIZE + HOST_ID_SIZE - len(hello))
+                        if not chunk:
+                            return
+                        hello += chunk
+                if not secrets.compare_digest(hello[:TOKEN_SIZE], self._token):
+                    log.warning("Ray backend: a connection to the tracker did not open with its token; closed")
+                    return
+                worker.local = hello[TOKEN_SIZE:] == self._host_id
+                self._workers.add(worker)
+                framer = Framer(_TRACKER_KINDS, TRACKER_MAX_MESSAGE)
+                messages: list[Message] = []
+                while True:
+                    data = await stream.receive_some()
+                    if not data:
+                        return
+                    framer.feed(data, messages)
+                    for msg in messages:
+                        self._on_message(worker, msg)
+                    messages.clear()
+            except (trio.BrokenResourceError, ProtocolError) as exc:
+                log.warning("Ray backend: a worker's tracker connection broke: %s", exc)
+            finally:
+                self._workers.discard(worker)
+                worker.closed.set()
+
+    def _on_message(self, worker: _Worker, msg: Message) -> None:
+        listener = self._listener
+        assert listener is not None
+        if type(msg) is Ready:
+            worker.pid = msg.pid
+            return
+        if type(msg) is Started:
+            job = self._jobs.get(msg.seq)
+            if job is not None and not job.started:
+                job.started = True
+                job.worker = worker
+                job.pid = worker.pid
+                listener.started(msg.seq, worker.pid)
+            return
+        assert type(msg) is Progress
+        job = self._jobs.get(msg.seq)
+        if job is not None and job.worker is worker:
+            job.progress = (msg.fraction, msg.message)
+            listener.progress(msg.seq, msg.fraction, msg.message)
+
+    # ------------------------------------------------------------ jobs ending
+    @enable_ki_protection
+    async def _pump(self) -> None:
+        """Settle, in the trio thread, every job whose ref resolved (a batch per wake-up)."""
+        inbox = self._inbox
+        while True:
+            await self._inbox_ready.wait()
+            self._inbox_ready = trio.Event()
+            self._wake_scheduled = False
+            while inbox:
+                key, future = inbox.popleft()
+                self._settle(key, future)
+
+    def _settle(self, key: int, future: Future[Any]) -> None:
+        job = self._jobs.get(key)
+        listener = self._listener
+        if job is None or listener is None:
+            return
+        try:
+            pid, done, latest = future.result()
+        except BaseException as exc:
+            self._failed(key, job, exc)
+            return
+        if not job.started:  # the result overtook the Started frame: the job did start
+            job.started = True
+            job.pid = pid
+            listener.started(key, pid)
+        if latest is not None and latest != job.progress:  # so did its newest progress
+            listener.progress(key, *latest)
+        outcome: Outcome
+        if type(done) is DoneOk:
+            try:
+                outcome = Returned(pickle.loads(done.result))
+            except BaseException as exc:  # user code ran: even SystemExit stays here, as this task's failure
+                outcome = Undecodable(exc)
+        elif type(done) is DoneError:
+            outcome = Raised(done.failure)
+        elif type(done) is DoneBadResult:
+            outcome = Unreturnable(done.type_name, done.reason)
+        else:  # pragma: no cover - the job side never sends others
+            assert type(done) is DoneTooLarge
+            outcome = TooLarge(done.what, done.size, TRACKER_MAX_MESSAGE)
+        del self._jobs[key]
+        listener.done(key, outcome)
+        self._check_settled()
+
+    def _failed(self, key: int, job: _Job, exc: BaseException) -> None:
+        """Job ``key``'s Ray task failed: killed on request, stopped gracefully, or its worker died."""
+        listener = self._listener
+        assert listener is not None
+        cancelled = isinstance(exc, ray.exceptions.TaskCancelledError)
+        if cancelled and job.interrupted and not job.killed:
+            # A graceful stop that ended the job: the scheduler records it CANCELLED.
+            del self._jobs[key]
+            name = "genro_tasks_worker.CancelRequested"
+            listener.done(key, Raised(Failure(None, name, "the task was cancelled", f"{name}: the task was cancelled")))
+            self._check_settled()
+            return
+        worker = job.worker
+        if job.killed and worker is not None and self._nursery is not None:
+            # Its process is dying: report it once its connection closes, so "lost" means "dead".
+            self._nursery.start_soon(self._lost_when_dead, key, job, exc)
+            return
+        self._lost(key, job, exc)
+
+    async def _lost_when_dead(self, key: int, job: _Job, exc: BaseException) -> None:
+        """Report a killed job lost once its worker is dead: its connection closed, and (here) its pid exited."""
+        worker = job.worker
+        assert worker is not None
+        with trio.move_on_after(_DEATH_LIMIT) as late:
+            await worker.closed.wait()
+            if worker.local:
+                await _wait_exited(worker.pid)
+        if late.cancelled_caught:
+            log.warning("Ray worker %d still alive %gs after its job was killed", worker.pid, _DEATH_LIMIT)
+        self._lost(key, job, exc)
+
+    def _lost(self, key: int, job: _Job, exc: BaseException) -> None:
+        if self._jobs.get(key) is not job:
+            return
+        del self._jobs[key]
+        detail = ""
+        if not job.killed:
+            self.crashes += 1
+            detail = _ray_detail(exc)
+            log.warning("Ray job #%d lost: %s", key, detail)
+        assert self._listener is not None
+        self._listener.lost(key, Lost(job.pid, None, detail, retryable=False))
+        self._listener.capacity_changed()
+        self._check_settled()
+
+    def _check_settled(self) -> None:
+        if not self._jobs:
+            self._settled.set()
+
+    async def _stop_all(self) -> None:
+        """Kill every job in flight, wait for Ray to say so (with a limit), report the rest lost."""
+        self._stopping = True
+        for key, job in self._jobs.items():
+            if not job.killed:
+                job.killed = True
+                self._commands.put(("cancel", key, True))
+        if self._jobs:
+            self._settled = trio.Event()
+            with trio.move_on_after(_SETTLE_LIMIT):
+                await self._settled.wait()
+        for key, job in list(self._jobs.items()):
+            log.warning("Ray did not report job #%d after its kill; reporting it lost", key)
+            self._lost(key, job, RuntimeError("Ray did not report the cancelled task"))
+
+    # ------------------------------------------------------------ the scheduler's calls
+    def free_slots(self) -> int:
+        if self._stopping or not self._connected.is_set() or self._connect_error is not None:
+            return 0
+        return self.capacity + self._prefetch - len(self._jobs)
+
+    @enable_ki_protection
+    def dispatch(self, key: int, payload: bytes) -> None:
+        self._jobs[key] = _Job()
+        self._commands.put(("run", key, payload))
+
+    @enable_ki_protection
+    def interrupt(self, key: int) -> None:
+        job = self._jobs.get(key)
+        if job is not None and not job.interrupted and not job.killed:
+            job.interrupted = True
+            self._commands.put(("cancel", key, False))
+
+    @enable_ki_protection
+    def kill(self, key: int) -> None:
+        job = self._jobs.get(key)
+        if job is not None and not job.killed:
+            job.killed = True
+            self._commands.put(("cancel", key, True))
+
+    @enable_ki_protection
+    def begin_stop(self) -> None:
+        self._stopping = True
+
+    async def wait_stopped(self) -> None:
+        """Return at once: Ray's workers are Ray's (the jobs in flight have settled already).
+
+        **Cancellation:** Nothing to cancel.
+        """
+        await trio.lowlevel.checkpoint()
+
+    def statistics(self) -> BackendStatistics:
+        busy = sum(1 for job in self._jobs.values() if job.started)
+        return BackendStatistics(
+            workers_total=self.capacity,
+            workers_idle=max(0, self.capacity - busy),
+            workers_busy=busy,
+            restarts=0,
+            crashes=self.crashes,
+        )
+
+    def worker_pids(self) -> frozenset[int]:
+        """Pids of the Ray worker processes connected to this backend's tracker (on any node)."""
+        return frozenset(w.pid for w in self._workers if w.pid)
+
+    def worker_of(self, key: int) -> int | None:
+        job = self._jobs.get(key)
+        return None if job is None else job.pid
+
+
+async def _wait_exited(pid: int) -> None:
+    """Wait until process ``pid`` (of this machine) has exited, woken by its pidfd."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
+def _ray_detail(exc: BaseException) -> str:
+    """A short account of why Ray says a task failed."""
+    name = type(exc).__name__
+    text = str(exc).strip().splitlines()
+    first = next((line for line in text if line.strip()), "")
+    if len(first) > 300:
+        first = first[:300] + "..."
+    return f"Ray reported {name}" + (f": {first}" if first else "")
