@@ -19,6 +19,7 @@ from trio.lowlevel import enable_ki_protection
 
 from genro_tasks_worker._protocol import DEFAULT_MAX_MESSAGE_SIZE
 
+from ._backend import ExecutionBackend
 from ._errors import ManagerClosed, QueueFull
 from ._launch import default_context
 from ._options import DEFAULT_OPTIONS, Call, SubmitMethods, TaskOptions
@@ -26,6 +27,7 @@ from ._owner import RunOwner
 from ._process_backend import ProcessBackend
 from ._registry import MemoryRegistry, TaskRegistry
 from ._scheduler import Scheduler
+from ._store import SQLiteStore, as_store
 from ._submission import Job, id_in_use, prepare, prepare_initializer
 from ._task import TaskInfo, TaskManagerStatistics, TaskRecord, TaskStatus
 from ._validate import check_bool, check_count, check_message_size, check_seconds, parse_status
@@ -76,6 +78,14 @@ class TaskManager(SubmitMethods):
             an error report, a progress message. A task whose result is
             larger fails with MessageTooLarge. It bounds what one worker
             can make this process buffer, however its frames claim more.
+        store: Where the tasks live. ``None`` (default): in this process's
+            memory. A path (str or os.PathLike) or an :class:`SQLiteStore`:
+            in that SQLite file, shared by every manager of every process
+            that opens it and kept across restarts (see the README section
+            "Several processes and restarts"). With a store,
+            ``max_workers=0`` makes a client-only manager: it runs no job
+            and claims nothing, but submits, lists, watches and cancels
+            every task of the store and reads their results.
     """
 
     def __init__(
@@ -90,10 +100,18 @@ class TaskManager(SubmitMethods):
         max_finished: int = 10_000,
         finished_ttl: float | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        store: str | os.PathLike[str] | SQLiteStore | None = None,
     ) -> None:
+        self._store = as_store(store)
         if max_workers is None:
             max_workers = os.cpu_count() or 1
-        check_count("max_workers", max_workers, allow_none=False)
+        if not (max_workers == 0 and self._store is not None and type(max_workers) is int):
+            if max_workers == 0 and type(max_workers) is int:
+                raise ValueError(
+                    "max_workers=0 (a client-only manager that runs no job) needs a store: "
+                    "TaskManager(max_workers=0, store='path/to/tasks.db')"
+                )
+            check_count("max_workers", max_workers, allow_none=False)
         check_count("max_tasks_per_worker", max_tasks_per_worker)
         check_count("max_queued", max_queued)
         check_count("max_finished", max_finished, allow_none=False)
@@ -112,8 +130,14 @@ class TaskManager(SubmitMethods):
         self._rejected = 0
         #: The trio run this manager belongs to (set by startup()).
         self._owner = RunOwner()
-        self._registry: TaskRegistry = MemoryRegistry(max_finished, finished_ttl, self._owner.now)
-        self._backend: ProcessBackend | None = None
+        self._registry: TaskRegistry
+        if self._store is None:
+            self._registry = MemoryRegistry(max_finished, finished_ttl, self._owner.now)
+        else:
+            from ._store._registry import StoreRegistry
+
+            self._registry = StoreRegistry(self._store, max_finished, finished_ttl, self._owner.now)
+        self._backend: ExecutionBackend | None = None
         self._scheduler: Scheduler | None = None
         self._running = False
         self._shut_down = False
@@ -156,11 +180,26 @@ class TaskManager(SubmitMethods):
                 return
             raise RuntimeError("this TaskManager was shut down; create a new one")
         self._owner.claim()
-        self._backend = ProcessBackend(
-            self._max_workers, self._ctx, self._init_payload, self._max_tasks, self._max_message_size
-        )
-        hub = self._registry.hub
-        scheduler = Scheduler(self._backend, self._registry.changed, hub.room_freed, hub.close)
+        registry = self._registry
+        if self._max_workers == 0:
+            from ._store._client import NoWorkers
+
+            self._backend = NoWorkers()
+        else:
+            self._backend = ProcessBackend(
+                self._max_workers, self._ctx, self._init_payload, self._max_tasks, self._max_message_size
+            )
+        hub = registry.hub
+        if self._store is None:
+            scheduler = Scheduler(self._backend, registry.changed, hub.room_freed, hub.close)
+        else:
+
+            def on_end() -> None:
+                registry.detach()
+                hub.close()
+
+            scheduler = Scheduler(self._backend, registry.changed, hub.room_freed, on_end, registry.on_idle)
+            await registry.open(scheduler)
         self._scheduler = scheduler
         trio.lowlevel.spawn_system_task(scheduler.run, name="genro_tasks scheduler")
         try:
@@ -202,6 +241,8 @@ class TaskManager(SubmitMethods):
             await scheduler.stop(wait=wait, cancel_pending=cancel_pending)
         finally:
             self._registry.hub.close()
+            with trio.CancelScope(shield=True):
+                await self._registry.close()
 
     async def __aenter__(self) -> TaskManager:
         """Start the manager (see :meth:`startup`).
@@ -245,7 +286,7 @@ class TaskManager(SubmitMethods):
                 or scheduler is None
                 or not self._running
                 or not scheduler.accepting
-                or scheduler.queued < self._max_queued
+                or scheduler.queued + self._registry.waiting() < self._max_queued
             ):
                 await trio.lowlevel.checkpoint_if_cancelled()
                 return self._enqueue(job, wait_for_room=True)
@@ -257,10 +298,15 @@ class TaskManager(SubmitMethods):
         scheduler = self._scheduler
         if not self._running or scheduler is None or not scheduler.accepting or scheduler.finished.is_set():
             raise self._closed_error()
-        if not wait_for_room and self._max_queued is not None and scheduler.queued >= self._max_queued:
+        if (
+            not wait_for_room
+            and self._max_queued is not None
+            and scheduler.queued + self._registry.waiting() >= self._max_queued
+        ):
             self._rejected += 1
             raise QueueFull(
-                f"{scheduler.queued} tasks are already queued (max_queued={self._max_queued}); retry later, "
+                f"{scheduler.queued + self._registry.waiting()} tasks are already queued "
+                f"(max_queued={self._max_queued}); retry later, "
                 "or use 'await tm.submit_wait(...)' to wait for room"
             )
         task_id = job.task_id
@@ -278,9 +324,7 @@ class TaskManager(SubmitMethods):
             options.priority,
             options.memory_limit,
         )
-        self._registry.add(rec)
-        scheduler.enqueue(rec)
-        self._registry.changed(rec)
+        self._registry.admit(rec, scheduler)
         return task_id
 
     def _closed_error(self) -> ManagerClosed:
@@ -303,7 +347,7 @@ class TaskManager(SubmitMethods):
         **Cancellation:** Returns at once; cancelling it has no effect on the task.
         """
         await trio.lowlevel.checkpoint()
-        return self._registry.get(task_id).status
+        return (await self._registry.lookup(task_id)).status
 
     async def info(self, task_id: str) -> TaskInfo:
         """Return a snapshot of the task that never changes under you.
@@ -314,7 +358,7 @@ class TaskManager(SubmitMethods):
         **Cancellation:** Returns at once; cancelling it has no effect on the task.
         """
         await trio.lowlevel.checkpoint()
-        return self._registry.get(task_id).snapshot()
+        return (await self._registry.lookup(task_id)).snapshot()
 
     async def result(self, task_id: str, timeout: float | None = None) -> Any:
         """Wait for the task to finish and return its value, or raise how it ended.
@@ -342,7 +386,7 @@ class TaskManager(SubmitMethods):
         **Cancellation:** Cancelling the wait leaves the task running; use
         :meth:`run` if the task should die with its caller.
         """
-        rec = self._registry.get(task_id)
+        rec = await self._registry.lookup(task_id)
         self._check_owner("result")
         timeout = check_seconds("result(timeout=...)", timeout, task_id=task_id, allow_zero=True)
         if not rec.status.is_terminal:
@@ -358,6 +402,7 @@ class TaskManager(SubmitMethods):
                     )
         else:
             await trio.lowlevel.checkpoint()
+        await self._registry.fetch(rec)
         return rec.outcome()
 
     async def cancel(self, task_id: str, *, grace: float | None = None) -> bool:
@@ -390,16 +435,35 @@ class TaskManager(SubmitMethods):
         waiting; cancelling the wait does not stop it, and the task still
         ends CANCELLED.
         """
-        rec = self._registry.get(task_id)
+        rec = await self._registry.lookup(task_id)
         self._check_owner("cancel")
         grace = check_seconds("grace", grace, task_id=task_id, allow_zero=True)
         scheduler = self._scheduler
         if scheduler is None or rec.status.is_terminal:
             await trio.lowlevel.checkpoint()
             return False
-        scheduler.cancel(rec, grace)
+        if not self._registry.cancel_elsewhere(rec, grace):
+            scheduler.cancel(rec, grace)
         await rec.wait_done()
         return rec.status is TaskStatus.CANCELLED
+
+    async def flush(self) -> None:
+        """Wait until every task submitted (and every change recorded) so far is durable.
+
+        With a store, ``submit`` returns once the task is handed to the
+        store's writer thread, which commits it in its next group commit (a
+        few milliseconds later); after ``await tm.flush()`` everything
+        submitted before the call is in the file and survives a crash of
+        this process (with ``SQLiteStore(synchronous="FULL")``, a power
+        loss too). Without a store there is nothing to wait for.
+
+        Raises:
+            RuntimeError: The store failed (the message says how).
+
+        **Cancellation:** Only the wait is cancelled: the writes go ahead.
+        """
+        self._check_owner("flush")
+        await self._registry.flush()
 
     async def _run(self, call: Call, options: TaskOptions) -> Any:
         tid = self._submit(call, options)
@@ -461,7 +525,7 @@ class TaskManager(SubmitMethods):
             workers_total=workers.workers_total,
             workers_idle=workers.workers_idle,
             workers_busy=workers.workers_busy,
-            tasks_queued=scheduler.queued,
+            tasks_queued=scheduler.queued + registry.waiting(),
             tasks_running=scheduler.running,
             tasks_completed=registry.completed,
             tasks_failed=registry.failed,

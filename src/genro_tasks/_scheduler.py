@@ -91,6 +91,8 @@ class Scheduler(BackendListener):
             of the pool (with None); it must not await.
         on_room: Called when a queued task leaves the queue.
         on_end: Called once the scheduler has ended (nothing changes any more).
+        on_idle: Called after a dispatch round that may have left free
+            workers (a shared store then claims tasks for them); it must not await.
     """
 
     def __init__(
@@ -99,8 +101,10 @@ class Scheduler(BackendListener):
         on_change: Callable[[TaskRecord | None], None],
         on_room: Callable[[], None] = lambda: None,
         on_end: Callable[[], None] = lambda: None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self.backend = backend
+        self._on_idle = on_idle
         self._on_change = on_change
         self._on_room = on_room
         self._on_end = on_end
@@ -253,6 +257,8 @@ class Scheduler(BackendListener):
         queued = self._queued
         backend = self.backend
         if not queue or self.lifecycle is Lifecycle.FAILED:
+            if self._on_idle is not None and self.lifecycle is not Lifecycle.FAILED:
+                self._on_idle()
             return
         free = backend.free_slots()
         left = False
@@ -267,6 +273,8 @@ class Scheduler(BackendListener):
             free -= 1
         if left:
             self._on_room()
+        if self._on_idle is not None:
+            self._on_idle()
 
     def _end_queued(self, finish: Callable[[TaskRecord], None]) -> None:
         """Give every queued task its terminal state with ``finish``, and empty the queue."""
