@@ -32,7 +32,8 @@ async def serve(path: str, workers: int) -> None:
 
 
 async def load(path: str) -> None:
-    async with TaskManager(max_workers=2, store=path) as tm:
+    # Keep every finished task: the crash test checks that none acknowledged is missing.
+    async with TaskManager(max_workers=2, store=path, max_finished=10_000_000) as tm:
         n = 0
         while True:
             ids = []
@@ -44,7 +45,7 @@ async def load(path: str) -> None:
                     ids.append(tm.submit(jobs_store.double, n))
             await tm.flush()
             print("durable " + " ".join(ids), flush=True)
-            await trio.sleep(0.001)
+            await trio.sleep(0.01)
 
 
 def main() -> None:
