@@ -39,3 +39,14 @@ def flood(n: int) -> int:
 def short(seconds: float) -> str:
     time.sleep(seconds)
     return "done"
+
+
+def stop_when_asked() -> str:
+    from genro_tasks_worker import CancelRequested
+
+    report_progress(None, "waiting")
+    try:
+        time.sleep(3600)
+    except CancelRequested:
+        raise
+    return "not asked"

@@ -154,8 +154,8 @@ async def test_sigkill_of_an_owner(tmp_path: Path) -> None:
             queued = [tm.submit(jobs_store.double, i) for i in range(5)]
             await tm.flush()
             with trio.fail_after(20):
-                # The owner claims one task ahead of its busy worker: it is still PENDING to everyone.
-                await testing.wait_until(tm, lambda: tm.statistics().tasks_queued == 4)
+                # The owner claims tasks ahead of its busy worker: they are still PENDING to everyone.
+                await testing.wait_until(tm, lambda: tm.statistics().tasks_queued < 5)
             worker = (await tm.info(running)).worker_pid
             owner.kill()
             with trio.fail_after(10):  # the bound of the promise: noticed by a live process within 10 s
@@ -258,3 +258,63 @@ async def test_unopenable_store_says_why(tmp_path: Path) -> None:
     tm = TaskManager(max_workers=1, store=tmp_path / "missing" / "tasks.db")
     with pytest.raises(RuntimeError, match=r"cannot open the task store .*directory exists"):
         await tm.startup()
+
+
+async def test_cross_process_cancel_beats_a_half_second_job(tmp_path: Path) -> None:
+    """Ordering, not a clock: cancel() here returns while a 0.5 s job started there just before is still running."""
+    db = tmp_path / "tasks.db"
+    async with server(db), TaskManager(max_workers=0, store=db) as tm:
+        for _ in range(3):
+            victim = tm.submit(jobs_store.announce_and_sleep)
+            await wait_status(tm, victim, TaskStatus.RUNNING)
+            witness = tm.submit(jobs_store.short, 0.5)
+            await wait_status(tm, witness, TaskStatus.RUNNING)
+            with trio.fail_after(10):
+                assert await tm.cancel(victim) is True
+            assert (await tm.status(witness)) is TaskStatus.RUNNING
+            with trio.fail_after(10):
+                assert await tm.result(witness) == "done"
+
+
+async def test_graceful_cancel_across_processes(tmp_path: Path) -> None:
+    """cancel(grace=...) here asks the job there to stop (CancelRequested), and it ends CANCELLED."""
+    db = tmp_path / "tasks.db"
+    async with server(db), TaskManager(max_workers=0, store=db) as tm:
+        tid = tm.submit(jobs_store.stop_when_asked)
+        with trio.fail_after(20):
+            async for info in tm.watch(tid):
+                if info.progress_message == "waiting":
+                    break
+        with trio.fail_after(10):
+            assert await tm.cancel(tid, grace=5) is True
+        info = await tm.info(tid)
+        assert info.error is not None
+        assert "gracefully" in info.error
+        assert "CancelRequested" in info.error
+
+
+async def test_run_cancelled_here_kills_the_job_there(tmp_path: Path) -> None:
+    db = tmp_path / "tasks.db"
+    async with server(db), TaskManager(max_workers=0, store=db) as tm:
+        with trio.move_on_after(0.5):  # the caller gives up: the task must die with it
+            await tm.run(jobs_store.announce_and_sleep)
+        (info,) = tm.list_tasks()
+        assert info.status is TaskStatus.CANCELLED
+
+
+async def test_shutdown_gives_claimed_tasks_back_to_the_queue(tmp_path: Path) -> None:
+    """A stopping process keeps none of the shared queue: what it claimed but never started runs elsewhere."""
+    db = tmp_path / "tasks.db"
+    async with TaskManager(max_workers=0, store=db) as tm:
+        async with server(db, workers=1):
+            busy = tm.submit(jobs_store.announce_and_sleep)
+            await wait_status(tm, busy, TaskStatus.RUNNING)
+            waiting = [tm.submit(jobs_store.double, i) for i in range(3)]
+            with trio.fail_after(20):
+                await testing.wait_until(tm, lambda: tm.statistics().tasks_queued < 3)  # claimed there
+        # The server shut down (wait=False): its running task was cancelled, its claimed one given back.
+        assert (await tm.status(busy)) is TaskStatus.CANCELLED
+        assert [(await tm.status(t)) for t in waiting] == [TaskStatus.PENDING] * 3
+        async with TaskManager(max_workers=1, store=db) as runner:
+            with trio.fail_after(30):
+                assert [await runner.result(t) for t in waiting] == [0, 2, 4]

@@ -237,6 +237,9 @@ class TaskManager(SubmitMethods):
         self._running = False
         self._shut_down = True
         self._registry.hub.room_freed()  # submit_wait callers see the manager closed
+        if self._store is not None and scheduler.accepting:
+            # The queue is the store's: what this process claimed but never started goes back to it.
+            self._registry.release(scheduler.give_back_queued())
         try:
             await scheduler.stop(wait=wait, cancel_pending=cancel_pending)
         finally:
@@ -473,7 +476,8 @@ class TaskManager(SubmitMethods):
         finally:
             if not rec.status.is_terminal and self._scheduler is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(_CANCEL_LIMIT):
-                    self._scheduler.cancel(rec)
+                    if not self._registry.cancel_elsewhere(rec, None):
+                        self._scheduler.cancel(rec)
                     await rec.wait_done()
         return rec.outcome()
 

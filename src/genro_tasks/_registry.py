@@ -198,6 +198,10 @@ class TaskRegistry(ABC):
         """Start cancelling a task this process does not run; False if the scheduler here must do it."""
         return False
 
+    def release(self, recs: list[TaskRecord]) -> None:
+        """Queued tasks this manager gives up at shutdown (only a shared store takes them back)."""
+        raise AssertionError("only a shared store takes tasks back")  # pragma: no cover
+
     def waiting(self) -> int:
         """Tasks queued outside this manager's scheduler (in a shared store)."""
         return 0

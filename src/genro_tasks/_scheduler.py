@@ -276,6 +276,21 @@ class Scheduler(BackendListener):
         if self._on_idle is not None:
             self._on_idle()
 
+    def give_back_queued(self) -> list[TaskRecord]:
+        """Stop accepting tasks and empty the queue without ending its tasks; return them.
+
+        For a shared store at shutdown: the tasks go back to the store's queue, for other processes.
+        """
+        if self.accepting:
+            self.lifecycle = Lifecycle.DRAINING
+        taken = list(self._queued.values())
+        self._queue.clear()
+        self._queued.clear()
+        if taken:
+            self._on_room()
+            self._check_drained()
+        return taken
+
     def _end_queued(self, finish: Callable[[TaskRecord], None]) -> None:
         """Give every queued task its terminal state with ``finish``, and empty the queue."""
         if not self._queued:

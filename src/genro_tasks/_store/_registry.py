@@ -313,8 +313,17 @@ class StoreRegistry(TaskRegistry):
                 elif status.is_terminal:
                     self._owned.discard(tid)
                     self._running_written.discard(tid)
+                    self._graces.pop(tid, None)
                     self._put_lazy((FINISH, rec))
         super().changed(rec)
+
+    def release(self, recs: list[TaskRecord]) -> None:
+        """This process stops: give the tasks it claimed but never dispatched back to the shared queue."""
+        for rec in recs:
+            tid = rec.task_id
+            self._owned.discard(tid)
+            self._open[tid] = rec
+            self._put_lazy((RELEASE, tid))
 
     def cancel_elsewhere(self, rec: TaskRecord, grace: float | None) -> bool:
         tid = rec.task_id
@@ -397,6 +406,7 @@ class StoreRegistry(TaskRegistry):
     def _apply_rows(self, rows: list[Row], *, initial: bool) -> None:
         records = self._records
         owned = self._owned
+        claims_changed = False
         for row in rows:
             tid = row.id
             rec = records.get(tid)
@@ -415,11 +425,15 @@ class StoreRegistry(TaskRegistry):
             if rec.status.is_terminal:
                 continue
             if row.status == "pending" and row.owner is None:
-                self._open[tid] = rec
-            else:
-                self._open.pop(tid, None)
+                if tid not in self._open:
+                    self._open[tid] = rec
+                    claims_changed = True
+            elif self._open.pop(tid, None) is not None:
+                claims_changed = True
             if self._update(rec, row):
                 super().changed(rec)
+        if claims_changed:
+            self.hub.publish(None)  # the shared queue changed (statistics().tasks_queued)
 
     def _new_record(self, row: Row) -> TaskRecord:
         metadata = None

@@ -139,6 +139,10 @@ class StoreThread:
     def __init__(self, store: SQLiteStore, owner: str, max_finished: int, finished_ttl: float | None) -> None:
         self.store = store
         self.owner = owner
+        # Our own writes only touch rows we own: a row another process owns (recovered from us
+        # while we looked dead, or an id it took first) is never overwritten.
+        assert owner.isalnum()
+        self._owner_sql = f"'{owner}'"
         self.max_finished = max_finished
         self.finished_ttl = finished_ttl
         #: Pending operations (appended by trio, taken by the thread).
@@ -355,7 +359,8 @@ class StoreThread:
         if starts:
             self._many(
                 "UPDATE tasks SET status = 'running', started = v.column2, worker_pid = v.column3, rev = {rev} "
-                "FROM (VALUES {values}) AS v WHERE tasks.id = v.column1 AND tasks.status = 'pending'",
+                "FROM (VALUES {values}) AS v WHERE tasks.id = v.column1 AND tasks.status = 'pending' "
+                "AND tasks.owner = {owner}",
                 [
                     (tid, rec.started_at.timestamp() if rec.started_at is not None else now, rec.worker_pid)
                     for tid, rec in starts.items()
@@ -464,7 +469,8 @@ class StoreThread:
         self._many(
             "UPDATE tasks SET status = v.column2, error = v.column3, traceback = v.column4, completed = v.column5, "
             "started = v.column6, worker_pid = v.column7, progress = v.column8, progress_message = v.column9, "
-            "cancel_req = 0, rev = {rev} FROM (VALUES {values}) AS v WHERE tasks.id = v.column1",
+            "cancel_req = 0, rev = {rev} FROM (VALUES {values}) AS v WHERE tasks.id = v.column1 "
+            "AND tasks.owner = {owner}",
             rows,
             rev,
         )
@@ -480,14 +486,15 @@ class StoreThread:
             return
         self._many(
             "UPDATE tasks SET progress = v.column2, progress_message = v.column3, rev = {rev} "
-            "FROM (VALUES {values}) AS v WHERE tasks.id = v.column1 AND tasks.status = 'running'",
+            "FROM (VALUES {values}) AS v WHERE tasks.id = v.column1 AND tasks.status = 'running' "
+            "AND tasks.owner = {owner}",
             [(tid, rec.progress, rec.progress_message) for tid, rec in due.items()],
             rev,
         )
         due.clear()
 
     def _many(self, template: str, rows: list[tuple[Any, ...]], rev: int) -> None:
-        """Run ``template`` with its ``{values}`` holding many rows at once.
+        """Run ``template`` with its ``{values}`` holding many rows at once (``{rev}``, ``{owner}``: ours).
 
         One statement per chunk instead of one step per row (as ``executemany``
         does): each step gives the GIL up and must win it back from the busy
@@ -500,7 +507,7 @@ class StoreThread:
         chunk = max(1, _MAX_VARIABLES // width)
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]
-            sql = template.format(rev=int(rev), values=_placeholders(width, len(part)))
+            sql = template.format(rev=int(rev), owner=self._owner_sql, values=_placeholders(width, len(part)))
             conn.execute(sql, [value for row in part for value in row])
 
     def _claim(self, n: int, rev: int) -> list[Claimed]:
