@@ -318,3 +318,19 @@ async def test_shutdown_gives_claimed_tasks_back_to_the_queue(tmp_path: Path) ->
         async with TaskManager(max_workers=1, store=db) as runner:
             with trio.fail_after(30):
                 assert [await runner.result(t) for t in waiting] == [0, 2, 4]
+
+
+@pytest.mark.slow
+async def test_file_stops_growing_in_a_100k_task_soak(tmp_path: Path) -> None:
+    """With retention, a long run reuses the pages it frees: the file's size levels off."""
+    db = tmp_path / "tasks.db"
+    sizes = []
+    async with TaskManager(max_workers=2, store=db, max_finished=1000) as tm:
+        for _ in range(10):
+            ids = [tm.submit(jobs_store.double, i) for i in range(10_000)]
+            with trio.fail_after(300):
+                for t in ids:
+                    await tm.result(t)
+            await tm.flush()
+            sizes.append(db.stat().st_size)
+    assert max(sizes[2:]) <= sizes[1] * 1.25 + (1 << 20), sizes

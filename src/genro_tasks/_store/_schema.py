@@ -11,7 +11,8 @@ Tables:
   cancel request written by another process. No blobs: listing stays cheap.
 * ``jobs``: the pickled call of a task nobody has started yet.
 * ``results``: the pickled value (COMPLETED) or error (FAILED) of a task.
-* ``gone``: tombstones of deleted tasks, so every process forgets them too.
+* ``gone``: tombstones of deleted tasks, so every process forgets them too
+  (dropped once every registered process has read past them).
 * ``processes``: the processes using the store, for liveness (pid, the
   pid's start time, machine, heartbeat).
 
@@ -67,7 +68,8 @@ CREATE TABLE IF NOT EXISTS processes (
     pid_start INTEGER,
     machine TEXT NOT NULL,
     heartbeat REAL NOT NULL,
-    started REAL NOT NULL
+    started REAL NOT NULL,
+    seen INTEGER NOT NULL DEFAULT 0
 );
 """
 

@@ -278,7 +278,9 @@ class StoreThread:
                 self._write_progress(rev)
                 self._last_progress = now
             if beat:
-                conn.execute("UPDATE processes SET heartbeat = ? WHERE owner = ?", (now, self.owner))
+                conn.execute(
+                    "UPDATE processes SET heartbeat = ?, seen = ? WHERE owner = ?", (now, self._seen, self.owner)
+                )
                 foreign |= self._check_owners(rev, now)
                 self._last_beat = now
             if prune:
@@ -607,7 +609,9 @@ class StoreThread:
         assert conn is not None
         self._finishes = 0
         self._last_prune = now
-        conn.execute("DELETE FROM gone WHERE at < ?", (now - GONE_KEEP,))
+        # Tombstones every registered process has read past are no longer needed (a process that
+        # starts later loads the rows themselves); GONE_KEEP bounds what a stalled one holds back.
+        conn.execute("DELETE FROM gone WHERE rev <= (SELECT min(seen) FROM processes) OR at < ?", (now - GONE_KEEP,))
         if self.finished_ttl is not None:
             conn.execute(
                 "INSERT INTO gone (id, rev, at) SELECT id, ?, ? FROM tasks "
