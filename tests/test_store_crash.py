@@ -68,8 +68,8 @@ def check_file(db: Path, acknowledged: set[str]) -> None:
         missing = acknowledged - rows.keys()
         assert not missing, f"{len(missing)} tasks acknowledged as durable are missing"
         assert set(rows.values()) <= {s.value for s in TaskStatus}
-        jobs = {r[0] for r in conn.execute("SELECT id FROM jobs")}
-        results = {r[0] for r in conn.execute("SELECT id FROM results")}
+        jobs = {r[0] for r in conn.execute("SELECT id FROM tasks WHERE payload IS NOT NULL")}
+        results = {r[0] for r in conn.execute("SELECT id FROM tasks JOIN results USING (n)")}
         for tid, status in rows.items():
             if status == "pending":
                 assert tid in jobs, f"queued task {tid} lost its job"
@@ -89,7 +89,8 @@ async def crash_loop(db: Path, kills: int, seed: int) -> None:
     assert len(acknowledged) > kills
     # Recovery: opening the store notices that every owner is dead.
     async with TaskManager(max_workers=0, store=db, max_finished=10_000_000) as client:
-        assert client.list_tasks(TaskStatus.RUNNING) == []
+        running = client.list_tasks(TaskStatus.RUNNING)
+        assert not running, [(i.task_id, i.started_at, i.worker_pid) for i in running]
         lost = [i for i in client.list_tasks(TaskStatus.FAILED) if i.error and i.error.startswith("TaskLost: ")]
         assert all(i.started_at is not None for i in lost)
         ids = {i.task_id for i in client.list_tasks()}
@@ -100,8 +101,8 @@ async def crash_loop(db: Path, kills: int, seed: int) -> None:
         with trio.fail_after(120):
             for tid in pending:
                 await tm.result(tid)
-        assert tm.list_tasks(TaskStatus.PENDING) == []
-        assert tm.list_tasks(TaskStatus.RUNNING) == []
+        left = tm.list_tasks(TaskStatus.PENDING) + tm.list_tasks(TaskStatus.RUNNING)
+        assert not left, [(i.task_id, i.status, i.task_id in pending) for i in left]
     check_file(db, acknowledged)
 
 

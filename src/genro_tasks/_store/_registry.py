@@ -103,7 +103,6 @@ class StoreRegistry(TaskRegistry):
         **Cancellation:** If cancelled, the file is closed again and nothing runs.
         """
         thread = StoreThread(self.store, self.owner, self.max_finished, self.finished_ttl)
-        thread.local = self._records
         try:
             rows = await trio.to_thread.run_sync(thread.open)
         except Exception as exc:

@@ -7,10 +7,14 @@ Tables:
   touches, so a process catches up by reading the rows above the last
   revision it saw (and the ``gone`` rows above it, for deletions).
 * ``tasks``: one row per task, everything a :class:`~genro_tasks.TaskInfo`
-  shows plus who owns it (``owner``: the process that claimed it) and a
-  cancel request written by another process. No blobs: listing stays cheap.
-* ``jobs``: the pickled call of a task nobody has started yet.
-* ``results``: the pickled value (COMPLETED) or error (FAILED) of a task.
+  shows plus who owns it (``owner``: the process that claimed it), a
+  cancel request written by another process, and the pickled call
+  (``payload``) until a worker starts it. ``n`` (the rowid) grows with every
+  insert: a process writes its own rows by ``n``, so a batch touches a few
+  neighbouring pages instead of one random page per task (task ids are
+  random UUIDs: only their unique index is written at random).
+* ``results``: the pickled value (COMPLETED) or error (FAILED) of a task, by ``n``.
+  Never read with the rows: listing stays cheap.
 * ``gone``: tombstones of deleted tasks, so every process forgets them too
   (dropped once every registered process has read past them).
 * ``processes``: the processes using the store, for liveness (pid, the
@@ -33,7 +37,8 @@ TASK_COLUMNS = (
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS tasks (
-    id TEXT PRIMARY KEY,
+    n INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
     rev INTEGER NOT NULL,
     status TEXT NOT NULL,
     owner TEXT,
@@ -52,14 +57,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     metadata BLOB,
     cancel_req INTEGER NOT NULL DEFAULT 0,
     cancel_grace REAL,
-    requeues INTEGER NOT NULL DEFAULT 0
+    requeues INTEGER NOT NULL DEFAULT 0,
+    payload BLOB
 );
 CREATE INDEX IF NOT EXISTS tasks_rev ON tasks(rev);
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks(priority DESC, created)
     WHERE status = 'pending' AND owner IS NULL;
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(completed) WHERE completed IS NOT NULL;
-CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, payload BLOB NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS results (id TEXT PRIMARY KEY, kind TEXT NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS results (n INTEGER PRIMARY KEY, kind TEXT NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS gone (id TEXT NOT NULL, rev INTEGER NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS gone_rev ON gone(rev);
 CREATE TABLE IF NOT EXISTS processes (

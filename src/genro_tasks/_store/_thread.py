@@ -149,8 +149,8 @@ class StoreThread:
         self.ops: deque[tuple[Any, ...]] = deque()
         #: Ids whose PROGRESS op is queued and not yet taken (shared with trio: see ``StoreRegistry``).
         self.progress_queued: set[str] = set()
-        #: The trio side's records by id (read only here: to skip reading jobs it already holds).
-        self.local: dict[str, TaskRecord] = {}
+        #: Row numbers of the tasks this process inserted or claimed and has not finished.
+        self._numbers: dict[str, int] = {}
         self._wake = threading.Event()
         self._sleeping = False
         self._urgent = False
@@ -360,11 +360,15 @@ class StoreThread:
                 starts.pop(rec.task_id, None)  # the finish writes the start time too
         if starts:
             self._many(
-                "UPDATE tasks SET status = 'running', started = v.column2, worker_pid = v.column3, rev = {rev} "
-                "FROM (VALUES {values}) AS v WHERE tasks.id = v.column1 AND tasks.status = 'pending' "
+                "UPDATE tasks SET status = 'running', started = v.column2, worker_pid = v.column3, payload = NULL, "
+                "rev = {rev} FROM (VALUES {values}) AS v WHERE tasks.n = v.column1 AND tasks.status = 'pending' "
                 "AND tasks.owner = {owner}",
                 [
-                    (tid, rec.started_at.timestamp() if rec.started_at is not None else now, rec.worker_pid)
+                    (
+                        self._number(tid),
+                        rec.started_at.timestamp() if rec.started_at is not None else now,
+                        rec.worker_pid,
+                    )
                     for tid, rec in starts.items()
                 ],
                 rev,
@@ -378,12 +382,10 @@ class StoreThread:
         conn = self._conn
         assert conn is not None
         rows = []
-        jobs = []
         for _kind, rec, owner, payload in inserts:
             rows.append(
                 (
                     rec.task_id,
-                    rev,
                     owner,
                     rec.name,
                     rec.priority,
@@ -391,29 +393,23 @@ class StoreThread:
                     rec.timeout,
                     rec.memory_limit,
                     pickle.dumps(rec.metadata, 5) if rec.metadata else None,
+                    payload,
                 )
             )
-            jobs.append((rec.task_id, payload))
-        before = conn.total_changes
-        self._many(
-            "INSERT OR IGNORE INTO tasks (id, rev, owner, name, priority, created, timeout, memory_limit, "
-            "metadata, status) SELECT column1, column2, column3, column4, column5, column6, column7, column8, "
-            "column9, 'pending' FROM (VALUES {values})",
+        numbers = self._numbers
+        inserted = self._many(
+            "INSERT OR IGNORE INTO tasks (id, owner, name, priority, created, timeout, memory_limit, metadata, "
+            "payload, rev, status) SELECT column1, column2, column3, column4, column5, column6, column7, "
+            "column8, column9, {rev}, 'pending' FROM (VALUES {values}) RETURNING id, n",
             rows,
             rev,
         )
-        if conn.total_changes - before != len(rows):  # pragma: no cover - ids are random, or checked at submit
-            taken = {
-                r[0]
-                for r in conn.execute(
-                    f"SELECT id FROM tasks WHERE rev != ? AND id IN ({','.join('?' * len(rows))})",
-                    (rev, *(r[0] for r in rows)),
-                )
-            }
-            for tid in taken:
-                log.error("task id %r is already in the store; this submission was not stored", tid)
-            jobs = [j for j in jobs if j[0] not in taken]
-        self._many("INSERT OR REPLACE INTO jobs (id, payload) VALUES {values}", jobs, rev)
+        for tid, n in inserted:
+            numbers[tid] = n
+        if len(inserted) != len(rows):  # pragma: no cover - ids are random, or checked at submit
+            for row in rows:
+                if row[0] not in numbers:
+                    log.error("task id %r is already in the store; this submission was not stored", row[0])
 
     def _apply(self, op: tuple[Any, ...], rev: int, now: float, batch: Batch) -> bool:
         """Write one op that is not an insert, start or finish; True if it changed others' rows."""
@@ -423,6 +419,7 @@ class StoreThread:
         if kind == CLAIM:
             batch.claims.append((op[1], self._claim(op[1], rev)))
         elif kind == RELEASE:
+            self._numbers.pop(op[1], None)
             conn.execute(
                 "UPDATE tasks SET owner = NULL, rev = ? WHERE id = ? AND owner = ? AND status = 'pending'",
                 (rev, op[1], self.owner),
@@ -447,17 +444,19 @@ class StoreThread:
         for rec in recs:
             tid = rec.task_id
             progress.pop(tid, None)
+            n = self._number(tid)
+            del self._numbers[tid]
             status = rec.status.value
             try:
                 if status == "completed":
-                    blobs.append((tid, "value", pickle.dumps(rec._result, 5)))
+                    blobs.append((n, "value", pickle.dumps(rec._result, 5)))
                 elif status == "failed" and rec._failure is not None:
-                    blobs.append((tid, "error", pickle.dumps(rec._failure, 5)))
+                    blobs.append((n, "error", pickle.dumps(rec._failure, 5)))
             except Exception as exc:  # kept in this process's memory; elsewhere result() says why
                 log.warning("task %r: its outcome cannot be stored: %s: %s", tid, type(exc).__name__, exc)
             rows.append(
                 (
-                    tid,
+                    n,
                     status,
                     rec.error,
                     rec._traceback_text(),
@@ -471,14 +470,13 @@ class StoreThread:
         self._many(
             "UPDATE tasks SET status = v.column2, error = v.column3, traceback = v.column4, completed = v.column5, "
             "started = v.column6, worker_pid = v.column7, progress = v.column8, progress_message = v.column9, "
-            "cancel_req = 0, rev = {rev} FROM (VALUES {values}) AS v WHERE tasks.id = v.column1 "
+            "cancel_req = 0, payload = NULL, rev = {rev} FROM (VALUES {values}) AS v WHERE tasks.n = v.column1 "
             "AND tasks.owner = {owner}",
             rows,
             rev,
         )
-        self._many("DELETE FROM jobs WHERE id IN (SELECT column1 FROM (VALUES {values}))", [(r[0],) for r in rows], rev)
         if blobs:
-            self._many("INSERT OR REPLACE INTO results (id, kind, data) VALUES {values}", blobs, rev)
+            self._many("INSERT OR REPLACE INTO results (n, kind, data) VALUES {values}", blobs, rev)
         self._finishes += len(recs)
 
     def _write_progress(self, rev: int) -> None:
@@ -488,14 +486,14 @@ class StoreThread:
             return
         self._many(
             "UPDATE tasks SET progress = v.column2, progress_message = v.column3, rev = {rev} "
-            "FROM (VALUES {values}) AS v WHERE tasks.id = v.column1 AND tasks.status = 'running' "
+            "FROM (VALUES {values}) AS v WHERE tasks.n = v.column1 AND tasks.status = 'running' "
             "AND tasks.owner = {owner}",
-            [(tid, rec.progress, rec.progress_message) for tid, rec in due.items()],
+            [(self._number(tid), rec.progress, rec.progress_message) for tid, rec in due.items()],
             rev,
         )
         due.clear()
 
-    def _many(self, template: str, rows: list[tuple[Any, ...]], rev: int) -> None:
+    def _many(self, template: str, rows: list[tuple[Any, ...]], rev: int) -> list[Any]:
         """Run ``template`` with its ``{values}`` holding many rows at once (``{rev}``, ``{owner}``: ours).
 
         One statement per chunk instead of one step per row (as ``executemany``
@@ -507,29 +505,37 @@ class StoreThread:
         assert rows
         width = len(rows[0])
         chunk = max(1, _MAX_VARIABLES // width)
+        returned: list[Any] = []
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]
             sql = template.format(rev=int(rev), owner=self._owner_sql, values=_placeholders(width, len(part)))
-            conn.execute(sql, [value for row in part for value in row])
+            returned += conn.execute(sql, [value for row in part for value in row]).fetchall()
+        return returned
+
+    def _number(self, task_id: str) -> int:
+        """The row number of one of our tasks (known since we inserted or claimed it)."""
+        n = self._numbers.get(task_id)
+        if n is None:  # pragma: no cover - every task we own was inserted or claimed by us
+            assert self._conn is not None
+            row = self._conn.execute("SELECT n FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            n = -1 if row is None else int(row[0])
+            self._numbers[task_id] = n
+        return n
 
     def _claim(self, n: int, rev: int) -> list[Claimed]:
         conn = self._conn
         assert conn is not None
         rows = conn.execute(
-            f"UPDATE tasks SET owner = ?, rev = ? WHERE id IN (SELECT id FROM tasks WHERE status = 'pending' "
-            f"AND owner IS NULL ORDER BY priority DESC, created LIMIT ?) RETURNING {TASK_COLUMNS}",
+            f"UPDATE tasks SET owner = ?, rev = ? WHERE n IN (SELECT n FROM tasks WHERE status = 'pending' "
+            f"AND owner IS NULL ORDER BY priority DESC, created LIMIT ?) RETURNING n, payload, {TASK_COLUMNS}",
             (self.owner, rev, n),
         ).fetchall()
         claimed = []
-        mine = self.local
+        numbers = self._numbers
         for raw in rows:
-            row = Row(*raw)
-            rec = mine.get(row.id)
-            if rec is not None and rec.payload is not None:
-                claimed.append(Claimed(row, None))  # submitted here: its job is in memory
-                continue
-            job = conn.execute("SELECT payload FROM jobs WHERE id = ?", (row.id,)).fetchone()
-            claimed.append(Claimed(row, None if job is None else job[0]))
+            row = Row(*raw[2:])
+            numbers[row.id] = raw[0]
+            claimed.append(Claimed(row, raw[1]))
         claimed.sort(key=lambda c: (-c.row.priority, c.row.created))
         return claimed
 
@@ -544,21 +550,19 @@ class StoreThread:
             return "mine"
         if owner is None:
             conn.execute(
-                "UPDATE tasks SET status = 'cancelled', error = 'cancelled while queued', completed = ?, rev = ? "
-                "WHERE id = ?",
+                "UPDATE tasks SET status = 'cancelled', error = 'cancelled while queued', completed = ?, "
+                "payload = NULL, rev = ? WHERE id = ?",
                 (now, rev, task_id),
             )
-            conn.execute("DELETE FROM jobs WHERE id = ?", (task_id,))
             self._finishes += 1
             return "settled"
         proc = conn.execute("SELECT pid, pid_start, machine FROM processes WHERE owner = ?", (owner,)).fetchone()
         if proc is None or owner_alive(*proc) is False:
             conn.execute(
                 "UPDATE tasks SET status = 'cancelled', error = 'cancelled by the caller; the process that ran "
-                "it had died', completed = ?, cancel_req = 0, rev = ? WHERE id = ?",
+                "it had died', completed = ?, cancel_req = 0, payload = NULL, rev = ? WHERE id = ?",
                 (now, rev, task_id),
             )
-            conn.execute("DELETE FROM jobs WHERE id = ?", (task_id,))
             self._finishes += 1
             return "settled"
         conn.execute("UPDATE tasks SET cancel_req = 1, cancel_grace = ?, rev = ? WHERE id = ?", (grace, rev, task_id))
@@ -582,22 +586,19 @@ class StoreThread:
         for owner, pid in dead:
             log.warning("genro_tasks process %d using %r died; recovering its tasks", pid, self.store.path)
             conn.execute(
-                f"UPDATE tasks SET status = 'failed', error = {_LOST_SQL}, completed = ?, cancel_req = 0, rev = ? "
-                "WHERE owner = ? AND status = 'running'",
+                f"UPDATE tasks SET status = 'failed', error = {_LOST_SQL}, completed = ?, cancel_req = 0, "
+                "payload = NULL, rev = ? WHERE owner = ? AND status = 'running'",
                 (_LOST.format(pid=pid), now, rev, owner),
             )
             conn.execute(
                 "UPDATE tasks SET owner = NULL, requeues = requeues + 1, rev = ? "
-                "WHERE owner = ? AND status = 'pending' AND requeues < ? AND id IN (SELECT id FROM jobs)",
+                "WHERE owner = ? AND status = 'pending' AND requeues < ? AND payload IS NOT NULL",
                 (rev, owner, MAX_REQUEUES),
             )
             conn.execute(
-                f"UPDATE tasks SET status = 'failed', error = {_LOST_SQL}, completed = ?, rev = ? "
+                f"UPDATE tasks SET status = 'failed', error = {_LOST_SQL}, completed = ?, payload = NULL, rev = ? "
                 "WHERE owner = ? AND status = 'pending'",
                 (_LOST.format(pid=pid), now, rev, owner),
-            )
-            conn.execute(
-                "DELETE FROM jobs WHERE id IN (SELECT id FROM tasks WHERE owner = ? AND status = 'failed')", (owner,)
             )
             conn.execute("DELETE FROM processes WHERE owner = ?", (owner,))
             self._finishes += 1
@@ -631,10 +632,12 @@ class StoreThread:
     def _delete_gone(self, rev: int) -> int:
         conn = self._conn
         assert conn is not None
+        conn.execute(
+            "DELETE FROM results WHERE n IN (SELECT n FROM tasks WHERE id IN (SELECT id FROM gone WHERE rev = ?))",
+            (rev,),
+        )
         n = conn.execute("DELETE FROM tasks WHERE id IN (SELECT id FROM gone WHERE rev = ?)", (rev,)).rowcount
         if n:
-            conn.execute("DELETE FROM results WHERE id IN (SELECT id FROM gone WHERE rev = ?)", (rev,))
-            conn.execute("DELETE FROM jobs WHERE id IN (SELECT id FROM gone WHERE rev = ?)", (rev,))
             conn.execute("PRAGMA incremental_vacuum(256)")
         return n
 
@@ -666,7 +669,9 @@ def read_outcome(path: str, busy_timeout: float, task_id: str) -> tuple[str, byt
     """The stored (kind, pickled outcome) of a finished task, read on a short-lived connection (blocking)."""
     conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
     try:
-        row = conn.execute("SELECT kind, data FROM results WHERE id = ?", (task_id,)).fetchone()
+        row = conn.execute(
+            "SELECT kind, data FROM results WHERE n = (SELECT n FROM tasks WHERE id = ?)", (task_id,)
+        ).fetchone()
         return None if row is None else (row[0], bytes(row[1]))
     finally:
         conn.close()
