@@ -60,6 +60,10 @@ _MAX_AHEAD = 256
 _FOREIGN_SEQ = 1 << 48
 
 
+def _refuse(op: tuple[Any, ...]) -> None:  # pragma: no cover - ops are only made once open
+    raise AssertionError("the store is not open")
+
+
 def _when(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
@@ -94,6 +98,9 @@ class StoreRegistry(TaskRegistry):
         self._done = 0  # ops the thread has committed
         self._advanced = trio.Event()
         self._stopped: trio.Event | None = None
+        #: True from open() until the writer thread stopped.
+        self._live = False
+        self._lazy: Callable[[tuple[Any, ...]], None] = _refuse
         self._broken: BaseException | None = None
 
     # ------------------------------------------------------------ lifespan
@@ -116,6 +123,8 @@ class StoreRegistry(TaskRegistry):
         # worker, more while short tasks keep starving the workers (see on_idle).
         self._base_ahead = self._ahead = scheduler.backend.capacity
         self._thread = thread
+        self._lazy = thread.put_lazy
+        self._live = True
         self._stopped = trio.Event()
         rows.sort(key=lambda r: r.created)
         self._apply_rows(rows, initial=True)
@@ -181,9 +190,8 @@ class StoreRegistry(TaskRegistry):
 
     def _put_lazy(self, op: tuple[Any, ...]) -> None:
         """Hand ``op`` to the writer thread's next group commit (a few ms away; ``flush`` hastens it)."""
-        assert self._thread is not None
         self._sent += 1
-        self._thread.put_lazy(op)
+        self._lazy(op)
 
     # ------------------------------------------------------- the seam
     def add(self, rec: TaskRecord) -> None:
@@ -254,9 +262,7 @@ class StoreRegistry(TaskRegistry):
     def on_idle(self) -> None:
         """The scheduler may have room: claim queued tasks from the store for it."""
         scheduler = self._scheduler
-        if not self._open or self._claim_idle or scheduler is None or not scheduler.accepting:
-            return
-        if self._stopped is None or self._stopped.is_set():
+        if not self._open or self._claim_idle or not self._live or scheduler is None or not scheduler.accepting:
             return
         free = scheduler.backend.free_slots()
         if free and self._claiming and not scheduler.queued and self._ahead < _MAX_AHEAD:
@@ -312,7 +318,8 @@ class StoreRegistry(TaskRegistry):
                 elif status.is_terminal:
                     self._owned.discard(tid)
                     self._running_written.discard(tid)
-                    self._graces.pop(tid, None)
+                    if self._graces:
+                        self._graces.pop(tid, None)
                     self._put_lazy((FINISH, rec))
         super().changed(rec)
 
@@ -396,6 +403,7 @@ class StoreRegistry(TaskRegistry):
             if self._scheduler is not None:
                 self._scheduler.failed(batch.error)
         if batch.stopped and self._stopped is not None:
+            self._live = False
             self._stopped.set()
         if self._ahead > self._base_ahead and trio.current_time() - self._starved_at > 1.0:
             self._ahead = max(self._base_ahead, self._ahead // 2)  # no starvation for a while: hoard less

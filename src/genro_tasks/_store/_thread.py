@@ -147,6 +147,8 @@ class StoreThread:
         self.finished_ttl = finished_ttl
         #: Pending operations (appended by trio, taken by the thread).
         self.ops: deque[tuple[Any, ...]] = deque()
+        #: Queue an op for the next group commit (within ``poll_interval``), without waking the thread.
+        self.put_lazy = self.ops.append
         #: Ids whose PROGRESS op is queued and not yet taken (shared with trio: see ``StoreRegistry``).
         self.progress_queued: set[str] = set()
         #: Row numbers of the tasks this process inserted or claimed and has not finished.
@@ -176,10 +178,6 @@ class StoreThread:
         if self._sleeping:  # the thread sets it before its last look at _urgent: no wake-up is lost
             self._sleeping = False
             self._wake.set()
-
-    def put_lazy(self, op: tuple[Any, ...]) -> None:
-        """Queue ``op`` for the next group commit (within ``poll_interval``), without waking the thread."""
-        self.ops.append(op)
 
     # ------------------------------------------------------------- opening
     def open(self) -> list[Row]:
