@@ -293,6 +293,15 @@ async def test_graceful_cancel_across_processes(tmp_path: Path) -> None:
         assert "CancelRequested" in info.error
 
 
+async def test_run_here_returns_what_ran_there(tmp_path: Path) -> None:
+    db = tmp_path / "tasks.db"
+    async with server(db), TaskManager(max_workers=0, store=db) as tm:
+        with trio.fail_after(30):
+            assert await tm.run(jobs_store.double, 4) == 8
+            with pytest.raises(ValueError, match="raised there"):
+                await tm.run(jobs_store.fail, "raised there")
+
+
 async def test_run_cancelled_here_kills_the_job_there(tmp_path: Path) -> None:
     db = tmp_path / "tasks.db"
     async with server(db), TaskManager(max_workers=0, store=db) as tm:

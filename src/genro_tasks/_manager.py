@@ -479,6 +479,7 @@ class TaskManager(SubmitMethods):
                     if not self._registry.cancel_elsewhere(rec, None):
                         self._scheduler.cancel(rec)
                     await rec.wait_done()
+        await self._registry.fetch(rec)
         return rec.outcome()
 
     @enable_ki_protection
