@@ -97,7 +97,8 @@ async def crash_loop(db: Path, kills: int, seed: int) -> None:
         assert acknowledged <= ids
     # And what was queued runs now.
     async with TaskManager(max_workers=2, store=db, max_finished=10_000_000) as tm:
-        pending = [i.task_id for i in tm.list_tasks(TaskStatus.PENDING)]
+        # Not finished yet: queued, or already started by this manager's workers since it opened.
+        pending = [i.task_id for i in tm.list_tasks() if not i.status.is_terminal]
         with trio.fail_after(120):
             for tid in pending:
                 await tm.result(tid)
