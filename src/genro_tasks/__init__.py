@@ -42,6 +42,7 @@ from ._errors import QueueFull as QueueFull
 from ._errors import RemoteError as RemoteError
 from ._errors import SupervisorFailed as SupervisorFailed
 from ._errors import TaskCancelled as TaskCancelled
+from ._errors import TaskLost as TaskLost
 from ._errors import TaskTimeout as TaskTimeout
 from ._errors import UnpicklableJob as UnpicklableJob
 from ._errors import UnpicklableResult as UnpicklableResult
@@ -53,6 +54,7 @@ from ._many import TaskMap as TaskMap
 from ._options import TaskOptions as TaskOptions
 from ._options import TaskSubmitter as TaskSubmitter
 from ._task import GroupInfo as GroupInfo
+from ._store import SQLiteStore as SQLiteStore
 from ._task import TaskInfo as TaskInfo
 from ._task import TaskManagerStatistics as TaskManagerStatistics
 from ._task import TaskStatus as TaskStatus
@@ -74,9 +76,11 @@ __all__ = (
     "MessageTooLarge",
     "QueueFull",
     "RemoteError",
+    "SQLiteStore",
     "SupervisorFailed",
     "TaskCancelled",
     "TaskInfo",
+    "TaskLost",
     "TaskManager",
     "TaskManagerStatistics",
     "TaskMap",

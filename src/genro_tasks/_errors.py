@@ -70,6 +70,29 @@ class WorkerCrashed(Exception):
         return (type(self), (self.task_id, self.pid, self.exitcode, self.detail))
 
 
+#: What a lost task's error says by default.
+LOST_DETAIL = "its TaskManager process died while it ran; the job may or may not have finished"
+
+
+class TaskLost(Exception):
+    """Raised by ``result()`` for a task whose TaskManager process died while it ran.
+
+    Only with a shared store (``TaskManager(store=...)``): the process that
+    owned the task was killed (or crashed) after a worker had started the
+    job, so nobody knows whether the job finished. Another process using the
+    same store (or the next one to start) records the task FAILED with this
+    error. Look at what the job was doing before you run it again.
+    """
+
+    def __init__(self, task_id: str, detail: str = LOST_DETAIL) -> None:
+        self.task_id = task_id
+        self.detail = detail
+        super().__init__(f"Task {task_id!r} was lost: {detail}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task_id, self.detail))
+
+
 class RemoteError(Exception):
     """Stands in for a job's exception that could not cross the process boundary.
 

@@ -28,6 +28,7 @@ from ._owner import RunOwner
 from ._process_backend import ProcessBackend
 from ._registry import MemoryRegistry, TaskRegistry
 from ._scheduler import Scheduler
+from ._store import SQLiteStore, as_store
 from ._submission import Job, id_in_use, prepare, prepare_initializer
 from ._task import GroupInfo, TaskInfo, TaskManagerStatistics, TaskRecord, TaskStatus
 from ._validate import check_bool, check_count, check_message_size, check_seconds, parse_status
@@ -84,6 +85,14 @@ class TaskManager(SubmitMethods):
             ``initializer``, ``initargs``, ``max_tasks_per_worker``,
             ``max_message_size``) and the ``memory_limit`` task option then
             do not apply: passing them raises ValueError.
+        store: Where the tasks live. ``None`` (default): in this process's
+            memory. A path (str or os.PathLike) or an :class:`SQLiteStore`:
+            in that SQLite file, shared by every manager of every process
+            that opens it and kept across restarts (see the README section
+            "Several processes and restarts"). With a store,
+            ``max_workers=0`` makes a client-only manager: it runs no job
+            and claims nothing, but submits, lists, watches and cancels
+            every task of the store and reads their results.
     """
 
     def __init__(
@@ -99,7 +108,9 @@ class TaskManager(SubmitMethods):
         finished_ttl: float | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         backend: ExecutionBackend | None = None,
+        store: str | os.PathLike[str] | SQLiteStore | None = None,
     ) -> None:
+        self._store = as_store(store)
         if backend is not None:
             _refuse_process_options(
                 backend,
@@ -114,7 +125,13 @@ class TaskManager(SubmitMethods):
         self._given_backend = backend
         if max_workers is None:
             max_workers = os.cpu_count() or 1
-        check_count("max_workers", max_workers, allow_none=False)
+        if not (max_workers == 0 and self._store is not None and type(max_workers) is int):
+            if max_workers == 0 and type(max_workers) is int:
+                raise ValueError(
+                    "max_workers=0 (a client-only manager that runs no job) needs a store: "
+                    "TaskManager(max_workers=0, store='path/to/tasks.db')"
+                )
+            check_count("max_workers", max_workers, allow_none=False)
         check_count("max_tasks_per_worker", max_tasks_per_worker)
         check_count("max_queued", max_queued)
         check_count("max_finished", max_finished, allow_none=False)
@@ -133,7 +150,13 @@ class TaskManager(SubmitMethods):
         self._rejected = 0
         #: The trio run this manager belongs to (set by startup()).
         self._owner = RunOwner()
-        self._registry: TaskRegistry = MemoryRegistry(max_finished, finished_ttl, self._owner.now)
+        self._registry: TaskRegistry
+        if self._store is None:
+            self._registry = MemoryRegistry(max_finished, finished_ttl, self._owner.now)
+        else:
+            from ._store._registry import StoreRegistry
+
+            self._registry = StoreRegistry(self._store, max_finished, finished_ttl, self._owner.now)
         self._backend: ExecutionBackend | None = None
         self._scheduler: Scheduler | None = None
         self._running = False
@@ -179,14 +202,28 @@ class TaskManager(SubmitMethods):
                 return
             raise RuntimeError("this TaskManager was shut down; create a new one")
         self._owner.claim()
+        registry = self._registry
         if self._given_backend is not None:
             self._backend = self._given_backend
+        elif self._max_workers == 0:
+            from ._store._client import NoWorkers
+
+            self._backend = NoWorkers()
         else:
             self._backend = ProcessBackend(
                 self._max_workers, self._ctx, self._init_payload, self._max_tasks, self._max_message_size
             )
-        hub = self._registry.hub
-        scheduler = Scheduler(self._backend, self._registry.changed, hub.room_freed, hub.close)
+        hub = registry.hub
+        if self._store is None:
+            scheduler = Scheduler(self._backend, registry.changed, hub.room_freed, hub.close)
+        else:
+
+            def on_end() -> None:
+                registry.detach()
+                hub.close()
+
+            scheduler = Scheduler(self._backend, registry.changed, hub.room_freed, on_end, registry.on_idle)
+            await registry.open(scheduler)
         self._scheduler = scheduler
         trio.lowlevel.spawn_system_task(scheduler.run, name="genro_tasks scheduler")
         try:
@@ -227,10 +264,15 @@ class TaskManager(SubmitMethods):
         self._running = False
         self._shut_down = True
         self._registry.hub.room_freed()  # submit_wait callers see the manager closed
+        if self._store is not None and scheduler.accepting:
+            # The queue is the store's: what this process claimed but never started goes back to it.
+            self._registry.release(scheduler.give_back_queued())
         try:
             await scheduler.stop(wait=wait, cancel_pending=cancel_pending)
         finally:
             self._registry.hub.close()
+            with trio.CancelScope(shield=True):
+                await self._registry.close()
 
     async def __aenter__(self) -> TaskManager:
         """Start the manager (see :meth:`startup`).
@@ -284,7 +326,7 @@ class TaskManager(SubmitMethods):
                 or scheduler is None
                 or not self._running
                 or not scheduler.accepting
-                or scheduler.queued < self._max_queued
+                or scheduler.queued + self._registry.waiting() < self._max_queued
             ):
                 await trio.lowlevel.checkpoint_if_cancelled()
                 return self._enqueue(job, wait_for_room=True).task_id
@@ -296,10 +338,15 @@ class TaskManager(SubmitMethods):
         scheduler = self._scheduler
         if not self._running or scheduler is None or not scheduler.accepting or scheduler.finished.is_set():
             raise self._closed_error()
-        if not wait_for_room and self._max_queued is not None and scheduler.queued >= self._max_queued:
+        if (
+            not wait_for_room
+            and self._max_queued is not None
+            and scheduler.queued + self._registry.waiting() >= self._max_queued
+        ):
             self._rejected += 1
             raise QueueFull(
-                f"{scheduler.queued} tasks are already queued (max_queued={self._max_queued}); retry later, "
+                f"{scheduler.queued + self._registry.waiting()} tasks are already queued "
+                f"(max_queued={self._max_queued}); retry later, "
                 "or use 'await tm.submit_wait(...)' to wait for room"
             )
         task_id = job.task_id
@@ -318,9 +365,7 @@ class TaskManager(SubmitMethods):
             options.memory_limit,
             options,
         )
-        self._registry.add(rec)
-        scheduler.enqueue(rec)
-        self._registry.changed(rec)
+        self._registry.admit(rec, scheduler)
         return rec
 
     def _closed_error(self) -> ManagerClosed:
@@ -343,7 +388,7 @@ class TaskManager(SubmitMethods):
         **Cancellation:** Returns at once; cancelling it has no effect on the task.
         """
         await trio.lowlevel.checkpoint()
-        return self._registry.get(task_id).status
+        return (await self._registry.lookup(task_id)).status
 
     async def info(self, task_id: str) -> TaskInfo:
         """Return a snapshot of the task that never changes under you.
@@ -354,7 +399,7 @@ class TaskManager(SubmitMethods):
         **Cancellation:** Returns at once; cancelling it has no effect on the task.
         """
         await trio.lowlevel.checkpoint()
-        return self._registry.get(task_id).snapshot()
+        return (await self._registry.lookup(task_id)).snapshot()
 
     async def result(self, task_id: str, timeout: float | None = None) -> Any:
         """Wait for the task to finish and return its value, or raise how it ended.
@@ -382,7 +427,7 @@ class TaskManager(SubmitMethods):
         **Cancellation:** Cancelling the wait leaves the task running; use
         :meth:`run` if the task should die with its caller.
         """
-        rec = self._registry.get(task_id)
+        rec = await self._registry.lookup(task_id)
         self._check_owner("result")
         timeout = check_seconds("result(timeout=...)", timeout, task_id=task_id, allow_zero=True)
         if not rec.status.is_terminal:
@@ -398,6 +443,7 @@ class TaskManager(SubmitMethods):
                     )
         else:
             await trio.lowlevel.checkpoint()
+        await self._registry.fetch(rec)
         return rec.outcome()
 
     async def cancel(self, task_id: str, *, grace: float | None = None) -> bool:
@@ -430,16 +476,35 @@ class TaskManager(SubmitMethods):
         waiting; cancelling the wait does not stop it, and the task still
         ends CANCELLED.
         """
-        rec = self._registry.get(task_id)
+        rec = await self._registry.lookup(task_id)
         self._check_owner("cancel")
         grace = check_seconds("grace", grace, task_id=task_id, allow_zero=True)
         scheduler = self._scheduler
         if scheduler is None or rec.status.is_terminal:
             await trio.lowlevel.checkpoint()
             return False
-        scheduler.cancel(rec, grace)
+        if not self._registry.cancel_elsewhere(rec, grace):
+            scheduler.cancel(rec, grace)
         await rec.wait_done()
         return rec.status is TaskStatus.CANCELLED
+
+    async def flush(self) -> None:
+        """Wait until every task submitted (and every change recorded) so far is durable.
+
+        With a store, ``submit`` returns once the task is handed to the
+        store's writer thread, which commits it in its next group commit (a
+        few milliseconds later); after ``await tm.flush()`` everything
+        submitted before the call is in the file and survives a crash of
+        this process (with ``SQLiteStore(synchronous="FULL")``, a power
+        loss too). Without a store there is nothing to wait for.
+
+        Raises:
+            RuntimeError: The store failed (the message says how).
+
+        **Cancellation:** Only the wait is cancelled: the writes go ahead.
+        """
+        self._check_owner("flush")
+        await self._registry.flush()
 
     async def _run(self, call: Call, options: TaskOptions) -> Any:
         tid = self._submit(call, options)
@@ -449,8 +514,10 @@ class TaskManager(SubmitMethods):
         finally:
             if not rec.status.is_terminal and self._scheduler is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(_CANCEL_LIMIT):
-                    self._scheduler.cancel(rec)
+                    if not self._registry.cancel_elsewhere(rec, None):
+                        self._scheduler.cancel(rec)
                     await rec.wait_done()
+        await self._registry.fetch(rec)
         return rec.outcome()
 
     # ---------------------------------------------------------- many tasks at once
@@ -662,7 +729,7 @@ class TaskManager(SubmitMethods):
             workers_total=workers.workers_total,
             workers_idle=workers.workers_idle,
             workers_busy=workers.workers_busy,
-            tasks_queued=scheduler.queued,
+            tasks_queued=scheduler.queued + registry.waiting(),
             tasks_running=scheduler.running,
             tasks_completed=registry.completed,
             tasks_failed=registry.failed,

@@ -19,6 +19,7 @@ import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -79,6 +80,8 @@ class GroupStats:
             progress=progress,
             eta=eta,
         )
+if TYPE_CHECKING:
+    from ._scheduler import Scheduler
 
 
 class ChangeHub:
@@ -224,6 +227,67 @@ class TaskRegistry(ABC):
     @abstractmethod
     def prune(self) -> None:
         """Apply the retention limits now."""
+
+    # A store overrides these; in memory they are the obvious (and free) thing.
+    #: Called by the scheduler when it may have free workers (a store claims queued tasks then).
+    on_idle: Callable[[], None] | None = None
+
+    def admit(self, rec: TaskRecord, scheduler: Scheduler) -> None:
+        """Keep a new submission and queue it (a store may leave it in its shared queue instead)."""
+        self.add(rec)
+        scheduler.enqueue(rec)
+        self.changed(rec)
+
+    async def lookup(self, task_id: str) -> TaskRecord:
+        """As :meth:`get`, for async callers (a store may first read what other processes added).
+
+        **Cancellation:** Only the lookup is cancelled.
+        """
+        return self.get(task_id)
+
+    async def fetch(self, rec: TaskRecord) -> None:
+        """Make ``rec.outcome()`` answerable (a store loads the outcome of a task finished elsewhere).
+
+        **Cancellation:** Only the load is cancelled.
+        """
+        return None  # nothing to do in memory
+
+    def cancel_elsewhere(self, rec: TaskRecord, grace: float | None) -> bool:
+        """Start cancelling a task this process does not run; False if the scheduler here must do it."""
+        return False
+
+    def release(self, recs: list[TaskRecord]) -> None:
+        """Queued tasks this manager gives up at shutdown (only a shared store takes them back)."""
+        raise AssertionError("only a shared store takes tasks back")  # pragma: no cover
+
+    def waiting(self) -> int:
+        """Tasks queued outside this manager's scheduler (in a shared store)."""
+        return 0
+
+    async def open(self, scheduler: Scheduler) -> None:
+        """Called by ``startup()`` before the scheduler runs.
+
+        **Cancellation:** Nothing is left open.
+        """
+        return None  # nothing to do in memory
+
+    def detach(self) -> None:
+        """The scheduler ended: nothing the manager holds changes any more."""
+        return None  # nothing to do in memory
+
+    async def close(self) -> None:
+        """Called by ``shutdown()`` once the scheduler ended: write what is pending.
+
+        **Cancellation:** Only the wait is cancelled.
+        """
+        return None  # nothing to do in memory
+
+    async def flush(self) -> None:
+        """Wait until every change made so far is durable (nothing to wait for in memory).
+
+        **Cancellation:** Only the wait is cancelled.
+        """
+        await trio.lowlevel.checkpoint()
 
     def changed(self, rec: TaskRecord | None) -> None:
         """A task (or, with None, the pool) changed: count, retain, fan out.

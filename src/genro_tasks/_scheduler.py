@@ -96,6 +96,8 @@ class Scheduler(BackendListener):
             of the pool (with None); it must not await.
         on_room: Called when a queued task leaves the queue.
         on_end: Called once the scheduler has ended (nothing changes any more).
+        on_idle: Called after a dispatch round that may have left free
+            workers (a shared store then claims tasks for them); it must not await.
     """
 
     def __init__(
@@ -104,8 +106,10 @@ class Scheduler(BackendListener):
         on_change: Callable[[TaskRecord | None], None],
         on_room: Callable[[], None] = lambda: None,
         on_end: Callable[[], None] = lambda: None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self.backend = backend
+        self._on_idle = on_idle
         self._on_change = on_change
         self._on_room = on_room
         self._on_end = on_end
@@ -260,6 +264,8 @@ class Scheduler(BackendListener):
         queued = self._queued
         backend = self.backend
         if not queue or self.lifecycle is Lifecycle.FAILED:
+            if self._on_idle is not None and self.lifecycle is not Lifecycle.FAILED:
+                self._on_idle()
             return
         free = backend.free_slots()
         left = False
@@ -274,6 +280,23 @@ class Scheduler(BackendListener):
             free -= 1
         if left:
             self._on_room()
+        if self._on_idle is not None:
+            self._on_idle()
+
+    def give_back_queued(self) -> list[TaskRecord]:
+        """Stop accepting tasks and empty the queue without ending its tasks; return them.
+
+        For a shared store at shutdown: the tasks go back to the store's queue, for other processes.
+        """
+        if self.accepting:
+            self.lifecycle = Lifecycle.DRAINING
+        taken = list(self._queued.values())
+        self._queue.clear()
+        self._queued.clear()
+        if taken:
+            self._on_room()
+            self._check_drained()
+        return taken
 
     def _end_queued(self, finish: Callable[[TaskRecord], None]) -> None:
         """Give every queued task (and every one waiting to retry) its terminal state with ``finish``."""

@@ -1,0 +1,512 @@
+"""The registry of a manager with a store: a mirror of every task in the file.
+
+Every process keeps a :class:`~genro_tasks._task.TaskRecord` for every task
+row (``list_tasks`` stays synchronous and never touches the disk). The
+records of the tasks this process *owns* (it claimed them: they are in its
+scheduler) are the truth and are written to the file; every other record
+follows the file: the writer thread reads the rows other processes changed
+and :meth:`StoreRegistry._deliver` applies them, feeding the change hub, so
+``watch``, change streams and ``wait_until`` see every process's tasks.
+
+The queue is the file's: a submitted task is inserted without an owner, and
+a process with free workers claims the next ones (priority, then age) in
+its writer transaction. A submission that finds this process with free
+capacity and nothing older waiting is claimed in its own insert, so it is
+dispatched at once without waiting for the disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from genro_tasks_worker._protocol import Failure
+
+from .._errors import TaskLost, UnpicklableResult
+from .._registry import TaskRegistry
+from .._scheduler import Scheduler
+from .._task import TaskInfo, TaskRecord, TaskStatus
+from . import SQLiteStore
+from ._thread import (
+    CANCEL,
+    CLAIM,
+    DELETE,
+    FINISH,
+    INSERT,
+    PROGRESS,
+    RELEASE,
+    STARTED,
+    STOP,
+    SYNC,
+    Batch,
+    Claimed,
+    Row,
+    StoreThread,
+    read_outcome,
+)
+
+log = logging.getLogger("genro_tasks")
+
+_STATUS = {s.value: s for s in TaskStatus}
+#: Most tasks one process claims ahead of its free workers (reached only while tasks are very short).
+_MAX_AHEAD = 256
+#: Local scheduler keys of tasks another process submitted (far above the manager's own counter).
+_FOREIGN_SEQ = 1 << 48
+
+
+def _refuse(op: tuple[Any, ...]) -> None:  # pragma: no cover - ops are only made once open
+    raise AssertionError("the store is not open")
+
+
+def _when(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+class StoreRegistry(TaskRegistry):
+    """Task records mirrored from (and written to) an SQLite store shared by several processes."""
+
+    def __init__(
+        self, store: SQLiteStore, max_finished: int, finished_ttl: float | None, clock: Callable[[], float]
+    ) -> None:
+        super().__init__(max_finished, finished_ttl, clock)
+        self.store = store
+        self.owner = os.urandom(8).hex()
+        self._records: dict[str, TaskRecord] = {}
+        #: PENDING tasks nobody has claimed (as far as the mirror knows): the store's queue.
+        self._open: dict[str, TaskRecord] = {}
+        #: Tasks this process claimed and has not finished: its scheduler holds them.
+        self._owned: set[str] = set()
+        self._running_written: set[str] = set()
+        #: Finished tasks read from the file whose outcome is not loaded yet.
+        self._unloaded: set[str] = set()
+        self._graces: dict[str, float | None] = {}
+        self._thread: StoreThread | None = None
+        self._scheduler: Scheduler | None = None
+        self._ahead = 0
+        self._base_ahead = 0
+        self._starved_at = 0.0
+        self._claiming = 0
+        self._claim_idle = False
+        self._foreign_seq = _FOREIGN_SEQ
+        self._sent = 0  # ops handed to the thread
+        self._done = 0  # ops the thread has committed
+        self._advanced = trio.Event()
+        self._stopped: trio.Event | None = None
+        #: True from open() until the writer thread stopped.
+        self._live = False
+        self._lazy: Callable[[tuple[Any, ...]], None] = _refuse
+        self._broken: BaseException | None = None
+
+    # ------------------------------------------------------------ lifespan
+    async def open(self, scheduler: Scheduler) -> None:
+        """Open the file, recover dead processes' tasks, load every task, start the writer thread.
+
+        **Cancellation:** If cancelled, the file is closed again and nothing runs.
+        """
+        thread = StoreThread(self.store, self.owner, self.max_finished, self.finished_ttl)
+        try:
+            rows = await trio.to_thread.run_sync(thread.open)
+        except Exception as exc:
+            raise RuntimeError(
+                f"cannot open the task store {self.store.path!r}: {type(exc).__name__}: {exc}; "
+                "check that its directory exists and is writable"
+            ) from exc
+        self._scheduler = scheduler
+        # Claim a few tasks ahead of the free workers, so a worker that frees up finds its
+        # next job here instead of waiting for a claim round trip through the file: one per
+        # worker, more while short tasks keep starving the workers (see on_idle).
+        self._base_ahead = self._ahead = scheduler.backend.capacity
+        self._thread = thread
+        self._lazy = thread.put_lazy
+        self._live = True
+        self._stopped = trio.Event()
+        rows.sort(key=lambda r: r.created)
+        self._apply_rows(rows, initial=True)
+        token = trio.lowlevel.current_trio_token()
+        deliver = self._deliver
+
+        def hand_over(batch: Batch) -> None:
+            try:
+                token.run_sync_soon(deliver, batch)
+            except trio.RunFinishedError:
+                pass
+
+        thread.start(hand_over)
+
+    def detach(self) -> None:
+        """The scheduler ended: write what is pending, then stop the thread (does not wait)."""
+        thread = self._thread
+        if thread is not None and self._stopped is not None and not self._stopped.is_set():
+            self._put((STOP,))
+
+    async def close(self) -> None:
+        """Write everything pending, unregister this process and stop the writer thread.
+
+        **Cancellation:** The thread still finishes its writes; only this wait is cancelled.
+        """
+        self.detach()
+        if self._stopped is not None:
+            await self._stopped.wait()
+
+    async def flush(self) -> None:
+        """Wait until every change made here so far is committed to the file.
+
+        **Cancellation:** Only the wait is cancelled; the writes happen anyway.
+        """
+        target = self._sent
+        if self._done < target and not self._is_stopped():
+            assert self._thread is not None
+            self._thread.put((SYNC,))  # wake it: the group commit should not wait for its poll
+            self._sent += 1
+        while self._done < target and self._broken is None and not self._is_stopped():
+            await self._advanced.wait()
+        await trio.lowlevel.checkpoint()
+        if self._broken is not None:
+            raise RuntimeError(f"the task store {self.store.path!r} failed: {self._broken!r}") from self._broken
+
+    async def sync(self) -> None:
+        """Read what other processes changed, now (a lookup that missed may find it after this).
+
+        **Cancellation:** Only the wait is cancelled.
+        """
+        if not self._is_stopped():
+            self._put((SYNC,))
+            await self.flush()
+
+    def _is_stopped(self) -> bool:
+        return self._stopped is None or self._stopped.is_set()
+
+    def _put(self, op: tuple[Any, ...]) -> None:
+        """Hand ``op`` to the writer thread and wake it (something waits for the answer)."""
+        assert self._thread is not None
+        self._sent += 1
+        self._thread.put(op)
+
+    def _put_lazy(self, op: tuple[Any, ...]) -> None:
+        """Hand ``op`` to the writer thread's next group commit (a few ms away; ``flush`` hastens it)."""
+        self._sent += 1
+        self._lazy(op)
+
+    # ------------------------------------------------------- the seam
+    def add(self, rec: TaskRecord) -> None:
+        self._records[rec.task_id] = rec
+
+    def get(self, task_id: str) -> TaskRecord:
+        try:
+            return self._records[task_id]
+        except (KeyError, TypeError):
+            raise KeyError(f"Task not found: {task_id}") from None
+
+    async def lookup(self, task_id: str) -> TaskRecord:
+        if task_id not in self._records and isinstance(task_id, str):
+            await self.sync()  # submitted elsewhere an instant ago?
+        return self.get(task_id)
+
+    def __contains__(self, task_id: object) -> bool:
+        try:
+            return task_id in self._records
+        except TypeError:
+            return False
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def waiting(self) -> int:
+        return len(self._open)
+
+    def find(self, status: TaskStatus | None) -> list[TaskInfo]:
+        if status is None:
+            return [rec.snapshot() for rec in self._records.values()]
+        return [rec.snapshot() for rec in self._records.values() if rec.status is status]
+
+    def clear_finished(self) -> int:
+        done = [tid for tid, rec in self._records.items() if rec.status.is_terminal]
+        for tid in done:
+            del self._records[tid]
+            self._unloaded.discard(tid)
+        if done and self._thread is not None:
+            self._put((DELETE, done))
+        return len(done)
+
+    def _retain(self, rec: TaskRecord) -> None:
+        pass  # the writer thread applies the limits to the file; deletions come back as "gone"
+
+    def prune(self) -> None:
+        pass
+
+    # -------------------------------------------------- submitting, claiming
+    def admit(self, rec: TaskRecord, scheduler: Scheduler) -> None:
+        tid = rec.task_id
+        self._records[tid] = rec
+        payload = rec.payload
+        if not self._open and self._room(scheduler) > 0:
+            self._owned.add(tid)
+            self._put_lazy((INSERT, rec, self.owner, payload))
+            scheduler.enqueue(rec)
+        else:
+            self._open[tid] = rec
+            self._claim_idle = False
+            self._put_lazy((INSERT, rec, None, payload))
+            self.on_idle()
+        self.changed(rec)
+
+    def _room(self, scheduler: Scheduler) -> int:
+        return scheduler.backend.free_slots() + self._ahead - scheduler.queued - self._claiming
+
+    def on_idle(self) -> None:
+        """The scheduler may have room: claim queued tasks from the store for it."""
+        scheduler = self._scheduler
+        if not self._open or self._claim_idle or not self._live or scheduler is None or not scheduler.accepting:
+            return
+        free = scheduler.backend.free_slots()
+        if free and self._claiming and not scheduler.queued and self._ahead < _MAX_AHEAD:
+            # A worker is idle while a claim is on its way: tasks are short, look further ahead.
+            self._ahead = min(2 * self._ahead, _MAX_AHEAD)
+            self._starved_at = trio.current_time()
+        want = self._room(scheduler)
+        # Claim in batches (half the look-ahead at once), unless a worker could starve meanwhile.
+        if want > 0 and (want * 2 >= self._ahead or scheduler.queued + self._claiming == 0):
+            self._claiming += want
+            self._put((CLAIM, want))
+
+    def _take(self, claimed: Claimed) -> None:
+        """A task this process claimed: hand it to the scheduler (or give it back)."""
+        row = claimed.row
+        tid = row.id
+        rec = self._records.get(tid)
+        if rec is None:
+            rec = self._new_record(row)
+        self._open.pop(tid, None)
+        scheduler = self._scheduler
+        if rec.status.is_terminal:  # pragma: no cover - the claim and the cancel are serialised
+            return
+        if scheduler is None or not scheduler.accepting:
+            self._put((RELEASE, tid))
+            return
+        if claimed.payload is None and rec.payload is None:
+            rec.finish_failed(TaskLost(tid, "its job is missing from the store"))
+            self._owned.add(tid)
+            self.changed(rec)
+            return
+        if rec.payload is None:
+            rec.payload = claimed.payload
+        rec.requeues = max(rec.requeues, row.requeues)
+        self._owned.add(tid)
+        scheduler.enqueue(rec)
+
+    # ---------------------------------------------------------------- changes
+    def changed(self, rec: TaskRecord | None) -> None:
+        if rec is not None and self._thread is not None:
+            tid = rec.task_id
+            if tid in self._owned:
+                status = rec.status
+                if status is TaskStatus.RUNNING:
+                    if tid in self._running_written:
+                        queued = self._thread.progress_queued
+                        if tid not in queued:
+                            queued.add(tid)
+                            self._put_lazy((PROGRESS, rec))
+                    else:
+                        self._running_written.add(tid)
+                        self._put_lazy((STARTED, rec))
+                elif status.is_terminal:
+                    self._owned.discard(tid)
+                    self._running_written.discard(tid)
+                    if self._graces:
+                        self._graces.pop(tid, None)
+                    self._put_lazy((FINISH, rec))
+        super().changed(rec)
+
+    def release(self, recs: list[TaskRecord]) -> None:
+        """This process stops: give the tasks it claimed but never dispatched back to the shared queue."""
+        for rec in recs:
+            tid = rec.task_id
+            self._owned.discard(tid)
+            self._open[tid] = rec
+            self._put_lazy((RELEASE, tid))
+
+    def cancel_elsewhere(self, rec: TaskRecord, grace: float | None) -> bool:
+        tid = rec.task_id
+        if tid in self._owned or self._thread is None or self._stopped is None or self._stopped.is_set():
+            return False
+        self._graces[tid] = grace
+        self._put((CANCEL, tid, grace))
+        return True
+
+    async def fetch(self, rec: TaskRecord) -> None:
+        """Load the outcome of a task that finished in another process (or before a restart).
+
+        **Cancellation:** Only the load is abandoned; a later call loads it again.
+        """
+        tid = rec.task_id
+        if tid not in self._unloaded:
+            return
+        found = await trio.to_thread.run_sync(_load, self.store.path, self.store.busy_timeout, tid)
+        if tid not in self._unloaded:
+            return  # loaded by a concurrent fetch meanwhile
+        if found is None:
+            if rec.status is TaskStatus.COMPLETED:
+                raise UnpicklableResult(
+                    f"Task {tid!r} ({rec.name}) completed in another process, but its value could not be "
+                    "stored there (it could not be pickled); return plain data instead"
+                )
+            self._unloaded.discard(tid)
+            return
+        kind, value = found
+        if kind == "value":
+            rec._result = value
+        elif rec.status is TaskStatus.COMPLETED:
+            raise value
+        elif isinstance(value, BaseException | Failure):
+            rec._failure = value
+        self._unloaded.discard(tid)
+
+    # ------------------------------------------------------ from the thread
+    def _deliver(self, batch: Batch) -> None:
+        """Apply what the writer thread did and read (runs in the trio thread)."""
+        for asked, claimed in batch.claims:
+            self._claiming -= asked
+            if len(claimed) < asked:
+                self._claim_idle = True
+            for c in claimed:
+                self._take(c)
+        for tid, answer in batch.cancels:
+            grace = self._graces.pop(tid, None)
+            if answer == "mine":
+                rec = self._records.get(tid)
+                if rec is not None and tid in self._owned and self._scheduler is not None:
+                    self._scheduler.cancel(rec, grace)
+        if batch.rows:
+            self._claim_idle = False
+            self._apply_rows(batch.rows, initial=False)
+        for tid in batch.gone:
+            rec = self._records.pop(tid, None)
+            self._open.pop(tid, None)
+            self._unloaded.discard(tid)
+            if rec is not None and not rec.status.is_terminal and tid not in self._owned:
+                rec.finish_failed(TaskLost(tid, "the store forgot it before this process saw how it ended"))
+                super().changed(rec)
+        if batch.gone:
+            self.hub.publish(None)  # tasks were forgotten: list_tasks() changed
+        self._done = batch.done
+        advanced = self._advanced
+        self._advanced = trio.Event()
+        advanced.set()
+        if batch.error is not None and self._broken is None:
+            self._broken = batch.error
+            if self._scheduler is not None:
+                self._scheduler.failed(batch.error)
+        if batch.stopped and self._stopped is not None:
+            self._live = False
+            self._stopped.set()
+        if self._ahead > self._base_ahead and trio.current_time() - self._starved_at > 1.0:
+            self._ahead = max(self._base_ahead, self._ahead // 2)  # no starvation for a while: hoard less
+            self._starved_at = trio.current_time()
+        self.on_idle()
+
+    def _apply_rows(self, rows: list[Row], *, initial: bool) -> None:
+        records = self._records
+        owned = self._owned
+        claims_changed = False
+        for row in rows:
+            tid = row.id
+            rec = records.get(tid)
+            if rec is None:
+                rec = self._new_record(row)
+                if initial and rec.status.is_terminal:
+                    rec.noted = True  # finished before we started: not counted as ours
+                super().changed(rec)
+                continue
+            if tid in owned:
+                if row.cancel_req and tid not in self._graces:
+                    self._graces[tid] = row.cancel_grace
+                    if self._scheduler is not None:
+                        self._scheduler.cancel(rec, row.cancel_grace)
+                continue
+            if rec.status.is_terminal:
+                continue
+            if row.status == "pending" and row.owner is None:
+                if tid not in self._open:
+                    self._open[tid] = rec
+                    claims_changed = True
+            elif self._open.pop(tid, None) is not None:
+                claims_changed = True
+            if self._update(rec, row):
+                super().changed(rec)
+        if claims_changed:
+            self.hub.publish(None)  # the shared queue changed (statistics().tasks_queued)
+
+    def _new_record(self, row: Row) -> TaskRecord:
+        metadata = None
+        if row.metadata is not None:
+            try:
+                metadata = pickle.loads(row.metadata)
+            except Exception as exc:
+                metadata = {"unreadable_metadata": f"{type(exc).__name__}: {exc}"}
+        self._foreign_seq += 1
+        rec = TaskRecord(
+            self._foreign_seq, row.id, row.name, b"", metadata, row.timeout, row.priority, row.memory_limit
+        )
+        rec.payload = None
+        rec.created_at = _when(row.created) or rec.created_at
+        rec.requeues = row.requeues
+        self._records[row.id] = rec
+        if row.status == "pending" and row.owner is None:
+            self._open[row.id] = rec
+        self._update(rec, row)
+        return rec
+
+    def _update(self, rec: TaskRecord, row: Row) -> bool:
+        """Bring a record another process owns up to its row; True if anything visible changed."""
+        status = _STATUS[row.status]
+        changed = False
+        if status is not TaskStatus.PENDING and rec.status is TaskStatus.PENDING and row.started is not None:
+            rec.status = TaskStatus.RUNNING
+            rec.started_at = _when(row.started)
+            rec.worker_pid = row.worker_pid
+            changed = True
+        if row.progress != rec.progress or row.progress_message != rec.progress_message:
+            rec.progress = row.progress
+            rec.progress_message = row.progress_message
+            changed = True
+        if status.is_terminal:
+            rec.worker_pid = row.worker_pid
+            if row.started is not None:
+                rec.started_at = _when(row.started)
+            error = row.error or ""
+            if status is TaskStatus.FAILED:
+                type_name, _, message = error.partition(": ")
+                if type_name == "TaskLost":
+                    rec._failure = TaskLost(rec.task_id, message.partition(" was lost: ")[2] or message)
+                else:
+                    rec._failure = Failure(None, type_name, message, row.traceback or "")
+            if status is not TaskStatus.CANCELLED:
+                self._unloaded.add(rec.task_id)
+            rec._finish(status, row.error)
+            rec.completed_at = _when(row.completed)
+            return True
+        if changed:
+            rec.version += 1
+        return changed
+
+
+def _load(path: str, busy_timeout: float, task_id: str) -> tuple[str, Any] | None:
+    """Read and unpickle a stored outcome (in a worker thread: a large result never blocks the loop)."""
+    found = read_outcome(path, busy_timeout, task_id)
+    if found is None:
+        return None
+    kind, data = found
+    try:
+        return kind, pickle.loads(data)
+    except Exception as exc:
+        error = UnpicklableResult(
+            f"Task {task_id!r}: its stored {'value' if kind == 'value' else 'error'} cannot be unpickled in this "
+            f"process: {type(exc).__name__}: {exc}; make its class importable here"
+        )
+        return "error", error

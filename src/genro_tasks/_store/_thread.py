@@ -1,0 +1,675 @@
+"""The store's writer thread: the only code that touches the SQLite file while a manager runs.
+
+The trio side appends operations to :attr:`StoreThread.ops` (a deque: no
+lock, no wait) and wakes the thread. The thread runs everything pending in
+ONE ``BEGIN IMMEDIATE`` transaction (group commit), then reads what other
+processes changed (when ``PRAGMA data_version`` moved), and hands a
+:class:`Batch` back to the trio thread with ``TrioToken.run_sync_soon``.
+Between batches it polls ``data_version`` every ``poll_interval`` seconds,
+beats its heartbeat and checks that the owners of running tasks are alive.
+
+It reads fields of trio-side records (they change only in the trio thread;
+reading an attribute is atomic under the GIL) but never changes them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import pickle
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ._liveness import MACHINE, my_identity, owner_alive
+from ._schema import TASK_COLUMNS, migrate
+
+if TYPE_CHECKING:
+    from .._task import TaskRecord
+    from . import SQLiteStore
+
+log = logging.getLogger("genro_tasks")
+
+# Operation kinds (first item of each op tuple).
+INSERT = 0  # (INSERT, rec, owner | None, payload)
+STARTED = 1  # (STARTED, rec)
+PROGRESS = 2  # (PROGRESS, rec): coalesced, written at most every PROGRESS_EVERY seconds
+FINISH = 3  # (FINISH, rec)
+CLAIM = 4  # (CLAIM, n): answered with a list of Claimed
+RELEASE = 5  # (RELEASE, task_id): a claimed task not started goes back to the queue
+CANCEL = 6  # (CANCEL, task_id, grace): answered with "mine", "asked" or "settled"
+DELETE = 7  # (DELETE, ids)
+SYNC = 8  # (SYNC,): nothing to write; read the other processes' changes now
+STOP = 9  # (STOP,): write what is pending, unregister, close
+
+#: At most one progress write per task per this many seconds.
+PROGRESS_EVERY = 0.05
+#: How often a process beats its heartbeat and checks the other owners.
+HEARTBEAT_EVERY = 1.0
+#: Tombstones of deleted tasks are kept this long for processes catching up.
+GONE_KEEP = 3600.0
+#: How often a task whose owner died before starting it goes back to the queue.
+MAX_REQUEUES = 3
+
+_TERMINAL = ("completed", "failed", "cancelled")
+_LOST = "its TaskManager process (pid {pid}) died while it ran; the job may or may not have finished"
+#: SQL for a lost task's error column: ``TaskLost: `` and the text of ``str(TaskLost(id, detail))``.
+_LOST_SQL = "'TaskLost: Task ''' || id || ''' was lost: ' || ?"
+
+
+#: Most host parameters in one statement (SQLite's limit is 32766 since 3.32).
+_MAX_VARIABLES = 30000
+
+
+@functools.lru_cache(maxsize=256)
+def _placeholders(width: int, count: int) -> str:
+    row = "(" + ", ".join("?" * width) + ")"
+    return ", ".join([row] * count)
+
+
+class Row(NamedTuple):
+    """One task row as the mirror reads it (columns of ``TASK_COLUMNS``)."""
+
+    id: str
+    rev: int
+    status: str
+    owner: str | None
+    name: str
+    priority: int
+    created: float
+    started: float | None
+    completed: float | None
+    timeout: float | None
+    memory_limit: int | None
+    error: str | None
+    traceback: str | None
+    progress: float | None
+    progress_message: str | None
+    worker_pid: int | None
+    metadata: bytes | None
+    cancel_req: int
+    cancel_grace: float | None
+    requeues: int
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A task this process just claimed, with its job."""
+
+    row: Row
+    payload: bytes | None
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one round of the thread hands back to trio."""
+
+    #: How many ops (counted from the first) are now processed and committed.
+    done: int
+    claims: list[tuple[int, list[Claimed]]] = field(default_factory=list)
+    cancels: list[tuple[str, str]] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    error: BaseException | None = None
+    stopped: bool = False
+
+
+def connect(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, the chosen durability."""
+    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    if (
+        conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+        and not conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
+    ):
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect on a new, empty file
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA journal_size_limit = 67108864")
+    return conn
+
+
+class StoreThread:
+    """One manager's connection to the store file, and the thread that owns it."""
+
+    def __init__(self, store: SQLiteStore, owner: str, max_finished: int, finished_ttl: float | None) -> None:
+        self.store = store
+        self.owner = owner
+        # Our own writes only touch rows we own: a row another process owns (recovered from us
+        # while we looked dead, or an id it took first) is never overwritten.
+        assert owner.isalnum()
+        self._owner_sql = f"'{owner}'"
+        self.max_finished = max_finished
+        self.finished_ttl = finished_ttl
+        #: Pending operations (appended by trio, taken by the thread).
+        self.ops: deque[tuple[Any, ...]] = deque()
+        #: Queue an op for the next group commit (within ``poll_interval``), without waking the thread.
+        self.put_lazy = self.ops.append
+        #: Ids whose PROGRESS op is queued and not yet taken (shared with trio: see ``StoreRegistry``).
+        self.progress_queued: set[str] = set()
+        #: Row numbers of the tasks this process inserted or claimed and has not finished.
+        self._numbers: dict[str, int] = {}
+        self._wake = threading.Event()
+        self._sleeping = False
+        self._urgent = False
+        self._conn: sqlite3.Connection | None = None
+        self._deliver: Callable[[Batch], None] | None = None
+        self._thread: threading.Thread | None = None
+        self._done = 0
+        self._seen = 0  # highest revision whose rows this mirror has read
+        self._data_version = -1
+        self._progress: dict[str, TaskRecord] = {}
+        self._last_progress = 0.0
+        self._last_beat = 0.0
+        self._finishes = 0
+        self._last_prune = 0.0
+        self._reread = False
+        self.pid, self.pid_start = my_identity()
+
+    # ------------------------------------------------------------ trio side
+    def put(self, op: tuple[Any, ...]) -> None:
+        """Queue ``op`` and wake the thread for it at once (a claim, a cancel, a flush)."""
+        self.ops.append(op)
+        self._urgent = True
+        if self._sleeping:  # the thread sets it before its last look at _urgent: no wake-up is lost
+            self._sleeping = False
+            self._wake.set()
+
+    # ------------------------------------------------------------- opening
+    def open(self) -> list[Row]:
+        """Connect, migrate, register this process, recover dead owners, read every row (blocking)."""
+        store = self.store
+        conn = connect(store.path, store.synchronous, store.busy_timeout)
+        try:
+            migrate(conn, store.path)
+            self._conn = conn
+            now = time.time()
+            self._begin()
+            conn.execute(
+                "INSERT OR REPLACE INTO processes (owner, pid, pid_start, machine, heartbeat, started) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (self.owner, self.pid, self.pid_start, MACHINE, now, now),
+            )
+            rev = self._next_rev()
+            self._check_owners(rev, now)
+            self._prune(rev, now)
+            conn.execute("COMMIT")
+            self._last_beat = self._last_prune = now
+            return self._read_changes(force=True)[0]
+        except BaseException:
+            self._conn = None
+            conn.close()
+            raise
+
+    def start(self, deliver: Callable[[Batch], None]) -> None:
+        """Run the loop in a daemon thread, handing every batch to ``deliver`` (called in the thread)."""
+        self._deliver = deliver
+        self._thread = threading.Thread(target=self._run, name="genro_tasks store", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ---------------------------------------------------------------- loop
+    def _run(self) -> None:
+        deliver = self._deliver
+        assert deliver is not None
+        poll = self.store.poll_interval
+        stopped = False
+        while not stopped:
+            self._sleeping = True
+            if not self._urgent:
+                self._wake.wait(poll)
+            self._sleeping = False
+            self._urgent = False
+            self._wake.clear()
+            batch = Batch(self._done)
+            try:
+                stopped = self._round(batch)
+            except BaseException as exc:  # the store broke: tell the manager, which fails loudly
+                log.critical("genro_tasks store thread failed", exc_info=exc)
+                batch.error = exc
+                stopped = True
+                try:
+                    if self._conn is not None and self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if stopped:
+                batch.stopped = True
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+            if batch.done != self._done or batch.claims or batch.cancels or batch.rows or batch.gone or stopped:
+                self._done = batch.done
+                deliver(batch)
+
+    def _round(self, batch: Batch) -> bool:
+        """One group commit plus a read of the others' changes; True once STOP was processed."""
+        conn = self._conn
+        assert conn is not None
+        ops = self.ops
+        taken: list[tuple[Any, ...]] = []
+        while ops:
+            taken.append(ops.popleft())
+        now = time.time()
+        stop = any(op[0] == STOP for op in taken)
+        beat = now - self._last_beat >= HEARTBEAT_EVERY
+        progress = bool(self._progress) and (now - self._last_progress >= PROGRESS_EVERY or stop)
+        prune = (self._finishes and now - self._last_prune >= 0.1) or (self.finished_ttl is not None and beat)
+        for op in taken:
+            if op[0] == PROGRESS:
+                self.progress_queued.discard(op[1].task_id)
+                self._progress[op[1].task_id] = op[1]
+        writes = [op for op in taken if op[0] != PROGRESS and op[0] != SYNC]
+        if writes or beat or progress or prune:
+            self._begin()
+            rev = self._next_rev()
+            foreign = self._reread
+            foreign |= self._apply_all(writes, rev, now, batch)
+            if progress or stop:
+                self._write_progress(rev)
+                self._last_progress = now
+            if beat:
+                conn.execute(
+                    "UPDATE processes SET heartbeat = ?, seen = ? WHERE owner = ?", (now, self._seen, self.owner)
+                )
+                foreign |= self._check_owners(rev, now)
+                self._last_beat = now
+            if prune:
+                foreign |= self._prune(rev, now)
+            if stop:
+                conn.execute("DELETE FROM processes WHERE owner = ?", (self.owner,))
+            conn.execute("COMMIT")
+            if rev - 1 == self._seen and not foreign:
+                self._seen = rev  # nobody else wrote in between: our own rows need no re-reading
+            self._reread = foreign
+        batch.done = self._done + len(taken)
+        rows, gone = self._read_changes(force=self._reread)
+        self._reread = False
+        batch.rows = rows
+        batch.gone = gone
+        return stop
+
+    def _begin(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:  # busy beyond busy_timeout: keep the ops, retry
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                log.warning("genro_tasks store %r is busy; retrying", self.store.path)
+
+    def _next_rev(self) -> int:
+        assert self._conn is not None
+        return int(
+            self._conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'rev' RETURNING value").fetchone()[0]
+        )
+
+    # ------------------------------------------------------------- writes
+    def _apply_all(self, ops: list[tuple[Any, ...]], rev: int, now: float, batch: Batch) -> bool:
+        """Write the ops in order, runs of inserts/starts/finishes as one statement each.
+
+        True if a write changed rows this process does not hold (then they are re-read).
+        A task's ops come in the order insert, start, finish, so writing each run's
+        inserts, then starts, then finishes keeps every task's order.
+        """
+        inserts: list[tuple[Any, ...]] = []
+        starts: dict[str, TaskRecord] = {}
+        finishes: list[TaskRecord] = []
+        foreign = False
+        for op in ops:
+            kind = op[0]
+            if kind == INSERT:
+                inserts.append(op)
+            elif kind == STARTED:
+                starts[op[1].task_id] = op[1]
+            elif kind == FINISH:
+                finishes.append(op[1])
+            else:
+                self._write_runs(inserts, starts, finishes, rev, now)
+                foreign |= self._apply(op, rev, now, batch)
+        self._write_runs(inserts, starts, finishes, rev, now)
+        return foreign
+
+    def _write_runs(
+        self,
+        inserts: list[tuple[Any, ...]],
+        starts: dict[str, TaskRecord],
+        finishes: list[TaskRecord],
+        rev: int,
+        now: float,
+    ) -> None:
+        conn = self._conn
+        assert conn is not None
+        if inserts:
+            self._insert(inserts, rev)
+            inserts.clear()
+        if finishes:
+            for rec in finishes:
+                starts.pop(rec.task_id, None)  # the finish writes the start time too
+        if starts:
+            self._many(
+                "UPDATE tasks SET status = 'running', started = v.column2, worker_pid = v.column3, payload = NULL, "
+                "rev = {rev} FROM (VALUES {values}) AS v WHERE tasks.n = v.column1 AND tasks.status = 'pending' "
+                "AND tasks.owner = {owner}",
+                [
+                    (
+                        self._number(tid),
+                        rec.started_at.timestamp() if rec.started_at is not None else now,
+                        rec.worker_pid,
+                    )
+                    for tid, rec in starts.items()
+                ],
+                rev,
+            )
+            starts.clear()
+        if finishes:
+            self._finish(finishes, rev, now)
+            finishes.clear()
+
+    def _insert(self, inserts: list[tuple[Any, ...]], rev: int) -> None:
+        conn = self._conn
+        assert conn is not None
+        rows = []
+        for _kind, rec, owner, payload in inserts:
+            rows.append(
+                (
+                    rec.task_id,
+                    owner,
+                    rec.name,
+                    rec.priority,
+                    rec.created_at.timestamp(),
+                    rec.timeout,
+                    rec.memory_limit,
+                    pickle.dumps(rec.metadata, 5) if rec.metadata else None,
+                    payload,
+                )
+            )
+        numbers = self._numbers
+        inserted = self._many(
+            "INSERT OR IGNORE INTO tasks (id, owner, name, priority, created, timeout, memory_limit, metadata, "
+            "payload, rev, status) SELECT column1, column2, column3, column4, column5, column6, column7, "
+            "column8, column9, {rev}, 'pending' FROM (VALUES {values}) RETURNING id, n",
+            rows,
+            rev,
+        )
+        for tid, n in inserted:
+            numbers[tid] = n
+        if len(inserted) != len(rows):  # pragma: no cover - ids are random, or checked at submit
+            for row in rows:
+                if row[0] not in numbers:
+                    log.error("task id %r is already in the store; this submission was not stored", row[0])
+
+    def _apply(self, op: tuple[Any, ...], rev: int, now: float, batch: Batch) -> bool:
+        """Write one op that is not an insert, start or finish; True if it changed others' rows."""
+        conn = self._conn
+        assert conn is not None
+        kind = op[0]
+        if kind == CLAIM:
+            batch.claims.append((op[1], self._claim(op[1], rev)))
+        elif kind == RELEASE:
+            self._numbers.pop(op[1], None)
+            conn.execute(
+                "UPDATE tasks SET owner = NULL, rev = ? WHERE id = ? AND owner = ? AND status = 'pending'",
+                (rev, op[1], self.owner),
+            )
+        elif kind == CANCEL:
+            answer = self._cancel(op[1], op[2], rev, now)
+            batch.cancels.append((op[1], answer))
+            return answer == "settled"
+        elif kind == DELETE:
+            ids = op[1]
+            conn.executemany("INSERT INTO gone (id, rev, at) VALUES (?, ?, ?)", [(i, rev, now) for i in ids])
+            self._delete_gone(rev)
+            return True
+        return False
+
+    def _finish(self, recs: list[TaskRecord], rev: int, now: float) -> None:
+        conn = self._conn
+        assert conn is not None
+        progress = self._progress
+        rows = []
+        blobs = []
+        for rec in recs:
+            tid = rec.task_id
+            progress.pop(tid, None)
+            n = self._number(tid)
+            del self._numbers[tid]
+            status = rec.status.value
+            try:
+                if status == "completed":
+                    blobs.append((n, "value", pickle.dumps(rec._result, 5)))
+                elif status == "failed" and rec._failure is not None:
+                    blobs.append((n, "error", pickle.dumps(rec._failure, 5)))
+            except Exception as exc:  # kept in this process's memory; elsewhere result() says why
+                log.warning("task %r: its outcome cannot be stored: %s: %s", tid, type(exc).__name__, exc)
+            rows.append(
+                (
+                    n,
+                    status,
+                    rec.error,
+                    rec._traceback_text(),
+                    rec.completed_at.timestamp() if rec.completed_at is not None else now,
+                    rec.started_at.timestamp() if rec.started_at is not None else None,
+                    rec.worker_pid,
+                    rec.progress,
+                    rec.progress_message,
+                )
+            )
+        self._many(
+            "UPDATE tasks SET status = v.column2, error = v.column3, traceback = v.column4, completed = v.column5, "
+            "started = v.column6, worker_pid = v.column7, progress = v.column8, progress_message = v.column9, "
+            "cancel_req = 0, payload = NULL, rev = {rev} FROM (VALUES {values}) AS v WHERE tasks.n = v.column1 "
+            "AND tasks.owner = {owner}",
+            rows,
+            rev,
+        )
+        if blobs:
+            self._many("INSERT OR REPLACE INTO results (n, kind, data) VALUES {values}", blobs, rev)
+        self._finishes += len(recs)
+
+    def _write_progress(self, rev: int) -> None:
+        assert self._conn is not None
+        due = self._progress
+        if not due:
+            return
+        self._many(
+            "UPDATE tasks SET progress = v.column2, progress_message = v.column3, rev = {rev} "
+            "FROM (VALUES {values}) AS v WHERE tasks.n = v.column1 AND tasks.status = 'running' "
+            "AND tasks.owner = {owner}",
+            [(self._number(tid), rec.progress, rec.progress_message) for tid, rec in due.items()],
+            rev,
+        )
+        due.clear()
+
+    def _many(self, template: str, rows: list[tuple[Any, ...]], rev: int) -> list[Any]:
+        """Run ``template`` with its ``{values}`` holding many rows at once (``{rev}``, ``{owner}``: ours).
+
+        One statement per chunk instead of one step per row (as ``executemany``
+        does): each step gives the GIL up and must win it back from the busy
+        trio thread, so fewer steps make a round much cheaper.
+        """
+        conn = self._conn
+        assert conn is not None
+        assert rows
+        width = len(rows[0])
+        chunk = max(1, _MAX_VARIABLES // width)
+        returned: list[Any] = []
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            sql = template.format(rev=int(rev), owner=self._owner_sql, values=_placeholders(width, len(part)))
+            returned += conn.execute(sql, [value for row in part for value in row]).fetchall()
+        return returned
+
+    def _number(self, task_id: str) -> int:
+        """The row number of one of our tasks (known since we inserted or claimed it)."""
+        n = self._numbers.get(task_id)
+        if n is None:  # pragma: no cover - every task we own was inserted or claimed by us
+            assert self._conn is not None
+            row = self._conn.execute("SELECT n FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            n = -1 if row is None else int(row[0])
+            self._numbers[task_id] = n
+        return n
+
+    def _claim(self, n: int, rev: int) -> list[Claimed]:
+        conn = self._conn
+        assert conn is not None
+        rows = conn.execute(
+            f"UPDATE tasks SET owner = ?, rev = ? WHERE n IN (SELECT n FROM tasks WHERE status = 'pending' "
+            f"AND owner IS NULL ORDER BY priority DESC, created LIMIT ?) RETURNING n, payload, {TASK_COLUMNS}",
+            (self.owner, rev, n),
+        ).fetchall()
+        claimed = []
+        numbers = self._numbers
+        for raw in rows:
+            row = Row(*raw[2:])
+            numbers[row.id] = raw[0]
+            claimed.append(Claimed(row, raw[1]))
+        claimed.sort(key=lambda c: (-c.row.priority, c.row.created))
+        return claimed
+
+    def _cancel(self, task_id: str, grace: float | None, rev: int, now: float) -> str:
+        conn = self._conn
+        assert conn is not None
+        row = conn.execute("SELECT status, owner FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None or row[0] in _TERMINAL:
+            return "settled"
+        owner = row[1]
+        if owner == self.owner:
+            return "mine"
+        if owner is None:
+            conn.execute(
+                "UPDATE tasks SET status = 'cancelled', error = 'cancelled while queued', completed = ?, "
+                "payload = NULL, rev = ? WHERE id = ?",
+                (now, rev, task_id),
+            )
+            self._finishes += 1
+            return "settled"
+        proc = conn.execute("SELECT pid, pid_start, machine FROM processes WHERE owner = ?", (owner,)).fetchone()
+        if proc is None or owner_alive(*proc) is False:
+            conn.execute(
+                "UPDATE tasks SET status = 'cancelled', error = 'cancelled by the caller; the process that ran "
+                "it had died', completed = ?, cancel_req = 0, payload = NULL, rev = ? WHERE id = ?",
+                (now, rev, task_id),
+            )
+            self._finishes += 1
+            return "settled"
+        conn.execute("UPDATE tasks SET cancel_req = 1, cancel_grace = ?, rev = ? WHERE id = ?", (grace, rev, task_id))
+        return "asked"
+
+    # ------------------------------------------------------ liveness, retention
+    def _check_owners(self, rev: int, now: float) -> bool:
+        """Recover the tasks of every dead process; True if any."""
+        conn = self._conn
+        assert conn is not None
+        lease = self.store.lease
+        dead = []
+        for owner, pid, started, machine, beat in conn.execute(
+            "SELECT owner, pid, pid_start, machine, heartbeat FROM processes WHERE owner != ?", (self.owner,)
+        ).fetchall():
+            alive = owner_alive(pid, started, machine)
+            if alive is False or (alive is None and now - beat > lease):
+                dead.append((owner, pid))
+        # Tasks owned by a process that is not registered at all (it was recovered and removed
+        # while a write of it was still in flight: cannot happen with one writer each, kept as a net).
+        for owner, pid in dead:
+            log.warning("genro_tasks process %d using %r died; recovering its tasks", pid, self.store.path)
+            conn.execute(
+                f"UPDATE tasks SET status = 'failed', error = {_LOST_SQL}, completed = ?, cancel_req = 0, "
+                "payload = NULL, rev = ? WHERE owner = ? AND status = 'running'",
+                (_LOST.format(pid=pid), now, rev, owner),
+            )
+            conn.execute(
+                "UPDATE tasks SET owner = NULL, requeues = requeues + 1, rev = ? "
+                "WHERE owner = ? AND status = 'pending' AND requeues < ? AND payload IS NOT NULL",
+                (rev, owner, MAX_REQUEUES),
+            )
+            conn.execute(
+                f"UPDATE tasks SET status = 'failed', error = {_LOST_SQL}, completed = ?, payload = NULL, rev = ? "
+                "WHERE owner = ? AND status = 'pending'",
+                (_LOST.format(pid=pid), now, rev, owner),
+            )
+            conn.execute("DELETE FROM processes WHERE owner = ?", (owner,))
+            self._finishes += 1
+        return bool(dead)
+
+    def _prune(self, rev: int, now: float) -> bool:
+        """Apply max_finished and finished_ttl to the store; True if anything was deleted."""
+        conn = self._conn
+        assert conn is not None
+        self._finishes = 0
+        self._last_prune = now
+        # Tombstones every registered process has read past are no longer needed (a process that
+        # starts later loads the rows themselves); GONE_KEEP bounds what a stalled one holds back.
+        conn.execute("DELETE FROM gone WHERE rev <= (SELECT min(seen) FROM processes) OR at < ?", (now - GONE_KEEP,))
+        if self.finished_ttl is not None:
+            conn.execute(
+                "INSERT INTO gone (id, rev, at) SELECT id, ?, ? FROM tasks "
+                "WHERE completed IS NOT NULL AND completed < ?",
+                (rev, now, now - self.finished_ttl),
+            )
+        (finished,) = conn.execute("SELECT count(*) FROM tasks WHERE completed IS NOT NULL").fetchone()
+        excess = finished - self.max_finished
+        if excess > 0:
+            conn.execute(
+                "INSERT INTO gone (id, rev, at) SELECT id, ?, ? FROM tasks WHERE completed IS NOT NULL "
+                "AND id NOT IN (SELECT id FROM gone WHERE rev = ?) ORDER BY completed LIMIT ?",
+                (rev, now, rev, excess),
+            )
+        return self._delete_gone(rev) > 0
+
+    def _delete_gone(self, rev: int) -> int:
+        conn = self._conn
+        assert conn is not None
+        conn.execute(
+            "DELETE FROM results WHERE n IN (SELECT n FROM tasks WHERE id IN (SELECT id FROM gone WHERE rev = ?))",
+            (rev,),
+        )
+        n = conn.execute("DELETE FROM tasks WHERE id IN (SELECT id FROM gone WHERE rev = ?)", (rev,)).rowcount
+        if n:
+            conn.execute("PRAGMA incremental_vacuum(256)")
+        return n
+
+    # -------------------------------------------------------------- reads
+    def _read_changes(self, force: bool) -> tuple[list[Row], list[str]]:
+        """The rows (and deletions) above the last revision seen, if anyone else wrote since."""
+        conn = self._conn
+        assert conn is not None
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version and not force:
+            return [], []
+        self._data_version = version
+        conn.execute("BEGIN")
+        try:
+            (top,) = conn.execute("SELECT value FROM meta WHERE key = 'rev'").fetchone()
+            if top == self._seen:
+                return [], []
+            seen = self._seen
+            rows = [Row(*r) for r in conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE rev > ?", (seen,))]
+            gone = [r[0] for r in conn.execute("SELECT id FROM gone WHERE rev > ?", (seen,))]
+        finally:
+            conn.execute("COMMIT")
+        self._seen = top
+        rows.sort(key=lambda r: r.rev)
+        return rows, gone
+
+
+def read_outcome(path: str, busy_timeout: float, task_id: str) -> tuple[str, bytes] | None:
+    """The stored (kind, pickled outcome) of a finished task, read on a short-lived connection (blocking)."""
+    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+    try:
+        row = conn.execute(
+            "SELECT kind, data FROM results WHERE n = (SELECT n FROM tasks WHERE id = ?)", (task_id,)
+        ).fetchone()
+        return None if row is None else (row[0], bytes(row[1]))
+    finally:
+        conn.close()
