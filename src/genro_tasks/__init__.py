@@ -53,8 +53,8 @@ from ._many import AsCompleted as AsCompleted
 from ._many import TaskMap as TaskMap
 from ._options import TaskOptions as TaskOptions
 from ._options import TaskSubmitter as TaskSubmitter
-from ._task import GroupInfo as GroupInfo
 from ._store import SQLiteStore as SQLiteStore
+from ._task import GroupInfo as GroupInfo
 from ._task import TaskInfo as TaskInfo
 from ._task import TaskManagerStatistics as TaskManagerStatistics
 from ._task import TaskStatus as TaskStatus

@@ -562,9 +562,12 @@ class TaskManager(SubmitMethods):
         by_id = {rec.task_id: rec for rec in records}
         async for info in AsCompleted(records):
             if info.status is not TaskStatus.COMPLETED and not return_exceptions:
-                by_id[info.task_id].outcome()  # raises
+                failed = by_id[info.task_id]
+                await self._registry.fetch(failed)
+                failed.outcome()  # raises
         results: list[Any] = []
         for rec in records:
+            await self._registry.fetch(rec)  # a task run by another process sharing the store
             try:
                 results.append(rec.outcome())
             except Exception as exc:
@@ -662,8 +665,7 @@ class TaskManager(SubmitMethods):
         scheduler = self._scheduler
         if not self._running or scheduler is None or not scheduler.accepting:
             raise self._closed_error()
-        self._registry.reopen(rec)
-        scheduler.requeue(rec)
+        self._registry.requeue(rec, scheduler)
 
     @enable_ki_protection
     def _kill_records(self, records: list[TaskRecord]) -> None:
@@ -671,8 +673,10 @@ class TaskManager(SubmitMethods):
         scheduler = self._scheduler
         if scheduler is None or scheduler.finished.is_set():
             return
+        registry = self._registry
         for rec in records:
-            scheduler.cancel(rec)
+            if not registry.cancel_elsewhere(rec, None):
+                scheduler.cancel(rec)
 
     async def _cancel_records(self, records: list[TaskRecord]) -> None:
         """Cancel ``records`` and wait until each is terminal."""

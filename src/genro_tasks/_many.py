@@ -142,6 +142,7 @@ class TaskMap:
         self._exhausted = False
         self._closed = False
         self._sync_fill = self._sync_items is not None and manager._max_queued is None
+        self._shared = manager._store is not None
         self._started = False
         #: Ordered: every submitted, not yet yielded record, in input order.
         #: Unordered: the ones that finished and wait to be yielded.
@@ -196,6 +197,8 @@ class TaskMap:
         if rec is None:
             self._closed = True
             raise StopAsyncIteration
+        if self._shared:  # another process sharing the store may have run it: load its outcome
+            await self._manager._registry.fetch(rec)
         try:
             return rec.outcome()
         except Exception as exc:

@@ -42,6 +42,10 @@ class _Keep(enum.Enum):
 _KEEP = _Keep.KEEP
 
 
+#: ``map``'s default window on a client-only manager, whose jobs run in other processes.
+_CLIENT_IN_FLIGHT = 32
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class TaskOptions:
     """How the TaskManager runs a task (never passed to the job). Validated when built.
@@ -361,7 +365,7 @@ class SubmitMethods:
             items: The arguments, one per task.
             ordered: Yield results in input order (True) or as tasks complete.
             max_in_flight: Most items submitted and not yet yielded (default:
-                4 times ``max_workers``).
+                4 times ``max_workers``; 32 on a client-only manager).
             return_exceptions: Yield what a failed item raised as a value
                 instead of raising it (which cancels the rest of the batch).
             timeout: Per-task option, as for :meth:`options`.
@@ -400,7 +404,8 @@ class SubmitMethods:
         check_bool("map(ordered=...)", ordered)
         check_bool("map(return_exceptions=...)", return_exceptions)
         if max_in_flight is None:
-            max_in_flight = 4 * manager.max_workers
+            # A client-only manager (max_workers=0 on a store) feeds the other processes' workers.
+            max_in_flight = 4 * manager.max_workers or _CLIENT_IN_FLIGHT
         elif isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise ValueError(f"map(max_in_flight=...) must be a positive int or None, not {max_in_flight!r}")
         if options.group is None:

@@ -80,6 +80,8 @@ class GroupStats:
             progress=progress,
             eta=eta,
         )
+
+
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
 
@@ -337,7 +339,7 @@ class TaskRegistry(ABC):
         if status in _TERMINAL:
             stats.counts[status] += 1
             rec.group_status = status
-            del active[rec.task_id]
+            active.pop(rec.task_id, None)  # absent if first seen finished (loaded from a store)
             if not active:
                 finished = self._finished_groups
                 finished[name] = None
@@ -367,6 +369,11 @@ class TaskRegistry(ABC):
         if stats is None:
             raise KeyError(f"Group not found: {name}")
         return list(stats.active.values())
+
+    def requeue(self, rec: TaskRecord, scheduler: Scheduler) -> None:
+        """An operator requeues the finished ``rec``: its next attempt is queued (a store may share it)."""
+        self.reopen(rec)
+        scheduler.requeue(rec)
 
     def reopen(self, rec: TaskRecord) -> None:
         """A finished ``rec`` starts a new attempt (an operator's requeue): stop retaining it as finished.

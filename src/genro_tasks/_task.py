@@ -399,6 +399,11 @@ class TaskRecord:
         self.version += 1
 
 
+def requeue_reason(rec: TaskRecord) -> str:
+    """How a finished task's attempt ended, as an operator's requeue records it in ``previous_errors``."""
+    return f"requeued after {rec.status.value}" + (f" ({rec.error})" if rec.error else "")
+
+
 def error_text(error: BaseException | Failure) -> str:
     """``"Type: message"`` of an attempt's error, as ``TaskInfo.error`` shows it."""
     if isinstance(error, Failure):

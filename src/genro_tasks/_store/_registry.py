@@ -17,6 +17,7 @@ dispatched at once without waiting for the disk.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -31,7 +32,7 @@ from genro_tasks_worker._protocol import Failure
 from .._errors import TaskLost, UnpicklableResult
 from .._registry import TaskRegistry
 from .._scheduler import Scheduler
-from .._task import TaskInfo, TaskRecord, TaskStatus
+from .._task import TaskInfo, TaskRecord, TaskStatus, requeue_reason
 from . import SQLiteStore
 from ._thread import (
     CANCEL,
@@ -41,6 +42,7 @@ from ._thread import (
     INSERT,
     PROGRESS,
     RELEASE,
+    RESTART,
     STARTED,
     STOP,
     SYNC,
@@ -83,6 +85,8 @@ class StoreRegistry(TaskRegistry):
         #: Tasks this process claimed and has not finished: its scheduler holds them.
         self._owned: set[str] = set()
         self._running_written: set[str] = set()
+        #: The attempt last written for our tasks past their first (a retry or requeue writes the next).
+        self._attempt_written: dict[str, int] = {}
         #: Finished tasks read from the file whose outcome is not loaded yet.
         self._unloaded: set[str] = set()
         self._graces: dict[str, float | None] = {}
@@ -296,6 +300,17 @@ class StoreRegistry(TaskRegistry):
             return
         if rec.payload is None:
             rec.payload = claimed.payload
+        if claimed.options is not None and rec.options is None:
+            try:
+                rec.options = pickle.loads(claimed.options)
+            except Exception as exc:  # its retry_on names a class this process cannot import
+                log.warning(
+                    "task %r: its retry options cannot be read here (%s: %s): no retries", tid, type(exc).__name__, exc
+                )
+            else:
+                rec.retries_left = claimed.retries_left
+        if rec.attempt > 1:
+            self._attempt_written[tid] = rec.attempt
         rec.requeues = max(rec.requeues, row.requeues)
         self._owned.add(tid)
         scheduler.enqueue(rec)
@@ -306,7 +321,12 @@ class StoreRegistry(TaskRegistry):
             tid = rec.task_id
             if tid in self._owned:
                 status = rec.status
-                if status is TaskStatus.RUNNING:
+                if status is TaskStatus.PENDING:
+                    if rec.attempt != self._attempt_written.get(tid, 1):  # a retry, or a requeue
+                        self._attempt_written[tid] = rec.attempt
+                        self._running_written.discard(tid)
+                        self._put_lazy((RESTART, rec, self.owner))
+                elif status is TaskStatus.RUNNING:
                     if tid in self._running_written:
                         queued = self._thread.progress_queued
                         if tid not in queued:
@@ -318,10 +338,33 @@ class StoreRegistry(TaskRegistry):
                 elif status.is_terminal:
                     self._owned.discard(tid)
                     self._running_written.discard(tid)
+                    if self._attempt_written:
+                        self._attempt_written.pop(tid, None)
                     if self._graces:
                         self._graces.pop(tid, None)
                     self._put_lazy((FINISH, rec))
         super().changed(rec)
+
+    def requeue(self, rec: TaskRecord, scheduler: Scheduler) -> None:
+        """An operator requeues a finished task: its next attempt goes to the shared queue (any process runs it)."""
+        if rec.payload is None:
+            raise ValueError(
+                f"Task {rec.task_id!r} cannot be requeued by this process: its job was submitted by another "
+                "process (or before a restart) and the store keeps a job only until it starts; requeue it "
+                "from the process that submitted it, or submit it again"
+            )
+        tid = rec.task_id
+        TaskRegistry.reopen(self, rec)
+        self._unloaded.discard(tid)
+        self._attempt_written.pop(tid, None)
+        self._owned.discard(tid)
+        rec.new_attempt(requeue_reason(rec))
+        rec.retries_left = rec.options.retries if rec.options is not None else 0
+        self._open[tid] = rec
+        self._claim_idle = False
+        self._put_lazy((RESTART, rec, None))
+        self.changed(rec)
+        self.on_idle()
 
     def release(self, recs: list[TaskRecord]) -> None:
         """This process stops: give the tasks it claimed but never dispatched back to the shared queue."""
@@ -429,7 +472,10 @@ class StoreRegistry(TaskRegistry):
                     if self._scheduler is not None:
                         self._scheduler.cancel(rec, row.cancel_grace)
                 continue
-            if rec.status.is_terminal:
+            renewed = row.attempt != rec.attempt
+            if renewed:
+                self._renew(rec, row)
+            elif rec.status.is_terminal:
                 continue
             if row.status == "pending" and row.owner is None:
                 if tid not in self._open:
@@ -437,10 +483,23 @@ class StoreRegistry(TaskRegistry):
                     claims_changed = True
             elif self._open.pop(tid, None) is not None:
                 claims_changed = True
-            if self._update(rec, row):
+            if self._update(rec, row) or renewed:
                 super().changed(rec)
         if claims_changed:
             self.hub.publish(None)  # the shared queue changed (statistics().tasks_queued)
+
+    def _renew(self, rec: TaskRecord, row: Row) -> None:
+        """Another process started the next attempt of ``rec`` (a retry, or an operator's requeue)."""
+        if rec.status.is_terminal:
+            TaskRegistry.reopen(self, rec)
+        self._unloaded.discard(rec.task_id)
+        rec.status = TaskStatus.PENDING
+        rec.started_at = rec.completed_at = None
+        rec.error = rec.progress = rec.progress_message = rec.worker_pid = None
+        rec._result = rec._failure = None
+        rec.attempt = row.attempt
+        rec.previous_errors = _errors(row)
+        rec.version += 1
 
     def _new_record(self, row: Row) -> TaskRecord:
         metadata = None
@@ -456,6 +515,9 @@ class StoreRegistry(TaskRegistry):
         rec.payload = None
         rec.created_at = _when(row.created) or rec.created_at
         rec.requeues = row.requeues
+        rec.group = row.grp
+        rec.attempt = row.attempt
+        rec.previous_errors = _errors(row)
         self._records[row.id] = rec
         if row.status == "pending" and row.owner is None:
             self._open[row.id] = rec
@@ -494,6 +556,16 @@ class StoreRegistry(TaskRegistry):
         if changed:
             rec.version += 1
         return changed
+
+
+def _errors(row: Row) -> tuple[str, ...]:
+    """How the earlier attempts of a task ended, from its row."""
+    if not row.prev_errors:
+        return ()
+    try:
+        return tuple(str(e) for e in json.loads(row.prev_errors))
+    except ValueError:  # pragma: no cover - written by us as JSON
+        return (row.prev_errors,)
 
 
 def _load(path: str, busy_timeout: float, task_id: str) -> tuple[str, Any] | None:

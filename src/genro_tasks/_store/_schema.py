@@ -32,7 +32,8 @@ from collections.abc import Callable
 #: Columns read into a process's mirror, in this order (see ``_thread.Row``).
 TASK_COLUMNS = (
     "id, rev, status, owner, name, priority, created, started, completed, timeout, memory_limit, "
-    "error, traceback, progress, progress_message, worker_pid, metadata, cancel_req, cancel_grace, requeues"
+    "error, traceback, progress, progress_message, worker_pid, metadata, cancel_req, cancel_grace, requeues, "
+    "grp, attempt, prev_errors"
 )
 
 _V1 = """
@@ -97,8 +98,24 @@ def ensure_column(conn: sqlite3.Connection, table: str, name: str, declaration: 
         conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
 
 
+def _v2(conn: sqlite3.Connection) -> None:
+    """Groups and attempts (``tm.map``, ``group=``, retries, requeue).
+
+    ``grp``: the task's group; ``attempt``: 1, 2, ... (each retry or requeue
+    starts the next); ``prev_errors``: how the earlier attempts ended (a JSON
+    list); ``retries_left``; ``options``: the pickled TaskOptions of a task
+    with a retry policy, so whichever process claims it retries it the same way.
+    """
+    ensure_column(conn, "tasks", "grp", "TEXT")
+    ensure_column(conn, "tasks", "attempt", "INTEGER NOT NULL DEFAULT 1")
+    ensure_column(conn, "tasks", "prev_errors", "TEXT")
+    ensure_column(conn, "tasks", "retries_left", "INTEGER NOT NULL DEFAULT 0")
+    ensure_column(conn, "tasks", "options", "BLOB")
+    conn.execute("CREATE INDEX IF NOT EXISTS tasks_grp ON tasks(grp) WHERE grp IS NOT NULL")
+
+
 #: ``MIGRATIONS[n]`` brings a database from version ``n`` to ``n + 1``.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -15,6 +15,7 @@ reading an attribute is atomic under the GIL) but never changes them.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import pickle
 import sqlite3
@@ -45,6 +46,7 @@ CANCEL = 6  # (CANCEL, task_id, grace): answered with "mine", "asked" or "settle
 DELETE = 7  # (DELETE, ids)
 SYNC = 8  # (SYNC,): nothing to write; read the other processes' changes now
 STOP = 9  # (STOP,): write what is pending, unregister, close
+RESTART = 10  # (RESTART, rec, owner | None): a task's next attempt (a retry here, or a requeue to the queue)
 
 #: At most one progress write per task per this many seconds.
 PROGRESS_EVERY = 0.05
@@ -94,6 +96,9 @@ class Row(NamedTuple):
     cancel_req: int
     cancel_grace: float | None
     requeues: int
+    grp: str | None
+    attempt: int
+    prev_errors: str | None
 
 
 @dataclass(slots=True)
@@ -102,6 +107,9 @@ class Claimed:
 
     row: Row
     payload: bytes | None
+    #: The pickled TaskOptions of a task with a retry policy, and its retries left.
+    options: bytes | None = None
+    retries_left: int = 0
 
 
 @dataclass(slots=True)
@@ -392,13 +400,17 @@ class StoreThread:
                     rec.memory_limit,
                     pickle.dumps(rec.metadata, 5) if rec.metadata else None,
                     payload,
+                    rec.group,
+                    rec.retries_left,
+                    _options_blob(rec),
                 )
             )
         numbers = self._numbers
         inserted = self._many(
             "INSERT OR IGNORE INTO tasks (id, owner, name, priority, created, timeout, memory_limit, metadata, "
-            "payload, rev, status) SELECT column1, column2, column3, column4, column5, column6, column7, "
-            "column8, column9, {rev}, 'pending' FROM (VALUES {values}) RETURNING id, n",
+            "payload, grp, retries_left, options, rev, status) SELECT column1, column2, column3, column4, "
+            "column5, column6, column7, column8, column9, column10, column11, column12, {rev}, 'pending' "
+            "FROM (VALUES {values}) RETURNING id, n",
             rows,
             rev,
         )
@@ -426,12 +438,40 @@ class StoreThread:
             answer = self._cancel(op[1], op[2], rev, now)
             batch.cancels.append((op[1], answer))
             return answer == "settled"
+        elif kind == RESTART:
+            self._restart(op[1], op[2], rev)
         elif kind == DELETE:
             ids = op[1]
             conn.executemany("INSERT INTO gone (id, rev, at) VALUES (?, ?, ?)", [(i, rev, now) for i in ids])
             self._delete_gone(rev)
             return True
         return False
+
+    def _restart(self, rec: TaskRecord, owner: str | None, rev: int) -> None:
+        """A task's next attempt: PENDING again (ours, or in the shared queue), its last end kept, its job back."""
+        conn = self._conn
+        assert conn is not None
+        tid = rec.task_id
+        self._progress.pop(tid, None)
+        row = conn.execute(
+            "UPDATE tasks SET status = 'pending', owner = ?, started = NULL, completed = NULL, error = NULL, "
+            "traceback = NULL, progress = NULL, progress_message = NULL, worker_pid = NULL, cancel_req = 0, "
+            "cancel_grace = NULL, attempt = ?, prev_errors = ?, retries_left = ?, payload = ?, rev = ? "
+            "WHERE id = ? RETURNING n",
+            (
+                owner,
+                rec.attempt,
+                json.dumps(list(rec.previous_errors)),
+                rec.retries_left,
+                rec.payload,
+                rev,
+                tid,
+            ),
+        ).fetchone()
+        if row is not None:
+            if owner is not None:
+                self._numbers[tid] = int(row[0])
+            conn.execute("DELETE FROM results WHERE n = ?", (int(row[0]),))
 
     def _finish(self, recs: list[TaskRecord], rev: int, now: float) -> None:
         conn = self._conn
@@ -525,15 +565,16 @@ class StoreThread:
         assert conn is not None
         rows = conn.execute(
             f"UPDATE tasks SET owner = ?, rev = ? WHERE n IN (SELECT n FROM tasks WHERE status = 'pending' "
-            f"AND owner IS NULL ORDER BY priority DESC, created LIMIT ?) RETURNING n, payload, {TASK_COLUMNS}",
+            f"AND owner IS NULL ORDER BY priority DESC, created LIMIT ?) "
+            f"RETURNING n, payload, options, retries_left, {TASK_COLUMNS}",
             (self.owner, rev, n),
         ).fetchall()
         claimed = []
         numbers = self._numbers
         for raw in rows:
-            row = Row(*raw[2:])
+            row = Row(*raw[4:])
             numbers[row.id] = raw[0]
-            claimed.append(Claimed(row, raw[1]))
+            claimed.append(Claimed(row, raw[1], raw[2], raw[3]))
         claimed.sort(key=lambda c: (-c.row.priority, c.row.created))
         return claimed
 
@@ -661,6 +702,17 @@ class StoreThread:
         self._seen = top
         rows.sort(key=lambda r: r.rev)
         return rows, gone
+
+
+def _options_blob(rec: TaskRecord) -> bytes | None:
+    """The task's options, pickled, when another process needs them to run it the same way (retries)."""
+    if rec.retries_left <= 0 or rec.options is None:
+        return None
+    try:
+        return pickle.dumps(rec.options, 5)
+    except Exception as exc:  # e.g. a retry_on type defined in a function: retried by this process only
+        log.warning("task %r: its retry options cannot be stored: %s: %s", rec.task_id, type(exc).__name__, exc)
+        return None
 
 
 def read_outcome(path: str, busy_timeout: float, task_id: str) -> tuple[str, bytes] | None:
