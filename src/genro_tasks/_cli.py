@@ -1,0 +1,270 @@
+"""``python -m genro_tasks ls | show | watch | cancel --store PATH``: a store from the shell.
+
+Every command opens the store as a client (a TaskManager that runs no
+worker and claims nothing), so it works the same whether the application
+that owns the store is running or stopped: ``ls`` and ``show`` read it,
+``watch`` follows it live, ``cancel`` asks the owner of a running task to
+kill it (or cancels a queued task itself). Output is laid out for a
+terminal, or one JSON document (``ls``, ``show``, ``cancel``) or one JSON
+line per change (``watch``) with ``--json``.
+
+Exit statuses: 0 success; 1 ``cancel`` of a task already finished, or
+``watch ID`` of a task that ended FAILED or CANCELLED; 2 bad usage or an
+unknown task id; 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import trio
+
+from ._manager import TaskManager
+from ._task import TaskInfo, TaskStatus
+from .asgi._serialize import info_to_json
+
+#: The environment variable that names the store when ``--store`` is not given.
+STORE_ENV = "GENRO_TASKS_STORE"
+EXIT_OK = 0
+EXIT_NOT_DONE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+COMMANDS = ("ls", "show", "watch", "cancel")
+
+
+class UsageError(Exception):
+    """A mistake on the command line: printed without a traceback, exit status 2."""
+
+
+def add_commands(sub: Any) -> None:
+    """Add the store commands to the ``python -m genro_tasks`` subparsers."""
+    store_help = f"the task store (an SQLite file); default: ${STORE_ENV}"
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--store", metavar="PATH", help=store_help)
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    ls = sub.add_parser("ls", help="list the tasks of a store", description="List the tasks of a store, oldest first.")
+    common(ls)
+    ls.add_argument("--status", choices=[s.value for s in TaskStatus], help="only tasks with this status")
+    ls.add_argument("--limit", type=_positive, default=None, metavar="N", help="only the newest N tasks")
+
+    show = sub.add_parser("show", help="everything about one task", description="Everything a store knows of one task.")
+    common(show)
+    show.add_argument("task_id", metavar="ID")
+
+    watch = sub.add_parser(
+        "watch",
+        help="follow one task, or every task, live",
+        description="Print a line per change: of one task until it ends, or of every task until Ctrl-C.",
+    )
+    common(watch)
+    watch.add_argument("task_id", nargs="?", metavar="ID")
+
+    cancel = sub.add_parser(
+        "cancel",
+        help="cancel a queued or running task",
+        description="Cancel a task: a running one's worker is killed (after --grace seconds, if given).",
+    )
+    common(cancel)
+    cancel.add_argument("task_id", metavar="ID")
+    cancel.add_argument("--grace", type=_seconds, default=None, metavar="S", help="let the job stop by itself for S s")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (a number >= 0), not {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds (a finite number >= 0), not {text!r}")
+    return value
+
+
+def run_command(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Run one store command; return the exit status."""
+    store = args.store or os.environ.get(STORE_ENV)
+    if not store:
+        err.write(f"error: say which store: --store PATH, or set {STORE_ENV}\n")
+        return EXIT_USAGE
+    if not os.path.exists(store):
+        err.write(f"error: no task store at {store!r} (a store is created by the application that uses it)\n")
+        return EXIT_USAGE
+    command = {"ls": _ls, "show": _show, "watch": _watch, "cancel": _cancel}[args.command]
+    try:
+        return trio.run(command, store, args, out)
+    except KeyboardInterrupt:
+        err.write("Interrupted.\n")
+        return EXIT_INTERRUPTED
+    except UsageError as exc:
+        err.write(f"error: {exc}\n")
+        return EXIT_USAGE
+    except BrokenPipeError:  # the reader went away (``ls | head``): stop quietly, as shell tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not complain again
+        return EXIT_OK
+
+
+@asynccontextmanager
+async def _client(store: str) -> AsyncIterator[TaskManager]:
+    """A TaskManager on ``store`` that runs nothing: it reads, watches and cancels."""
+    async with TaskManager(max_workers=0, store=store) as tm:
+        yield tm
+
+
+async def _info(tm: TaskManager, task_id: str) -> TaskInfo:
+    try:
+        return await tm.info(task_id)
+    except KeyError:
+        raise UsageError(f"no task {task_id!r} in this store") from None
+
+
+async def _ls(store: str, args: argparse.Namespace, out: TextIO) -> int:
+    async with _client(store) as tm:
+        infos = tm.list_tasks(args.status)
+    if args.limit is not None:
+        infos = infos[-args.limit :]
+    if args.json:
+        json.dump([info_to_json(info) for info in infos], out, indent=1)
+        out.write("\n")
+        return EXIT_OK
+    if not infos:
+        out.write("no tasks\n")
+        return EXIT_OK
+    now = datetime.now(UTC)
+    rows: list[tuple[str, ...]] = [("ID", "STATUS", "PROGRESS", "AGE", "RUN", "NAME", "ERROR / MESSAGE")]
+    rows += [_row(info, now) for info in infos]
+    _print_table(rows, out)
+    return EXIT_OK
+
+
+def _row(info: TaskInfo, now: datetime) -> tuple[str, ...]:
+    progress = "" if info.progress is None else f"{info.progress:4.0%}"
+    run = ""
+    if info.started_at is not None:
+        run = _duration(((info.completed_at or now) - info.started_at).total_seconds())
+    note = (info.error or info.progress_message or "").split("\n", 1)[0]
+    return (
+        info.task_id,
+        info.status.value,
+        progress,
+        _duration((now - info.created_at).total_seconds()),
+        run,
+        info.name,
+        note,
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600):02d}h"
+
+
+def _print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
+    """Aligned columns; the last column is cut to the terminal's width."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    width = shutil.get_terminal_size((120, 24)).columns
+    for row in rows:
+        head = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
+        line = f"{head}  {row[-1]}".rstrip()
+        if out.isatty() and len(line) > width:
+            line = line[: width - 1] + "…"
+        out.write(line + "\n")
+
+
+async def _show(store: str, args: argparse.Namespace, out: TextIO) -> int:
+    async with _client(store) as tm:
+        info = await _info(tm, args.task_id)
+    data = info_to_json(info, tracebacks=True)
+    if args.json:
+        json.dump(data, out, indent=1)
+        out.write("\n")
+        return EXIT_OK
+    traceback = data.pop("traceback", None)
+    metadata = data.pop("metadata", None)
+    for key, value in data.items():
+        if value is not None:
+            out.write(f"{key + ':':<18}{value}\n")
+    if metadata:
+        out.write(f"{'metadata:':<18}{json.dumps(metadata, ensure_ascii=False)}\n")
+    if traceback:
+        out.write("traceback:\n" + traceback.rstrip("\n") + "\n")
+    return EXIT_OK
+
+
+def _change_line(info: TaskInfo) -> str:
+    parts = [info.task_id, info.status.value]
+    if info.progress is not None:
+        parts.append(f"{info.progress:.0%}")
+    if info.progress_message:
+        parts.append(info.progress_message)
+    if info.error:
+        parts.append(info.error.split("\n", 1)[0])
+    return "  ".join(parts)
+
+
+def _emit(info: TaskInfo, args: argparse.Namespace, out: TextIO) -> None:
+    if args.json:
+        out.write(json.dumps(info_to_json(info)) + "\n")
+    else:
+        out.write(f"{datetime.now().strftime('%H:%M:%S')}  {_change_line(info)}\n")
+    out.flush()
+
+
+async def _watch(store: str, args: argparse.Namespace, out: TextIO) -> int:
+    async with _client(store) as tm:
+        if args.task_id is None:
+            for info in tm.list_tasks():
+                if not info.status.is_terminal:
+                    _emit(info, args, out)
+            async with tm.open_change_stream() as stream:
+                async for info in stream:
+                    _emit(info, args, out)
+            return EXIT_OK
+        await _info(tm, args.task_id)
+        watcher = tm.watch(args.task_id)
+        last: TaskInfo | None = None
+        async for info in watcher:  # the current snapshot first, then each change, ending at the last
+            _emit(info, args, out)
+            last = info
+        return EXIT_OK if last is not None and last.status is TaskStatus.COMPLETED else EXIT_NOT_DONE
+
+
+async def _cancel(store: str, args: argparse.Namespace, out: TextIO) -> int:
+    async with _client(store) as tm:
+        await _info(tm, args.task_id)
+        cancelled = await tm.cancel(args.task_id, grace=args.grace)
+        info = await tm.info(args.task_id)
+    if args.json:
+        json.dump({"cancelled": cancelled, "task": info_to_json(info)}, out, indent=1)
+        out.write("\n")
+    elif cancelled:
+        out.write(f"{info.task_id}: cancelled\n")
+    else:
+        out.write(f"{info.task_id}: not cancelled, already {info.status.value}\n")
+    return EXIT_OK if cancelled else EXIT_NOT_DONE
