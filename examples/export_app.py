@@ -7,12 +7,25 @@ Run from the repository root:
     hypercorn --worker-class trio --bind 127.0.0.1:8000 examples.export_app:app
 
 then open http://127.0.0.1:8000/ (start exports) and http://127.0.0.1:8000/tasks/ (dashboard).
+
+Its tasks live in a shared store (an SQLite file: ``$EXPORT_TASK_STORE``, else
+``tasks.db`` beside the reports), so it can run as several server processes,
+and a restart forgets nothing:
+
+    EXPORT_TASK_STORE=var/tasks.db hypercorn --worker-class trio --workers 4 \
+        --bind 127.0.0.1:8000 examples.export_app:app
+
+Every process sees every export, any idle worker of any process runs the next
+one, and a cancel from any process kills the job wherever it runs. Each JSON
+answer names the server process that gave it (``X-Served-By``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -54,7 +67,7 @@ document.getElementById("go").onclick = async () => {
 
 async def send_json(send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps(payload).encode()
-    start = [(b"content-type", b"application/json"), *(headers or [])]
+    start = [(b"content-type", b"application/json"), (b"x-served-by", str(os.getpid()).encode()), *(headers or [])]
     await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body})
 
@@ -148,9 +161,22 @@ async def lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def make_app(max_workers: int = 2, max_queued: int = 20) -> TaskManagerLifespan:
-    """The app with its own TaskManager (queue bounded: beyond ``max_queued``, 429)."""
-    return TaskManagerLifespan(routes, TaskManager(max_workers=max_workers, max_queued=max_queued))
+def default_store() -> Path:
+    """Where the app keeps its tasks: ``$EXPORT_TASK_STORE``, else ``tasks.db`` beside the reports."""
+    return Path(os.environ.get("EXPORT_TASK_STORE") or report_dir() / "tasks.db")
+
+
+def make_app(
+    max_workers: int = 2, max_queued: int = 20, store: str | os.PathLike[str] | None = None
+) -> TaskManagerLifespan:
+    """The app with its own TaskManager on the shared store (queue bounded: beyond ``max_queued``, 429).
+
+    Every server process opens a TaskManager on the same store (``store``, else
+    :func:`default_store`): they share one queue and one view of every task.
+    """
+    path = Path(store) if store is not None else default_store()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return TaskManagerLifespan(routes, TaskManager(max_workers=max_workers, max_queued=max_queued, store=path))
 
 
 app = make_app()

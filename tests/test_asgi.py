@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -358,7 +359,10 @@ async def test_example_app_with_hypercorn_cli(tmp_path: Path) -> None:
         f"127.0.0.1:{port}",
         "examples.export_app:app",
     ]
-    proc = await trio.lowlevel.open_process(command, cwd=ROOT, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    env = {**os.environ, "EXPORT_REPORT_DIR": str(tmp_path)}  # its reports and task store: this test's own
+    proc = await trio.lowlevel.open_process(
+        command, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
     try:
         assert proc.stderr is not None
         log = b""

@@ -330,12 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
     mode = demo.add_mutually_exclusive_group()
     mode.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     mode.add_argument("--live", action="store_true", help="the live table even when stdout is not a terminal")
+    from ._cli import add_commands  # the store commands: ls, show, watch, cancel
+
+    add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m genro_tasks``; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command != "demo":
+        from ._cli import run_command
+
+        return run_command(args)
     live = True if args.live else False if args.plain else None
     try:
         return trio.run(lambda: run_demo(sys.stdout, workers=args.workers, live=live))

@@ -1,0 +1,85 @@
+"""The seed's own flow under ``hypercorn --workers 2`` with a shared store: start an export
+in one request, check it in the next, whichever server process answers each."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPORTS = 6
+
+
+async def test_every_lookup_answers_from_every_server_process(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "EXPORT_REPORT_DIR": str(tmp_path / "reports"),
+        "EXPORT_TASK_STORE": str(tmp_path / "tasks.db"),
+    }
+    command = [sys.executable, "-m", "hypercorn", "--worker-class", "trio", "--workers", "2"]
+    command += ["--bind", f"127.0.0.1:{port}", "examples.export_app:app"]
+    proc = await trio.lowlevel.open_process(
+        command, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    try:
+        assert proc.stderr is not None
+        log = b""
+        with trio.fail_after(60):
+            while log.count(b"Running on") < 2:  # each server process says so once it listens
+                chunk = await proc.stderr.receive_some(4096)
+                assert chunk, log.decode()
+                log += chunk
+        # No keep-alive: every request opens its own connection, so the kernel hands
+        # each one to whichever server process accepts first.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30, limits=limits) as client:
+            ids = []
+            submitted_by = set()
+            for user in range(EXPORTS):
+                started = await client.post(
+                    "/exports", params={"user_id": user, "seconds": 0.5}, headers={"X-Requested-With": "exports"}
+                )
+                assert started.status_code == 202, started.text
+                ids.append(started.json()["task_id"])
+                submitted_by.add(started.headers["x-served-by"])
+            answered: dict[str, set[str]] = defaultdict(set)
+            statuses: dict[str, str] = {}
+            with trio.fail_after(90):
+                # Ask about every export until each is finished and each was answered by both processes.
+                while len(statuses) < EXPORTS or any(len(answered[t]) < 2 for t in ids):
+                    for task_id in ids:
+                        reply = await client.get(f"/exports/{task_id}")
+                        assert reply.status_code == 200, (task_id, reply.status_code, reply.text)
+                        answered[task_id].add(reply.headers["x-served-by"])
+                        body = reply.json()
+                        if body["status"] in ("completed", "failed", "cancelled"):
+                            statuses[task_id] = body["status"]
+                            if body["status"] == "completed":
+                                assert Path(body["report_path"]).read_text().startswith("row,user,amount")
+            assert set(statuses.values()) == {"completed"}
+            servers = set().union(*answered.values())
+            assert len(servers) == 2
+            # The dashboard's API lists every task of the store, from either process.
+            for _ in range(20):
+                listing = await client.get("/tasks/tasks")
+                assert listing.status_code == 200
+                assert set(ids) <= {t["task_id"] for t in listing.json()["tasks"]}
+    finally:
+        proc.terminate()
+        with trio.move_on_after(30) as waited:
+            await proc.wait()
+        if waited.cancelled_caught:
+            proc.kill()
+            await proc.wait()
+        if proc.stderr is not None:
+            await proc.stderr.aclose()
