@@ -241,3 +241,29 @@ async def test_a_graceful_cancel_interrupts_the_job(ray_tm: TaskManager) -> None
     assert info.status is TaskStatus.CANCELLED
     assert info.error is not None
     assert "gracefully" in info.error
+
+
+async def test_records_in_the_shared_store_jobs_on_ray(tmp_path: Path) -> None:
+    """The Ray backend composes with the store: another process sees, reads and cancels its tasks."""
+    db = tmp_path / "tasks.db"
+    tm = TaskManager(backend=RayBackend(), store=db)
+    with trio.fail_after(60):
+        await tm.startup()
+    try:
+        with trio.fail_after(60):
+            done = tm.submit(simple_task, 21)
+            assert await tm.result(done) == 42
+            sleeper = tm.submit(announce_and_sleep, 3600)
+            pid = await running_pid(tm, sleeper)
+            async with TaskManager(max_workers=0, store=db) as client:  # as another process would
+                assert await client.result(done) == 42
+                assert (await client.info(sleeper)).status is TaskStatus.RUNNING
+                assert await client.cancel(sleeper)
+            await wait_status(tm, sleeper, TaskStatus.CANCELLED)
+            assert pid_gone(pid)  # the Ray worker that ran it was killed before CANCELLED was recorded
+    finally:
+        with trio.fail_after(30):
+            await tm.shutdown(wait=False)
+    async with TaskManager(max_workers=0, store=db) as later:  # after the application stopped
+        assert await later.result(done) == 42
+        assert (await later.info(sleeper)).status is TaskStatus.CANCELLED
