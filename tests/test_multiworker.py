@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import trio
 
+from test_asgi import sse_events
+
 ROOT = Path(__file__).resolve().parent.parent
 EXPORTS = 6
 
@@ -69,6 +71,23 @@ async def test_every_lookup_answers_from_every_server_process(tmp_path: Path) ->
             assert set(statuses.values()) == {"completed"}
             servers = set().union(*answered.values())
             assert len(servers) == 2
+            # Live event streams follow a task wherever it runs: four streams, each on its own
+            # connection (so served by either process), all see the export through to its end.
+            started = await client.post(
+                "/exports", params={"user_id": 99, "seconds": 1.5}, headers={"X-Requested-With": "exports"}
+            )
+            live = started.json()["task_id"]
+            finals: list[str] = []
+
+            async def follow() -> None:
+                events = await sse_events(f"http://127.0.0.1:{port}", f"/tasks/tasks/{live}/events", lambda e: False)
+                finals.append(events[-1]["status"])
+
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(4):
+                        nursery.start_soon(follow)
+            assert finals == ["completed"] * 4
             # The dashboard's API lists every task of the store, from either process.
             for _ in range(20):
                 listing = await client.get("/tasks/tasks")
