@@ -31,19 +31,16 @@ POOL_METRICS = ("throughput", "roundtrip", "cancel", "startup", "echo", "status_
 GENRO_METRICS = ("progress_flood", "progress_latency", "scale", "map_memory")
 #: tm.map against the peers' own map functions (issue 17).
 MAP_METRICS = ("map",)
-#: Planned with the shared store (issue 12): cancel from another process sharing the store.
-PLANNED_METRICS = ("cross_process_cancel",)
+#: The shared store (issue 12): cancel from another process sharing the store.
+STORE_METRICS = ("cross_process_cancel",)
 
 
-#: Variants planned for capabilities still to land: their adapters are written with the capability.
-_ADAPTER_TO_WRITE = {
-    f"{GENRO}+store": "open a TaskManager on the shared store (issue 12)",
-}
+def _opener(lib: str, p: Params) -> PoolOpener:
+    if lib == f"{GENRO}+store":
+        import _store
 
-
-def _opener(lib: str) -> PoolOpener:
-    if lib in _ADAPTER_TO_WRITE:
-        raise NotImplementedError(f"no adapter for {lib!r} yet: {_ADAPTER_TO_WRITE[lib]} in benchmarks/")
+        opener: PoolOpener = _store.store_opener(p.tmpdir)
+        return opener
     if lib == f"{GENRO}+ray" or lib == "ray":
         import _ray
 
@@ -71,15 +68,17 @@ def _coroutine(lib: str, metric: str, p: Params) -> Callable[[], Awaitable[Numbe
         import _metrics
 
         func: Callable[[PoolOpener, Params], Awaitable[Numbers]] = getattr(_metrics, metric)
-        opener = _opener(lib)
+        opener = _opener(lib, p)
         return lambda: func(opener, p)
     if lib == GENRO and metric in GENRO_METRICS:
         import _genro
 
         genro_func: Callable[[Params], Awaitable[Numbers]] = getattr(_genro, metric)
         return lambda: genro_func(p)
-    if metric in PLANNED_METRICS:
-        raise NotImplementedError(f"{metric} is written with the shared store (issue 12)")
+    if lib == f"{GENRO}+store" and metric in STORE_METRICS:
+        import _store
+
+        return lambda: _store.cross_process_cancel(p)
     if lib.partition("+")[0] == "ppe" and metric == "scale":
         from _peers import ppe_scale
 
@@ -124,7 +123,7 @@ def describe(exc: BaseException) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("lib", choices=KEYS)
-    parser.add_argument("metric", choices=(*POOL_METRICS, *GENRO_METRICS, *MAP_METRICS, *PLANNED_METRICS))
+    parser.add_argument("metric", choices=(*POOL_METRICS, *GENRO_METRICS, *MAP_METRICS, *STORE_METRICS))
     parser.add_argument("--size", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--calls", type=int, default=300)
