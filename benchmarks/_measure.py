@@ -39,8 +39,7 @@ def _opener(lib: str, p: Params) -> PoolOpener:
     if lib == f"{GENRO}+store":
         import _store
 
-        opener: PoolOpener = _store.store_opener(p.tmpdir)
-        return opener
+        return _store.store_opener(p.tmpdir)
     if lib == f"{GENRO}+ray" or lib == "ray":
         import _ray
 

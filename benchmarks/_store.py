@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 import bench_jobs
-from _common import Numbers, Params, Pool, now
+from _common import Numbers, Params, Pool, PoolOpener, now
 from _genro import open_genro, wait_status
 from genro_tasks import TaskManager, TaskStatus
 
@@ -29,7 +29,7 @@ RUNNER = str(Path(__file__).with_name("store_runner.py"))
 CANCELS = 15
 
 
-def store_opener(tmpdir: Path) -> Any:
+def store_opener(tmpdir: Path) -> PoolOpener:
     """A pool adapter opening genro_tasks on a new store file under ``tmpdir``."""
 
     @asynccontextmanager
