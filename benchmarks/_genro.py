@@ -83,10 +83,10 @@ def _span(started: datetime | None, completed: datetime | None) -> float:
     return (completed - started).total_seconds()
 
 
-async def progress_flood(p: Params) -> Numbers:
-    """report_progress() called p.size times in a tight loop vs the same loop without it."""
+async def progress_flood(p: Params, store: Path | None = None) -> Numbers:
+    """report_progress() called p.size times in a tight loop vs the same loop without it (end to end)."""
     out: Numbers = {}
-    async with TaskManager(max_workers=p.workers) as tm:
+    async with TaskManager(max_workers=p.workers, store=store) as tm:
         for name, fn in (("without", bench_jobs.plain_loop), ("with", bench_jobs.progress_flood)):
             t0 = now()
             await tm.run(fn, p.size, task_id=name)

@@ -74,12 +74,12 @@ def _lib_table(t: Table, meta: dict[str, Any], params: dict[str, Any], spec: Spe
     return [*lines, ""]
 
 
-def _genro_table(title: str, rows: list[tuple[str, str, str]], s: Summary, raw: Raw) -> list[str]:
+def _genro_table(title: str, rows: list[tuple[str, str, str]], s: Summary, raw: Raw, lib: str = GENRO) -> list[str]:
     lines = [f"### {title}", "", "| measurement | median | min - max |", "|---|---|---|"]
     for label, key, value in rows:
-        stat = s.get(key, {}).get(GENRO, {}).get(value)
+        stat = s.get(key, {}).get(lib, {}).get(value)
         if stat is None:
-            lines.append(f"| {label} | {errors_of(raw, key, GENRO) or 'not measured'} | |")
+            lines.append(f"| {label} | {errors_of(raw, key, lib) or 'not measured'} | |")
         else:
             med, rng = _cell(stat, 1.0)
             lines.append(f"| {label} | {med} | {rng} |")
@@ -208,6 +208,18 @@ def markdown(
         ],
         s,
         raw,
+    )
+    lines += _genro_table(
+        f"genro_tasks on the shared store: progress flood, `report_progress()` called {flood} times",
+        [
+            ("loop without the call, RUNNING → COMPLETED, s", "store_progress_flood", "without_s"),
+            ("loop with the call, RUNNING → COMPLETED, s", "store_progress_flood", "with_s"),
+            ("overhead (with - without), s", "store_progress_flood", "overhead_s"),
+            ("overhead measured on `tm.run` wall time, s", "store_progress_flood", "wall_overhead_s"),
+        ],
+        s,
+        raw,
+        f"{GENRO}+store",
     )
     lines += _genro_table(
         "genro_tasks only: `tm.map` against submitting everything and awaiting it, and parent memory",

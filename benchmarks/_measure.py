@@ -74,6 +74,10 @@ def _coroutine(lib: str, metric: str, p: Params) -> Callable[[], Awaitable[Numbe
 
         genro_func: Callable[[Params], Awaitable[Numbers]] = getattr(_genro, metric)
         return lambda: genro_func(p)
+    if lib == f"{GENRO}+store" and metric == "progress_flood":
+        import _genro
+
+        return lambda: _genro.progress_flood(p, store=p.tmpdir / "tasks.db")
     if lib == f"{GENRO}+store" and metric in STORE_METRICS:
         import _store
 

@@ -309,5 +309,49 @@ def target_rows(s: Summary) -> list[TargetRow]:
             lambda big, small: big >= 0.85 * small,
             lambda big, small: f"{num(big)} vs {num(small)} tasks/s ({big / small:.2f}x)",
         ),
+        *_store_and_ray_rows(s),
     ]
     return rows
+
+
+def _store_and_ray_rows(s: Summary) -> list[TargetRow]:
+    """The targets of the shared store (issue 12) and of the Ray backend (issue 13), all from this run."""
+    best = best_peer(s, _table("throughput", "tps"))
+    return [
+        _row(
+            "Store throughput >= 50% of in-memory, same run",
+            (median(s, "store_throughput", _STORE, "tps"), median(s, "store_throughput", GENRO, "tps")),
+            lambda st, mem: st >= 0.5 * mem,
+            lambda st, mem: f"{num(st)} vs {num(mem)} tasks/s ({st / mem:.2f}x)",
+        ),
+        _row(
+            "Store throughput >= 2x the best peer's (in memory)",
+            (median(s, "store_throughput", _STORE, "tps"), None if best is None else best[1]),
+            lambda st, peer: st >= 2 * peer,
+            lambda st, peer: f"{num(st)} vs {best[0] if best else '?'} {num(peer)} tasks/s ({st / peer:.2f}x)",
+        ),
+        _row(
+            "Store round trip <= in-memory + 100 µs",
+            (median(s, "store_roundtrip", _STORE, "median_us"), median(s, "store_roundtrip", GENRO, "median_us")),
+            lambda st, mem: st <= mem + 100,
+            lambda st, mem: f"{num(st)} µs vs {num(mem)} µs (+{num(st - mem)} µs)",
+        ),
+        _row(
+            "Store: cancel from another process <= 100 ms median",
+            (median(s, "store_cross_process_cancel", _STORE, "cancel_ms"),),
+            lambda v: v <= 100,
+            lambda v: f"{num(v)} ms",
+        ),
+        _row(
+            "Store: 200,000 report_progress calls add <= 1 s",
+            (median(s, "store_progress_flood", _STORE, "overhead_s"),),
+            lambda v: v <= 1.0,
+            lambda v: f"{num(v)} s",
+        ),
+        _row(
+            "Ray backend throughput >= 80% of plain Ray's (<= 20% overhead)",
+            (median(s, "ray_throughput", _RAY, "tps"), median(s, "ray_throughput", "ray", "tps")),
+            lambda g, r: g >= 0.8 * r,
+            lambda g, r: f"{num(g)} vs {num(r)} tasks/s ({g / r:.2f}x)",
+        ),
+    ]

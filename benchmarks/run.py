@@ -111,6 +111,7 @@ def specs(m: Mode) -> list[Spec]:
         Spec("store_throughput", "throughput", (GENRO, f"{GENRO}+store"), ("--size", str(m.throughput)), "store"),
         Spec("store_roundtrip", "roundtrip", (GENRO, f"{GENRO}+store"), calls, "store"),
         Spec("store_cross_process_cancel", "cross_process_cancel", (f"{GENRO}+store",), (), "store"),
+        Spec("store_progress_flood", "progress_flood", (f"{GENRO}+store",), ("--size", str(m.flood)), "store"),
         Spec("ray_throughput", "throughput", (f"{GENRO}+ray", "ray"), ("--size", str(m.throughput)), "ray"),
         Spec("ray_roundtrip", "roundtrip", (f"{GENRO}+ray", "ray"), calls, "ray"),
         Spec("ray_cancel", "cancel", (f"{GENRO}+ray", "ray"), (), "ray"),
