@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -246,7 +247,7 @@ async def test_retention_applies_to_the_file(tmp_path: Path) -> None:
             sizes.append(logical_size(db))
         tm.clear_completed()
         await tm.flush()
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM results").fetchone()[0] == 0
     assert max(sizes[1:]) <= sizes[0] * 1.25 + 65536, sizes
