@@ -8,6 +8,7 @@ store is opened again, and every PENDING one must then run.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import sqlite3
@@ -62,7 +63,7 @@ async def run_and_kill(db: Path, after: float) -> list[str]:
 
 
 def check_file(db: Path, acknowledged: set[str]) -> None:
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         rows = dict(conn.execute("SELECT id, status FROM tasks").fetchall())
         missing = acknowledged - rows.keys()
