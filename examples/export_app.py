@@ -108,6 +108,9 @@ async def start_export(scope: Scope, send: Send) -> None:
     except QueueFull:
         await send_json(send, 429, {"error": "too many exports waiting; retry later"}, [(b"retry-after", b"10")])
         return
+    # Durable before we answer: the next request may reach another server process (or a
+    # restarted one), which then finds the export in the store.
+    await tm.flush()
     await send_json(send, 202, {"task_id": task_id, "status_url": f"exports/{task_id}"})
 
 
