@@ -145,3 +145,9 @@ async def test_bad_usage_is_a_clear_error(tmp_path: Path) -> None:
     bad_grace = await cli("cancel", "x", "--grace", "nan", "--store", str(db))
     assert bad_grace.returncode == 2
     assert b"--grace" in bad_grace.stderr
+    not_a_store = tmp_path / "notes.txt"
+    not_a_store.write_text("hello")
+    garbage = await cli("ls", "--store", str(not_a_store))
+    assert garbage.returncode == 2
+    assert b"not an SQLite file" in garbage.stderr
+    assert b"Traceback" not in garbage.stderr

@@ -127,8 +127,16 @@ def run_command(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO 
 @asynccontextmanager
 async def _client(store: str) -> AsyncIterator[TaskManager]:
     """A TaskManager on ``store`` that runs nothing: it reads, watches and cancels."""
-    async with TaskManager(max_workers=0, store=store) as tm:
+    tm = TaskManager(max_workers=0, store=store)
+    try:
+        await tm.startup()
+    except RuntimeError as exc:  # the file is not a store, cannot be opened, or is too new
+        raise UsageError(str(exc)) from None
+    try:
         yield tm
+    finally:
+        with trio.CancelScope(shield=True):
+            await tm.shutdown(wait=False)
 
 
 async def _info(tm: TaskManager, task_id: str) -> TaskInfo:

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import pickle
+import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -117,9 +118,15 @@ class StoreRegistry(TaskRegistry):
         try:
             rows = await trio.to_thread.run_sync(thread.open)
         except Exception as exc:
+            if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+                hint = "it is not an SQLite file: name a new file, or a store a TaskManager created"
+            elif isinstance(exc, RuntimeError):  # already says what to do (e.g. a newer schema)
+                hint = ""
+            else:
+                hint = "check that its directory exists and is writable, and that the path is not a directory"
             raise RuntimeError(
-                f"cannot open the task store {self.store.path!r}: {type(exc).__name__}: {exc}; "
-                "check that its directory exists and is writable"
+                f"cannot open the task store {self.store.path!r}: {type(exc).__name__}: {exc}"
+                + (f"; {hint}" if hint else "")
             ) from exc
         self._scheduler = scheduler
         # Claim a few tasks ahead of the free workers, so a worker that frees up finds its
