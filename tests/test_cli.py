@@ -114,6 +114,24 @@ async def test_cancel_and_watch_act_on_a_running_application(tmp_path: Path) -> 
         assert json.loads(again.stdout)["cancelled"] is False
 
 
+async def test_groups_are_listed_and_filter_the_listing(tmp_path: Path) -> None:
+    db = tmp_path / "tasks.db"
+    async with TaskManager(max_workers=2, store=db) as tm:
+        ids = [tm.options(group="nightly").submit(jobs.add, i, i) for i in range(4)]
+        other = tm.submit(jobs.add, 9, 9)
+        await tm.gather([*ids, other])
+        await tm.flush()
+    listed = await cli("groups", "--store", str(db))
+    assert listed.returncode == 0, listed.stderr
+    header, row = listed.stdout.decode().splitlines()
+    assert header.split()[:3] == ["GROUP", "TOTAL", "PENDING"]
+    assert row.split()[:7] == ["nightly", "4", "0", "0", "4", "0", "0"]
+    as_json = json.loads((await cli("groups", "--json", "--store", str(db))).stdout)
+    assert [(g["group"], g["completed"], g["progress"]) for g in as_json] == [("nightly", 4, 1.0)]
+    members = json.loads((await cli("ls", "--json", "--group", "nightly", "--store", str(db))).stdout)
+    assert sorted(t["task_id"] for t in members) == sorted(ids)
+
+
 async def test_cancel_a_queued_task_of_a_stopped_application(tmp_path: Path) -> None:
     db = tmp_path / "tasks.db"
     async with TaskManager(max_workers=0, store=db) as tm:

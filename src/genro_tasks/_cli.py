@@ -1,4 +1,4 @@
-"""``python -m genro_tasks ls | show | watch | cancel --store PATH``: a store from the shell.
+"""``python -m genro_tasks ls | groups | show | watch | cancel --store PATH``: a store from the shell.
 
 Every command opens the store as a client (a TaskManager that runs no
 worker and claims nothing), so it works the same whether the application
@@ -16,6 +16,7 @@ unknown task id; 130 interrupted (Ctrl-C).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -38,7 +39,7 @@ EXIT_NOT_DONE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-COMMANDS = ("ls", "show", "watch", "cancel")
+COMMANDS = ("ls", "groups", "show", "watch", "cancel")
 
 
 class UsageError(Exception):
@@ -57,6 +58,14 @@ def add_commands(sub: Any) -> None:
     common(ls)
     ls.add_argument("--status", choices=[s.value for s in TaskStatus], help="only tasks with this status")
     ls.add_argument("--limit", type=_positive, default=None, metavar="N", help="only the newest N tasks")
+    ls.add_argument("--group", metavar="NAME", help="only the tasks of this group")
+
+    groups = sub.add_parser(
+        "groups",
+        help="list the groups of a store",
+        description="List the groups of a store (tm.map batches, group= tasks): counts, progress, time left.",
+    )
+    common(groups)
 
     show = sub.add_parser("show", help="everything about one task", description="Everything a store knows of one task.")
     common(show)
@@ -109,7 +118,7 @@ def run_command(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO 
     if not os.path.exists(store):
         err.write(f"error: no task store at {store!r} (a store is created by the application that uses it)\n")
         return EXIT_USAGE
-    command = {"ls": _ls, "show": _show, "watch": _watch, "cancel": _cancel}[args.command]
+    command = {"ls": _ls, "groups": _groups, "show": _show, "watch": _watch, "cancel": _cancel}[args.command]
     try:
         return trio.run(command, store, args, out)
     except KeyboardInterrupt:
@@ -149,6 +158,8 @@ async def _info(tm: TaskManager, task_id: str) -> TaskInfo:
 async def _ls(store: str, args: argparse.Namespace, out: TextIO) -> int:
     async with _client(store) as tm:
         infos = tm.list_tasks(args.status)
+    if args.group is not None:
+        infos = [info for info in infos if info.group == args.group]
     if args.limit is not None:
         infos = infos[-args.limit :]
     if args.json:
@@ -161,6 +172,27 @@ async def _ls(store: str, args: argparse.Namespace, out: TextIO) -> int:
     now = datetime.now(UTC)
     rows: list[tuple[str, ...]] = [("ID", "STATUS", "PROGRESS", "AGE", "RUN", "NAME", "ERROR / MESSAGE")]
     rows += [_row(info, now) for info in infos]
+    _print_table(rows, out)
+    return EXIT_OK
+
+
+async def _groups(store: str, args: argparse.Namespace, out: TextIO) -> int:
+    async with _client(store) as tm:
+        groups = tm.groups()
+    if args.json:
+        json.dump([dataclasses.asdict(g) for g in groups], out, indent=1)
+        out.write("\n")
+        return EXIT_OK
+    if not groups:
+        out.write("no groups\n")
+        return EXIT_OK
+    rows: list[tuple[str, ...]] = [
+        ("GROUP", "TOTAL", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "PROGRESS", "LEFT")
+    ]
+    for g in groups:
+        left = "" if g.eta is None else _duration(g.eta)
+        counts = (g.total, g.pending, g.running, g.completed, g.failed, g.cancelled)
+        rows.append((g.group, *(str(c) for c in counts), f"{g.progress:4.0%}", left))
     _print_table(rows, out)
     return EXIT_OK
 
