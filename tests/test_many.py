@@ -76,7 +76,7 @@ async def test_map_submits_lazily_with_bounded_in_flight(tasks: TaskManager) -> 
 
     got = 0
     with trio.fail_after(30):
-        async with tasks.map(square, endless(), max_in_flight=5) as it:
+        async with tasks.map(square, endless(), max_in_flight=5, chunksize=1) as it:
             async for _value in it:
                 got += 1
                 # Never more than max_in_flight submitted and not yet yielded.
