@@ -291,7 +291,7 @@ async def test_group_info_of_an_unknown_group(tasks: TaskManager) -> None:
 
 async def test_map_group_shows_the_batch_progress(tasks: TaskManager) -> None:
     with trio.fail_after(30):
-        async with tasks.map(square, range(10)) as it:
+        async with tasks.map(square, range(10), chunksize=1) as it:  # one task per item
             assert it.group.startswith("map-")
             results = [v async for v in it]
     assert len(results) == 10

@@ -180,3 +180,12 @@ async def test_chunksize_is_checked_at_the_call(tasks: TaskManager) -> None:
         tasks.map(square, range(3), chunksize=4, retries=2)
     with pytest.raises(ValueError, match=r"chunksize=4.*async def.*pass chunksize=1"):
         tasks.map(async_square, range(3), chunksize=4)
+
+
+async def test_one_item_per_task_keeps_a_deep_window_by_default(tasks: TaskManager) -> None:
+    # Trivial items one per task starve two workers behind a window of 4 x max_workers (issue 17 item 5).
+    with trio.fail_after(30):
+        async with tasks.map(square, range(10_000), chunksize=1) as it:
+            async for _value in it:
+                break
+            assert tasks.group_info(it.group).total == 64 * tasks.max_workers

@@ -333,6 +333,8 @@ class TaskMap:
         queue = self._queue
         pending = self._pending
         limit = self._max_in_flight
+        if len(queue) + len(pending) > limit // 2:
+            return  # refill in bursts: the scheduler's queue stays fed, workers are not woken one job at a time
         while len(queue) + len(pending) < limit:
             if self._chunksize == 1:
                 try:

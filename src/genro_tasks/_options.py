@@ -362,9 +362,11 @@ class SubmitMethods:
             func: A picklable callable of one argument (as for ``submit``).
             items: The arguments, one per task.
             ordered: Yield results in input order (True) or as tasks complete.
-            max_in_flight: Most tasks submitted and not yet yielded (default:
-                4 times ``max_workers``); each task holds one item, or one
-                chunk of items (see ``chunksize``).
+            max_in_flight: Most tasks submitted and not yet yielded; each
+                task holds one item, or one chunk of items (see ``chunksize``).
+                Default: 64 times ``max_workers`` with ``chunksize=1`` (small
+                tasks need a deep window to keep the workers busy), else 4
+                times ``max_workers`` (chunks).
             return_exceptions: Yield what a failed item raised as a value
                 instead of raising it (which cancels the rest of the batch).
             chunksize: Items per task. ``1``: one task per item (each item
@@ -416,9 +418,9 @@ class SubmitMethods:
             raise TypeError(f"map() needs an iterable (or async iterable) of items, not {items!r}")
         check_bool("map(ordered=...)", ordered)
         check_bool("map(return_exceptions=...)", return_exceptions)
-        if max_in_flight is None:
-            max_in_flight = 4 * manager.max_workers
-        elif isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+        if max_in_flight is not None and (
+            isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1
+        ):
             raise ValueError(f"map(max_in_flight=...) must be a positive int or None, not {max_in_flight!r}")
         is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
         if chunksize is None:
@@ -436,6 +438,9 @@ class SubmitMethods:
                 f"map(chunksize={chunksize}) runs plain functions only, and {func!r} is an async def "
                 "function; pass chunksize=1 (or leave it to None)"
             )
+        if max_in_flight is None:
+            # One item per task: a deep window keeps the workers fed while finished items wait their turn.
+            max_in_flight = (64 if chunksize == 1 else 4) * manager.max_workers
         if options.group is None:
             options = dataclasses.replace(options, group=f"map-{uuid.uuid4().hex[:12]}")
         return TaskMap(
