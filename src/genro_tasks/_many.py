@@ -204,12 +204,20 @@ class TaskMap:
         running tasks are hard-cancelled (shielded) before the cancellation
         goes through; the iterator is then closed.
         """
-        if self._chunk_rec is not None:  # the rest of a chunk already here: no wait
+        if self._chunk_rec is not None:  # the rest of a chunk already here: no wait, no schedule point
             try:
                 await trio.lowlevel.checkpoint_if_cancelled()
             except BaseException:
                 await self.aclose()
                 raise
+            index = self._next
+            if self._chunk_error is None and (self._errors is None or index not in self._errors):
+                values = self._values
+                self._next = index + 1
+                if index + 1 == len(values):
+                    self._chunk_rec = None
+                    self._values = []
+                return values[index]
             return await self._chunk_item()
         if self._closed:
             raise StopAsyncIteration
@@ -266,6 +274,10 @@ class TaskMap:
             return
         self._chunk_error = None
         elapsed, self._values, self._errors = outcomes
+        # The outcomes are the batch's now: a retained record (max_finished) keeps none of them, so
+        # the parent's memory does not grow with the number of chunks the input makes.
+        # (A record API to drop a result would be better: this reaches into TaskRecord.)
+        rec._result = None
         if self._adaptive:
             self._measured(elapsed / count, count)
 
