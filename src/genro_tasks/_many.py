@@ -110,6 +110,10 @@ class TaskMap:
     submitted and not yet yielded, so a huge (or endless) input never
     becomes a huge number of records.
 
+    A task holds one item, or a chunk of items (``chunksize``; see
+    :meth:`TaskManager.map`): a chunk's outcomes are unpacked here and yielded
+    one per item, each failed item raising (or returning) its own exception.
+
     Leaving early hard-cancels the batch's queued and running tasks:
 
     * ``aclose()``, or leaving an ``async with tm.map(...) as it:`` block,
@@ -126,6 +130,7 @@ class TaskMap:
 
     Attributes:
         group: The group of the batch's tasks (see ``tm.group_info``).
+        chunksize: Items per task for the next submissions.
     """
 
     def __init__(
