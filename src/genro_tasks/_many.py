@@ -165,6 +165,8 @@ class TaskMap:
         self._chunksize = 1 if chunksize is None else chunksize
         #: The tasks that run a chunk (several items): task id -> how many items.
         self._chunks: dict[str, int] = {}
+        #: Automatic size: the fastest one-item task since the last chunk measured, seconds.
+        self._fastest_single: float | None = None
         #: Pickled arguments per item, as last seen (bounds a chunk's bytes).
         self._item_bytes = 1
         #: The chunk being yielded: its values, its errors, the next index, its record.
@@ -284,6 +286,7 @@ class TaskMap:
         # (A record API to drop a result would be better: this reaches into TaskRecord.)
         rec._result = None
         if self._adaptive:
+            self._fastest_single = None
             self._measured(elapsed / count, count)
 
     async def _chunk_item(self) -> Any:
@@ -314,9 +317,15 @@ class TaskMap:
 
     def _measured_record(self, rec: TaskRecord) -> None:
         """Automatic size: learn from a one-item task how long an item takes (as the parent saw it)."""
-        if rec.started_at is None or rec.completed_at is None or rec.task_id in self._chunks:
+        if rec.started_at is None or rec.completed_at is None:
             return
-        self._measured((rec.completed_at - rec.started_at).total_seconds(), 1)
+        # The parent's clock adds the messages' delays (a loaded machine: milliseconds), never
+        # removes time: the fastest item since the last chunk's own measure is the best estimate.
+        seconds = (rec.completed_at - rec.started_at).total_seconds()
+        if self._fastest_single is not None:
+            seconds = min(seconds, self._fastest_single)
+        self._fastest_single = seconds
+        self._measured(seconds, 1)
 
     def _measured(self, per_item: float, count: int) -> None:
         """Automatic size: the next chunks take about CHUNK_SECONDS, within the bounds (see above)."""
