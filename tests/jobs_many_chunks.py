@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -36,3 +37,10 @@ def sleep_from(x: int, start: int) -> int:
 
 async def async_square(x: int) -> int:
     return x * x
+
+
+def crash_at(x: int, bad: int) -> int:
+    """Kill the worker at item ``bad``."""
+    if x == bad:
+        os._exit(3)
+    return x

@@ -10,8 +10,8 @@ import pytest
 import trio
 
 from conftest import pid_gone, wait_until
-from genro_tasks import TaskManager, TaskStatus, UnpicklableResult, testing
-from jobs_many_chunks import async_square, fail_at, lock_at, nap, sleep_from, square
+from genro_tasks import TaskManager, TaskStatus, UnpicklableResult, WorkerCrashed, testing
+from jobs_many_chunks import async_square, crash_at, fail_at, lock_at, nap, sleep_from, square
 
 
 async def collect(it: AsyncIterator[int], into: list[int]) -> None:
@@ -189,3 +189,13 @@ async def test_one_item_per_task_keeps_a_deep_window_by_default(tasks: TaskManag
             async for _value in it:
                 break
             assert tasks.group_info(it.group).total == 64 * tasks.max_workers
+
+
+async def test_a_chunk_that_crashes_fails_each_of_its_items(tasks: TaskManager) -> None:
+    with trio.fail_after(30):
+        got = [
+            v
+            async for v in tasks.map(functools.partial(crash_at, bad=2), range(10), chunksize=5, return_exceptions=True)
+        ]
+    assert all(isinstance(v, WorkerCrashed) for v in got[:5]), got
+    assert got[5:] == [5, 6, 7, 8, 9]
