@@ -224,9 +224,19 @@ def markdown(
     lines += _genro_table(
         "genro_tasks only: `tm.map` against submitting everything and awaiting it, and parent memory",
         [
-            (f"`tm.map` over {params['map_size']:,} items, tasks/s", "map", "tps"),
+            (f"`tm.map` over {params['map_size']:,} items (automatic chunks), tasks/s", "map", "tps"),
+            ("chunk size the automatic `tm.map` ended with, items", "map", "chunksize"),
+            (f"`tm.map(..., chunksize=1)` over {params['map_size']:,} items, tasks/s", "map", "tps_chunksize1"),
             (f"submit all {params['map_size']:,}, then await each, tasks/s", "map", "submit_all_tps"),
-            ("`tm.map` / submit-all", "map", "map_vs_submit_all"),
+            ("`tm.map` (automatic) / submit-all", "map", "map_vs_submit_all"),
+            ("`tm.map(chunksize=1)` / submit-all", "map", "map1_vs_submit_all"),
+            (
+                "like for like: `Pool.imap` at its best chunksize (of 100, 1,000, 10,000), tasks/s",
+                "map",
+                "imap_best_tps",
+            ),
+            ("`Pool.imap`'s best chunksize", "map", "imap_best_chunksize"),
+            ("`tm.map` (automatic) / `Pool.imap` at its best chunksize", "map", "map_vs_imap_best"),
             (
                 f"parent peak RSS growth, `tm.map` over {params['map_mem_small']:,} items, MiB",
                 "map_memory_small",

@@ -76,7 +76,7 @@ async def test_map_submits_lazily_with_bounded_in_flight(tasks: TaskManager) -> 
 
     got = 0
     with trio.fail_after(30):
-        async with tasks.map(square, endless(), max_in_flight=5) as it:
+        async with tasks.map(square, endless(), max_in_flight=5, chunksize=1) as it:
             async for _value in it:
                 got += 1
                 # Never more than max_in_flight submitted and not yet yielded.
@@ -291,7 +291,7 @@ async def test_group_info_of_an_unknown_group(tasks: TaskManager) -> None:
 
 async def test_map_group_shows_the_batch_progress(tasks: TaskManager) -> None:
     with trio.fail_after(30):
-        async with tasks.map(square, range(10)) as it:
+        async with tasks.map(square, range(10), chunksize=1) as it:  # one task per item
             assert it.group.startswith("map-")
             results = [v async for v in it]
     assert len(results) == 10

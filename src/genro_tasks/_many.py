@@ -9,7 +9,9 @@ record to its sinks (:class:`~._task.Sink`), synchronously.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import pickle
 import weakref
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
@@ -18,6 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from genro_tasks_worker._chunk import MapChunk, Outcomes
+from genro_tasks_worker._protocol import Failure
+
+from ._errors import RemoteError, UnpicklableResult
 from ._task import TaskInfo, TaskRecord
 
 if TYPE_CHECKING:
@@ -28,6 +34,14 @@ log = logging.getLogger("genro_tasks")
 
 #: How long an early exit waits, shielded, for the kill of the batch's tasks.
 _CANCEL_LIMIT = 10.0
+
+# Automatic chunk size (``chunksize=None``): chunks grow until one takes about CHUNK_SECONDS of
+# the worker's time, at most GROWTH times the size last measured, and at most CHUNK_MAX items or
+# CHUNK_BYTES of pickled arguments (what a chunk keeps in the parent's memory while in flight).
+CHUNK_SECONDS = 0.005
+CHUNK_GROWTH = 4
+CHUNK_MAX = 1000
+CHUNK_BYTES = 1 << 20
 
 
 def _follow(rec: TaskRecord, sink: Any) -> None:
@@ -96,6 +110,10 @@ class TaskMap:
     submitted and not yet yielded, so a huge (or endless) input never
     becomes a huge number of records.
 
+    A task holds one item, or a chunk of items (``chunksize``; see
+    :meth:`TaskManager.map`): a chunk's outcomes are unpacked here and yielded
+    one per item, each failed item raising (or returning) its own exception.
+
     Leaving early hard-cancels the batch's queued and running tasks:
 
     * ``aclose()``, or leaving an ``async with tm.map(...) as it:`` block,
@@ -112,6 +130,7 @@ class TaskMap:
 
     Attributes:
         group: The group of the batch's tasks (see ``tm.group_info``).
+        chunksize: Items per task for the next submissions.
     """
 
     def __init__(
@@ -124,12 +143,14 @@ class TaskMap:
         ordered: bool,
         max_in_flight: int,
         return_exceptions: bool,
+        chunksize: int | None = 1,
     ) -> None:
         assert options.group is not None
         self.group: str = options.group
         self._manager = manager
         self._options = options
         self._func = func
+        self._chunk_func = MapChunk(func)
         self._sync_items: Iterator[Any] | None = None
         self._async_items: AsyncIterator[Any] | None = None
         if isinstance(items, AsyncIterable):
@@ -139,6 +160,22 @@ class TaskMap:
         self._ordered = ordered
         self._max_in_flight = max_in_flight
         self._return_exceptions = return_exceptions
+        #: Items per task now; None (automatic) starts at 1 and adapts (see :meth:`_measured`).
+        self._adaptive = chunksize is None
+        self._chunksize = 1 if chunksize is None else chunksize
+        #: The tasks that run a chunk (several items): task id -> how many items.
+        self._chunks: dict[str, int] = {}
+        #: Automatic size: the fastest one-item task since the last chunk measured, seconds.
+        self._fastest_single: float | None = None
+        #: Pickled arguments per item, as last seen (bounds a chunk's bytes).
+        self._item_bytes = 1
+        #: The chunk being yielded: its values, its errors, the next index, its record.
+        self._values: list[Any] = []
+        self._errors: dict[int, Failure | tuple[str, str]] | None = None
+        self._next = 0
+        self._chunk_rec: TaskRecord | None = None
+        #: The chunk being yielded failed as a whole (crash, timeout, cancel...): what each item raises.
+        self._chunk_error: Exception | None = None
         self._exhausted = False
         self._closed = False
         self._sync_fill = self._sync_items is not None and manager._max_queued is None
@@ -150,6 +187,11 @@ class TaskMap:
         #: Unordered: the submitted records that have not finished, by id.
         self._pending: dict[str, TaskRecord] = {}
         self._wakeup: trio.Event | None = None
+
+    @property
+    def chunksize(self) -> int:
+        """Items per task for the next submissions (changes as it adapts when ``chunksize=None``)."""
+        return self._chunksize
 
     # ------------------------------------------------------------ iteration
     def __aiter__(self) -> TaskMap:
@@ -170,6 +212,21 @@ class TaskMap:
         running tasks are hard-cancelled (shielded) before the cancellation
         goes through; the iterator is then closed.
         """
+        if self._chunk_rec is not None:  # the rest of a chunk already here: no wait, no schedule point
+            try:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                await self.aclose()
+                raise
+            index = self._next
+            if self._chunk_error is None and (self._errors is None or index not in self._errors):
+                values = self._values
+                self._next = index + 1
+                if index + 1 == len(values):
+                    self._chunk_rec = None
+                    self._values = []
+                return values[index]
+            return await self._chunk_item()
         if self._closed:
             raise StopAsyncIteration
         try:
@@ -199,6 +256,11 @@ class TaskMap:
             raise StopAsyncIteration
         if self._shared:  # another process sharing the store may have run it: load its outcome
             await self._manager._registry.fetch(rec)
+        if self._chunks and rec.task_id in self._chunks:
+            self._open_chunk(rec)
+            return await self._chunk_item()
+        if self._adaptive:
+            self._measured_record(rec)
         try:
             return rec.outcome()
         except Exception as exc:
@@ -206,6 +268,86 @@ class TaskMap:
                 return exc
             await self.aclose()
             raise
+
+    # --------------------------------------------------------------- chunks
+    def _open_chunk(self, rec: TaskRecord) -> None:
+        """Start yielding the items of the finished chunk ``rec``."""
+        count = self._chunks.pop(rec.task_id)
+        self._chunk_rec = rec
+        self._next = 0
+        try:
+            outcomes: Outcomes = pickle.loads(rec.outcome())
+        except Exception as exc:  # the chunk as a whole failed: each of its items raises that
+            self._chunk_error = exc
+            self._values = [None] * count
+            self._errors = None
+            return
+        self._chunk_error = None
+        elapsed, self._values, self._errors = outcomes
+        # The outcomes are the batch's now: a retained record (max_finished) keeps none of them, so
+        # the parent's memory does not grow with the number of chunks the input makes.
+        # (A record API to drop a result would be better: this reaches into TaskRecord.)
+        rec._result = None
+        if self._adaptive:
+            self._fastest_single = None
+            self._measured(elapsed / count, count)
+
+    async def _chunk_item(self) -> Any:
+        """The next item of the chunk being yielded: its value, or its error raised (or returned)."""
+        rec = self._chunk_rec
+        assert rec is not None
+        index = self._next
+        self._next = index + 1
+        values = self._values
+        if self._next >= len(values):
+            self._chunk_rec = None
+            self._values = []
+        errors = self._errors
+        error = self._chunk_error
+        if error is None and (errors is None or index not in errors):
+            return values[index]
+        try:
+            if error is not None:
+                raise error
+            assert errors is not None
+            raise _item_error(rec, index, errors[index])
+        except Exception as exc:
+            if self._return_exceptions:
+                return exc
+            self._chunk_rec = None
+            await self.aclose()
+            raise
+
+    def _measured_record(self, rec: TaskRecord) -> None:
+        """Automatic size: learn from a one-item task how long an item takes (as the parent saw it)."""
+        if rec.started_at is None or rec.completed_at is None:
+            return
+        # The parent's clock adds the messages' delays (a loaded machine: milliseconds), never
+        # removes time: the fastest item since the last chunk's own measure is the best estimate.
+        seconds = (rec.completed_at - rec.started_at).total_seconds()
+        if self._fastest_single is not None:
+            seconds = min(seconds, self._fastest_single)
+        self._fastest_single = seconds
+        self._measured(seconds, 1)
+
+    def _measured(self, per_item: float, count: int) -> None:
+        """Automatic size: the next chunks take about CHUNK_SECONDS, within the bounds (see above)."""
+        size = CHUNK_MAX if per_item <= 0 else int(CHUNK_SECONDS / per_item)
+        size = min(size, CHUNK_GROWTH * count, CHUNK_MAX, CHUNK_BYTES // self._item_bytes)
+        self._chunksize = max(1, size)
+
+    def _submit_items(self, batch: tuple[Any, ...]) -> TaskRecord:
+        """Submit one task for ``batch`` (one item: ``func(item)`` itself; more: a chunk)."""
+        if len(batch) == 1:
+            return self._manager._submit_record((self._func, batch, {}, None, None), self._options)
+        rec = self._manager._submit_record((self._chunk_func, (batch,), {}, None, None), self._options)
+        self._note_chunk(rec, len(batch))
+        return rec
+
+    def _note_chunk(self, rec: TaskRecord, count: int) -> None:
+        self._chunks[rec.task_id] = count
+        if rec.payload is not None:
+            self._item_bytes = max(1, len(rec.payload) // count)
 
     def _fill_sync(self) -> None:
         """:meth:`_fill` for a plain iterable and a manager without ``max_queued``: no await needed."""
@@ -220,13 +362,22 @@ class TaskMap:
         queue = self._queue
         pending = self._pending
         limit = self._max_in_flight
+        if len(queue) + len(pending) > limit // 2:
+            return  # refill in bursts: the scheduler's queue stays fed, workers are not woken one job at a time
         while len(queue) + len(pending) < limit:
-            try:
-                item = next(items)
-            except StopIteration:
-                self._exhausted = True
-                return
-            rec = submit((func, (item,), {}, None, None), options)
+            if self._chunksize == 1:
+                try:
+                    item = next(items)
+                except StopIteration:
+                    self._exhausted = True
+                    return
+                rec = submit((func, (item,), {}, None, None), options)
+            else:
+                batch = tuple(itertools.islice(items, self._chunksize))
+                if not batch:
+                    self._exhausted = True
+                    return
+                rec = self._submit_items(batch)
             if ordered:
                 queue.append(rec)
             else:
@@ -234,37 +385,45 @@ class TaskMap:
                 _follow(rec, self)
 
     async def _fill(self) -> None:
-        """Submit items until ``max_in_flight`` are submitted and not yet yielded."""
+        """Submit items until ``max_in_flight`` tasks are submitted and not yet yielded."""
         if self._exhausted:
             return
         manager = self._manager
         options = self._options
-        func = self._func
         wait_for_room = manager._max_queued is not None
         while len(self._queue) + len(self._pending) < self._max_in_flight:
-            if self._sync_items is not None:
-                try:
-                    item = next(self._sync_items)
-                except StopIteration:
-                    self._exhausted = True
-                    return
-            else:
-                assert self._async_items is not None
-                try:
-                    item = await anext(self._async_items)
-                except StopAsyncIteration:
-                    self._exhausted = True
-                    return
-            call: Call = (func, (item,), {}, None, None)
+            batch = await self._take(self._chunksize)
+            if not batch:
+                self._exhausted = True
+                return
             if wait_for_room:
+                if len(batch) == 1:
+                    call: Call = (self._func, batch, {}, None, None)
+                else:
+                    call = (self._chunk_func, (batch,), {}, None, None)
                 rec = manager._registry.get(await manager._submit_wait(call, options))
+                if len(batch) > 1:
+                    self._note_chunk(rec, len(batch))
             else:
-                rec = manager._submit_record(call, options)
+                rec = self._submit_items(batch)
             if self._ordered:
                 self._queue.append(rec)
             else:
                 self._pending[rec.task_id] = rec
                 _follow(rec, self)
+
+    async def _take(self, count: int) -> tuple[Any, ...]:
+        """Up to ``count`` next items of the input (fewer at its end)."""
+        if self._sync_items is not None:
+            return tuple(itertools.islice(self._sync_items, count))
+        assert self._async_items is not None
+        batch: list[Any] = []
+        while len(batch) < count:
+            try:
+                batch.append(await anext(self._async_items))
+            except StopAsyncIteration:
+                break
+        return tuple(batch)
 
     async def _next_completed(self) -> TaskRecord | None:
         """Unordered: the next finished record to yield; None when every item was yielded."""
@@ -309,6 +468,7 @@ class TaskMap:
         """
         self._closed = True
         self._exhausted = True
+        self._chunk_rec = None
         records = self._unfinished()
         if not records:
             await trio.lowlevel.checkpoint()
@@ -347,3 +507,21 @@ class TaskMap:
         **Cancellation:** As :meth:`aclose`: shielded.
         """
         await self.aclose()
+
+
+def _item_error(rec: TaskRecord, index: int, error: Failure | tuple[str, str]) -> Exception:
+    """The exception item ``index`` of chunk ``rec`` ended with (what a one-item task would raise)."""
+    if isinstance(error, tuple):
+        type_name, why = error
+        return UnpicklableResult(
+            f"Task {rec.task_id!r} ({rec.name}), item {index} of its chunk, returned a {type_name} that cannot be "
+            f"pickled ({why}); return plain data instead, e.g. write it to a file and return the path"
+        )
+    if error.exc_bytes is not None:
+        try:
+            remote = pickle.loads(error.exc_bytes)
+        except BaseException:  # user code ran: whatever it raises, the item's error is a RemoteError
+            remote = None
+        if isinstance(remote, Exception):
+            return remote
+    return RemoteError(error.type_name, error.message, error.traceback)

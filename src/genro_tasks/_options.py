@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import inspect
 import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, overload
@@ -42,8 +43,8 @@ class _Keep(enum.Enum):
 _KEEP = _Keep.KEEP
 
 
-#: ``map``'s default window on a client-only manager, whose jobs run in other processes.
-_CLIENT_IN_FLIGHT = 32
+#: ``map``'s window on a client-only manager (whose jobs run in other processes) counts as this many workers'.
+_CLIENT_IN_FLIGHT = 8
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -331,6 +332,7 @@ class SubmitMethods:
         ordered: bool = True,
         max_in_flight: int | None = None,
         return_exceptions: bool = False,
+        chunksize: int | None = None,
         timeout: float | _Keep | None = _KEEP,
         priority: int | _Keep = _KEEP,
         memory_limit: int | _Keep | None = _KEEP,
@@ -364,10 +366,27 @@ class SubmitMethods:
             func: A picklable callable of one argument (as for ``submit``).
             items: The arguments, one per task.
             ordered: Yield results in input order (True) or as tasks complete.
-            max_in_flight: Most items submitted and not yet yielded (default:
-                4 times ``max_workers``; 32 on a client-only manager).
+            max_in_flight: Most tasks submitted and not yet yielded; each
+                task holds one item, or one chunk of items (see ``chunksize``).
+                Default: 64 times ``max_workers`` with ``chunksize=1`` (small
+                tasks need a deep window to keep the workers busy), else 4
+                times ``max_workers`` (chunks); on a client-only manager
+                (``max_workers=0`` on a store) as with 8 workers.
             return_exceptions: Yield what a failed item raised as a value
                 instead of raising it (which cancels the rest of the batch).
+            chunksize: Items per task. ``1``: one task per item (each item
+                is a task of its own: its own record, status, progress,
+                timeout and retries). ``N > 1``: a task runs ``func`` on up to
+                ``N`` items in turn; results still come one per item, an
+                item's exception is still raised (or returned) at its
+                position with its remote traceback, but the task's status,
+                ``timeout`` and a crash or cancel are the chunk's (each of its
+                items raises that). ``None`` (default): automatic; one item
+                per task to begin with, then chunks sized from the measured
+                time per item so that a chunk takes about 5 ms (at most 1,000
+                items or 1 MiB of arguments): slow items stay one per task.
+                Automatic means ``1`` with ``timeout``, ``retries`` or an
+                ``async def`` function, whose promises are per item.
             timeout: Per-task option, as for :meth:`options`.
             priority: Per-task option, as for :meth:`options`.
             memory_limit: Per-task option, as for :meth:`options`.
@@ -382,7 +401,8 @@ class SubmitMethods:
             A :class:`~genro_tasks.TaskMap` (an async iterator and async context manager).
 
         Raises:
-            ValueError: An option is out of range (the message names it).
+            ValueError: An option is out of range (the message names it), or
+                ``chunksize > 1`` with ``retries`` or an ``async def`` function.
             TypeError: ``func`` is not callable or ``items`` not iterable.
         """
         view = self.options(
@@ -403,11 +423,30 @@ class SubmitMethods:
             raise TypeError(f"map() needs an iterable (or async iterable) of items, not {items!r}")
         check_bool("map(ordered=...)", ordered)
         check_bool("map(return_exceptions=...)", return_exceptions)
-        if max_in_flight is None:
-            # A client-only manager (max_workers=0 on a store) feeds the other processes' workers.
-            max_in_flight = 4 * manager.max_workers or _CLIENT_IN_FLIGHT
-        elif isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+        if max_in_flight is not None and (
+            isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1
+        ):
             raise ValueError(f"map(max_in_flight=...) must be a positive int or None, not {max_in_flight!r}")
+        is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
+        if chunksize is None:
+            if options.retries or options.timeout is not None or is_async:
+                chunksize = 1  # their promises are per task: keep one item per task
+        elif isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"map(chunksize=...) must be a positive int or None (automatic), not {chunksize!r}")
+        elif chunksize > 1 and options.retries:
+            raise ValueError(
+                f"map(chunksize={chunksize}) with retries={options.retries}: retries re-run a whole task, and a "
+                "chunk's items fail one by one; pass chunksize=1 to retry items"
+            )
+        elif chunksize > 1 and is_async:
+            raise ValueError(
+                f"map(chunksize={chunksize}) runs plain functions only, and {func!r} is an async def "
+                "function; pass chunksize=1 (or leave it to None)"
+            )
+        if max_in_flight is None:
+            # One item per task: a deep window keeps the workers fed while finished items wait their turn.
+            # A client-only manager (max_workers=0 on a store) feeds other processes' workers.
+            max_in_flight = (64 if chunksize == 1 else 4) * (manager.max_workers or _CLIENT_IN_FLIGHT)
         if options.group is None:
             options = dataclasses.replace(options, group=f"map-{uuid.uuid4().hex[:12]}")
         return TaskMap(
@@ -418,6 +457,7 @@ class SubmitMethods:
             ordered=ordered,
             max_in_flight=max_in_flight,
             return_exceptions=return_exceptions,
+            chunksize=chunksize,
         )
 
 
