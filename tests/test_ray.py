@@ -257,7 +257,7 @@ async def test_records_in_the_shared_store_jobs_on_ray(tmp_path: Path) -> None:
             pid = await running_pid(tm, sleeper)
             async with TaskManager(max_workers=0, store=db) as client:  # as another process would
                 assert await client.result(done) == 42
-                assert (await client.info(sleeper)).status is TaskStatus.RUNNING
+                await wait_status(client, sleeper, TaskStatus.RUNNING)  # once the start is committed
                 assert await client.cancel(sleeper)
             await wait_status(tm, sleeper, TaskStatus.CANCELLED)
             assert pid_gone(pid)  # the Ray worker that ran it was killed before CANCELLED was recorded
