@@ -241,3 +241,16 @@ async def test_a_graceful_cancel_interrupts_the_job(ray_tm: TaskManager) -> None
     assert info.status is TaskStatus.CANCELLED
     assert info.error is not None
     assert "gracefully" in info.error
+
+
+async def test_a_job_cancelled_in_the_pass_that_dispatched_it_is_killed(ray_tm: TaskManager) -> None:
+    # The jobs dispatched in one pass reach Ray together, after that pass: a cancel made
+    # meanwhile must still reach each of them (and not be lost before its job exists in Ray).
+    with trio.fail_after(30):
+        task_ids = [ray_tm.submit(announce_and_sleep, 60) for _ in range(2)]
+        assert testing.status(ray_tm, task_ids[0]) is TaskStatus.PENDING
+        for task_id in task_ids:
+            assert await ray_tm.cancel(task_id)
+    assert [testing.status(ray_tm, task_id) for task_id in task_ids] == [TaskStatus.CANCELLED] * 2
+    with trio.fail_after(30):  # both slots are back
+        assert await ray_tm.run(simple_task, 2) == 4
