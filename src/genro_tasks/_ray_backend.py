@@ -50,7 +50,6 @@ from genro_tasks_worker._protocol import (
     STARTED,
     DoneBadResult,
     DoneError,
-    DoneOk,
     DoneTooLarge,
     Failure,
     Message,
@@ -59,7 +58,7 @@ from genro_tasks_worker._protocol import (
     Ready,
     Started,
 )
-from genro_tasks_worker._ray import HOST_ID_SIZE, TOKEN_SIZE, TRACKER_MAX_MESSAGE, host_id, run_job
+from genro_tasks_worker._ray import HOST_ID_SIZE, TOKEN_SIZE, TRACKER_MAX_MESSAGE, host_id, job_function
 
 from ._backend import (
     BackendListener,
@@ -350,16 +349,16 @@ class RayBackend(ExecutionBackend):
             per_job = self._task_options["num_cpus"] or 1
             self.capacity = max(1, math.floor(cpus / per_job))
         self._host = self._tracker_host or ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
-        self._remote = ray.remote(run_job).options(**self._task_options)
 
     def _submit(self, jobs: list[tuple[int, bytes]]) -> None:
         """The owner thread: hand a batch of jobs to Ray, then to the collector."""
+        if self._remote is None:  # the tracker's address is known by the first job
+            self._remote = ray.remote(job_function(self._tracker_address)).options(**self._task_options)
         remote = self._remote.remote
-        address = self._tracker_address
         submitted: list[tuple[int, Any]] = []
         for key, payload in jobs:
             try:
-                submitted.append((key, remote(address, key, payload)))
+                submitted.append((key, remote(key, payload)))
             except BaseException as exc:
                 self._deliver([(key, None, exc)])
         with self._refs_changed:
@@ -512,7 +511,7 @@ class RayBackend(ExecutionBackend):
         if error is not None:
             self._failed(key, job, error)
             return
-        pid, done, latest = value
+        pid, result, end, latest = value
         if not job.started:  # the result overtook the Started frame: the job did start
             job.started = True
             job.pid = pid
@@ -520,12 +519,12 @@ class RayBackend(ExecutionBackend):
         if latest is not None and latest != job.progress:  # so did its newest progress
             listener.progress(key, *latest)
         outcome: Outcome
-        if type(done) is DoneOk:
+        if end is None:
             try:
-                outcome = Returned(pickle.loads(done.result))
+                outcome = Returned(pickle.loads(result))
             except BaseException as exc:  # user code ran: even SystemExit stays here, as this task's failure
                 outcome = Undecodable(exc)
-        elif type(done) is DoneError:
+        elif type(done := pickle.loads(end)) is DoneError:
             outcome = Raised(done.failure)
         elif type(done) is DoneBadResult:
             outcome = Unreturnable(done.type_name, done.reason)
