@@ -144,13 +144,14 @@ class RayBackend(ExecutionBackend):
         prefetch: How many jobs beyond ``max_workers`` are handed to Ray
             ahead of time, so that a Ray worker finishing a job starts the
             next one without waiting for a round trip through this process
-            (twice ``max_workers`` speeds up short jobs by about a third).
-            They stay PENDING until they really start and can be cancelled,
-            but Ray runs them in the order they were handed over: a
-            higher-priority task submitted later waits for them; and the
-            ends of jobs may be gathered a few at a time (a job's end is then
-            reported up to 2 ms after Ray has it). The default, 0, keeps
-            priorities strict and reports every end at once.
+            (for many short jobs, a few times ``max_workers``: Ray then
+            always has jobs queued). They stay PENDING until they really
+            start and can be cancelled, but Ray runs them in the order they
+            were handed over: a higher-priority task submitted later waits
+            for them; and the ends of jobs may be gathered a few at a time
+            (a job's end is then reported up to 2 ms after Ray has it). The
+            default, 0, keeps priorities strict and reports every end at
+            once.
 
     A backend serves one TaskManager, once.
     """
