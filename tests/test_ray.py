@@ -254,3 +254,26 @@ async def test_a_job_cancelled_in_the_pass_that_dispatched_it_is_killed(ray_tm: 
     assert [testing.status(ray_tm, task_id) for task_id in task_ids] == [TaskStatus.CANCELLED] * 2
     with trio.fail_after(30):  # both slots are back
         assert await ray_tm.run(simple_task, 2) == 4
+
+
+async def test_with_prefetch_ends_gathered_together_each_reach_their_task(tmp_path: Path) -> None:
+    # Six jobs beyond the two slots: the backend hands jobs over and collects their ends a few at
+    # a time; every task still gets its own result, error, crash or cancellation.
+    async with TaskManager(backend=RayBackend(max_workers=2, prefetch=6)) as tm:
+        with trio.fail_after(60):
+            ok = [tm.submit(simple_task, i) for i in range(40)]
+            failing = [tm.submit(failing_task) for _ in range(3)]
+            crashing = tm.submit(count_starts_then_exit, str(tmp_path / "starts"))
+            sleeper = tm.submit(announce_and_sleep, 60)
+            more = [tm.submit(simple_task, i) for i in range(40, 60)]
+            assert [await tm.result(task_id) for task_id in ok] == [2 * i for i in range(40)]
+            for task_id in failing:
+                with pytest.raises(ValueError, match="intentionally"):
+                    await tm.result(task_id)
+            with pytest.raises(WorkerCrashed):
+                await tm.result(crashing)
+            await running_pid(tm, sleeper)
+            assert await tm.cancel(sleeper)
+            assert [await tm.result(task_id) for task_id in more] == [2 * i for i in range(40, 60)]
+        assert testing.status(tm, sleeper) is TaskStatus.CANCELLED
+        await tm.shutdown(wait=False)
