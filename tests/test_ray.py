@@ -267,3 +267,39 @@ async def test_records_in_the_shared_store_jobs_on_ray(tmp_path: Path) -> None:
     async with TaskManager(max_workers=0, store=db) as later:  # after the application stopped
         assert await later.result(done) == 42
         assert (await later.info(sleeper)).status is TaskStatus.CANCELLED
+
+
+async def test_a_job_cancelled_in_the_pass_that_dispatched_it_is_killed(ray_tm: TaskManager) -> None:
+    # The jobs dispatched in one pass reach Ray together, after that pass: a cancel made
+    # meanwhile must still reach each of them (and not be lost before its job exists in Ray).
+    with trio.fail_after(30):
+        task_ids = [ray_tm.submit(announce_and_sleep, 60) for _ in range(2)]
+        assert testing.status(ray_tm, task_ids[0]) is TaskStatus.PENDING
+        for task_id in task_ids:
+            assert await ray_tm.cancel(task_id)
+    assert [testing.status(ray_tm, task_id) for task_id in task_ids] == [TaskStatus.CANCELLED] * 2
+    with trio.fail_after(30):  # both slots are back
+        assert await ray_tm.run(simple_task, 2) == 4
+
+
+async def test_with_prefetch_ends_gathered_together_each_reach_their_task(tmp_path: Path) -> None:
+    # Six jobs beyond the two slots: the backend hands jobs over and collects their ends a few at
+    # a time; every task still gets its own result, error, crash or cancellation.
+    async with TaskManager(backend=RayBackend(max_workers=2, prefetch=6)) as tm:
+        with trio.fail_after(60):
+            ok = [tm.submit(simple_task, i) for i in range(40)]
+            failing = [tm.submit(failing_task) for _ in range(3)]
+            crashing = tm.submit(count_starts_then_exit, str(tmp_path / "starts"))
+            sleeper = tm.submit(announce_and_sleep, 60)
+            more = [tm.submit(simple_task, i) for i in range(40, 60)]
+            assert [await tm.result(task_id) for task_id in ok] == [2 * i for i in range(40)]
+            for task_id in failing:
+                with pytest.raises(ValueError, match="intentionally"):
+                    await tm.result(task_id)
+            with pytest.raises(WorkerCrashed):
+                await tm.result(crashing)
+            await running_pid(tm, sleeper)
+            assert await tm.cancel(sleeper)
+            assert [await tm.result(task_id) for task_id in more] == [2 * i for i in range(40, 60)]
+        assert testing.status(tm, sleeper) is TaskStatus.CANCELLED
+        await tm.shutdown(wait=False)

@@ -1,8 +1,8 @@
 """The job side of the Ray backend: what runs inside a Ray worker (stdlib only).
 
-:func:`run_job` is the function the parent's
-:class:`~genro_tasks.ray.RayBackend` submits as a Ray task (Ray imports it by
-name on the worker, so this module never imports ray or trio). Its first action
+:func:`run_job` is what the parent's :class:`~genro_tasks.ray.RayBackend`
+submits as a Ray task, bound to its tracker by :func:`job_function` (this module
+never imports ray or trio). Its first action
 is to tell the manager that the job has started, on a TCP connection the Ray
 worker process keeps open to the manager's *tracker* (one connection per worker
 process and manager, opened on its first job): a ``Started`` frame costs a
@@ -10,7 +10,10 @@ process and manager, opened on its first job): a ``Started`` frame costs a
 job's :func:`~genro_tasks_worker.report_progress` updates (coalesced by the
 usual :class:`~._progress.ProgressChannel`), and its end-of-file tells the
 manager that the worker process is dead. The job's end travels back as the Ray
-task's return value: ``(pid, DoneOk | DoneError | DoneBadResult)``, the same
+task's return value, made only of types Ray serialises without pickle (its
+msgpack path is several times cheaper than pickling a class, on both sides):
+``(pid, result, None, latest)`` with the pickled result, or ``(pid, None, end,
+latest)`` where ``end`` is a pickled ``DoneError`` or ``DoneBadResult``, the same
 named messages a process worker sends, so the parent decodes both alike.
 
 Frames are the protocol's (:mod:`._protocol`): the connection opens with the
@@ -25,6 +28,7 @@ import os
 import pickle
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from . import _progress
@@ -33,7 +37,6 @@ from ._protocol import (
     PICKLE_PROTOCOL,
     DoneBadResult,
     DoneError,
-    DoneOk,
     Progress,
     Ready,
     Started,
@@ -128,9 +131,25 @@ def _close_in_child() -> None:
 os.register_at_fork(after_in_child=_close_in_child)
 
 
-def run_job(
-    tracker_address: tuple[str, int, bytes], seq: int, payload: bytes
-) -> tuple[int, WorkerMessage, _Update | None]:
+#: What :func:`run_job` returns: pid, pickled result or None, pickled other end or None, newest progress.
+JobEnd = tuple[int, bytes | None, bytes | None, _Update | None]
+
+
+def job_function(tracker_address: tuple[str, int, bytes]) -> Callable[[int, bytes], JobEnd]:
+    """The function a manager submits as its Ray tasks: :func:`run_job` bound to its tracker.
+
+    Ray exports the function (with the tracker's address) once, when the first
+    task is submitted; each task then carries only its key and payload (an
+    argument costs Ray a serialisation in the manager and one in the worker).
+    """
+
+    def run(seq: int, payload: bytes) -> JobEnd:
+        return run_job(tracker_address, seq, payload)
+
+    return run
+
+
+def run_job(tracker_address: tuple[str, int, bytes], seq: int, payload: bytes) -> JobEnd:
     """Run one job on a Ray worker: say it started, run it, return how it ended.
 
     Args:
@@ -141,9 +160,9 @@ def run_job(
         payload: The pickled ``(func, args, kwargs, memory_limit)``.
 
     Returns:
-        This process's pid; a ``DoneOk`` (the result pickled), ``DoneError``
-        (with the job's traceback, tblib) or ``DoneBadResult``; and the job's
-        newest progress (None if it reported none).
+        This process's pid; the result pickled, or None; None, or a pickled
+        ``DoneError`` (with the job's traceback, tblib) or ``DoneBadResult``;
+        and the job's newest progress (None if it reported none).
     """
     tracker = _trackers.get(tracker_address)
     if tracker is None:
@@ -151,22 +170,23 @@ def run_job(
     tracker.started(seq)
     channel = tracker.channel
     _progress.start_job(channel, seq)
-    done: WorkerMessage
+    result: bytes | None = None
+    end: WorkerMessage | None = None
     try:
         func, args, kwargs, _memory_limit = pickle.loads(payload)
         del payload
         value: Any = _call(func, args, kwargs)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task too
         _progress.end_job()
-        done = DoneError(seq, _failure(exc))
+        end = DoneError(seq, _failure(exc))
         del exc
     else:
         _progress.end_job()
         try:
-            done = DoneOk(seq, pickle.dumps(value, PICKLE_PROTOCOL))
+            result = pickle.dumps(value, PICKLE_PROTOCOL)
         except BaseException as exc:
-            done = DoneBadResult(seq, _type_name(value), _describe(exc))
+            end = DoneBadResult(seq, _type_name(value), _describe(exc))
         del value
     with tracker.lock:
         channel.finish_locked()
-    return os.getpid(), done, channel.latest
+    return os.getpid(), result, None if end is None else pickle.dumps(end, PICKLE_PROTOCOL), channel.latest
