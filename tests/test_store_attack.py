@@ -1,0 +1,34 @@
+"""The shared store attacked: races between managers on one file, with real workers and a real file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+import jobs_store_attack as jobs
+from genro_tasks import TaskManager, TaskStatus
+
+
+async def test_one_task_id_submitted_by_two_managers_at_once_runs_once(tmp_path: Path) -> None:
+    """Two managers accept the same chosen id before either insert is committed: the job runs once."""
+    db = tmp_path / "tasks.db"
+    calls = tmp_path / "calls"
+    async with TaskManager(max_workers=1, store=db) as a, TaskManager(max_workers=1, store=db) as b:
+        # Both managers are idle, and neither has seen the other's submission yet.
+        assert a.submit(jobs.append_pid, str(calls), "a", task_id="report-42") == "report-42"
+        assert b.submit(jobs.append_pid, str(calls), "b", task_id="report-42") == "report-42"
+        with trio.fail_after(30):
+            from_a = await a.result("report-42")
+            from_b = await b.result("report-42")
+            await a.flush()
+            await b.flush()
+        # One task in the store, one run, and both managers tell the same story.
+        assert from_a == from_b
+        assert (await a.info("report-42")).status is TaskStatus.COMPLETED
+        assert (await b.info("report-42")).status is TaskStatus.COMPLETED
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(f" {from_a}")
+    async with TaskManager(max_workers=0, store=db) as later:
+        assert await later.result("report-42") == from_a
