@@ -252,11 +252,14 @@ class StoreRegistry(TaskRegistry):
         pass
 
     # -------------------------------------------------- submitting, claiming
-    def admit(self, rec: TaskRecord, scheduler: Scheduler) -> None:
+    def admit(self, rec: TaskRecord, scheduler: Scheduler, *, chosen_id: bool = False) -> None:
         tid = rec.task_id
         self._records[tid] = rec
         payload = rec.payload
-        if not self._open and self._room(scheduler) > 0:
+        # A chosen id may be submitted by another process at the same moment: only the
+        # submission the file keeps may run, so it is claimed from the file like any queued
+        # task (after its insert is committed) instead of being dispatched at once.
+        if not chosen_id and not self._open and self._room(scheduler) > 0:
             self._owned.add(tid)
             self._put_lazy((INSERT, rec, self.owner, payload))
             scheduler.enqueue(rec)
@@ -305,7 +308,7 @@ class StoreRegistry(TaskRegistry):
             self._owned.add(tid)
             self.changed(rec)
             return
-        if rec.payload is None:
+        if claimed.payload is not None:  # the stored job: another process may have submitted this id first
             rec.payload = claimed.payload
         if claimed.options is not None and rec.options is None:
             try:

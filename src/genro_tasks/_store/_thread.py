@@ -416,10 +416,14 @@ class StoreThread:
         )
         for tid, n in inserted:
             numbers[tid] = n
-        if len(inserted) != len(rows):  # pragma: no cover - ids are random, or checked at submit
+        if len(inserted) != len(rows):  # a chosen id another process stored first (or at the same time)
             for row in rows:
                 if row[0] not in numbers:
-                    log.error("task id %r is already in the store; this submission was not stored", row[0])
+                    log.warning(
+                        "task id %r was already in the store (another process submitted it); this submission "
+                        "was not stored and will not run: the stored one is the task",
+                        row[0],
+                    )
 
     def _apply(self, op: tuple[Any, ...], rev: int, now: float, batch: Batch) -> bool:
         """Write one op that is not an insert, start or finish; True if it changed others' rows."""
