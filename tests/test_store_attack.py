@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
 import jobs_store_attack as jobs
-from genro_tasks import TaskManager, TaskStatus
+from genro_tasks import SQLiteStore, TaskManager, TaskStatus
 
 
 async def test_one_task_id_submitted_by_two_managers_at_once_runs_once(tmp_path: Path) -> None:
@@ -32,3 +33,22 @@ async def test_one_task_id_submitted_by_two_managers_at_once_runs_once(tmp_path:
     assert lines[0].endswith(f" {from_a}")
     async with TaskManager(max_workers=0, store=db) as later:
         assert await later.result("report-42") == from_a
+
+
+async def test_result_of_a_task_another_process_just_forgot_says_so(tmp_path: Path) -> None:
+    """B still lists a finished task that A's clear_completed removed from the file: result() says it is gone."""
+    db = tmp_path / "tasks.db"
+    calls = tmp_path / "calls"
+    async with TaskManager(max_workers=1, store=db) as a:
+        tid = a.submit(jobs.append_pid, str(calls), "done")
+        with trio.fail_after(30):
+            assert await a.result(tid) == "done"
+            await a.flush()
+        # B polls the file rarely: it knows the task as COMPLETED, its value not loaded yet.
+        async with TaskManager(max_workers=0, store=SQLiteStore(db, poll_interval=60)) as b:
+            assert (await b.info(tid)).status is TaskStatus.COMPLETED
+            assert a.clear_completed() == 1
+            with trio.fail_after(30):
+                await a.flush()
+                with pytest.raises(KeyError, match="forgot"):
+                    await b.result(tid)
