@@ -401,8 +401,16 @@ class StoreRegistry(TaskRegistry):
         if tid not in self._unloaded:
             return
         found = await trio.to_thread.run_sync(_load, self.store.path, self.store.busy_timeout, tid)
-        if tid not in self._unloaded:
+        forgotten = tid not in self._records  # the file's deletion reached the mirror meanwhile
+        if tid not in self._unloaded and not forgotten:
             return  # loaded by a concurrent fetch meanwhile
+        if (found is not None and found[0] == "gone") or (found is None and forgotten):
+            self._unloaded.discard(tid)
+            raise KeyError(
+                f"Task not found: {tid} (the store forgot it after it finished: clear_completed() or "
+                "max_finished/finished_ttl in one of the processes on the store; keep finished tasks "
+                "longer there to read their results)"
+            )
         if found is None:
             if rec.status is TaskStatus.COMPLETED:
                 raise UnpicklableResult(
@@ -584,6 +592,8 @@ def _load(path: str, busy_timeout: float, task_id: str) -> tuple[str, Any] | Non
     if found is None:
         return None
     kind, data = found
+    if kind == "gone":
+        return found
     try:
         return kind, pickle.loads(data)
     except Exception as exc:

@@ -720,12 +720,17 @@ def _options_blob(rec: TaskRecord) -> bytes | None:
 
 
 def read_outcome(path: str, busy_timeout: float, task_id: str) -> tuple[str, bytes] | None:
-    """The stored (kind, pickled outcome) of a finished task, read on a short-lived connection (blocking)."""
+    """The stored (kind, pickled outcome) of a finished task, read on a short-lived connection (blocking).
+
+    None if the task has no stored outcome; ``("gone", b"")`` if the task itself is no longer in the store.
+    """
     conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
     try:
         row = conn.execute(
-            "SELECT kind, data FROM results WHERE n = (SELECT n FROM tasks WHERE id = ?)", (task_id,)
+            "SELECT r.kind, r.data FROM tasks AS t LEFT JOIN results AS r ON r.n = t.n WHERE t.id = ?", (task_id,)
         ).fetchone()
-        return None if row is None else (row[0], bytes(row[1]))
+        if row is None:
+            return "gone", b""
+        return None if row[0] is None else (row[0], bytes(row[1]))
     finally:
         conn.close()
