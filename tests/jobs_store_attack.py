@@ -13,3 +13,17 @@ def append_pid(path: str, tag: str) -> str:
     finally:
         os.close(fd)
     return tag
+
+
+def ignore_graceful_cancel() -> None:
+    """Run until killed: a graceful cancel is acknowledged (progress 0.5) and ignored."""
+    import time
+
+    from genro_tasks_worker import CancelRequested, report_progress
+
+    report_progress(0.1, "running")
+    while True:
+        try:
+            time.sleep(3600)
+        except CancelRequested:
+            report_progress(0.5, "asked to stop; going on")

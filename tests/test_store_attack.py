@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 import trio
 
 import jobs_store_attack as jobs
-from genro_tasks import SQLiteStore, TaskManager, TaskStatus
+from genro_tasks import SQLiteStore, TaskManager, TaskStatus, testing
 
 
 async def test_one_task_id_submitted_by_two_managers_at_once_runs_once(tmp_path: Path) -> None:
@@ -52,3 +53,20 @@ async def test_result_of_a_task_another_process_just_forgot_says_so(tmp_path: Pa
                 await a.flush()
                 with pytest.raises(KeyError, match="forgot"):
                     await b.result(tid)
+
+
+async def test_hard_cancel_from_another_process_overrides_a_graceful_one_in_progress(tmp_path: Path) -> None:
+    """As in one process, cancel() without grace kills a job that ignores an earlier cancel(grace=...)."""
+    db = tmp_path / "tasks.db"
+    async with TaskManager(max_workers=1, store=db) as owner, TaskManager(max_workers=0, store=db) as other:
+        tid = other.submit(jobs.ignore_graceful_cancel)
+        with trio.fail_after(30):
+            await testing.wait_until(other, lambda: other.list_tasks(TaskStatus.RUNNING) != [])
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(functools.partial(other.cancel, tid, grace=3600))
+                # The job got the graceful request (SIGTERM) and keeps going.
+                await testing.wait_until(
+                    other, lambda: [t.progress for t in other.list_tasks(TaskStatus.RUNNING)] == [0.5]
+                )
+                assert await other.cancel(tid) is True  # hard: the owner kills it now
+        assert (await owner.info(tid)).status is TaskStatus.CANCELLED
