@@ -485,7 +485,11 @@ class StoreRegistry(TaskRegistry):
                 super().changed(rec)
                 continue
             if tid in owned:
-                if row.cancel_req and tid not in self._graces:
+                # A cancel request from another process; a later one without grace escalates an
+                # earlier graceful one to a kill (as a second cancel() here would).
+                if row.cancel_req and (
+                    tid not in self._graces or (row.cancel_grace is None and self._graces[tid] is not None)
+                ):
                     self._graces[tid] = row.cancel_grace
                     if self._scheduler is not None:
                         self._scheduler.cancel(rec, row.cancel_grace)
