@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,16 @@ async def test_hard_cancel_from_another_process_overrides_a_graceful_one_in_prog
                 )
                 assert await other.cancel(tid) is True  # hard: the owner kills it now
         assert (await owner.info(tid)).status is TaskStatus.CANCELLED
+
+
+async def test_unstorable_metadata_is_refused_at_the_call_and_the_store_keeps_working(tmp_path: Path) -> None:
+    """Metadata must be pickled to be stored: a value that cannot be is a TypeError at submit, naming it."""
+    db = tmp_path / "tasks.db"
+    calls = tmp_path / "calls"
+    async with TaskManager(max_workers=1, store=db) as tm:
+        with pytest.raises(TypeError, match=r"metadata.*cannot be stored"):
+            tm.submit(jobs.append_pid, str(calls), "x", task_id="bad-meta", metadata={"lock": threading.Lock()})
+        assert "bad-meta" not in {t.task_id for t in tm.list_tasks()}
+        with trio.fail_after(30):
+            assert await tm.run(jobs.append_pid, str(calls), "after") == "after"
+            await tm.flush()
