@@ -254,6 +254,7 @@ class StoreRegistry(TaskRegistry):
     # -------------------------------------------------- submitting, claiming
     def admit(self, rec: TaskRecord, scheduler: Scheduler, *, chosen_id: bool = False) -> None:
         tid = rec.task_id
+        metadata = _metadata_blob(rec)  # before anything is recorded: unstorable metadata is refused here
         self._records[tid] = rec
         payload = rec.payload
         # A chosen id may be submitted by another process at the same moment: only the
@@ -261,12 +262,12 @@ class StoreRegistry(TaskRegistry):
         # task (after its insert is committed) instead of being dispatched at once.
         if not chosen_id and not self._open and self._room(scheduler) > 0:
             self._owned.add(tid)
-            self._put_lazy((INSERT, rec, self.owner, payload))
+            self._put_lazy((INSERT, rec, self.owner, payload, metadata))
             scheduler.enqueue(rec)
         else:
             self._open[tid] = rec
             self._claim_idle = False
-            self._put_lazy((INSERT, rec, None, payload))
+            self._put_lazy((INSERT, rec, None, payload, metadata))
             self.on_idle()
         self.changed(rec)
 
@@ -578,6 +579,19 @@ class StoreRegistry(TaskRegistry):
         if changed:
             rec.version += 1
         return changed
+
+
+def _metadata_blob(rec: TaskRecord) -> bytes | None:
+    """A task's metadata as stored (pickled), or a TypeError for the submit that passed it."""
+    if not rec.metadata:
+        return None
+    try:
+        return pickle.dumps(rec.metadata, 5)
+    except Exception as exc:
+        raise TypeError(
+            f"Task {rec.task_id!r}: its metadata cannot be stored (the store pickles it for every process): "
+            f"{type(exc).__name__}: {exc}; pass plain data (str, numbers, lists, dicts)"
+        ) from exc
 
 
 def _errors(row: Row) -> tuple[str, ...]:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("genro_tasks")
 
 # Operation kinds (first item of each op tuple).
-INSERT = 0  # (INSERT, rec, owner | None, payload)
+INSERT = 0  # (INSERT, rec, owner | None, payload, pickled metadata | None)
 STARTED = 1  # (STARTED, rec)
 PROGRESS = 2  # (PROGRESS, rec): coalesced, written at most every PROGRESS_EVERY seconds
 FINISH = 3  # (FINISH, rec)
@@ -388,7 +388,7 @@ class StoreThread:
         conn = self._conn
         assert conn is not None
         rows = []
-        for _kind, rec, owner, payload in inserts:
+        for _kind, rec, owner, payload, metadata in inserts:
             rows.append(
                 (
                     rec.task_id,
@@ -398,7 +398,7 @@ class StoreThread:
                     rec.created_at.timestamp(),
                     rec.timeout,
                     rec.memory_limit,
-                    pickle.dumps(rec.metadata, 5) if rec.metadata else None,
+                    metadata,
                     payload,
                     rec.group,
                     rec.retries_left,
