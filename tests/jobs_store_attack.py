@@ -27,3 +27,18 @@ def ignore_graceful_cancel() -> None:
             time.sleep(3600)
         except CancelRequested:
             report_progress(0.5, "asked to stop; going on")
+
+
+def fail_on_undecodable_name() -> None:
+    """Raise with a file name that is not UTF-8 (decoded as Python does: lone surrogates)."""
+    raise FileNotFoundError(os.fsdecode(b"/data/caf\xe9.csv"))
+
+
+def progress_on_undecodable_name() -> None:
+    """Report progress naming a file that is not UTF-8, then run until cancelled."""
+    import time
+
+    from genro_tasks_worker import report_progress
+
+    report_progress(0.5, os.fsdecode(b"reading caf\xe9.csv"))
+    time.sleep(3600)

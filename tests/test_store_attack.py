@@ -84,3 +84,24 @@ async def test_unstorable_metadata_is_refused_at_the_call_and_the_store_keeps_wo
         with trio.fail_after(30):
             assert await tm.run(jobs.append_pid, str(calls), "after") == "after"
             await tm.flush()
+
+
+async def test_text_that_is_not_utf8_from_a_job_is_stored_and_the_store_keeps_working(tmp_path: Path) -> None:
+    """An error or progress message naming a non-UTF-8 file (lone surrogates) reaches the other process."""
+    db = tmp_path / "tasks.db"
+    calls = tmp_path / "calls"
+    async with TaskManager(max_workers=1, store=db) as owner, TaskManager(max_workers=0, store=db) as other:
+        with trio.fail_after(30):
+            failing = other.submit(jobs.fail_on_undecodable_name)
+            with pytest.raises(FileNotFoundError, match="caf"):
+                await other.result(failing)
+            assert "caf" in ((await other.info(failing)).error or "")
+
+            slow = other.submit(jobs.progress_on_undecodable_name)
+            await testing.wait_until(other, lambda: [t.progress for t in other.list_tasks(TaskStatus.RUNNING)] == [0.5])
+            assert "caf" in ((await other.info(slow)).progress_message or "")
+            assert await other.cancel(slow) is True
+
+            # The store still works, in both processes.
+            assert await other.run(jobs.append_pid, str(calls), "after") == "after"
+            await owner.flush()
