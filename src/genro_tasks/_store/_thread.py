@@ -500,13 +500,13 @@ class StoreThread:
                 (
                     n,
                     status,
-                    rec.error,
-                    rec._traceback_text(),
+                    _utf8(rec.error),
+                    _utf8(rec._traceback_text()),
                     rec.completed_at.timestamp() if rec.completed_at is not None else now,
                     rec.started_at.timestamp() if rec.started_at is not None else None,
                     rec.worker_pid,
                     rec.progress,
-                    rec.progress_message,
+                    _utf8(rec.progress_message),
                 )
             )
         self._many(
@@ -530,7 +530,7 @@ class StoreThread:
             "UPDATE tasks SET progress = v.column2, progress_message = v.column3, rev = {rev} "
             "FROM (VALUES {values}) AS v WHERE tasks.n = v.column1 AND tasks.status = 'running' "
             "AND tasks.owner = {owner}",
-            [(self._number(tid), rec.progress, rec.progress_message) for tid, rec in due.items()],
+            [(self._number(tid), rec.progress, _utf8(rec.progress_message)) for tid, rec in due.items()],
             rev,
         )
         due.clear()
@@ -706,6 +706,21 @@ class StoreThread:
         self._seen = top
         rows.sort(key=lambda r: r.rev)
         return rows, gone
+
+
+def _utf8(text: str | None) -> str | None:
+    """``text`` as SQLite can store it (UTF-8).
+
+    A job's text may hold lone surrogates (a file name that is not UTF-8,
+    decoded as Python does); they are stored as ``\\udcXX`` escapes.
+    """
+    if text is None or text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def _options_blob(rec: TaskRecord) -> bytes | None:
