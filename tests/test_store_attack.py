@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from pathlib import Path
 
@@ -105,3 +106,19 @@ async def test_text_that_is_not_utf8_from_a_job_is_stored_and_the_store_keeps_wo
             # The store still works, in both processes.
             assert await other.run(jobs.append_pid, str(calls), "after") == "after"
             await owner.flush()
+
+
+async def test_an_id_or_group_that_cannot_be_stored_is_refused_at_the_call(tmp_path: Path) -> None:
+    """A task_id or group with lone surrogates is a ValueError at submit, naming it; the store keeps working."""
+    db = tmp_path / "tasks.db"
+    calls = tmp_path / "calls"
+    name = os.fsdecode(b"caf\xe9")
+    async with TaskManager(max_workers=1, store=db) as tm:
+        with pytest.raises(ValueError, match="task_id"):
+            tm.submit(jobs.append_pid, str(calls), "x", task_id=name)
+        with pytest.raises(ValueError, match="group"):
+            tm.options(group=name).submit(jobs.append_pid, str(calls), "x")
+        assert tm.list_tasks() == []
+        with trio.fail_after(30):
+            assert await tm.run(jobs.append_pid, str(calls), "after") == "after"
+            await tm.flush()
