@@ -582,7 +582,21 @@ class StoreRegistry(TaskRegistry):
 
 
 def _metadata_blob(rec: TaskRecord) -> bytes | None:
-    """A task's metadata as stored (pickled), or a TypeError for the submit that passed it."""
+    """A new task's metadata, pickled for the store; raises at submit for what the store cannot hold.
+
+    Raises:
+        ValueError: Its ``task_id`` or ``group`` is not valid UTF-8 text.
+        TypeError: Its metadata cannot be pickled.
+    """
+    for option, text in (("task_id", rec.task_id), ("group", rec.group)):
+        if text is not None and not text.isascii():
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"{option} {text!r} cannot be stored: it is not valid Unicode text (it holds lone "
+                    "surrogates, e.g. from a file name that is not UTF-8); pass a str that encodes as UTF-8"
+                ) from None
     if not rec.metadata:
         return None
     try:
