@@ -122,3 +122,18 @@ async def test_an_id_or_group_that_cannot_be_stored_is_refused_at_the_call(tmp_p
         with trio.fail_after(30):
             assert await tm.run(jobs.append_pid, str(calls), "after") == "after"
             await tm.flush()
+
+
+async def test_a_priority_or_retries_too_large_to_store_is_refused_at_the_call(tmp_path: Path) -> None:
+    """SQLite stores 64-bit integers: a larger priority or retries is a ValueError at submit, naming it."""
+    db = tmp_path / "tasks.db"
+    calls = tmp_path / "calls"
+    async with TaskManager(max_workers=1, store=db) as tm:
+        with pytest.raises(ValueError, match="priority"):
+            tm.options(priority=2**63).submit(jobs.append_pid, str(calls), "x")
+        with pytest.raises(ValueError, match="retries"):
+            tm.options(retries=2**63).submit(jobs.append_pid, str(calls), "x")
+        assert tm.list_tasks() == []
+        with trio.fail_after(30):
+            assert await tm.options(priority=-(2**63)).run(jobs.append_pid, str(calls), "after") == "after"
+            await tm.flush()
