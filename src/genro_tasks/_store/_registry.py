@@ -585,9 +585,16 @@ def _metadata_blob(rec: TaskRecord) -> bytes | None:
     """A new task's metadata, pickled for the store; raises at submit for what the store cannot hold.
 
     Raises:
-        ValueError: Its ``task_id`` or ``group`` is not valid UTF-8 text.
+        ValueError: Its ``task_id`` or ``group`` is not valid UTF-8 text, or its
+            ``priority`` or ``retries`` do not fit in 64 bits (SQLite's integers).
         TypeError: Its metadata cannot be pickled.
     """
+    for option, number in (("priority", rec.priority), ("retries", rec.retries_left)):
+        if not -(2**63) <= number < 2**63:
+            raise ValueError(
+                f"{option}={number} cannot be stored (a store keeps 64-bit integers); "
+                f"pass a {option} between {-(2**63)} and {2**63 - 1}"
+            )
     for option, text in (("task_id", rec.task_id), ("group", rec.group)):
         if text is not None and not text.isascii():
             try:
