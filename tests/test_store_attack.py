@@ -11,6 +11,7 @@ import pytest
 import trio
 
 import jobs_store_attack as jobs
+import jobs_store_many
 from genro_tasks import SQLiteStore, TaskManager, TaskStatus, testing
 
 
@@ -137,3 +138,25 @@ async def test_a_priority_or_retries_too_large_to_store_is_refused_at_the_call(t
         with trio.fail_after(30):
             assert await tm.options(priority=-(2**63)).run(jobs.append_pid, str(calls), "after") == "after"
             await tm.flush()
+
+
+async def test_shutdown_gives_a_task_waiting_to_retry_back_to_the_queue(tmp_path: Path) -> None:
+    """A task waiting out its retry back-off is queued (PENDING): shutdown neither waits for it nor cancels it."""
+    db = tmp_path / "tasks.db"
+    counter = tmp_path / "calls"
+    async with TaskManager(max_workers=0, store=db) as client:
+        for wait in (True, False):
+            counter.unlink(missing_ok=True)
+            async with TaskManager(max_workers=1, store=db) as first:
+                tid = client.options(retries=1, retry_backoff=3600).submit(jobs_store_many.fail_until, str(counter), 1)
+                with trio.fail_after(30):
+                    await testing.wait_until(
+                        client, lambda tid=tid: any(t.task_id == tid and t.attempt == 2 for t in client.list_tasks())
+                    )
+                with trio.fail_after(20):
+                    await first.shutdown(wait=wait)  # must not wait an hour for the retry
+            assert (await client.info(tid)).status is TaskStatus.PENDING
+            async with TaskManager(max_workers=1, store=db):  # another process runs the next attempt
+                with trio.fail_after(30):
+                    assert await client.result(tid) == 2
+            assert (await client.info(tid)).attempt == 2
