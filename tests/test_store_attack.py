@@ -15,6 +15,10 @@ import jobs_store_many
 from genro_tasks import SQLiteStore, TaskManager, TaskStatus, testing
 
 
+def _at_attempt(tm: TaskManager, task_id: str, attempt: int) -> bool:
+    return any(t.task_id == task_id and t.attempt == attempt for t in tm.list_tasks())
+
+
 async def test_one_task_id_submitted_by_two_managers_at_once_runs_once(tmp_path: Path) -> None:
     """Two managers accept the same chosen id before either insert is committed: the job runs once."""
     db = tmp_path / "tasks.db"
@@ -150,9 +154,7 @@ async def test_shutdown_gives_a_task_waiting_to_retry_back_to_the_queue(tmp_path
             async with TaskManager(max_workers=1, store=db) as first:
                 tid = client.options(retries=1, retry_backoff=3600).submit(jobs_store_many.fail_until, str(counter), 1)
                 with trio.fail_after(30):
-                    await testing.wait_until(
-                        client, lambda tid=tid: any(t.task_id == tid and t.attempt == 2 for t in client.list_tasks())
-                    )
+                    await testing.wait_until(client, functools.partial(_at_attempt, client, tid, 2))
                 with trio.fail_after(20):
                     await first.shutdown(wait=wait)  # must not wait an hour for the retry
             assert (await client.info(tid)).status is TaskStatus.PENDING
