@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -162,3 +164,33 @@ async def test_shutdown_gives_a_task_waiting_to_retry_back_to_the_queue(tmp_path
                 with trio.fail_after(30):
                     assert await client.result(tid) == 2
             assert (await client.info(tid)).attempt == 2
+
+
+async def test_a_store_locked_by_another_process_says_so(tmp_path: Path) -> None:
+    """Opening a store another process keeps write-locked beyond busy_timeout names the lock, not the directory."""
+    db = tmp_path / "tasks.db"
+    async with TaskManager(max_workers=0, store=db):
+        pass  # create it
+    holder = (
+        "import sqlite3, sys, time\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('BEGIN EXCLUSIVE')\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-c", holder, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        with trio.fail_after(30):
+            assert (await proc.stdout.receive_some()).startswith(b"locked")
+            tm = TaskManager(max_workers=0, store=SQLiteStore(db, busy_timeout=0.1))
+            with pytest.raises(RuntimeError, match=r"locked.*another process.*busy_timeout") as caught:
+                await tm.startup()
+        assert "directory" not in str(caught.value)
+    finally:
+        assert proc.stdin is not None
+        await proc.stdin.aclose()
+        with trio.fail_after(30):
+            await proc.wait()
