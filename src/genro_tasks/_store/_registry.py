@@ -122,6 +122,11 @@ class StoreRegistry(TaskRegistry):
                 hint = "it is not an SQLite file: name a new file, or a store a TaskManager created"
             elif isinstance(exc, RuntimeError):  # already says what to do (e.g. a newer schema)
                 hint = ""
+            elif isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+                hint = (
+                    f"another process held a write lock on it for longer than busy_timeout "
+                    f"({self.store.busy_timeout:g}s); retry, or give SQLiteStore a longer busy_timeout"
+                )
             else:
                 hint = "check that its directory exists and is writable, and that the path is not a directory"
             raise RuntimeError(
