@@ -42,3 +42,15 @@ def progress_on_undecodable_name() -> None:
 
     report_progress(0.5, os.fsdecode(b"reading caf\xe9.csv"))
     time.sleep(3600)
+
+
+def count_then_wait(path: str, gate: str) -> int:
+    """Append a line to ``path``; from the second call on, wait until ``gate`` exists; return the call's number."""
+    import time
+
+    append_pid(path, "call")
+    with open(path) as f:
+        calls = len(f.read().splitlines())
+    while calls >= 2 and not os.path.exists(gate):
+        time.sleep(0.01)
+    return calls

@@ -194,3 +194,37 @@ async def test_a_store_locked_by_another_process_says_so(tmp_path: Path) -> None
         await proc.stdin.aclose()
         with trio.fail_after(30):
             await proc.wait()
+
+
+async def test_a_requeue_from_a_process_that_has_not_seen_the_last_one_does_not_rerun_the_task(
+    tmp_path: Path,
+) -> None:
+    """Two operators requeue one task from two processes: the later requeue, from a mirror that has not
+    seen the earlier one yet, must not reset the attempt already running elsewhere (it ran twice)."""
+    db = tmp_path / "tasks.db"
+    calls = tmp_path / "calls"
+    gate = tmp_path / "gate"
+    # b reads the file only when asked (poll_interval=60): its view of the task stays behind.
+    async with (
+        TaskManager(max_workers=0, store=SQLiteStore(db, poll_interval=60)) as b,
+        TaskManager(max_workers=1, store=db) as c,
+    ):
+        tid = b.submit(jobs.count_then_wait, str(calls), str(gate))
+        with trio.fail_after(30):
+            await b.flush()
+            await testing.wait_for_status(c, tid, TaskStatus.COMPLETED)
+            await c.flush()
+            with pytest.raises(KeyError):
+                await b.info("no-such-task")  # an unknown id makes b read the file once
+            assert (await b.info(tid)).status is TaskStatus.COMPLETED
+
+            await c.requeue(tid)  # c runs attempt 2 (it waits for the gate)
+            await testing.wait_until(c, lambda: calls.exists() and len(calls.read_text().splitlines()) == 2)
+            await b.requeue(tid)  # b still sees attempt 1 finished
+            await b.flush()
+            gate.touch()
+            await testing.wait_until(c, lambda: [t.status for t in c.list_tasks()] == [TaskStatus.COMPLETED])
+            await c.flush()
+            assert (await c.info(tid)).attempt == 2
+            assert await c.result(tid) == 2
+        assert len(calls.read_text().splitlines()) == 2
