@@ -45,12 +45,19 @@ def progress_on_undecodable_name() -> None:
 
 
 def count_then_wait(path: str, gate: str) -> int:
-    """Append a line to ``path``; from the second call on, wait until ``gate`` exists; return the call's number."""
+    """Append a line to ``path``; from the second call on, report progress 0.5 and wait until ``gate`` exists.
+
+    Returns the call's number.
+    """
     import time
+
+    from genro_tasks_worker import report_progress
 
     append_pid(path, "call")
     with open(path) as f:
         calls = len(f.read().splitlines())
+    if calls >= 2:
+        report_progress(0.5, "waiting for the gate")
     while calls >= 2 and not os.path.exists(gate):
         time.sleep(0.01)
     return calls

@@ -219,7 +219,8 @@ async def test_a_requeue_from_a_process_that_has_not_seen_the_last_one_does_not_
             assert (await b.info(tid)).status is TaskStatus.COMPLETED
 
             await c.requeue(tid)  # c runs attempt 2 (it waits for the gate)
-            await testing.wait_until(c, lambda: calls.exists() and len(calls.read_text().splitlines()) == 2)
+            await testing.wait_until(c, lambda: [(t.attempt, t.progress) for t in c.list_tasks()] == [(2, 0.5)])
+            assert len(calls.read_text().splitlines()) == 2
             await b.requeue(tid)  # b still sees attempt 1 finished
             await b.flush()
             gate.touch()
@@ -228,3 +229,7 @@ async def test_a_requeue_from_a_process_that_has_not_seen_the_last_one_does_not_
             assert (await c.info(tid)).attempt == 2
             assert await c.result(tid) == 2
         assert len(calls.read_text().splitlines()) == 2
+    # The file agrees: attempt 2 completed, nothing left queued to run a third time.
+    async with TaskManager(max_workers=0, store=db) as later:
+        info = await later.info(tid)
+        assert (info.status, info.attempt) == (TaskStatus.COMPLETED, 2)
