@@ -457,11 +457,14 @@ class StoreThread:
         assert conn is not None
         tid = rec.task_id
         self._progress.pop(tid, None)
+        # A requeue (to the queue) starts the next attempt only of the finished attempt it saw:
+        # another process may have requeued it first (then the row has moved on, and stays).
+        only_finished = "" if owner is not None else f" AND status IN {_TERMINAL} AND attempt = {int(rec.attempt) - 1}"
         row = conn.execute(
             "UPDATE tasks SET status = 'pending', owner = ?, started = NULL, completed = NULL, error = NULL, "
             "traceback = NULL, progress = NULL, progress_message = NULL, worker_pid = NULL, cancel_req = 0, "
             "cancel_grace = NULL, attempt = ?, prev_errors = ?, retries_left = ?, payload = ?, rev = ? "
-            "WHERE id = ? RETURNING n",
+            f"WHERE id = ?{only_finished} RETURNING n",
             (
                 owner,
                 rec.attempt,
