@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import trio
 
+import jobs_store
 import jobs_store_attack as jobs
 import jobs_store_many
 from genro_tasks import SQLiteStore, TaskManager, TaskStatus, testing
+from test_asgi import api_app, running, sse_events
 
 
 def _at_attempt(tm: TaskManager, task_id: str, attempt: int) -> bool:
@@ -233,3 +235,16 @@ async def test_a_requeue_from_a_process_that_has_not_seen_the_last_one_does_not_
     async with TaskManager(max_workers=0, store=db) as later:
         info = await later.info(tid)
         assert (info.status, info.attempt) == (TaskStatus.COMPLETED, 2)
+
+
+async def test_the_event_stream_of_a_task_submitted_by_another_process_an_instant_ago(tmp_path: Path) -> None:
+    """GET /tasks/{id}/events finds a task another process just submitted (durable), as GET /tasks/{id} does."""
+    db = tmp_path / "tasks.db"
+    # The served manager reads the file only when asked (poll_interval=60): its mirror is behind.
+    served = TaskManager(max_workers=1, store=SQLiteStore(db, poll_interval=60))
+    async with running(api_app(served)) as url, TaskManager(max_workers=0, store=db) as other:
+        tid = other.submit(jobs_store.short, 0.05)
+        with trio.fail_after(30):
+            await other.flush()
+            events = await sse_events(url, f"/api/tasks/{tid}/events", lambda e: False)
+        assert events[-1]["status"] == "completed"
