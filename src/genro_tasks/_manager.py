@@ -365,7 +365,7 @@ class TaskManager(SubmitMethods):
             options.memory_limit,
             options,
         )
-        self._registry.admit(rec, scheduler)
+        self._registry.admit(rec, scheduler, chosen_id=job.chosen_id)
         return rec
 
     def _closed_error(self) -> ManagerClosed:

@@ -234,8 +234,12 @@ class TaskRegistry(ABC):
     #: Called by the scheduler when it may have free workers (a store claims queued tasks then).
     on_idle: Callable[[], None] | None = None
 
-    def admit(self, rec: TaskRecord, scheduler: Scheduler) -> None:
-        """Keep a new submission and queue it (a store may leave it in its shared queue instead)."""
+    def admit(self, rec: TaskRecord, scheduler: Scheduler, *, chosen_id: bool = False) -> None:
+        """Keep a new submission and queue it (a store may leave it in its shared queue instead).
+
+        ``chosen_id``: the caller chose the task's id, so another process may submit the same
+        one at the same moment (a store then lets only the stored submission run).
+        """
         self.add(rec)
         scheduler.enqueue(rec)
         self.changed(rec)

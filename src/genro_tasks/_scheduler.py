@@ -286,13 +286,18 @@ class Scheduler(BackendListener):
     def give_back_queued(self) -> list[TaskRecord]:
         """Stop accepting tasks and empty the queue without ending its tasks; return them.
 
-        For a shared store at shutdown: the tasks go back to the store's queue, for other processes.
+        For a shared store at shutdown: the tasks go back to the store's queue, for other processes,
+        with those waiting out a retry back-off (queued too: PENDING, for their next attempt).
         """
         if self.accepting:
             self.lifecycle = Lifecycle.DRAINING
         taken = list(self._queued.values())
         self._queue.clear()
         self._queued.clear()
+        if self._backoff:
+            taken.extend(rec for _when, rec in self._backoff.values())
+            self._backoff.clear()
+            self._rearm()
         if taken:
             self._on_room()
             self._check_drained()

@@ -40,11 +40,14 @@ class Job(NamedTuple):
     payload: bytes
     metadata: dict[str, Any] | None
     options: TaskOptions
+    #: The caller chose ``task_id`` (another process may choose the same one at the same time).
+    chosen_id: bool = False
 
 
 def prepare(call: Call, options: TaskOptions, is_taken: Callable[[str], bool], max_size: int) -> Job:
     """Check and pickle a submission; raise for any bad argument, whatever the queue holds."""
     func, args, kwargs, task_id, metadata = call
+    chosen_id = task_id is not None
     if task_id is None:
         task_id = new_task_id()
     elif not isinstance(task_id, str) or not task_id:
@@ -69,7 +72,7 @@ def prepare(call: Call, options: TaskOptions, is_taken: Callable[[str], bool], m
         raise MessageTooLarge(task_id, f"job ({name} and its arguments, pickled)", len(payload), max_size)
     if b"__main__" in payload:
         refuse_unimportable_main(f"Task {task_id!r} ({name})", (func, args, kwargs))
-    return Job(task_id, name, payload, meta, options)
+    return Job(task_id, name, payload, meta, options, chosen_id)
 
 
 def prepare_initializer(

@@ -122,6 +122,11 @@ class StoreRegistry(TaskRegistry):
                 hint = "it is not an SQLite file: name a new file, or a store a TaskManager created"
             elif isinstance(exc, RuntimeError):  # already says what to do (e.g. a newer schema)
                 hint = ""
+            elif isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+                hint = (
+                    f"another process held a write lock on it for longer than busy_timeout "
+                    f"({self.store.busy_timeout:g}s); retry, or give SQLiteStore a longer busy_timeout"
+                )
             else:
                 hint = "check that its directory exists and is writable, and that the path is not a directory"
             raise RuntimeError(
@@ -252,18 +257,22 @@ class StoreRegistry(TaskRegistry):
         pass
 
     # -------------------------------------------------- submitting, claiming
-    def admit(self, rec: TaskRecord, scheduler: Scheduler) -> None:
+    def admit(self, rec: TaskRecord, scheduler: Scheduler, *, chosen_id: bool = False) -> None:
         tid = rec.task_id
+        metadata = _metadata_blob(rec)  # before anything is recorded: unstorable metadata is refused here
         self._records[tid] = rec
         payload = rec.payload
-        if not self._open and self._room(scheduler) > 0:
+        # A chosen id may be submitted by another process at the same moment: only the
+        # submission the file keeps may run, so it is claimed from the file like any queued
+        # task (after its insert is committed) instead of being dispatched at once.
+        if not chosen_id and not self._open and self._room(scheduler) > 0:
             self._owned.add(tid)
-            self._put_lazy((INSERT, rec, self.owner, payload))
+            self._put_lazy((INSERT, rec, self.owner, payload, metadata))
             scheduler.enqueue(rec)
         else:
             self._open[tid] = rec
             self._claim_idle = False
-            self._put_lazy((INSERT, rec, None, payload))
+            self._put_lazy((INSERT, rec, None, payload, metadata))
             self.on_idle()
         self.changed(rec)
 
@@ -305,7 +314,7 @@ class StoreRegistry(TaskRegistry):
             self._owned.add(tid)
             self.changed(rec)
             return
-        if rec.payload is None:
+        if claimed.payload is not None:  # the stored job: another process may have submitted this id first
             rec.payload = claimed.payload
         if claimed.options is not None and rec.options is None:
             try:
@@ -398,8 +407,16 @@ class StoreRegistry(TaskRegistry):
         if tid not in self._unloaded:
             return
         found = await trio.to_thread.run_sync(_load, self.store.path, self.store.busy_timeout, tid)
-        if tid not in self._unloaded:
+        forgotten = tid not in self._records  # the file's deletion reached the mirror meanwhile
+        if tid not in self._unloaded and not forgotten:
             return  # loaded by a concurrent fetch meanwhile
+        if (found is not None and found[0] == "gone") or (found is None and forgotten):
+            self._unloaded.discard(tid)
+            raise KeyError(
+                f"Task not found: {tid} (the store forgot it after it finished: clear_completed() or "
+                "max_finished/finished_ttl in one of the processes on the store; keep finished tasks "
+                "longer there to read their results)"
+            )
         if found is None:
             if rec.status is TaskStatus.COMPLETED:
                 raise UnpicklableResult(
@@ -474,7 +491,11 @@ class StoreRegistry(TaskRegistry):
                 super().changed(rec)
                 continue
             if tid in owned:
-                if row.cancel_req and tid not in self._graces:
+                # A cancel request from another process; a later one without grace escalates an
+                # earlier graceful one to a kill (as a second cancel() here would).
+                if row.cancel_req and (
+                    tid not in self._graces or (row.cancel_grace is None and self._graces[tid] is not None)
+                ):
                     self._graces[tid] = row.cancel_grace
                     if self._scheduler is not None:
                         self._scheduler.cancel(rec, row.cancel_grace)
@@ -565,6 +586,40 @@ class StoreRegistry(TaskRegistry):
         return changed
 
 
+def _metadata_blob(rec: TaskRecord) -> bytes | None:
+    """A new task's metadata, pickled for the store; raises at submit for what the store cannot hold.
+
+    Raises:
+        ValueError: Its ``task_id`` or ``group`` is not valid UTF-8 text, or its
+            ``priority`` or ``retries`` do not fit in 64 bits (SQLite's integers).
+        TypeError: Its metadata cannot be pickled.
+    """
+    for option, number in (("priority", rec.priority), ("retries", rec.retries_left)):
+        if not -(2**63) <= number < 2**63:
+            raise ValueError(
+                f"{option}={number} cannot be stored (a store keeps 64-bit integers); "
+                f"pass a {option} between {-(2**63)} and {2**63 - 1}"
+            )
+    for option, text in (("task_id", rec.task_id), ("group", rec.group)):
+        if text is not None and not text.isascii():
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"{option} {text!r} cannot be stored: it is not valid Unicode text (it holds lone "
+                    "surrogates, e.g. from a file name that is not UTF-8); pass a str that encodes as UTF-8"
+                ) from None
+    if not rec.metadata:
+        return None
+    try:
+        return pickle.dumps(rec.metadata, 5)
+    except Exception as exc:
+        raise TypeError(
+            f"Task {rec.task_id!r}: its metadata cannot be stored (the store pickles it for every process): "
+            f"{type(exc).__name__}: {exc}; pass plain data (str, numbers, lists, dicts)"
+        ) from exc
+
+
 def _errors(row: Row) -> tuple[str, ...]:
     """How the earlier attempts of a task ended, from its row."""
     if not row.prev_errors:
@@ -581,6 +636,8 @@ def _load(path: str, busy_timeout: float, task_id: str) -> tuple[str, Any] | Non
     if found is None:
         return None
     kind, data = found
+    if kind == "gone":
+        return found
     try:
         return kind, pickle.loads(data)
     except Exception as exc:

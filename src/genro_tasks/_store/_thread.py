@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("genro_tasks")
 
 # Operation kinds (first item of each op tuple).
-INSERT = 0  # (INSERT, rec, owner | None, payload)
+INSERT = 0  # (INSERT, rec, owner | None, payload, pickled metadata | None)
 STARTED = 1  # (STARTED, rec)
 PROGRESS = 2  # (PROGRESS, rec): coalesced, written at most every PROGRESS_EVERY seconds
 FINISH = 3  # (FINISH, rec)
@@ -388,7 +388,7 @@ class StoreThread:
         conn = self._conn
         assert conn is not None
         rows = []
-        for _kind, rec, owner, payload in inserts:
+        for _kind, rec, owner, payload, metadata in inserts:
             rows.append(
                 (
                     rec.task_id,
@@ -398,7 +398,7 @@ class StoreThread:
                     rec.created_at.timestamp(),
                     rec.timeout,
                     rec.memory_limit,
-                    pickle.dumps(rec.metadata, 5) if rec.metadata else None,
+                    metadata,
                     payload,
                     rec.group,
                     rec.retries_left,
@@ -416,10 +416,14 @@ class StoreThread:
         )
         for tid, n in inserted:
             numbers[tid] = n
-        if len(inserted) != len(rows):  # pragma: no cover - ids are random, or checked at submit
+        if len(inserted) != len(rows):  # a chosen id another process stored first (or at the same time)
             for row in rows:
                 if row[0] not in numbers:
-                    log.error("task id %r is already in the store; this submission was not stored", row[0])
+                    log.warning(
+                        "task id %r was already in the store (another process submitted it); this submission "
+                        "was not stored and will not run: the stored one is the task",
+                        row[0],
+                    )
 
     def _apply(self, op: tuple[Any, ...], rev: int, now: float, batch: Batch) -> bool:
         """Write one op that is not an insert, start or finish; True if it changed others' rows."""
@@ -453,11 +457,14 @@ class StoreThread:
         assert conn is not None
         tid = rec.task_id
         self._progress.pop(tid, None)
+        # A requeue (to the queue) starts the next attempt only of the finished attempt it saw:
+        # another process may have requeued it first (then the row has moved on, and stays).
+        only_finished = "" if owner is not None else f" AND status IN {_TERMINAL} AND attempt = {int(rec.attempt) - 1}"
         row = conn.execute(
             "UPDATE tasks SET status = 'pending', owner = ?, started = NULL, completed = NULL, error = NULL, "
             "traceback = NULL, progress = NULL, progress_message = NULL, worker_pid = NULL, cancel_req = 0, "
             "cancel_grace = NULL, attempt = ?, prev_errors = ?, retries_left = ?, payload = ?, rev = ? "
-            "WHERE id = ? RETURNING n",
+            f"WHERE id = ?{only_finished} RETURNING n",
             (
                 owner,
                 rec.attempt,
@@ -496,13 +503,13 @@ class StoreThread:
                 (
                     n,
                     status,
-                    rec.error,
-                    rec._traceback_text(),
+                    _utf8(rec.error),
+                    _utf8(rec._traceback_text()),
                     rec.completed_at.timestamp() if rec.completed_at is not None else now,
                     rec.started_at.timestamp() if rec.started_at is not None else None,
                     rec.worker_pid,
                     rec.progress,
-                    rec.progress_message,
+                    _utf8(rec.progress_message),
                 )
             )
         self._many(
@@ -526,7 +533,7 @@ class StoreThread:
             "UPDATE tasks SET progress = v.column2, progress_message = v.column3, rev = {rev} "
             "FROM (VALUES {values}) AS v WHERE tasks.n = v.column1 AND tasks.status = 'running' "
             "AND tasks.owner = {owner}",
-            [(self._number(tid), rec.progress, rec.progress_message) for tid, rec in due.items()],
+            [(self._number(tid), rec.progress, _utf8(rec.progress_message)) for tid, rec in due.items()],
             rev,
         )
         due.clear()
@@ -704,6 +711,21 @@ class StoreThread:
         return rows, gone
 
 
+def _utf8(text: str | None) -> str | None:
+    """``text`` as SQLite can store it (UTF-8).
+
+    A job's text may hold lone surrogates (a file name that is not UTF-8,
+    decoded as Python does); they are stored as ``\\udcXX`` escapes.
+    """
+    if text is None or text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
 def _options_blob(rec: TaskRecord) -> bytes | None:
     """The task's options, pickled, when another process needs them to run it the same way (retries)."""
     if rec.retries_left <= 0 or rec.options is None:
@@ -716,12 +738,17 @@ def _options_blob(rec: TaskRecord) -> bytes | None:
 
 
 def read_outcome(path: str, busy_timeout: float, task_id: str) -> tuple[str, bytes] | None:
-    """The stored (kind, pickled outcome) of a finished task, read on a short-lived connection (blocking)."""
+    """The stored (kind, pickled outcome) of a finished task, read on a short-lived connection (blocking).
+
+    None if the task has no stored outcome; ``("gone", b"")`` if the task itself is no longer in the store.
+    """
     conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
     try:
         row = conn.execute(
-            "SELECT kind, data FROM results WHERE n = (SELECT n FROM tasks WHERE id = ?)", (task_id,)
+            "SELECT r.kind, r.data FROM tasks AS t LEFT JOIN results AS r ON r.n = t.n WHERE t.id = ?", (task_id,)
         ).fetchone()
-        return None if row is None else (row[0], bytes(row[1]))
+        if row is None:
+            return "gone", b""
+        return None if row[0] is None else (row[0], bytes(row[1]))
     finally:
         conn.close()

@@ -40,6 +40,7 @@ class EventStreams:
         **Cancellation:** Ends the response; the task is not affected.
         """
         try:
+            await tm.info(task_id)  # with a store, an id submitted elsewhere an instant ago is read from the file
             watcher = tm.watch(task_id)
         except KeyError:
             raise HTTPError(404, f"Task not found: {task_id}") from None
