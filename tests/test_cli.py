@@ -169,3 +169,9 @@ async def test_bad_usage_is_a_clear_error(tmp_path: Path) -> None:
     assert garbage.returncode == 2
     assert b"not an SQLite file" in garbage.stderr
     assert b"Traceback" not in garbage.stderr
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    refused = await cli("ls", "--store", str(empty))
+    assert refused.returncode == 2
+    assert b"empty file" in refused.stderr
+    assert empty.stat().st_size == 0  # left as it was

@@ -118,6 +118,9 @@ def run_command(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO 
     if not os.path.exists(store):
         err.write(f"error: no task store at {store!r} (a store is created by the application that uses it)\n")
         return EXIT_USAGE
+    if os.path.isfile(store) and os.path.getsize(store) == 0:
+        err.write(f"error: {store!r} is an empty file, not a task store (reading never creates a store)\n")
+        return EXIT_USAGE
     command = {"ls": _ls, "groups": _groups, "show": _show, "watch": _watch, "cancel": _cancel}[args.command]
     try:
         return trio.run(command, store, args, out)
