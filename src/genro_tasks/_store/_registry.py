@@ -22,7 +22,6 @@ import logging
 import os
 import pickle
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import trio
@@ -64,10 +63,6 @@ _FOREIGN_SEQ = 1 << 48
 
 def _refuse(op: tuple[Any, ...]) -> None:  # pragma: no cover - ops are only made once open
     raise AssertionError("the store is not open")
-
-
-def _when(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
 class StoreRegistry(TaskRegistry):
@@ -494,7 +489,7 @@ class StoreRegistry(TaskRegistry):
             TaskRegistry.reopen(self, rec)
         self._unloaded.discard(rec.task_id)
         rec.status = TaskStatus.PENDING
-        rec.started_at = rec.completed_at = None
+        rec.started = rec.completed = None
         rec.error = rec.progress = rec.progress_message = rec.worker_pid = None
         rec._result = rec._failure = None
         rec.attempt = row.attempt
@@ -513,7 +508,7 @@ class StoreRegistry(TaskRegistry):
             self._foreign_seq, row.id, row.name, b"", metadata, row.timeout, row.priority, row.memory_limit
         )
         rec.payload = None
-        rec.created_at = _when(row.created) or rec.created_at
+        rec.created = row.created
         rec.requeues = row.requeues
         rec.group = row.grp
         rec.attempt = row.attempt
@@ -530,7 +525,7 @@ class StoreRegistry(TaskRegistry):
         changed = False
         if status is not TaskStatus.PENDING and rec.status is TaskStatus.PENDING and row.started is not None:
             rec.status = TaskStatus.RUNNING
-            rec.started_at = _when(row.started)
+            rec.started = row.started
             rec.worker_pid = row.worker_pid
             changed = True
         if row.progress != rec.progress or row.progress_message != rec.progress_message:
@@ -540,7 +535,7 @@ class StoreRegistry(TaskRegistry):
         if status.is_terminal:
             rec.worker_pid = row.worker_pid
             if row.started is not None:
-                rec.started_at = _when(row.started)
+                rec.started = row.started
             error = row.error or ""
             if status is TaskStatus.FAILED:
                 type_name, _, message = error.partition(": ")
@@ -551,7 +546,7 @@ class StoreRegistry(TaskRegistry):
             if status is not TaskStatus.CANCELLED:
                 self._unloaded.add(rec.task_id)
             rec._finish(status, row.error)
-            rec.completed_at = _when(row.completed)
+            rec.completed = row.completed
             return True
         if changed:
             rec.version += 1

@@ -372,7 +372,7 @@ class StoreThread:
                 [
                     (
                         self._number(tid),
-                        rec.started_at.timestamp() if rec.started_at is not None else now,
+                        rec.started if rec.started is not None else now,
                         rec.worker_pid,
                     )
                     for tid, rec in starts.items()
@@ -395,7 +395,7 @@ class StoreThread:
                     owner,
                     rec.name,
                     rec.priority,
-                    rec.created_at.timestamp(),
+                    rec.created,
                     rec.timeout,
                     rec.memory_limit,
                     pickle.dumps(rec.metadata, 5) if rec.metadata else None,
@@ -498,8 +498,8 @@ class StoreThread:
                     status,
                     rec.error,
                     rec._traceback_text(),
-                    rec.completed_at.timestamp() if rec.completed_at is not None else now,
-                    rec.started_at.timestamp() if rec.started_at is not None else None,
+                    rec.completed if rec.completed is not None else now,
+                    rec.started,
                     rec.worker_pid,
                     rec.progress,
                     rec.progress_message,
