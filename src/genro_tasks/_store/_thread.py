@@ -275,6 +275,7 @@ class StoreThread:
                 self.progress_queued.discard(op[1].task_id)
                 self._progress[op[1].task_id] = op[1]
         writes = [op for op in taken if op[0] != PROGRESS and op[0] != SYNC]
+        pruned: list[str] = []
         if writes or beat or progress or prune:
             self._begin()
             rev = self._next_rev()
@@ -290,7 +291,7 @@ class StoreThread:
                 foreign |= self._check_owners(rev, now)
                 self._last_beat = now
             if prune:
-                foreign |= self._prune(rev, now)
+                self._prune(rev, now, pruned)
             if stop:
                 conn.execute("DELETE FROM processes WHERE owner = ?", (self.owner,))
             conn.execute("COMMIT")
@@ -301,7 +302,7 @@ class StoreThread:
         rows, gone = self._read_changes(force=self._reread)
         self._reread = False
         batch.rows = rows
-        batch.gone = gone
+        batch.gone = pruned + gone if pruned else gone
         return stop
 
     def _begin(self) -> None:
@@ -643,8 +644,12 @@ class StoreThread:
             self._finishes += 1
         return bool(dead)
 
-    def _prune(self, rev: int, now: float) -> bool:
-        """Apply max_finished and finished_ttl to the store; True if anything was deleted."""
+    def _prune(self, rev: int, now: float, gone: list[str] | None = None) -> None:
+        """Apply max_finished and finished_ttl to the store.
+
+        The ids deleted are added to ``gone`` (this process's own tombstones,
+        so its mirror forgets them without re-reading the round's rows).
+        """
         conn = self._conn
         assert conn is not None
         self._finishes = 0
@@ -652,21 +657,28 @@ class StoreThread:
         # Tombstones every registered process has read past are no longer needed (a process that
         # starts later loads the rows themselves); GONE_KEEP bounds what a stalled one holds back.
         conn.execute("DELETE FROM gone WHERE rev <= (SELECT min(seen) FROM processes) OR at < ?", (now - GONE_KEEP,))
-        if self.finished_ttl is not None:
-            conn.execute(
-                "INSERT INTO gone (id, rev, at) SELECT id, ?, ? FROM tasks "
-                "WHERE completed IS NOT NULL AND completed < ?",
-                (rev, now, now - self.finished_ttl),
-            )
         (finished,) = conn.execute("SELECT count(*) FROM tasks WHERE completed IS NOT NULL").fetchone()
-        excess = finished - self.max_finished
-        if excess > 0:
-            conn.execute(
-                "INSERT INTO gone (id, rev, at) SELECT id, ?, ? FROM tasks WHERE completed IS NOT NULL "
-                "AND id NOT IN (SELECT id FROM gone WHERE rev = ?) ORDER BY completed LIMIT ?",
-                (rev, now, rev, excess),
-            )
-        return self._delete_gone(rev) > 0
+        doomed = finished - self.max_finished
+        if self.finished_ttl is not None:
+            # The expired tasks are the oldest finished ones: one prefix of the same order covers both limits.
+            (expired,) = conn.execute(
+                "SELECT count(*) FROM tasks WHERE completed IS NOT NULL AND completed < ?", (now - self.finished_ttl,)
+            ).fetchone()
+            doomed = max(doomed, expired)
+        if doomed <= 0:
+            return
+        # The oldest ``doomed`` finished rows, in an order that is the same in each statement of the transaction
+        # (the index on completed ends with n); deleted by row number, not looked up again by id.
+        oldest = "SELECT n FROM tasks WHERE completed IS NOT NULL ORDER BY completed, n LIMIT ?"
+        ids = conn.execute(
+            f"INSERT INTO gone (id, rev, at) SELECT id, ?, ? FROM tasks WHERE n IN ({oldest}) RETURNING id",
+            (rev, now, doomed),
+        ).fetchall()
+        conn.execute(f"DELETE FROM results WHERE n IN ({oldest})", (doomed,))
+        conn.execute(f"DELETE FROM tasks WHERE n IN ({oldest})", (doomed,))
+        conn.execute("PRAGMA incremental_vacuum(256)")
+        if gone is not None:
+            gone.extend([row[0] for row in ids])
 
     def _delete_gone(self, rev: int) -> int:
         conn = self._conn
