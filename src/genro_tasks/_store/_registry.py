@@ -122,6 +122,7 @@ class StoreRegistry(TaskRegistry):
         # worker, more while short tasks keep starving the workers (see on_idle).
         self._base_ahead = self._ahead = scheduler.backend.capacity
         self._thread = thread
+        thread.known = self._records
         self._lazy = thread.put_lazy
         self._live = True
         self._stopped = trio.Event()
@@ -276,11 +277,13 @@ class StoreRegistry(TaskRegistry):
 
     def _take(self, claimed: Claimed) -> None:
         """A task this process claimed: hand it to the scheduler (or give it back)."""
-        row = claimed.row
-        tid = row.id
+        tid = claimed.task_id
         rec = self._records.get(tid)
         if rec is None:
-            rec = self._new_record(row)
+            if claimed.row is None:  # forgotten since the claim (cleared): back to the queue, read again
+                self._put((RELEASE, tid))
+                return
+            rec = self._new_record(claimed.row)
         self._open.pop(tid, None)
         scheduler = self._scheduler
         if rec.status.is_terminal:  # pragma: no cover - the claim and the cancel are serialised
@@ -306,7 +309,7 @@ class StoreRegistry(TaskRegistry):
                 rec.retries_left = claimed.retries_left
         if rec.attempt > 1:
             self._attempt_written[tid] = rec.attempt
-        rec.requeues = max(rec.requeues, row.requeues)
+        rec.requeues = max(rec.requeues, claimed.requeues)
         self._owned.add(tid)
         scheduler.enqueue(rec)
 

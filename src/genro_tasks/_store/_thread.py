@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -105,7 +105,10 @@ class Row(NamedTuple):
 class Claimed:
     """A task this process just claimed, with its job."""
 
-    row: Row
+    task_id: str
+    #: The whole row, only for a task this process's mirror did not know when it was claimed.
+    row: Row | None
+    requeues: int
     payload: bytes | None
     #: The pickled TaskOptions of a task with a retry policy, and its retries left.
     options: bytes | None = None
@@ -159,6 +162,9 @@ class StoreThread:
         self.put_lazy = self.ops.append
         #: Ids whose PROGRESS op is queued and not yet taken (shared with trio: see ``StoreRegistry``).
         self.progress_queued: set[str] = set()
+        #: The ids the trio side's mirror has records for (its dict, only read here: a claim
+        #: sends back the whole row of the others only).
+        self.known: Container[str] = frozenset()
         #: Row numbers of the tasks this process inserted or claimed and has not finished.
         self._numbers: dict[str, int] = {}
         self._wake = threading.Event()
@@ -435,6 +441,7 @@ class StoreThread:
                 "UPDATE tasks SET owner = NULL, rev = ? WHERE id = ? AND owner = ? AND status = 'pending'",
                 (rev, op[1], self.owner),
             )
+            return True  # read back, so this mirror queues it again (it may have forgotten it)
         elif kind == CANCEL:
             answer = self._cancel(op[1], op[2], rev, now)
             batch.cancels.append((op[1], answer))
@@ -562,21 +569,32 @@ class StoreThread:
         return n
 
     def _claim(self, n: int, rev: int) -> list[Claimed]:
+        """Take the next ``n`` tasks of the shared queue (priority, then age) for this process.
+
+        Only what the mirror lacks comes back: the whole row of a task it does not know yet.
+        """
         conn = self._conn
         assert conn is not None
         rows = conn.execute(
-            f"UPDATE tasks SET owner = ?, rev = ? WHERE n IN (SELECT n FROM tasks WHERE status = 'pending' "
-            f"AND owner IS NULL ORDER BY priority DESC, created LIMIT ?) "
-            f"RETURNING n, payload, options, retries_left, {TASK_COLUMNS}",
+            "UPDATE tasks SET owner = ?, rev = ? WHERE n IN (SELECT n FROM tasks WHERE status = 'pending' "
+            "AND owner IS NULL ORDER BY priority DESC, created LIMIT ?) "
+            "RETURNING n, id, priority, created, requeues, payload, options, retries_left",
             (self.owner, rev, n),
         ).fetchall()
-        claimed = []
+        rows.sort(key=lambda raw: (-raw[2], raw[3]))
+        known = self.known
+        unknown = [raw[0] for raw in rows if raw[1] not in known]
+        full: dict[int, Row] = {}
+        if unknown:
+            for raw in conn.execute(
+                f"SELECT n, {TASK_COLUMNS} FROM tasks WHERE n IN ({', '.join('?' * len(unknown))})", unknown
+            ):
+                full[raw[0]] = Row(*raw[1:])
         numbers = self._numbers
-        for raw in rows:
-            row = Row(*raw[4:])
-            numbers[row.id] = raw[0]
-            claimed.append(Claimed(row, raw[1], raw[2], raw[3]))
-        claimed.sort(key=lambda c: (-c.row.priority, c.row.created))
+        claimed = []
+        for number, tid, _priority, _created, requeues, payload, options, retries_left in rows:
+            numbers[tid] = number
+            claimed.append(Claimed(tid, full.get(number), requeues, payload, options, retries_left))
         return claimed
 
     def _cancel(self, task_id: str, grace: float | None, rev: int, now: float) -> str:
