@@ -10,10 +10,11 @@ import contextlib
 import sqlite3
 from pathlib import Path
 
+import pytest
 import trio
 
 import jobs_store
-from genro_tasks import TaskManager, TaskStatus, testing
+from genro_tasks import SQLiteStore, TaskManager, TaskStatus, testing
 
 
 def _rows(db: Path) -> tuple[int, int]:
@@ -62,3 +63,37 @@ async def test_finished_ttl_forgets_old_tasks_in_the_file_and_in_every_mirror(tm
             await testing.wait_until(tm, lambda: not tm.list_tasks())
             await testing.wait_until(client, lambda: not client.list_tasks())
         assert _rows(db) == (0, 0)
+
+
+async def test_a_task_that_ends_within_one_group_commit_is_stored_whole(tmp_path: Path) -> None:
+    """Inserted, started and finished in one transaction: written once, finished, with all it carries."""
+    db = tmp_path / "tasks.db"
+    slow = SQLiteStore(db, poll_interval=30.0)  # nothing is written until flush(): one group commit
+    async with TaskManager(max_workers=2, store=slow) as tm:
+        with trio.fail_after(60):
+            ok = tm.submit(jobs_store.double, 21, metadata={"k": "v"})
+            bad = tm.submit(jobs_store.fail, "boom")
+            assert await tm.result(ok) == 42
+            with pytest.raises(ValueError, match="boom"):
+                await tm.result(bad)
+            mine = {tid: await tm.info(tid) for tid in (ok, bad)}
+            assert _rows(db) == (0, 0)  # still in memory: the group commit has not happened
+            await tm.flush()
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            stored = dict(conn.execute("SELECT id, status FROM tasks WHERE payload IS NULL").fetchall())
+        assert stored == {ok: "completed", bad: "failed"}
+        async with TaskManager(max_workers=0, store=db) as client:
+            with trio.fail_after(30):
+                assert await client.result(ok) == 42
+                with pytest.raises(ValueError, match="boom"):
+                    await client.result(bad)
+                for tid, info in mine.items():
+                    other = await client.info(tid)
+                    assert other.status is info.status
+                    assert other.created_at == info.created_at
+                    assert other.started_at == info.started_at is not None
+                    assert other.completed_at == info.completed_at is not None
+                    assert other.worker_pid == info.worker_pid is not None
+                    assert other.error == info.error
+                    assert other.metadata == info.metadata
+                    assert other.traceback == info.traceback

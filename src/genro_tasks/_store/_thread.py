@@ -26,6 +26,7 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .._task import TaskStatus
 from ._liveness import MACHINE, my_identity, owner_alive
 from ._schema import TASK_COLUMNS, migrate
 
@@ -58,6 +59,9 @@ GONE_KEEP = 3600.0
 MAX_REQUEUES = 3
 
 _TERMINAL = ("completed", "failed", "cancelled")
+_TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+#: The end columns of a task inserted PENDING (see ``StoreThread._insert``).
+_PENDING_ROW = ("pending", None, None, None, None, None, None, None)
 _LOST = "its TaskManager process (pid {pid}) died while it ran; the job may or may not have finished"
 #: SQL for a lost task's error column: ``TaskLost: `` and the text of ``str(TaskLost(id, detail))``.
 _LOST_SQL = "'TaskLost: Task ''' || id || ''' was lost: ' || ?"
@@ -365,8 +369,10 @@ class StoreThread:
     ) -> None:
         conn = self._conn
         assert conn is not None
+        born: set[str] = set()
         if inserts:
-            self._insert(inserts, rev)
+            # A task that also finished in this run is inserted finished: one write instead of two.
+            born = self._insert(inserts, rev, {rec.task_id for rec in finishes} if finishes else None, now)
             inserts.clear()
         if finishes:
             for rec in finishes:
@@ -388,17 +394,40 @@ class StoreThread:
             )
             starts.clear()
         if finishes:
-            self._finish(finishes, rev, now)
+            self._finish(finishes, rev, now, born)
             finishes.clear()
 
-    def _insert(self, inserts: list[tuple[Any, ...]], rev: int) -> None:
+    def _insert(self, inserts: list[tuple[Any, ...]], rev: int, finishing: set[str] | None, now: float) -> set[str]:
+        """Insert new tasks; those of ``finishing`` (ours, terminal now) are written finished.
+
+        Returns the ids written finished (their finish then only stores the outcome).
+        """
         conn = self._conn
         assert conn is not None
         rows = []
+        born: set[str] = set()
+        mine = self.owner
         for _kind, rec, owner, payload in inserts:
+            tid = rec.task_id
+            status = rec.status
+            if finishing and tid in finishing and owner == mine and status in _TERMINAL_STATUSES:
+                born.add(tid)
+                final: tuple[Any, ...] = (
+                    status.value,
+                    rec.error,
+                    rec._traceback_text(),
+                    rec.completed if rec.completed is not None else now,
+                    rec.started,
+                    rec.worker_pid,
+                    rec.progress,
+                    rec.progress_message,
+                )
+                payload = None
+            else:
+                final = _PENDING_ROW
             rows.append(
                 (
-                    rec.task_id,
+                    tid,
                     owner,
                     rec.name,
                     rec.priority,
@@ -410,14 +439,16 @@ class StoreThread:
                     rec.group,
                     rec.retries_left,
                     _options_blob(rec),
+                    *final,
                 )
             )
         numbers = self._numbers
         inserted = self._many(
             "INSERT OR IGNORE INTO tasks (id, owner, name, priority, created, timeout, memory_limit, metadata, "
-            "payload, grp, retries_left, options, rev, status) SELECT column1, column2, column3, column4, "
-            "column5, column6, column7, column8, column9, column10, column11, column12, {rev}, 'pending' "
-            "FROM (VALUES {values}) RETURNING id, n",
+            "payload, grp, retries_left, options, status, error, traceback, completed, started, worker_pid, "
+            "progress, progress_message, rev) SELECT column1, column2, column3, column4, column5, column6, "
+            "column7, column8, column9, column10, column11, column12, column13, column14, column15, column16, "
+            "column17, column18, column19, column20, {rev} FROM (VALUES {values}) RETURNING id, n",
             rows,
             rev,
         )
@@ -427,6 +458,7 @@ class StoreThread:
             for row in rows:
                 if row[0] not in numbers:
                     log.error("task id %r is already in the store; this submission was not stored", row[0])
+        return born
 
     def _apply(self, op: tuple[Any, ...], rev: int, now: float, batch: Batch) -> bool:
         """Write one op that is not an insert, start or finish; True if it changed others' rows."""
@@ -481,9 +513,8 @@ class StoreThread:
                 self._numbers[tid] = int(row[0])
             conn.execute("DELETE FROM results WHERE n = ?", (int(row[0]),))
 
-    def _finish(self, recs: list[TaskRecord], rev: int, now: float) -> None:
-        conn = self._conn
-        assert conn is not None
+    def _finish(self, recs: list[TaskRecord], rev: int, now: float, born: set[str]) -> None:
+        """Write the ends of our tasks, and their outcomes (``born``: rows inserted finished already)."""
         progress = self._progress
         rows = []
         blobs = []
@@ -500,6 +531,8 @@ class StoreThread:
                     blobs.append((n, "error", pickle.dumps(rec._failure, 5)))
             except Exception as exc:  # kept in this process's memory; elsewhere result() says why
                 log.warning("task %r: its outcome cannot be stored: %s: %s", tid, type(exc).__name__, exc)
+            if born and tid in born:
+                continue
             rows.append(
                 (
                     n,
@@ -513,14 +546,15 @@ class StoreThread:
                     rec.progress_message,
                 )
             )
-        self._many(
-            "UPDATE tasks SET status = v.column2, error = v.column3, traceback = v.column4, completed = v.column5, "
-            "started = v.column6, worker_pid = v.column7, progress = v.column8, progress_message = v.column9, "
-            "cancel_req = 0, payload = NULL, rev = {rev} FROM (VALUES {values}) AS v WHERE tasks.n = v.column1 "
-            "AND tasks.owner = {owner}",
-            rows,
-            rev,
-        )
+        if rows:
+            self._many(
+                "UPDATE tasks SET status = v.column2, error = v.column3, traceback = v.column4, "
+                "completed = v.column5, started = v.column6, worker_pid = v.column7, progress = v.column8, "
+                "progress_message = v.column9, cancel_req = 0, payload = NULL, rev = {rev} "
+                "FROM (VALUES {values}) AS v WHERE tasks.n = v.column1 AND tasks.owner = {owner}",
+                rows,
+                rev,
+            )
         if blobs:
             self._many("INSERT OR REPLACE INTO results (n, kind, data) VALUES {values}", blobs, rev)
         self._finishes += len(recs)
