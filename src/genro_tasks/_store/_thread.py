@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._task import TaskStatus
@@ -407,7 +408,12 @@ class StoreThread:
         rows = []
         born: set[str] = set()
         mine = self.owner
+        # Row numbers are chosen here (after the highest, as SQLite would), so the insert returns no
+        # rows: every row returned is a step of its own, and each gives the GIL up to win it back.
+        (top,) = conn.execute("SELECT coalesce(max(n), 0) FROM tasks").fetchone()
+        n = top
         for _kind, rec, owner, payload in inserts:
+            n += 1
             tid = rec.task_id
             status = rec.status
             if finishing and tid in finishing and owner == mine and status in _TERMINAL_STATUSES:
@@ -427,6 +433,7 @@ class StoreThread:
                 final = _PENDING_ROW
             rows.append(
                 (
+                    n,
                     tid,
                     owner,
                     rec.name,
@@ -442,22 +449,29 @@ class StoreThread:
                     *final,
                 )
             )
-        numbers = self._numbers
-        inserted = self._many(
-            "INSERT OR IGNORE INTO tasks (id, owner, name, priority, created, timeout, memory_limit, metadata, "
+        before = conn.total_changes
+        self._many(
+            "INSERT OR IGNORE INTO tasks (n, id, owner, name, priority, created, timeout, memory_limit, metadata, "
             "payload, grp, retries_left, options, status, error, traceback, completed, started, worker_pid, "
             "progress, progress_message, rev) SELECT column1, column2, column3, column4, column5, column6, "
             "column7, column8, column9, column10, column11, column12, column13, column14, column15, column16, "
-            "column17, column18, column19, column20, {rev} FROM (VALUES {values}) RETURNING id, n",
+            "column17, column18, column19, column20, column21, {rev} FROM (VALUES {values})",
             rows,
             rev,
         )
-        for tid, n in inserted:
-            numbers[tid] = n
-        if len(inserted) != len(rows):  # pragma: no cover - ids are random, or checked at submit
+        numbers = self._numbers
+        if conn.total_changes - before == len(rows):
             for row in rows:
-                if row[0] not in numbers:
-                    log.error("task id %r is already in the store; this submission was not stored", row[0])
+                numbers[row[1]] = row[0]
+            return born
+        # An id already in the store (never in practice: ids are random, or checked at submit).
+        stored = dict(conn.execute("SELECT n, id FROM tasks WHERE n > ? AND n <= ?", (top, n)).fetchall())
+        for row in rows:
+            if stored.get(row[0]) == row[1]:
+                numbers[row[1]] = row[0]
+            else:
+                born.discard(row[1])
+                log.error("task id %r is already in the store; this submission was not stored", row[1])
         return born
 
     def _apply(self, op: tuple[Any, ...], rev: int, now: float, batch: Batch) -> bool:
@@ -589,7 +603,7 @@ class StoreThread:
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]
             sql = template.format(rev=int(rev), owner=self._owner_sql, values=_placeholders(width, len(part)))
-            returned += conn.execute(sql, [value for row in part for value in row]).fetchall()
+            returned += conn.execute(sql, list(chain.from_iterable(part))).fetchall()
         return returned
 
     def _number(self, task_id: str) -> int:
