@@ -61,6 +61,7 @@ MAX_REQUEUES = 3
 
 _TERMINAL = ("completed", "failed", "cancelled")
 _TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+_STATUS_TEXT = {status: status.value for status in TaskStatus}
 #: The end columns of a task inserted PENDING (see ``StoreThread._insert``).
 _PENDING_ROW = ("pending", None, None, None, None, None, None, None)
 _LOST = "its TaskManager process (pid {pid}) died while it ran; the job may or may not have finished"
@@ -287,19 +288,29 @@ class StoreThread:
         conn = self._conn
         assert conn is not None
         ops = self.ops
-        taken: list[tuple[Any, ...]] = []
+        due = bool(self._progress)  # progress taken in this round is written in a later one
+        # One pass over what is pending: progress is coalesced aside, syncs only count.
+        taken = 0
+        stop = False
+        writes: list[tuple[Any, ...]] = []
+        keep = writes.append
+        take = ops.popleft
         while ops:
-            taken.append(ops.popleft())
+            op = take()
+            taken += 1
+            kind = op[0]
+            if kind == PROGRESS:
+                rec = op[1]
+                self.progress_queued.discard(rec.task_id)
+                self._progress[rec.task_id] = rec
+            elif kind != SYNC:
+                if kind == STOP:
+                    stop = True
+                keep(op)
         now = time.time()
-        stop = any(op[0] == STOP for op in taken)
         beat = now - self._last_beat >= HEARTBEAT_EVERY
-        progress = bool(self._progress) and (now - self._last_progress >= PROGRESS_EVERY or stop)
+        progress = due and (now - self._last_progress >= PROGRESS_EVERY or stop)
         prune = (self._finishes and now - self._last_prune >= 0.1) or (self.finished_ttl is not None and beat)
-        for op in taken:
-            if op[0] == PROGRESS:
-                self.progress_queued.discard(op[1].task_id)
-                self._progress[op[1].task_id] = op[1]
-        writes = [op for op in taken if op[0] != PROGRESS and op[0] != SYNC]
         pruned: list[str] = []
         if writes or beat or progress or prune:
             self._begin()
@@ -323,7 +334,7 @@ class StoreThread:
             if rev - 1 == self._seen and not foreign:
                 self._seen = rev  # nobody else wrote in between: our own rows need no re-reading
             self._reread = foreign
-        batch.done = self._done + len(taken)
+        batch.done = self._done + taken
         rows, gone = self._read_changes(force=self._reread)
         self._reread = False
         batch.rows = rows
@@ -432,7 +443,7 @@ class StoreThread:
             if finishing and tid in finishing and owner == mine and status in _TERMINAL_STATUSES:
                 born.add(tid)
                 final: tuple[Any, ...] = (
-                    status.value,
+                    _STATUS_TEXT[status],
                     rec.error,
                     rec._traceback_text(),
                     rec.completed if rec.completed is not None else now,
@@ -542,30 +553,37 @@ class StoreThread:
     def _finish(self, recs: list[TaskRecord], rev: int, now: float, born: set[str]) -> None:
         """Write the ends of our tasks, and their outcomes (``born``: rows inserted finished already)."""
         progress = self._progress
+        numbers = self._numbers
+        completed = TaskStatus.COMPLETED
         rows = []
         blobs = []
         for rec in recs:
             tid = rec.task_id
-            progress.pop(tid, None)
-            n = self._number(tid)
-            del self._numbers[tid]
-            status = rec.status.value
+            if progress:
+                progress.pop(tid, None)
+            n = numbers.pop(tid, None)
+            if n is None:  # pragma: no cover - every task we own was inserted or claimed by us
+                n = self._number(tid)
+                del numbers[tid]
+            status = rec.status
+            failure = rec._failure
             try:
-                if status == "completed":
+                if status is completed:
                     blobs.append((n, "value", pickle.dumps(rec._result, 5)))
-                elif status == "failed" and rec._failure is not None:
-                    blobs.append((n, "error", pickle.dumps(rec._failure, 5)))
+                elif failure is not None and status is TaskStatus.FAILED:
+                    blobs.append((n, "error", pickle.dumps(failure, 5)))
             except Exception as exc:  # kept in this process's memory; elsewhere result() says why
                 log.warning("task %r: its outcome cannot be stored: %s: %s", tid, type(exc).__name__, exc)
             if born and tid in born:
                 continue
+            completed_at = rec.completed
             rows.append(
                 (
                     n,
-                    status,
+                    _STATUS_TEXT[status],
                     rec.error,
-                    rec._traceback_text(),
-                    rec.completed if rec.completed is not None else now,
+                    None if failure is None else rec._traceback_text(),
+                    now if completed_at is None else completed_at,
                     rec.started,
                     rec.worker_pid,
                     rec.progress,
