@@ -275,27 +275,30 @@ class StoreRegistry(TaskRegistry):
             self._claiming += want
             self._put((CLAIM, want))
 
-    def _take(self, claimed: Claimed) -> None:
-        """A task this process claimed: hand it to the scheduler (or give it back)."""
+    def _take(self, claimed: Claimed) -> bool:
+        """A task this process claimed: queue it in the scheduler (True), or give it back.
+
+        The caller dispatches once it queued them all.
+        """
         tid = claimed.task_id
         rec = self._records.get(tid)
         if rec is None:
             if claimed.row is None:  # forgotten since the claim (cleared): back to the queue, read again
                 self._put((RELEASE, tid))
-                return
+                return False
             rec = self._new_record(claimed.row)
         self._open.pop(tid, None)
         scheduler = self._scheduler
         if rec.status.is_terminal:  # pragma: no cover - the claim and the cancel are serialised
-            return
+            return False
         if scheduler is None or not scheduler.accepting:
             self._put((RELEASE, tid))
-            return
+            return False
         if claimed.payload is None and rec.payload is None:
             rec.finish_failed(TaskLost(tid, "its job is missing from the store"))
             self._owned.add(tid)
             self.changed(rec)
-            return
+            return False
         if rec.payload is None:
             rec.payload = claimed.payload
         if claimed.options is not None and rec.options is None:
@@ -311,7 +314,8 @@ class StoreRegistry(TaskRegistry):
             self._attempt_written[tid] = rec.attempt
         rec.requeues = max(rec.requeues, claimed.requeues)
         self._owned.add(tid)
-        scheduler.enqueue(rec)
+        scheduler.enqueue(rec, dispatch=False)
+        return True
 
     # ---------------------------------------------------------------- changes
     def changed(self, rec: TaskRecord | None) -> None:
@@ -411,12 +415,15 @@ class StoreRegistry(TaskRegistry):
     # ------------------------------------------------------ from the thread
     def _deliver(self, batch: Batch) -> None:
         """Apply what the writer thread did and read (runs in the trio thread)."""
+        taken = False
         for asked, claimed in batch.claims:
             self._claiming -= asked
             if len(claimed) < asked:
                 self._claim_idle = True
             for c in claimed:
-                self._take(c)
+                taken |= self._take(c)
+        if taken and self._scheduler is not None:
+            self._scheduler.dispatch()  # once for the whole claim (not a look for more work per task)
         for tid, answer in batch.cancels:
             grace = self._graces.pop(tid, None)
             if answer == "mine":
