@@ -624,7 +624,7 @@ class TaskManager(SubmitMethods):
         """
         records = self._registry.group_members(group)
         self._check_owner("cancel_group")
-        records.sort(key=lambda rec: rec.started_at is not None)
+        records.sort(key=lambda rec: rec.started is not None)
         await self._cancel_records(records)
         return sum(1 for rec in records if rec.status is TaskStatus.CANCELLED)
 

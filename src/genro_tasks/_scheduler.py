@@ -240,12 +240,21 @@ class Scheduler(BackendListener):
 
     # ---------------------------------------------------------------- the queue
     @enable_ki_protection
-    def enqueue(self, rec: TaskRecord) -> None:
-        """Queue a new (or lost, never started) task and dispatch what can run."""
+    def enqueue(self, rec: TaskRecord, dispatch: bool = True) -> None:
+        """Queue a new (or lost, never started) task and dispatch what can run.
+
+        With ``dispatch=False`` (queueing many at once), call :meth:`dispatch` after the last.
+        """
         heapq.heappush(self._queue, (-rec.priority, rec.seq))
         self._queued[rec.seq] = rec
         if self._drained.is_set():
             self._drained = trio.Event()
+        if dispatch:
+            self._dispatch()
+
+    @enable_ki_protection
+    def dispatch(self) -> None:
+        """Hand queued jobs to the backend while it has room (after ``enqueue(..., dispatch=False)``)."""
         self._dispatch()
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import pickle
+import time
 import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,8 +58,9 @@ class TaskStatus(enum.StrEnum):
 _TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+def _moment(ts: float | None) -> datetime | None:
+    """A UTC datetime from a ``time.time()`` value (None stays None)."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +195,8 @@ class TaskRecord:
         "_failure",
         "_result",
         "attempt",
-        "completed_at",
-        "created_at",
+        "completed",
+        "created",
         "error",
         "finished_at",
         "group",
@@ -212,7 +214,7 @@ class TaskRecord:
         "requeues",
         "retries_left",
         "seq",
-        "started_at",
+        "started",
         "status",
         "task_id",
         "timeout",
@@ -237,9 +239,14 @@ class TaskRecord:
         self.task_id = task_id
         self.name = name
         self.status = TaskStatus.PENDING
-        self.created_at = utcnow()
-        self.started_at: datetime | None = None
-        self.completed_at: datetime | None = None
+        # Moments as time.time() floats: a transition stores one float, a snapshot (or the
+        # store) converts it; the datetimes are the properties below.
+        #: When submit accepted it.
+        self.created = time.time()
+        #: When a worker reported it started the job, else None.
+        self.started: float | None = None
+        #: When it reached its terminal status, else None.
+        self.completed: float | None = None
         self.error: str | None = None
         self.progress: float | None = None
         self.progress_message: str | None = None
@@ -274,13 +281,25 @@ class TaskRecord:
         self.previous_errors: tuple[str, ...] = ()
 
     # --- reading -----------------------------------------------------------
+    @property
+    def created_at(self) -> datetime:
+        return datetime.fromtimestamp(self.created, UTC)
+
+    @property
+    def started_at(self) -> datetime | None:
+        return _moment(self.started)
+
+    @property
+    def completed_at(self) -> datetime | None:
+        return _moment(self.completed)
+
     def snapshot(self) -> TaskInfo:
         return TaskInfo(
             task_id=self.task_id,
             status=self.status,
-            created_at=self.created_at,
-            started_at=self.started_at,
-            completed_at=self.completed_at,
+            created_at=datetime.fromtimestamp(self.created, UTC),
+            started_at=_moment(self.started),
+            completed_at=_moment(self.completed),
             error=self.error,
             progress=self.progress,
             metadata=dict(self.metadata) if self.metadata else {},
@@ -336,7 +355,7 @@ class TaskRecord:
     # --- transitions (the scheduler's alone) -------------------------------
     def set_running(self, pid: int | None) -> None:
         self.status = TaskStatus.RUNNING
-        self.started_at = utcnow()
+        self.started = time.time()
         self.worker_pid = pid
         self.version += 1
 
@@ -370,7 +389,7 @@ class TaskRecord:
             raise AssertionError(f"task {self.task_id!r} is already {self.status.value}")
         self.status = status
         self.error = error
-        self.completed_at = utcnow()
+        self.completed = time.time()
         self.version += 1
         done = self._done
         if done is not None:
@@ -386,8 +405,8 @@ class TaskRecord:
         self.previous_errors = (*self.previous_errors, why)
         self.attempt += 1
         self.status = TaskStatus.PENDING
-        self.started_at = None
-        self.completed_at = None
+        self.started = None
+        self.completed = None
         self.error = None
         self.progress = None
         self.progress_message = None

@@ -23,7 +23,6 @@ import os
 import pickle
 import sqlite3
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import trio
@@ -65,10 +64,6 @@ _FOREIGN_SEQ = 1 << 48
 
 def _refuse(op: tuple[Any, ...]) -> None:  # pragma: no cover - ops are only made once open
     raise AssertionError("the store is not open")
-
-
-def _when(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
 class StoreRegistry(TaskRegistry):
@@ -139,6 +134,7 @@ class StoreRegistry(TaskRegistry):
         # worker, more while short tasks keep starving the workers (see on_idle).
         self._base_ahead = self._ahead = scheduler.backend.capacity
         self._thread = thread
+        thread.known = self._records
         self._lazy = thread.put_lazy
         self._live = True
         self._stopped = trio.Event()
@@ -295,25 +291,30 @@ class StoreRegistry(TaskRegistry):
             self._claiming += want
             self._put((CLAIM, want))
 
-    def _take(self, claimed: Claimed) -> None:
-        """A task this process claimed: hand it to the scheduler (or give it back)."""
-        row = claimed.row
-        tid = row.id
+    def _take(self, claimed: Claimed) -> bool:
+        """A task this process claimed: queue it in the scheduler (True), or give it back.
+
+        The caller dispatches once it queued them all.
+        """
+        tid = claimed.task_id
         rec = self._records.get(tid)
         if rec is None:
-            rec = self._new_record(row)
+            if claimed.row is None:  # forgotten since the claim (cleared): back to the queue, read again
+                self._put((RELEASE, tid))
+                return False
+            rec = self._new_record(claimed.row)
         self._open.pop(tid, None)
         scheduler = self._scheduler
         if rec.status.is_terminal:  # pragma: no cover - the claim and the cancel are serialised
-            return
+            return False
         if scheduler is None or not scheduler.accepting:
             self._put((RELEASE, tid))
-            return
+            return False
         if claimed.payload is None and rec.payload is None:
             rec.finish_failed(TaskLost(tid, "its job is missing from the store"))
             self._owned.add(tid)
             self.changed(rec)
-            return
+            return False
         if claimed.payload is not None:  # the stored job: another process may have submitted this id first
             rec.payload = claimed.payload
         if claimed.options is not None and rec.options is None:
@@ -327,9 +328,10 @@ class StoreRegistry(TaskRegistry):
                 rec.retries_left = claimed.retries_left
         if rec.attempt > 1:
             self._attempt_written[tid] = rec.attempt
-        rec.requeues = max(rec.requeues, row.requeues)
+        rec.requeues = max(rec.requeues, claimed.requeues)
         self._owned.add(tid)
-        scheduler.enqueue(rec)
+        scheduler.enqueue(rec, dispatch=False)
+        return True
 
     # ---------------------------------------------------------------- changes
     def changed(self, rec: TaskRecord | None) -> None:
@@ -437,12 +439,15 @@ class StoreRegistry(TaskRegistry):
     # ------------------------------------------------------ from the thread
     def _deliver(self, batch: Batch) -> None:
         """Apply what the writer thread did and read (runs in the trio thread)."""
+        taken = False
         for asked, claimed in batch.claims:
             self._claiming -= asked
             if len(claimed) < asked:
                 self._claim_idle = True
             for c in claimed:
-                self._take(c)
+                taken |= self._take(c)
+        if taken and self._scheduler is not None:
+            self._scheduler.dispatch()  # once for the whole claim (not a look for more work per task)
         for tid, answer in batch.cancels:
             grace = self._graces.pop(tid, None)
             if answer == "mine":
@@ -522,7 +527,7 @@ class StoreRegistry(TaskRegistry):
             TaskRegistry.reopen(self, rec)
         self._unloaded.discard(rec.task_id)
         rec.status = TaskStatus.PENDING
-        rec.started_at = rec.completed_at = None
+        rec.started = rec.completed = None
         rec.error = rec.progress = rec.progress_message = rec.worker_pid = None
         rec._result = rec._failure = None
         rec.attempt = row.attempt
@@ -541,7 +546,7 @@ class StoreRegistry(TaskRegistry):
             self._foreign_seq, row.id, row.name, b"", metadata, row.timeout, row.priority, row.memory_limit
         )
         rec.payload = None
-        rec.created_at = _when(row.created) or rec.created_at
+        rec.created = row.created
         rec.requeues = row.requeues
         rec.group = row.grp
         rec.attempt = row.attempt
@@ -558,7 +563,7 @@ class StoreRegistry(TaskRegistry):
         changed = False
         if status is not TaskStatus.PENDING and rec.status is TaskStatus.PENDING and row.started is not None:
             rec.status = TaskStatus.RUNNING
-            rec.started_at = _when(row.started)
+            rec.started = row.started
             rec.worker_pid = row.worker_pid
             changed = True
         if row.progress != rec.progress or row.progress_message != rec.progress_message:
@@ -568,7 +573,7 @@ class StoreRegistry(TaskRegistry):
         if status.is_terminal:
             rec.worker_pid = row.worker_pid
             if row.started is not None:
-                rec.started_at = _when(row.started)
+                rec.started = row.started
             error = row.error or ""
             if status is TaskStatus.FAILED:
                 type_name, _, message = error.partition(": ")
@@ -579,7 +584,7 @@ class StoreRegistry(TaskRegistry):
             if status is not TaskStatus.CANCELLED:
                 self._unloaded.add(rec.task_id)
             rec._finish(status, row.error)
-            rec.completed_at = _when(row.completed)
+            rec.completed = row.completed
             return True
         if changed:
             rec.version += 1

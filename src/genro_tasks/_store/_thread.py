@@ -22,10 +22,12 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .._task import TaskStatus
 from ._liveness import MACHINE, my_identity, owner_alive
 from ._schema import TASK_COLUMNS, migrate
 
@@ -58,6 +60,10 @@ GONE_KEEP = 3600.0
 MAX_REQUEUES = 3
 
 _TERMINAL = ("completed", "failed", "cancelled")
+_TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+_STATUS_TEXT = {status: status.value for status in TaskStatus}
+#: The end columns of a task inserted PENDING (see ``StoreThread._insert``).
+_PENDING_ROW = ("pending", None, None, None, None, None, None, None)
 _LOST = "its TaskManager process (pid {pid}) died while it ran; the job may or may not have finished"
 #: SQL for a lost task's error column: ``TaskLost: `` and the text of ``str(TaskLost(id, detail))``.
 _LOST_SQL = "'TaskLost: Task ''' || id || ''' was lost: ' || ?"
@@ -65,6 +71,12 @@ _LOST_SQL = "'TaskLost: Task ''' || id || ''' was lost: ' || ?"
 
 #: Most host parameters in one statement (SQLite's limit is 32766 since 3.32).
 _MAX_VARIABLES = 30000
+#: Most rows in one statement of ``StoreThread._many`` (a power of two).
+_MAX_CHUNK = 512
+#: The round's revision, as statements of ``StoreThread._many`` read it (the round took it from ``meta``).
+_CURRENT_REV = "(SELECT value FROM meta WHERE key = 'rev')"
+#: Statements the connection keeps prepared (``_many`` uses up to ten sizes of each of its few templates).
+_CACHED_STATEMENTS = 256
 
 
 @functools.lru_cache(maxsize=256)
@@ -105,7 +117,10 @@ class Row(NamedTuple):
 class Claimed:
     """A task this process just claimed, with its job."""
 
-    row: Row
+    task_id: str
+    #: The whole row, only for a task this process's mirror did not know when it was claimed.
+    row: Row | None
+    requeues: int
     payload: bytes | None
     #: The pickled TaskOptions of a task with a retry policy, and its retries left.
     options: bytes | None = None
@@ -128,7 +143,13 @@ class Batch:
 
 def connect(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), WAL, the chosen durability."""
-    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(
+        path,
+        timeout=busy_timeout,
+        isolation_level=None,
+        check_same_thread=False,
+        cached_statements=_CACHED_STATEMENTS,
+    )
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     if (
         conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
@@ -159,8 +180,13 @@ class StoreThread:
         self.put_lazy = self.ops.append
         #: Ids whose PROGRESS op is queued and not yet taken (shared with trio: see ``StoreRegistry``).
         self.progress_queued: set[str] = set()
+        #: The ids the trio side's mirror has records for (its dict, only read here: a claim
+        #: sends back the whole row of the others only).
+        self.known: Container[str] = frozenset()
         #: Row numbers of the tasks this process inserted or claimed and has not finished.
         self._numbers: dict[str, int] = {}
+        #: The statements of ``_many``, by template and rows.
+        self._texts: dict[tuple[str, int], str] = {}
         self._wake = threading.Event()
         self._sleeping = False
         self._urgent = False
@@ -262,19 +288,30 @@ class StoreThread:
         conn = self._conn
         assert conn is not None
         ops = self.ops
-        taken: list[tuple[Any, ...]] = []
+        due = bool(self._progress)  # progress taken in this round is written in a later one
+        # One pass over what is pending: progress is coalesced aside, syncs only count.
+        taken = 0
+        stop = False
+        writes: list[tuple[Any, ...]] = []
+        keep = writes.append
+        take = ops.popleft
         while ops:
-            taken.append(ops.popleft())
+            op = take()
+            taken += 1
+            kind = op[0]
+            if kind == PROGRESS:
+                rec = op[1]
+                self.progress_queued.discard(rec.task_id)
+                self._progress[rec.task_id] = rec
+            elif kind != SYNC:
+                if kind == STOP:
+                    stop = True
+                keep(op)
         now = time.time()
-        stop = any(op[0] == STOP for op in taken)
         beat = now - self._last_beat >= HEARTBEAT_EVERY
-        progress = bool(self._progress) and (now - self._last_progress >= PROGRESS_EVERY or stop)
+        progress = due and (now - self._last_progress >= PROGRESS_EVERY or stop)
         prune = (self._finishes and now - self._last_prune >= 0.1) or (self.finished_ttl is not None and beat)
-        for op in taken:
-            if op[0] == PROGRESS:
-                self.progress_queued.discard(op[1].task_id)
-                self._progress[op[1].task_id] = op[1]
-        writes = [op for op in taken if op[0] != PROGRESS and op[0] != SYNC]
+        pruned: list[str] = []
         if writes or beat or progress or prune:
             self._begin()
             rev = self._next_rev()
@@ -290,18 +327,18 @@ class StoreThread:
                 foreign |= self._check_owners(rev, now)
                 self._last_beat = now
             if prune:
-                foreign |= self._prune(rev, now)
+                self._prune(rev, now, pruned)
             if stop:
                 conn.execute("DELETE FROM processes WHERE owner = ?", (self.owner,))
             conn.execute("COMMIT")
             if rev - 1 == self._seen and not foreign:
                 self._seen = rev  # nobody else wrote in between: our own rows need no re-reading
             self._reread = foreign
-        batch.done = self._done + len(taken)
+        batch.done = self._done + taken
         rows, gone = self._read_changes(force=self._reread)
         self._reread = False
         batch.rows = rows
-        batch.gone = gone
+        batch.gone = pruned + gone if pruned else gone
         return stop
 
     def _begin(self) -> None:
@@ -358,8 +395,10 @@ class StoreThread:
     ) -> None:
         conn = self._conn
         assert conn is not None
+        born: set[str] = set()
         if inserts:
-            self._insert(inserts, rev)
+            # A task that also finished in this run is inserted finished: one write instead of two.
+            born = self._insert(inserts, rev, {rec.task_id for rec in finishes} if finishes else None, now)
             inserts.clear()
         if finishes:
             for rec in finishes:
@@ -372,30 +411,58 @@ class StoreThread:
                 [
                     (
                         self._number(tid),
-                        rec.started_at.timestamp() if rec.started_at is not None else now,
+                        rec.started if rec.started is not None else now,
                         rec.worker_pid,
                     )
                     for tid, rec in starts.items()
                 ],
-                rev,
             )
             starts.clear()
         if finishes:
-            self._finish(finishes, rev, now)
+            self._finish(finishes, rev, now, born)
             finishes.clear()
 
-    def _insert(self, inserts: list[tuple[Any, ...]], rev: int) -> None:
+    def _insert(self, inserts: list[tuple[Any, ...]], rev: int, finishing: set[str] | None, now: float) -> set[str]:
+        """Insert new tasks; those of ``finishing`` (ours, terminal now) are written finished.
+
+        Returns the ids written finished (their finish then only stores the outcome).
+        """
         conn = self._conn
         assert conn is not None
         rows = []
+        born: set[str] = set()
+        mine = self.owner
+        # Row numbers are chosen here (after the highest, as SQLite would), so the insert returns no
+        # rows: every row returned is a step of its own, and each gives the GIL up to win it back.
+        (top,) = conn.execute("SELECT coalesce(max(n), 0) FROM tasks").fetchone()
+        n = top
         for _kind, rec, owner, payload, metadata in inserts:
+            n += 1
+            tid = rec.task_id
+            status = rec.status
+            if finishing and tid in finishing and owner == mine and status in _TERMINAL_STATUSES:
+                born.add(tid)
+                final: tuple[Any, ...] = (
+                    _STATUS_TEXT[status],
+                    _utf8(rec.error),
+                    _utf8(rec._traceback_text()),
+                    rec.completed if rec.completed is not None else now,
+                    rec.started,
+                    rec.worker_pid,
+                    rec.progress,
+                    _utf8(rec.progress_message),
+                )
+                payload = None
+            else:
+                final = _PENDING_ROW
             rows.append(
                 (
-                    rec.task_id,
+                    n,
+                    tid,
                     owner,
                     rec.name,
                     rec.priority,
-                    rec.created_at.timestamp(),
+                    rec.created,
                     rec.timeout,
                     rec.memory_limit,
                     metadata,
@@ -403,27 +470,36 @@ class StoreThread:
                     rec.group,
                     rec.retries_left,
                     _options_blob(rec),
+                    *final,
                 )
             )
-        numbers = self._numbers
-        inserted = self._many(
-            "INSERT OR IGNORE INTO tasks (id, owner, name, priority, created, timeout, memory_limit, metadata, "
-            "payload, grp, retries_left, options, rev, status) SELECT column1, column2, column3, column4, "
-            "column5, column6, column7, column8, column9, column10, column11, column12, {rev}, 'pending' "
-            "FROM (VALUES {values}) RETURNING id, n",
+        before = conn.total_changes
+        self._many(
+            "INSERT OR IGNORE INTO tasks (n, id, owner, name, priority, created, timeout, memory_limit, metadata, "
+            "payload, grp, retries_left, options, status, error, traceback, completed, started, worker_pid, "
+            "progress, progress_message, rev) SELECT column1, column2, column3, column4, column5, column6, "
+            "column7, column8, column9, column10, column11, column12, column13, column14, column15, column16, "
+            "column17, column18, column19, column20, column21, {rev} FROM (VALUES {values})",
             rows,
-            rev,
         )
-        for tid, n in inserted:
-            numbers[tid] = n
-        if len(inserted) != len(rows):  # a chosen id another process stored first (or at the same time)
+        numbers = self._numbers
+        if conn.total_changes - before == len(rows):
             for row in rows:
-                if row[0] not in numbers:
-                    log.warning(
-                        "task id %r was already in the store (another process submitted it); this submission "
-                        "was not stored and will not run: the stored one is the task",
-                        row[0],
-                    )
+                numbers[row[1]] = row[0]
+            return born
+        # An id already in the store (never in practice: ids are random, or checked at submit).
+        stored = dict(conn.execute("SELECT n, id FROM tasks WHERE n > ? AND n <= ?", (top, n)).fetchall())
+        for row in rows:
+            if stored.get(row[0]) == row[1]:
+                numbers[row[1]] = row[0]
+            else:
+                born.discard(row[1])
+                log.warning(
+                    "task id %r was already in the store (another process submitted it); this submission "
+                    "was not stored and will not run: the stored one is the task",
+                    row[1],
+                )
+        return born
 
     def _apply(self, op: tuple[Any, ...], rev: int, now: float, batch: Batch) -> bool:
         """Write one op that is not an insert, start or finish; True if it changed others' rows."""
@@ -438,6 +514,7 @@ class StoreThread:
                 "UPDATE tasks SET owner = NULL, rev = ? WHERE id = ? AND owner = ? AND status = 'pending'",
                 (rev, op[1], self.owner),
             )
+            return True  # read back, so this mirror queues it again (it may have forgotten it)
         elif kind == CANCEL:
             answer = self._cancel(op[1], op[2], rev, now)
             batch.cancels.append((op[1], answer))
@@ -480,48 +557,56 @@ class StoreThread:
                 self._numbers[tid] = int(row[0])
             conn.execute("DELETE FROM results WHERE n = ?", (int(row[0]),))
 
-    def _finish(self, recs: list[TaskRecord], rev: int, now: float) -> None:
-        conn = self._conn
-        assert conn is not None
+    def _finish(self, recs: list[TaskRecord], rev: int, now: float, born: set[str]) -> None:
+        """Write the ends of our tasks, and their outcomes (``born``: rows inserted finished already)."""
         progress = self._progress
+        numbers = self._numbers
+        completed = TaskStatus.COMPLETED
         rows = []
         blobs = []
         for rec in recs:
             tid = rec.task_id
-            progress.pop(tid, None)
-            n = self._number(tid)
-            del self._numbers[tid]
-            status = rec.status.value
+            if progress:
+                progress.pop(tid, None)
+            n = numbers.pop(tid, None)
+            if n is None:  # pragma: no cover - every task we own was inserted or claimed by us
+                n = self._number(tid)
+                del numbers[tid]
+            status = rec.status
+            failure = rec._failure
             try:
-                if status == "completed":
+                if status is completed:
                     blobs.append((n, "value", pickle.dumps(rec._result, 5)))
-                elif status == "failed" and rec._failure is not None:
-                    blobs.append((n, "error", pickle.dumps(rec._failure, 5)))
+                elif failure is not None and status is TaskStatus.FAILED:
+                    blobs.append((n, "error", pickle.dumps(failure, 5)))
             except Exception as exc:  # kept in this process's memory; elsewhere result() says why
                 log.warning("task %r: its outcome cannot be stored: %s: %s", tid, type(exc).__name__, exc)
+            if born and tid in born:
+                continue
+            completed_at = rec.completed
             rows.append(
                 (
                     n,
-                    status,
+                    _STATUS_TEXT[status],
                     _utf8(rec.error),
-                    _utf8(rec._traceback_text()),
-                    rec.completed_at.timestamp() if rec.completed_at is not None else now,
-                    rec.started_at.timestamp() if rec.started_at is not None else None,
+                    None if failure is None else _utf8(rec._traceback_text()),
+                    now if completed_at is None else completed_at,
+                    rec.started,
                     rec.worker_pid,
                     rec.progress,
                     _utf8(rec.progress_message),
                 )
             )
-        self._many(
-            "UPDATE tasks SET status = v.column2, error = v.column3, traceback = v.column4, completed = v.column5, "
-            "started = v.column6, worker_pid = v.column7, progress = v.column8, progress_message = v.column9, "
-            "cancel_req = 0, payload = NULL, rev = {rev} FROM (VALUES {values}) AS v WHERE tasks.n = v.column1 "
-            "AND tasks.owner = {owner}",
-            rows,
-            rev,
-        )
+        if rows:
+            self._many(
+                "UPDATE tasks SET status = v.column2, error = v.column3, traceback = v.column4, "
+                "completed = v.column5, started = v.column6, worker_pid = v.column7, progress = v.column8, "
+                "progress_message = v.column9, cancel_req = 0, payload = NULL, rev = {rev} "
+                "FROM (VALUES {values}) AS v WHERE tasks.n = v.column1 AND tasks.owner = {owner}",
+                rows,
+            )
         if blobs:
-            self._many("INSERT OR REPLACE INTO results (n, kind, data) VALUES {values}", blobs, rev)
+            self._many("INSERT OR REPLACE INTO results (n, kind, data) VALUES {values}", blobs)
         self._finishes += len(recs)
 
     def _write_progress(self, rev: int) -> None:
@@ -534,27 +619,38 @@ class StoreThread:
             "FROM (VALUES {values}) AS v WHERE tasks.n = v.column1 AND tasks.status = 'running' "
             "AND tasks.owner = {owner}",
             [(self._number(tid), rec.progress, _utf8(rec.progress_message)) for tid, rec in due.items()],
-            rev,
         )
         due.clear()
 
-    def _many(self, template: str, rows: list[tuple[Any, ...]], rev: int) -> list[Any]:
+    def _many(self, template: str, rows: list[tuple[Any, ...]]) -> list[Any]:
         """Run ``template`` with its ``{values}`` holding many rows at once (``{rev}``, ``{owner}``: ours).
 
         One statement per chunk instead of one step per row (as ``executemany``
         does): each step gives the GIL up and must win it back from the busy
-        trio thread, so fewer steps make a round much cheaper.
+        trio thread, so fewer steps make a round much cheaper. The chunks have
+        power-of-two sizes and the text never holds a value (``{rev}`` reads
+        the round's revision from ``meta``), so each statement is parsed once
+        and then found in the connection's statement cache: parsing a statement
+        of many rows costs ten times more than running it.
         """
         conn = self._conn
         assert conn is not None
         assert rows
         width = len(rows[0])
-        chunk = max(1, _MAX_VARIABLES // width)
+        most = min(_MAX_CHUNK, 1 << ((_MAX_VARIABLES // width).bit_length() - 1))
+        texts = self._texts
         returned: list[Any] = []
-        for start in range(0, len(rows), chunk):
-            part = rows[start : start + chunk]
-            sql = template.format(rev=int(rev), owner=self._owner_sql, values=_placeholders(width, len(part)))
-            returned += conn.execute(sql, [value for row in part for value in row]).fetchall()
+        start, left = 0, len(rows)
+        while left:
+            size = most if left >= most else 1 << (left.bit_length() - 1)
+            sql = texts.get((template, size))
+            if sql is None:
+                sql = texts[template, size] = template.format(
+                    rev=_CURRENT_REV, owner=self._owner_sql, values=_placeholders(width, size)
+                )
+            returned += conn.execute(sql, list(chain.from_iterable(rows[start : start + size]))).fetchall()
+            start += size
+            left -= size
         return returned
 
     def _number(self, task_id: str) -> int:
@@ -568,21 +664,32 @@ class StoreThread:
         return n
 
     def _claim(self, n: int, rev: int) -> list[Claimed]:
+        """Take the next ``n`` tasks of the shared queue (priority, then age) for this process.
+
+        Only what the mirror lacks comes back: the whole row of a task it does not know yet.
+        """
         conn = self._conn
         assert conn is not None
         rows = conn.execute(
-            f"UPDATE tasks SET owner = ?, rev = ? WHERE n IN (SELECT n FROM tasks WHERE status = 'pending' "
-            f"AND owner IS NULL ORDER BY priority DESC, created LIMIT ?) "
-            f"RETURNING n, payload, options, retries_left, {TASK_COLUMNS}",
+            "UPDATE tasks SET owner = ?, rev = ? WHERE n IN (SELECT n FROM tasks WHERE status = 'pending' "
+            "AND owner IS NULL ORDER BY priority DESC, created LIMIT ?) "
+            "RETURNING n, id, priority, created, requeues, payload, options, retries_left",
             (self.owner, rev, n),
         ).fetchall()
-        claimed = []
+        rows.sort(key=lambda raw: (-raw[2], raw[3]))
+        known = self.known
+        unknown = [raw[0] for raw in rows if raw[1] not in known]
+        full: dict[int, Row] = {}
+        if unknown:
+            for raw in conn.execute(
+                f"SELECT n, {TASK_COLUMNS} FROM tasks WHERE n IN ({', '.join('?' * len(unknown))})", unknown
+            ):
+                full[raw[0]] = Row(*raw[1:])
         numbers = self._numbers
-        for raw in rows:
-            row = Row(*raw[4:])
-            numbers[row.id] = raw[0]
-            claimed.append(Claimed(row, raw[1], raw[2], raw[3]))
-        claimed.sort(key=lambda c: (-c.row.priority, c.row.created))
+        claimed = []
+        for number, tid, _priority, _created, requeues, payload, options, retries_left in rows:
+            numbers[tid] = number
+            claimed.append(Claimed(tid, full.get(number), requeues, payload, options, retries_left))
         return claimed
 
     def _cancel(self, task_id: str, grace: float | None, rev: int, now: float) -> str:
@@ -650,8 +757,12 @@ class StoreThread:
             self._finishes += 1
         return bool(dead)
 
-    def _prune(self, rev: int, now: float) -> bool:
-        """Apply max_finished and finished_ttl to the store; True if anything was deleted."""
+    def _prune(self, rev: int, now: float, gone: list[str] | None = None) -> None:
+        """Apply max_finished and finished_ttl to the store.
+
+        The ids deleted are added to ``gone`` (this process's own tombstones,
+        so its mirror forgets them without re-reading the round's rows).
+        """
         conn = self._conn
         assert conn is not None
         self._finishes = 0
@@ -659,21 +770,28 @@ class StoreThread:
         # Tombstones every registered process has read past are no longer needed (a process that
         # starts later loads the rows themselves); GONE_KEEP bounds what a stalled one holds back.
         conn.execute("DELETE FROM gone WHERE rev <= (SELECT min(seen) FROM processes) OR at < ?", (now - GONE_KEEP,))
-        if self.finished_ttl is not None:
-            conn.execute(
-                "INSERT INTO gone (id, rev, at) SELECT id, ?, ? FROM tasks "
-                "WHERE completed IS NOT NULL AND completed < ?",
-                (rev, now, now - self.finished_ttl),
-            )
         (finished,) = conn.execute("SELECT count(*) FROM tasks WHERE completed IS NOT NULL").fetchone()
-        excess = finished - self.max_finished
-        if excess > 0:
-            conn.execute(
-                "INSERT INTO gone (id, rev, at) SELECT id, ?, ? FROM tasks WHERE completed IS NOT NULL "
-                "AND id NOT IN (SELECT id FROM gone WHERE rev = ?) ORDER BY completed LIMIT ?",
-                (rev, now, rev, excess),
-            )
-        return self._delete_gone(rev) > 0
+        doomed = finished - self.max_finished
+        if self.finished_ttl is not None:
+            # The expired tasks are the oldest finished ones: one prefix of the same order covers both limits.
+            (expired,) = conn.execute(
+                "SELECT count(*) FROM tasks WHERE completed IS NOT NULL AND completed < ?", (now - self.finished_ttl,)
+            ).fetchone()
+            doomed = max(doomed, expired)
+        if doomed <= 0:
+            return
+        # The oldest ``doomed`` finished rows, in an order that is the same in each statement of the transaction
+        # (the index on completed ends with n); deleted by row number, not looked up again by id.
+        oldest = "SELECT n FROM tasks WHERE completed IS NOT NULL ORDER BY completed, n LIMIT ?"
+        ids = conn.execute(
+            f"INSERT INTO gone (id, rev, at) SELECT id, ?, ? FROM tasks WHERE n IN ({oldest}) RETURNING id",
+            (rev, now, doomed),
+        ).fetchall()
+        conn.execute(f"DELETE FROM results WHERE n IN ({oldest})", (doomed,))
+        conn.execute(f"DELETE FROM tasks WHERE n IN ({oldest})", (doomed,))
+        conn.execute("PRAGMA incremental_vacuum(256)")
+        if gone is not None:
+            gone.extend([row[0] for row in ids])
 
     def _delete_gone(self, rev: int) -> int:
         conn = self._conn

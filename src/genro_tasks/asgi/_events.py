@@ -40,7 +40,9 @@ class EventStreams:
         **Cancellation:** Ends the response; the task is not affected.
         """
         try:
-            await tm.info(task_id)  # with a store, an id submitted elsewhere an instant ago is read from the file
+            # Looked up first, as every route does: with a store, a task another process
+            # submitted an instant ago is read from the file instead of being "not found".
+            await tm.status(task_id)
             watcher = tm.watch(task_id)
         except KeyError:
             raise HTTPError(404, f"Task not found: {task_id}") from None
