@@ -342,60 +342,60 @@ async def test_dashboard_page_is_self_contained_and_escapes() -> None:
         assert info["metadata"] == {"x": "</script>"}
 
 
-async def test_example_app_with_hypercorn_cli(tmp_path: Path) -> None:
-    """The README's command: hypercorn --worker-class trio examples.export_app:app."""
+@asynccontextmanager
+async def example_server(env: dict[str, str], workers: int = 1) -> AsyncIterator[str]:
+    """The README's command, ``hypercorn --worker-class trio [--workers N] examples.export_app:app``,
+    on a free 127.0.0.1 port with ``env`` added to the environment; yield its base URL."""
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "hypercorn",
-        "--worker-class",
-        "trio",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "examples.export_app:app",
-    ]
-    env = {**os.environ, "EXPORT_REPORT_DIR": str(tmp_path)}  # its reports and task store: this test's own
+    command = [sys.executable, "-m", "hypercorn", "--worker-class", "trio", "--workers", str(workers)]
+    command += ["--bind", f"127.0.0.1:{port}", "examples.export_app:app"]
     proc = await trio.lowlevel.open_process(
-        command, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+        command, cwd=ROOT, env={**os.environ, **env}, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
     )
     try:
         assert proc.stderr is not None
         log = b""
         with trio.fail_after(60):
-            while b"Running on" not in log:
+            while log.count(b"Running on") < workers:  # each server process says so once it listens
                 chunk = await proc.stderr.receive_some(4096)
                 assert chunk, log.decode()
                 log += chunk
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            started = await client.post(
-                "/exports", params={"user_id": 42, "seconds": 0.5}, headers={"X-Requested-With": "exports"}
-            )
-            assert started.status_code == 202
-            task_id = started.json()["task_id"]
-            with trio.fail_after(60):
-                events = await sse_events(f"http://127.0.0.1:{port}", f"/tasks/tasks/{task_id}/events", lambda e: False)
-            seen = [e["status"] for e in events]
-            assert seen[-1] == "completed"
-            status = (await client.get(f"/exports/{task_id}")).json()
-            assert status["progress"] == 1.0
-            report = Path(status["report_path"])
-            assert report.read_text().startswith("row,user,amount")
-            report.unlink()
-            assert (await client.get("/tasks/")).status_code == 200
+        yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        with trio.move_on_after(20) as waited:
-            await proc.wait()
-        if waited.cancelled_caught:
-            proc.kill()
-            await proc.wait()
-        if proc.stderr is not None:
-            await proc.stderr.aclose()
+        with trio.CancelScope(shield=True):
+            proc.terminate()
+            with trio.move_on_after(30) as waited:
+                await proc.wait()
+            if waited.cancelled_caught:
+                proc.kill()
+                await proc.wait()
+            if proc.stderr is not None:
+                await proc.stderr.aclose()
+
+
+async def test_example_app_with_hypercorn_cli(tmp_path: Path) -> None:
+    """The README's command: hypercorn --worker-class trio examples.export_app:app."""
+    env = {"EXPORT_REPORT_DIR": str(tmp_path)}  # its reports and task store: this test's own
+    async with example_server(env) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        started = await client.post(
+            "/exports", params={"user_id": 42, "seconds": 0.5}, headers={"X-Requested-With": "exports"}
+        )
+        assert started.status_code == 202
+        task_id = started.json()["task_id"]
+        with trio.fail_after(60):
+            events = await sse_events(url, f"/tasks/tasks/{task_id}/events", lambda e: False)
+        seen = [e["status"] for e in events]
+        assert seen[-1] == "completed"
+        status = (await client.get(f"/exports/{task_id}")).json()
+        assert status["progress"] == 1.0
+        report = Path(status["report_path"])
+        assert report.read_text().startswith("row,user,amount")
+        report.unlink()
+        assert (await client.get("/tasks/")).status_code == 200
 
 
 async def test_reads_can_require_authorisation() -> None:

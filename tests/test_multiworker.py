@@ -3,48 +3,25 @@ in one request, check it in the next, whichever server process answers each."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import httpx
 import trio
 
-from test_asgi import sse_events
+from test_asgi import example_server, sse_events
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPORTS = 6
 
 
 async def test_every_lookup_answers_from_every_server_process(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {
-        **os.environ,
-        "EXPORT_REPORT_DIR": str(tmp_path / "reports"),
-        "EXPORT_TASK_STORE": str(tmp_path / "tasks.db"),
-    }
-    command = [sys.executable, "-m", "hypercorn", "--worker-class", "trio", "--workers", "2"]
-    command += ["--bind", f"127.0.0.1:{port}", "examples.export_app:app"]
-    proc = await trio.lowlevel.open_process(
-        command, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
-    )
-    try:
-        assert proc.stderr is not None
-        log = b""
-        with trio.fail_after(60):
-            while log.count(b"Running on") < 2:  # each server process says so once it listens
-                chunk = await proc.stderr.receive_some(4096)
-                assert chunk, log.decode()
-                log += chunk
+    env = {"EXPORT_REPORT_DIR": str(tmp_path / "reports"), "EXPORT_TASK_STORE": str(tmp_path / "tasks.db")}
+    async with example_server(env, workers=2) as url:
         # No keep-alive: every request opens its own connection, so the kernel hands
         # each one to whichever server process accepts first.
         limits = httpx.Limits(max_keepalive_connections=0)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30, limits=limits) as client:
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
             ids = []
             submitted_by = set()
             for user in range(EXPORTS):
@@ -80,7 +57,7 @@ async def test_every_lookup_answers_from_every_server_process(tmp_path: Path) ->
             finals: list[str] = []
 
             async def follow() -> None:
-                events = await sse_events(f"http://127.0.0.1:{port}", f"/tasks/tasks/{live}/events", lambda e: False)
+                events = await sse_events(url, f"/tasks/tasks/{live}/events", lambda e: False)
                 finals.append(events[-1]["status"])
 
             with trio.fail_after(60):
@@ -93,12 +70,3 @@ async def test_every_lookup_answers_from_every_server_process(tmp_path: Path) ->
                 listing = await client.get("/tasks/tasks")
                 assert listing.status_code == 200
                 assert set(ids) <= {t["task_id"] for t in listing.json()["tasks"]}
-    finally:
-        proc.terminate()
-        with trio.move_on_after(30) as waited:
-            await proc.wait()
-        if waited.cancelled_caught:
-            proc.kill()
-            await proc.wait()
-        if proc.stderr is not None:
-            await proc.stderr.aclose()
