@@ -24,7 +24,7 @@ from genro_tasks_worker._chunk import MapChunk, Outcomes
 from genro_tasks_worker._protocol import Failure
 
 from ._errors import RemoteError, UnpicklableResult
-from ._task import TaskInfo, TaskRecord
+from ._task import TaskInfo, TaskRecord, remote_exception
 
 if TYPE_CHECKING:
     from ._manager import TaskManager
@@ -517,11 +517,7 @@ def _item_error(rec: TaskRecord, index: int, error: Failure | tuple[str, str]) -
             f"Task {rec.task_id!r} ({rec.name}), item {index} of its chunk, returned a {type_name} that cannot be "
             f"pickled ({why}); return plain data instead, e.g. write it to a file and return the path"
         )
-    if error.exc_bytes is not None:
-        try:
-            remote = pickle.loads(error.exc_bytes)
-        except BaseException:  # user code ran: whatever it raises, the item's error is a RemoteError
-            remote = None
-        if isinstance(remote, Exception):
-            return remote
+    remote = remote_exception(error)
+    if isinstance(remote, Exception):
+        return remote
     return RemoteError(error.type_name, error.message, error.traceback)

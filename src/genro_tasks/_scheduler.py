@@ -27,7 +27,6 @@ import enum
 import heapq
 import logging
 import math
-import pickle
 from collections.abc import Callable
 
 import trio
@@ -55,7 +54,7 @@ from ._errors import (
     UnpicklableResult,
     WorkerCrashed,
 )
-from ._task import TaskRecord, TaskStatus, error_text, requeue_reason
+from ._task import TaskRecord, TaskStatus, error_text, remote_exception, requeue_reason
 from ._util import describe, only_cancelled, root_cause
 
 log = logging.getLogger("genro_tasks")
@@ -563,12 +562,7 @@ class Scheduler(BackendListener):
         names: set[str] = set()
         if isinstance(error, Failure):
             names.add(error.type_name)
-            exc = None
-            if error.exc_bytes is not None:
-                try:
-                    exc = pickle.loads(error.exc_bytes)
-                except BaseException:  # user code ran: the error is matched by its name alone
-                    exc = None
+            exc = remote_exception(error)  # None: the error is matched by its name alone
         if isinstance(exc, BaseException):
             names.update(f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__)
         names.update([name.rpartition(".")[2] for name in names])

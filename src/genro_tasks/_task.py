@@ -342,13 +342,8 @@ class TaskRecord:
             raise _fresh(failure)
         if failure is None:  # pragma: no cover
             raise AssertionError(f"task {self.task_id!r} is {status.value}, not finished")
-        remote: object = None
-        if failure.exc_bytes is not None:
-            try:
-                remote = pickle.loads(failure.exc_bytes)
-            except BaseException:  # user code ran: whatever it raises, the task's error is a RemoteError
-                remote = None
-        if isinstance(remote, BaseException):
+        remote = remote_exception(failure)
+        if remote is not None:
             raise remote
         raise RemoteError(failure.type_name, failure.message, failure.traceback)
 
@@ -416,6 +411,21 @@ class TaskRecord:
         self.noted = False
         self.requeues = 0
         self.version += 1
+
+
+def remote_exception(failure: Failure) -> BaseException | None:
+    """The exception a job raised, unpickled here; None if it was not pickled or cannot be unpickled.
+
+    Unpickling runs user code: whatever that raises, the caller falls back on the error's name
+    and text (a RemoteError).
+    """
+    if failure.exc_bytes is None:
+        return None
+    try:
+        remote = pickle.loads(failure.exc_bytes)
+    except BaseException:
+        return None
+    return remote if isinstance(remote, BaseException) else None
 
 
 def requeue_reason(rec: TaskRecord) -> str:
