@@ -393,13 +393,12 @@ class TaskRegistry(ABC):
         self._finished_groups.clear()
 
 
-class MemoryRegistry(TaskRegistry):
-    """Records in this process's memory (the default registry)."""
+class KeyedRegistry(TaskRegistry):
+    """A registry whose records this process holds in a dict by id (in memory, or mirrored from a store)."""
 
     def __init__(self, max_finished: int, finished_ttl: float | None, clock: Callable[[], float]) -> None:
         super().__init__(max_finished, finished_ttl, clock)
         self._records: dict[str, TaskRecord] = {}
-        self._finished: deque[TaskRecord] = deque()
 
     def add(self, rec: TaskRecord) -> None:
         self._records[rec.task_id] = rec
@@ -418,6 +417,14 @@ class MemoryRegistry(TaskRegistry):
 
     def __len__(self) -> int:
         return len(self._records)
+
+
+class MemoryRegistry(KeyedRegistry):
+    """Records in this process's memory (the default registry)."""
+
+    def __init__(self, max_finished: int, finished_ttl: float | None, clock: Callable[[], float]) -> None:
+        super().__init__(max_finished, finished_ttl, clock)
+        self._finished: deque[TaskRecord] = deque()
 
     def find(self, status: TaskStatus | None) -> list[TaskInfo]:
         self.prune()

@@ -30,7 +30,7 @@ import trio
 from genro_tasks_worker._protocol import Failure
 
 from .._errors import TaskLost, UnpicklableResult
-from .._registry import TaskRegistry
+from .._registry import KeyedRegistry, TaskRegistry
 from .._scheduler import Scheduler
 from .._task import TaskInfo, TaskRecord, TaskStatus, requeue_reason
 from . import SQLiteStore
@@ -66,7 +66,7 @@ def _refuse(op: tuple[Any, ...]) -> None:  # pragma: no cover - ops are only mad
     raise AssertionError("the store is not open")
 
 
-class StoreRegistry(TaskRegistry):
+class StoreRegistry(KeyedRegistry):
     """Task records mirrored from (and written to) an SQLite store shared by several processes."""
 
     def __init__(
@@ -75,7 +75,6 @@ class StoreRegistry(TaskRegistry):
         super().__init__(max_finished, finished_ttl, clock)
         self.store = store
         self.owner = os.urandom(8).hex()
-        self._records: dict[str, TaskRecord] = {}
         #: PENDING tasks nobody has claimed (as far as the mirror knows): the store's queue.
         self._open: dict[str, TaskRecord] = {}
         #: Tasks this process claimed and has not finished: its scheduler holds them.
@@ -206,28 +205,10 @@ class StoreRegistry(TaskRegistry):
         self._lazy(op)
 
     # ------------------------------------------------------- the seam
-    def add(self, rec: TaskRecord) -> None:
-        self._records[rec.task_id] = rec
-
-    def get(self, task_id: str) -> TaskRecord:
-        try:
-            return self._records[task_id]
-        except (KeyError, TypeError):
-            raise KeyError(f"Task not found: {task_id}") from None
-
     async def lookup(self, task_id: str) -> TaskRecord:
         if task_id not in self._records and isinstance(task_id, str):
             await self.sync()  # submitted elsewhere an instant ago?
         return self.get(task_id)
-
-    def __contains__(self, task_id: object) -> bool:
-        try:
-            return task_id in self._records
-        except TypeError:
-            return False
-
-    def __len__(self) -> int:
-        return len(self._records)
 
     def waiting(self) -> int:
         return len(self._open)
