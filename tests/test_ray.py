@@ -201,6 +201,10 @@ async def test_process_pool_options_are_refused_with_a_backend() -> None:
     async with TaskManager(backend=RayBackend()) as tm:
         with pytest.raises(ValueError, match="memory_limit task option does not apply"):
             tm.options(memory_limit=1 << 30).submit(simple_task, 1)
+        with pytest.raises(ValueError, match="memory_limit task option does not apply"):
+            async for _ in tm.options(memory_limit=1 << 30).map(simple_task, [1, 2]):
+                pass  # pragma: no cover - refused before the first item is submitted
+        assert tm.list_tasks() == []
 
 
 async def test_a_backend_serves_one_manager() -> None:

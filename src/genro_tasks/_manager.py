@@ -301,16 +301,14 @@ class TaskManager(SubmitMethods):
         return self, DEFAULT_OPTIONS
 
     def _submit(self, call: Call, options: TaskOptions) -> str:
-        """The one way in: every submit, submit_wait and run of the manager and its views."""
+        """The one way in: every submit of the manager and its views."""
+        return self._submit_record(call, options).task_id
+
+    def _submit_record(self, call: Call, options: TaskOptions) -> TaskRecord:
+        """:meth:`_submit`, returning the new record (for ``run`` and ``tm.map``)."""
         self._check_owner("submit")
         if options.memory_limit is not None and self._given_backend is not None:
             raise _no_memory_limit(self._given_backend)
-        job = prepare(call, options, self._registry.__contains__, self._max_message_size)
-        return self._enqueue(job, wait_for_room=False).task_id
-
-    def _submit_record(self, call: Call, options: TaskOptions) -> TaskRecord:
-        """:meth:`_submit`, returning the new record (for ``tm.map``)."""
-        self._check_owner("submit")
         job = prepare(call, options, self._registry.__contains__, self._max_message_size)
         return self._enqueue(job, wait_for_room=False)
 
@@ -507,8 +505,7 @@ class TaskManager(SubmitMethods):
         await self._registry.flush()
 
     async def _run(self, call: Call, options: TaskOptions) -> Any:
-        tid = self._submit(call, options)
-        rec = self._registry.get(tid)
+        rec = self._submit_record(call, options)
         try:
             await rec.wait_done()
         finally:
