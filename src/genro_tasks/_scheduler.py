@@ -54,7 +54,7 @@ from ._errors import (
     UnpicklableResult,
     WorkerCrashed,
 )
-from ._task import TaskRecord, TaskStatus, error_text, remote_exception, requeue_reason
+from ._task import TaskRecord, TaskStatus, error_text, remote_exception
 from ._util import describe, only_cancelled, root_cause
 
 log = logging.getLogger("genro_tasks")
@@ -579,8 +579,7 @@ class Scheduler(BackendListener):
         """An operator asked to run a finished task again: its next attempt, same id, queued now."""
         if not rec.status.is_terminal:  # pragma: no cover - the facade checks
             raise AssertionError(f"task {rec.task_id!r} is {rec.status.value}")
-        rec.new_attempt(requeue_reason(rec))
-        rec.retries_left = rec.options.retries if rec.options is not None else 0
+        rec.requeue()
         self.enqueue(rec)
         self._on_change(rec)
 

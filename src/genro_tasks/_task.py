@@ -391,6 +391,11 @@ class TaskRecord:
             self._done = None  # waiters hold their own reference
             done.set()
 
+    def requeue(self) -> None:
+        """An operator's requeue of this finished task: its next attempt, its automatic retries renewed."""
+        self.new_attempt(f"requeued after {self.status.value}" + (f" ({self.error})" if self.error else ""))
+        self.retries_left = self.options.retries if self.options is not None else 0
+
     def new_attempt(self, why: str) -> None:
         """Make the task PENDING again as its next attempt; ``why`` is how the last one ended.
 
@@ -426,11 +431,6 @@ def remote_exception(failure: Failure) -> BaseException | None:
     except BaseException:
         return None
     return remote if isinstance(remote, BaseException) else None
-
-
-def requeue_reason(rec: TaskRecord) -> str:
-    """How a finished task's attempt ended, as an operator's requeue records it in ``previous_errors``."""
-    return f"requeued after {rec.status.value}" + (f" ({rec.error})" if rec.error else "")
 
 
 def error_text(error: BaseException | Failure) -> str:

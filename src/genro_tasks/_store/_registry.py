@@ -32,7 +32,7 @@ from genro_tasks_worker._protocol import Failure
 from .._errors import TaskLost, UnpicklableResult
 from .._registry import KeyedRegistry, TaskRegistry
 from .._scheduler import Scheduler
-from .._task import TaskInfo, TaskRecord, TaskStatus, requeue_reason
+from .._task import TaskInfo, TaskRecord, TaskStatus
 from . import SQLiteStore
 from ._thread import (
     CANCEL,
@@ -357,8 +357,7 @@ class StoreRegistry(KeyedRegistry):
         self._unloaded.discard(tid)
         self._attempt_written.pop(tid, None)
         self._owned.discard(tid)
-        rec.new_attempt(requeue_reason(rec))
-        rec.retries_left = rec.options.retries if rec.options is not None else 0
+        rec.requeue()
         self._open[tid] = rec
         self._claim_idle = False
         self._put_lazy((RESTART, rec, None))
