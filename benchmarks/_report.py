@@ -120,7 +120,7 @@ NOTES = {
 }
 
 DISTS = {GENRO: "genro-tasks", "trio": "trio", "trio_parallel": "trio-parallel", "anyio": "anyio"}
-DISTS.update(pebble="Pebble", matplotlib="matplotlib")
+DISTS.update(pebble="Pebble", ray="ray", matplotlib="matplotlib")
 
 
 def machine_info() -> dict[str, Any]:
