@@ -56,6 +56,10 @@ PROGRESS_EVERY = 0.05
 HEARTBEAT_EVERY = 1.0
 #: Tombstones of deleted tasks are kept this long for processes catching up.
 GONE_KEEP = 3600.0
+#: Retention runs at most this often (seconds) ...
+PRUNE_EVERY = 0.1
+#: ... and once this many seconds passed since it last ran, or a batch of finishes came (``StoreThread._prune_batch``).
+PRUNE_AT_LEAST = 1.0
 #: How often a task whose owner died before starting it goes back to the queue.
 MAX_REQUEUES = 3
 
@@ -201,6 +205,10 @@ class StoreThread:
         self._last_beat = 0.0
         self._finishes = 0
         self._last_prune = 0.0
+        self._last_gone_sweep = 0.0
+        # Retention deletes a batch of rows at once: each deleted id dirties a random page of the id index
+        # (ids are random), so a large batch dirties each page once instead of once per small batch.
+        self._prune_batch = max(1, max_finished // 8)
         self._reread = False
         self.pid, self.pid_start = my_identity()
 
@@ -310,7 +318,10 @@ class StoreThread:
         now = time.time()
         beat = now - self._last_beat >= HEARTBEAT_EVERY
         progress = due and (now - self._last_progress >= PROGRESS_EVERY or stop)
-        prune = (self._finishes and now - self._last_prune >= 0.1) or (self.finished_ttl is not None and beat)
+        since = now - self._last_prune
+        prune = (
+            self._finishes and since >= PRUNE_EVERY and (self._finishes >= self._prune_batch or since >= PRUNE_AT_LEAST)
+        ) or (self.finished_ttl is not None and beat)
         pruned: list[str] = []
         if writes or beat or progress or prune:
             self._begin()
@@ -479,7 +490,7 @@ class StoreThread:
             "payload, grp, retries_left, options, status, error, traceback, completed, started, worker_pid, "
             "progress, progress_message, rev) SELECT column1, column2, column3, column4, column5, column6, "
             "column7, column8, column9, column10, column11, column12, column13, column14, column15, column16, "
-            "column17, column18, column19, column20, column21, {rev} FROM (VALUES {values})",
+            "column17, column18, column19, column20, column21, {rev} FROM (VALUES {values}) WHERE column1 IS NOT NULL",
             rows,
         )
         numbers = self._numbers
@@ -606,7 +617,11 @@ class StoreThread:
                 rows,
             )
         if blobs:
-            self._many("INSERT OR REPLACE INTO results (n, kind, data) VALUES {values}", blobs)
+            self._many(
+                "INSERT OR REPLACE INTO results (n, kind, data) SELECT column1, column2, column3 "
+                "FROM (VALUES {values}) WHERE column1 IS NOT NULL",
+                blobs,
+            )
         self._finishes += len(recs)
 
     def _write_progress(self, rev: int) -> None:
@@ -622,7 +637,7 @@ class StoreThread:
         )
         due.clear()
 
-    def _many(self, template: str, rows: list[tuple[Any, ...]]) -> list[Any]:
+    def _many(self, template: str, rows: list[tuple[Any, ...]]) -> None:
         """Run ``template`` with its ``{values}`` holding many rows at once (``{rev}``, ``{owner}``: ours).
 
         One statement per chunk instead of one step per row (as ``executemany``
@@ -631,7 +646,10 @@ class StoreThread:
         power-of-two sizes and the text never holds a value (``{rev}`` reads
         the round's revision from ``meta``), so each statement is parsed once
         and then found in the connection's statement cache: parsing a statement
-        of many rows costs ten times more than running it.
+        of many rows costs ten times more than running it. The last chunk is
+        padded up to its size with rows of NULLs (one statement, not one per
+        bit of the count): every template ignores a row whose first column is
+        NULL (an insert filters it out; an update matches no row with it).
         """
         conn = self._conn
         assert conn is not None
@@ -639,19 +657,20 @@ class StoreThread:
         width = len(rows[0])
         most = min(_MAX_CHUNK, 1 << ((_MAX_VARIABLES // width).bit_length() - 1))
         texts = self._texts
-        returned: list[Any] = []
         start, left = 0, len(rows)
         while left:
-            size = most if left >= most else 1 << (left.bit_length() - 1)
+            size = most if left >= most else 1 << (left - 1).bit_length()
             sql = texts.get((template, size))
             if sql is None:
                 sql = texts[template, size] = template.format(
                     rev=_CURRENT_REV, owner=self._owner_sql, values=_placeholders(width, size)
                 )
-            returned += conn.execute(sql, list(chain.from_iterable(rows[start : start + size]))).fetchall()
+            params = list(chain.from_iterable(rows[start : start + size]))
+            if size > left:
+                params += [None] * ((size - left) * width)
+            conn.execute(sql, params)
             start += size
-            left -= size
-        return returned
+            left -= min(size, left)
 
     def _number(self, task_id: str) -> int:
         """The row number of one of our tasks (known since we inserted or claimed it)."""
@@ -769,7 +788,10 @@ class StoreThread:
         self._last_prune = now
         # Tombstones every registered process has read past are no longer needed (a process that
         # starts later loads the rows themselves); GONE_KEEP bounds what a stalled one holds back.
-        conn.execute("DELETE FROM gone WHERE rev <= (SELECT min(seen) FROM processes) OR at < ?", (now - GONE_KEEP,))
+        conn.execute("DELETE FROM gone WHERE rev <= (SELECT min(seen) FROM processes)")
+        if now - self._last_gone_sweep >= HEARTBEAT_EVERY:
+            conn.execute("DELETE FROM gone WHERE at < ?", (now - GONE_KEEP,))
+            self._last_gone_sweep = now
         (finished,) = conn.execute("SELECT count(*) FROM tasks WHERE completed IS NOT NULL").fetchone()
         doomed = finished - self.max_finished
         if self.finished_ttl is not None:
@@ -783,15 +805,19 @@ class StoreThread:
         # The oldest ``doomed`` finished rows, in an order that is the same in each statement of the transaction
         # (the index on completed ends with n); deleted by row number, not looked up again by id.
         oldest = "SELECT n FROM tasks WHERE completed IS NOT NULL ORDER BY completed, n LIMIT ?"
-        ids = conn.execute(
-            f"INSERT INTO gone (id, rev, at) SELECT id, ?, ? FROM tasks WHERE n IN ({oldest}) RETURNING id",
-            (rev, now, doomed),
-        ).fetchall()
+        # Their ids in one step (a row returned per id would give the GIL up and win it back for each).
+        (ids,) = conn.execute(f"SELECT json_group_array(id) FROM tasks WHERE n IN ({oldest})", (doomed,)).fetchone()
+        # Tombstones, for the other processes' mirrors; alone, nobody would read them (a process that
+        # registers later, after this transaction, reads the rows left).
+        if conn.execute("SELECT 1 FROM processes WHERE owner != ? LIMIT 1", (self.owner,)).fetchone():
+            conn.execute(
+                f"INSERT INTO gone (id, rev, at) SELECT id, ?, ? FROM tasks WHERE n IN ({oldest})", (rev, now, doomed)
+            )
         conn.execute(f"DELETE FROM results WHERE n IN ({oldest})", (doomed,))
         conn.execute(f"DELETE FROM tasks WHERE n IN ({oldest})", (doomed,))
         conn.execute("PRAGMA incremental_vacuum(256)")
         if gone is not None:
-            gone.extend([row[0] for row in ids])
+            gone.extend(json.loads(ids))
 
     def _delete_gone(self, rev: int) -> int:
         conn = self._conn
