@@ -66,8 +66,8 @@ MAX_REQUEUES = 3
 _TERMINAL = ("completed", "failed", "cancelled")
 _TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 _STATUS_TEXT = {status: status.value for status in TaskStatus}
-#: The end columns of a task inserted PENDING (see ``StoreThread._insert``).
-_PENDING_ROW = ("pending", None, None, None, None, None, None, None)
+#: The end columns (after its status) of a task inserted PENDING (see ``StoreThread._insert``).
+_PENDING_END = (None, None, None, None, None, None, None)
 _LOST = "its TaskManager process (pid {pid}) died while it ran; the job may or may not have finished"
 #: SQL for a lost task's error column: ``TaskLost: `` and the text of ``str(TaskLost(id, detail))``.
 _LOST_SQL = "'TaskLost: Task ''' || id || ''' was lost: ' || ?"
@@ -87,6 +87,86 @@ _CACHED_STATEMENTS = 256
 def _placeholders(width: int, count: int) -> str:
     row = "(" + ", ".join("?" * width) + ")"
     return ", ".join([row] * count)
+
+
+#: The columns an insert always binds, then those it binds only when a row has them (else the SQL default).
+_INSERT_ALWAYS = ("n", "id", "owner", "name", "priority", "created", "payload", "status")
+_INSERT_OPTIONAL = (
+    ("timeout", "NULL"),
+    ("memory_limit", "NULL"),
+    ("metadata", "NULL"),
+    ("grp", "NULL"),
+    ("retries_left", "0"),
+    ("options", "NULL"),
+    ("error", "NULL"),
+    ("traceback", "NULL"),
+    ("completed", "NULL"),
+    ("started", "NULL"),
+    ("worker_pid", "NULL"),
+    ("progress", "NULL"),
+    ("progress_message", "NULL"),
+)
+#: The same for the end of a task (the columns after ``n``).
+_FINISH_ALWAYS = ("status", "completed", "started", "worker_pid")
+_FINISH_OPTIONAL = (("error", "NULL"), ("traceback", "NULL"), ("progress", "NULL"), ("progress_message", "NULL"))
+#: A row with none of its optional columns.
+_BARE = ()
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_sql(present: tuple[bool, ...]) -> str:
+    """The insert template (for ``StoreThread._many``) binding the always-columns and the ``present`` optional ones."""
+    columns = list(_INSERT_ALWAYS)
+    values = [f"column{i}" for i in range(1, len(columns) + 1)]
+    k = len(columns)
+    for (name, default), here in zip(_INSERT_OPTIONAL, present or (False,) * len(_INSERT_OPTIONAL), strict=True):
+        columns.append(name)
+        if here:
+            k += 1
+            values.append(f"column{k}")
+        else:
+            values.append(default)
+    return (
+        f"INSERT OR IGNORE INTO tasks ({', '.join(columns)}, rev) SELECT {', '.join(values)}, {{rev}} "
+        "FROM (VALUES {values}) WHERE column1 IS NOT NULL"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _finish_sql(present: tuple[bool, ...]) -> str:
+    """The update template writing the end of tasks: the always-columns and the ``present`` optional ones."""
+    sets = [f"{name} = v.column{i}" for i, name in enumerate(_FINISH_ALWAYS, 2)]
+    k = len(_FINISH_ALWAYS) + 1
+    for (name, default), here in zip(_FINISH_OPTIONAL, present or (False,) * len(_FINISH_OPTIONAL), strict=True):
+        if here:
+            k += 1
+            sets.append(f"{name} = v.column{k}")
+        else:
+            sets.append(f"{name} = {default}")
+    return (
+        f"UPDATE tasks SET {', '.join(sets)}, cancel_req = 0, payload = NULL, rev = {{rev}} "
+        "FROM (VALUES {values}) AS v WHERE tasks.n = v.column1 AND tasks.owner = {owner}"
+    )
+
+
+def _slim(
+    always: tuple[Any, ...], optional: tuple[Any, ...], groups: dict[tuple[bool, ...], list[tuple[Any, ...]]]
+) -> None:
+    """Add a row to ``groups``, by which of its ``optional`` values are set (not None).
+
+    Binding a value costs more than running the statement: a row binds only what it has.
+    """
+    if optional.count(None) == len(optional):
+        present: tuple[bool, ...] = _BARE
+        row = always
+    else:
+        present = tuple([value is not None for value in optional])
+        row = always + tuple([value for value in optional if value is not None])
+    group = groups.get(present)
+    if group is None:
+        groups[present] = [row]
+    else:
+        group.append(row)
 
 
 class Row(NamedTuple):
@@ -440,21 +520,21 @@ class StoreThread:
         """
         conn = self._conn
         assert conn is not None
-        rows = []
         born: set[str] = set()
         mine = self.owner
         # Row numbers are chosen here (after the highest, as SQLite would), so the insert returns no
         # rows: every row returned is a step of its own, and each gives the GIL up to win it back.
         (top,) = conn.execute("SELECT coalesce(max(n), 0) FROM tasks").fetchone()
         n = top
+        groups: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
         for _kind, rec, owner, payload, metadata in inserts:
             n += 1
             tid = rec.task_id
             status = rec.status
             if finishing and tid in finishing and owner == mine and status in _TERMINAL_STATUSES:
                 born.add(tid)
+                text = _STATUS_TEXT[status]
                 final: tuple[Any, ...] = (
-                    _STATUS_TEXT[status],
                     _utf8(rec.error),
                     _utf8(rec._traceback_text()),
                     rec.completed if rec.completed is not None else now,
@@ -465,34 +545,27 @@ class StoreThread:
                 )
                 payload = None
             else:
-                final = _PENDING_ROW
-            rows.append(
+                text = "pending"
+                final = _PENDING_END
+            retries = rec.retries_left
+            _slim(
+                (n, tid, owner, rec.name, rec.priority, rec.created, payload, text),
                 (
-                    n,
-                    tid,
-                    owner,
-                    rec.name,
-                    rec.priority,
-                    rec.created,
                     rec.timeout,
                     rec.memory_limit,
                     metadata,
-                    payload,
                     rec.group,
-                    rec.retries_left,
-                    _options_blob(rec),
+                    retries if retries > 0 else None,
+                    _options_blob(rec) if retries > 0 else None,
                     *final,
-                )
+                ),
+                groups,
             )
         before = conn.total_changes
-        self._many(
-            "INSERT OR IGNORE INTO tasks (n, id, owner, name, priority, created, timeout, memory_limit, metadata, "
-            "payload, grp, retries_left, options, status, error, traceback, completed, started, worker_pid, "
-            "progress, progress_message, rev) SELECT column1, column2, column3, column4, column5, column6, "
-            "column7, column8, column9, column10, column11, column12, column13, column14, column15, column16, "
-            "column17, column18, column19, column20, column21, {rev} FROM (VALUES {values}) WHERE column1 IS NOT NULL",
-            rows,
-        )
+        rows = []
+        for present, group in groups.items():
+            self._many(_insert_sql(present), group)
+            rows += group
         numbers = self._numbers
         if conn.total_changes - before == len(rows):
             for row in rows:
@@ -573,8 +646,9 @@ class StoreThread:
         progress = self._progress
         numbers = self._numbers
         completed = TaskStatus.COMPLETED
-        rows = []
-        blobs = []
+        groups: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
+        values = []
+        errors = []
         for rec in recs:
             tid = rec.task_id
             if progress:
@@ -587,41 +661,33 @@ class StoreThread:
             failure = rec._failure
             try:
                 if status is completed:
-                    blobs.append((n, "value", pickle.dumps(rec._result, 5)))
+                    values.append((n, pickle.dumps(rec._result, 5)))
                 elif failure is not None and status is TaskStatus.FAILED:
-                    blobs.append((n, "error", pickle.dumps(failure, 5)))
+                    errors.append((n, pickle.dumps(failure, 5)))
             except Exception as exc:  # kept in this process's memory; elsewhere result() says why
                 log.warning("task %r: its outcome cannot be stored: %s: %s", tid, type(exc).__name__, exc)
             if born and tid in born:
                 continue
             completed_at = rec.completed
-            rows.append(
+            _slim(
+                (n, _STATUS_TEXT[status], now if completed_at is None else completed_at, rec.started, rec.worker_pid),
                 (
-                    n,
-                    _STATUS_TEXT[status],
                     _utf8(rec.error),
                     None if failure is None else _utf8(rec._traceback_text()),
-                    now if completed_at is None else completed_at,
-                    rec.started,
-                    rec.worker_pid,
                     rec.progress,
                     _utf8(rec.progress_message),
+                ),
+                groups,
+            )
+        for present, group in groups.items():
+            self._many(_finish_sql(present), group)
+        for kind, blobs in (("value", values), ("error", errors)):
+            if blobs:
+                self._many(
+                    f"INSERT OR REPLACE INTO results (n, kind, data) SELECT column1, '{kind}', column2 "
+                    "FROM (VALUES {values}) WHERE column1 IS NOT NULL",
+                    blobs,
                 )
-            )
-        if rows:
-            self._many(
-                "UPDATE tasks SET status = v.column2, error = v.column3, traceback = v.column4, "
-                "completed = v.column5, started = v.column6, worker_pid = v.column7, progress = v.column8, "
-                "progress_message = v.column9, cancel_req = 0, payload = NULL, rev = {rev} "
-                "FROM (VALUES {values}) AS v WHERE tasks.n = v.column1 AND tasks.owner = {owner}",
-                rows,
-            )
-        if blobs:
-            self._many(
-                "INSERT OR REPLACE INTO results (n, kind, data) SELECT column1, column2, column3 "
-                "FROM (VALUES {values}) WHERE column1 IS NOT NULL",
-                blobs,
-            )
         self._finishes += len(recs)
 
     def _write_progress(self, rev: int) -> None:
