@@ -77,6 +77,9 @@ _LOST_SQL = "'TaskLost: Task ''' || id || ''' was lost: ' || ?"
 _MAX_VARIABLES = 30000
 #: Most rows in one statement of ``StoreThread._many`` (a power of two).
 _MAX_CHUNK = 512
+#: Most rows of NULLs padding a chunk of ``StoreThread._many`` (each costs about a microsecond; another
+#: statement, some thirty).
+_MAX_PAD = 32
 #: The round's revision, as statements of ``StoreThread._many`` read it (the round took it from ``meta``).
 _CURRENT_REV = "(SELECT value FROM meta WHERE key = 'rev')"
 #: Statements the connection keeps prepared (``_many`` uses up to ten sizes of each of its few templates).
@@ -712,10 +715,11 @@ class StoreThread:
         power-of-two sizes and the text never holds a value (``{rev}`` reads
         the round's revision from ``meta``), so each statement is parsed once
         and then found in the connection's statement cache: parsing a statement
-        of many rows costs ten times more than running it. The last chunk is
-        padded up to its size with rows of NULLs (one statement, not one per
-        bit of the count): every template ignores a row whose first column is
-        NULL (an insert filters it out; an update matches no row with it).
+        of many rows costs ten times more than running it. The last chunk may
+        be padded up to its size with at most ``_MAX_PAD`` rows of NULLs (one
+        statement instead of one per bit of the count): every template ignores
+        a row whose first column is NULL (an insert filters it out; an update
+        matches no row with it).
         """
         conn = self._conn
         assert conn is not None
@@ -725,7 +729,12 @@ class StoreThread:
         texts = self._texts
         start, left = 0, len(rows)
         while left:
-            size = most if left >= most else 1 << (left - 1).bit_length()
+            if left >= most:
+                size = most
+            else:  # the next power of two if it pads little, else the largest one that fits
+                size = 1 << (left - 1).bit_length()
+                if size - left > _MAX_PAD:
+                    size >>= 1
             sql = texts.get((template, size))
             if sql is None:
                 sql = texts[template, size] = template.format(
