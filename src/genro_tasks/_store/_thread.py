@@ -208,6 +208,7 @@ class Claimed:
     #: The whole row, only for a task this process's mirror did not know when it was claimed.
     row: Row | None
     requeues: int
+    #: The stored job; None for a task this process inserted (its record holds the same job).
     payload: bytes | None
     #: The pickled TaskOptions of a task with a retry policy, and its retries left.
     options: bytes | None = None
@@ -764,13 +765,35 @@ class StoreThread:
         """
         conn = self._conn
         assert conn is not None
-        rows = conn.execute(
-            "UPDATE tasks SET owner = ?, rev = ? WHERE n IN (SELECT n FROM tasks WHERE status = 'pending' "
-            "AND owner IS NULL ORDER BY priority DESC, created LIMIT ?) "
-            "RETURNING n, id, priority, created, requeues, payload, options, retries_left",
-            (self.owner, rev, n),
-        ).fetchall()
+        # A few statements of one step each, not a row returned per task: every row returned is a
+        # step of its own, which gives the GIL up and must win it back from the busy trio thread.
+        (picked,) = conn.execute(
+            "SELECT json_group_array(n) FROM (SELECT n FROM tasks WHERE status = 'pending' AND owner IS NULL "
+            "ORDER BY priority DESC, created LIMIT ?)",
+            (n,),
+        ).fetchone()
+        if picked == "[]":
+            return []
+        conn.execute(
+            "UPDATE tasks SET owner = ?, rev = ? WHERE n IN (SELECT value FROM json_each(?))", (self.owner, rev, picked)
+        )
+        (text,) = conn.execute(
+            "SELECT json_group_array(json_array(n, id, priority, created, requeues, retries_left, "
+            "options IS NOT NULL)) FROM tasks WHERE n IN (SELECT value FROM json_each(?))",
+            (picked,),
+        ).fetchone()
+        rows = json.loads(text)
         rows.sort(key=lambda raw: (-raw[2], raw[3]))
+        numbers = self._numbers
+        # The stored job and options, only where this process may lack them: a task it did not
+        # insert itself (or whose insert the file did not keep), or one with a retry policy.
+        wanted = [raw[0] for raw in rows if raw[6] or numbers.get(raw[1]) != raw[0]]
+        blobs: dict[int, tuple[bytes | None, bytes | None]] = {}
+        if wanted:
+            for number, payload, options in conn.execute(
+                f"SELECT n, payload, options FROM tasks WHERE n IN ({', '.join('?' * len(wanted))})", wanted
+            ):
+                blobs[number] = (payload, options)
         known = self.known
         unknown = [raw[0] for raw in rows if raw[1] not in known]
         full: dict[int, Row] = {}
@@ -779,10 +802,10 @@ class StoreThread:
                 f"SELECT n, {TASK_COLUMNS} FROM tasks WHERE n IN ({', '.join('?' * len(unknown))})", unknown
             ):
                 full[raw[0]] = Row(*raw[1:])
-        numbers = self._numbers
         claimed = []
-        for number, tid, _priority, _created, requeues, payload, options, retries_left in rows:
+        for number, tid, _priority, _created, requeues, retries_left, _has_options in rows:
             numbers[tid] = number
+            payload, options = blobs.get(number, (None, None))
             claimed.append(Claimed(tid, full.get(number), requeues, payload, options, retries_left))
         return claimed
 
