@@ -97,3 +97,20 @@ async def test_a_task_that_ends_within_one_group_commit_is_stored_whole(tmp_path
                     assert other.error == info.error
                     assert other.metadata == info.metadata
                     assert other.traceback == info.traceback
+
+
+async def test_a_process_alone_on_the_store_prunes_without_tombstones(tmp_path: Path) -> None:
+    """Tombstones only serve other processes' mirrors: alone, retention writes none (and forgets the same)."""
+    db = tmp_path / "tasks.db"
+    async with TaskManager(max_workers=2, store=db, max_finished=5) as tm:
+        with trio.fail_after(60):
+            ids = []
+            for i in range(12):
+                ids.append(tm.submit(jobs_store.double, i))
+                assert await tm.result(ids[-1]) == 2 * i
+            await tm.flush()
+            await testing.wait_until(tm, lambda: {info.task_id for info in tm.list_tasks()} == set(ids[-5:]))
+            await tm.flush()
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            assert conn.execute("SELECT count(*) FROM gone").fetchone()[0] == 0
+        assert _rows(db) == (5, 5)

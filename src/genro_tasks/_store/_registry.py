@@ -56,10 +56,15 @@ from ._thread import (
 log = logging.getLogger("genro_tasks")
 
 _STATUS = {s.value: s for s in TaskStatus}
+_PENDING = TaskStatus.PENDING
+_RUNNING = TaskStatus.RUNNING
 #: Most tasks one process claims ahead of its free workers (reached only while tasks are very short).
 _MAX_AHEAD = 256
 #: Local scheduler keys of tasks another process submitted (far above the manager's own counter).
 _FOREIGN_SEQ = 1 << 48
+#: The integers SQLite stores: ``_INT64_LOW <= n < _INT64_HIGH``.
+_INT64_LOW = -(2**63)
+_INT64_HIGH = 2**63
 
 
 def _refuse(op: tuple[Any, ...]) -> None:  # pragma: no cover - ops are only made once open
@@ -257,19 +262,27 @@ class StoreRegistry(KeyedRegistry):
         return scheduler.backend.free_slots() + self._ahead - scheduler.queued - self._claiming
 
     def on_idle(self) -> None:
-        """The scheduler may have room: claim queued tasks from the store for it."""
+        """The scheduler may have room: claim queued tasks from the store for it.
+
+        Called after every dispatch round (each task's end) and submission: keep it short.
+        """
+        if not self._open or self._claim_idle or not self._live:
+            return
         scheduler = self._scheduler
-        if not self._open or self._claim_idle or not self._live or scheduler is None or not scheduler.accepting:
+        if scheduler is None or not scheduler.accepting:
             return
         free = scheduler.backend.free_slots()
-        if free and self._claiming and not scheduler.queued and self._ahead < _MAX_AHEAD:
+        queued = scheduler.queued
+        claiming = self._claiming
+        ahead = self._ahead
+        if free and claiming and not queued and ahead < _MAX_AHEAD:
             # A worker is idle while a claim is on its way: tasks are short, look further ahead.
-            self._ahead = min(2 * self._ahead, _MAX_AHEAD)
+            ahead = self._ahead = min(2 * ahead, _MAX_AHEAD)
             self._starved_at = trio.current_time()
-        want = self._room(scheduler)
+        want = free + ahead - queued - claiming  # as _room(), with what is at hand
         # Claim in batches (half the look-ahead at once), unless a worker could starve meanwhile.
-        if want > 0 and (want * 2 >= self._ahead or scheduler.queued + self._claiming == 0):
-            self._claiming += want
+        if want > 0 and (want * 2 >= ahead or queued + claiming == 0):
+            self._claiming = claiming + want
             self._put((CLAIM, want))
 
     def _take(self, claimed: Claimed) -> bool:
@@ -316,16 +329,17 @@ class StoreRegistry(KeyedRegistry):
 
     # ---------------------------------------------------------------- changes
     def changed(self, rec: TaskRecord | None) -> None:
+        # Called for every transition of every task: the ops are appended inline (no _put_lazy call).
         if rec is not None and self._thread is not None:
             tid = rec.task_id
             if tid in self._owned:
                 status = rec.status
-                if status is TaskStatus.PENDING:
+                if status is _PENDING:
                     if rec.attempt != self._attempt_written.get(tid, 1):  # a retry, or a requeue
                         self._attempt_written[tid] = rec.attempt
                         self._running_written.discard(tid)
                         self._put_lazy((RESTART, rec, self.owner))
-                elif status is TaskStatus.RUNNING:
+                elif status is _RUNNING:
                     if tid in self._running_written:
                         queued = self._thread.progress_queued
                         if tid not in queued:
@@ -333,15 +347,17 @@ class StoreRegistry(KeyedRegistry):
                             self._put_lazy((PROGRESS, rec))
                     else:
                         self._running_written.add(tid)
-                        self._put_lazy((STARTED, rec))
-                elif status.is_terminal:
+                        self._sent += 1
+                        self._lazy((STARTED, rec))
+                else:  # an end
                     self._owned.discard(tid)
                     self._running_written.discard(tid)
                     if self._attempt_written:
                         self._attempt_written.pop(tid, None)
                     if self._graces:
                         self._graces.pop(tid, None)
-                    self._put_lazy((FINISH, rec))
+                    self._sent += 1
+                    self._lazy((FINISH, rec))
         super().changed(rec)
 
     def requeue(self, rec: TaskRecord, scheduler: Scheduler) -> None:
@@ -579,21 +595,24 @@ def _metadata_blob(rec: TaskRecord) -> bytes | None:
             ``priority`` or ``retries`` do not fit in 64 bits (SQLite's integers).
         TypeError: Its metadata cannot be pickled.
     """
-    for option, number in (("priority", rec.priority), ("retries", rec.retries_left)):
-        if not -(2**63) <= number < 2**63:
-            raise ValueError(
-                f"{option}={number} cannot be stored (a store keeps 64-bit integers); "
-                f"pass a {option} between {-(2**63)} and {2**63 - 1}"
-            )
-    for option, text in (("task_id", rec.task_id), ("group", rec.group)):
-        if text is not None and not text.isascii():
-            try:
-                text.encode()
-            except UnicodeEncodeError:
+    if not (_INT64_LOW <= rec.priority < _INT64_HIGH and _INT64_LOW <= rec.retries_left < _INT64_HIGH):
+        for option, number in (("priority", rec.priority), ("retries", rec.retries_left)):
+            if not _INT64_LOW <= number < _INT64_HIGH:
                 raise ValueError(
-                    f"{option} {text!r} cannot be stored: it is not valid Unicode text (it holds lone "
-                    "surrogates, e.g. from a file name that is not UTF-8); pass a str that encodes as UTF-8"
-                ) from None
+                    f"{option}={number} cannot be stored (a store keeps 64-bit integers); "
+                    f"pass a {option} between {_INT64_LOW} and {_INT64_HIGH - 1}"
+                )
+    group = rec.group
+    if not rec.task_id.isascii() or (group is not None and not group.isascii()):
+        for option, text in (("task_id", rec.task_id), ("group", group)):
+            if text is not None and not text.isascii():
+                try:
+                    text.encode()
+                except UnicodeEncodeError:
+                    raise ValueError(
+                        f"{option} {text!r} cannot be stored: it is not valid Unicode text (it holds lone "
+                        "surrogates, e.g. from a file name that is not UTF-8); pass a str that encodes as UTF-8"
+                    ) from None
     if not rec.metadata:
         return None
     try:

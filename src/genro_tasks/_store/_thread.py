@@ -56,14 +56,18 @@ PROGRESS_EVERY = 0.05
 HEARTBEAT_EVERY = 1.0
 #: Tombstones of deleted tasks are kept this long for processes catching up.
 GONE_KEEP = 3600.0
+#: Retention runs at most this often (seconds) ...
+PRUNE_EVERY = 0.1
+#: ... and once this many seconds passed since it last ran, or a batch of finishes came (``StoreThread._prune_batch``).
+PRUNE_AT_LEAST = 1.0
 #: How often a task whose owner died before starting it goes back to the queue.
 MAX_REQUEUES = 3
 
 _TERMINAL = ("completed", "failed", "cancelled")
 _TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 _STATUS_TEXT = {status: status.value for status in TaskStatus}
-#: The end columns of a task inserted PENDING (see ``StoreThread._insert``).
-_PENDING_ROW = ("pending", None, None, None, None, None, None, None)
+#: The end columns (after its status) of a task inserted PENDING (see ``StoreThread._insert``).
+_PENDING_END = (None, None, None, None, None, None, None)
 _LOST = "its TaskManager process (pid {pid}) died while it ran; the job may or may not have finished"
 #: SQL for a lost task's error column: ``TaskLost: `` and the text of ``str(TaskLost(id, detail))``.
 _LOST_SQL = "'TaskLost: Task ''' || id || ''' was lost: ' || ?"
@@ -73,6 +77,9 @@ _LOST_SQL = "'TaskLost: Task ''' || id || ''' was lost: ' || ?"
 _MAX_VARIABLES = 30000
 #: Most rows in one statement of ``StoreThread._many`` (a power of two).
 _MAX_CHUNK = 512
+#: Most rows of NULLs padding a chunk of ``StoreThread._many`` (each costs about a microsecond; another
+#: statement, some thirty).
+_MAX_PAD = 32
 #: The round's revision, as statements of ``StoreThread._many`` read it (the round took it from ``meta``).
 _CURRENT_REV = "(SELECT value FROM meta WHERE key = 'rev')"
 #: Statements the connection keeps prepared (``_many`` uses up to ten sizes of each of its few templates).
@@ -83,6 +90,86 @@ _CACHED_STATEMENTS = 256
 def _placeholders(width: int, count: int) -> str:
     row = "(" + ", ".join("?" * width) + ")"
     return ", ".join([row] * count)
+
+
+#: The columns an insert always binds, then those it binds only when a row has them (else the SQL default).
+_INSERT_ALWAYS = ("n", "id", "owner", "name", "priority", "created", "payload", "status")
+_INSERT_OPTIONAL = (
+    ("timeout", "NULL"),
+    ("memory_limit", "NULL"),
+    ("metadata", "NULL"),
+    ("grp", "NULL"),
+    ("retries_left", "0"),
+    ("options", "NULL"),
+    ("error", "NULL"),
+    ("traceback", "NULL"),
+    ("completed", "NULL"),
+    ("started", "NULL"),
+    ("worker_pid", "NULL"),
+    ("progress", "NULL"),
+    ("progress_message", "NULL"),
+)
+#: The same for the end of a task (the columns after ``n``).
+_FINISH_ALWAYS = ("status", "completed", "started", "worker_pid")
+_FINISH_OPTIONAL = (("error", "NULL"), ("traceback", "NULL"), ("progress", "NULL"), ("progress_message", "NULL"))
+#: A row with none of its optional columns.
+_BARE = ()
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_sql(present: tuple[bool, ...]) -> str:
+    """The insert template (for ``StoreThread._many``) binding the always-columns and the ``present`` optional ones."""
+    columns = list(_INSERT_ALWAYS)
+    values = [f"column{i}" for i in range(1, len(columns) + 1)]
+    k = len(columns)
+    for (name, default), here in zip(_INSERT_OPTIONAL, present or (False,) * len(_INSERT_OPTIONAL), strict=True):
+        columns.append(name)
+        if here:
+            k += 1
+            values.append(f"column{k}")
+        else:
+            values.append(default)
+    return (
+        f"INSERT OR IGNORE INTO tasks ({', '.join(columns)}, rev) SELECT {', '.join(values)}, {{rev}} "
+        "FROM (VALUES {values}) WHERE column1 IS NOT NULL"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _finish_sql(present: tuple[bool, ...]) -> str:
+    """The update template writing the end of tasks: the always-columns and the ``present`` optional ones."""
+    sets = [f"{name} = v.column{i}" for i, name in enumerate(_FINISH_ALWAYS, 2)]
+    k = len(_FINISH_ALWAYS) + 1
+    for (name, default), here in zip(_FINISH_OPTIONAL, present or (False,) * len(_FINISH_OPTIONAL), strict=True):
+        if here:
+            k += 1
+            sets.append(f"{name} = v.column{k}")
+        else:
+            sets.append(f"{name} = {default}")
+    return (
+        f"UPDATE tasks SET {', '.join(sets)}, cancel_req = 0, payload = NULL, rev = {{rev}} "
+        "FROM (VALUES {values}) AS v WHERE tasks.n = v.column1 AND tasks.owner = {owner}"
+    )
+
+
+def _slim(
+    always: tuple[Any, ...], optional: tuple[Any, ...], groups: dict[tuple[bool, ...], list[tuple[Any, ...]]]
+) -> None:
+    """Add a row to ``groups``, by which of its ``optional`` values are set (not None).
+
+    Binding a value costs more than running the statement: a row binds only what it has.
+    """
+    if optional.count(None) == len(optional):
+        present: tuple[bool, ...] = _BARE
+        row = always
+    else:
+        present = tuple([value is not None for value in optional])
+        row = always + tuple([value for value in optional if value is not None])
+    group = groups.get(present)
+    if group is None:
+        groups[present] = [row]
+    else:
+        group.append(row)
 
 
 class Row(NamedTuple):
@@ -121,6 +208,7 @@ class Claimed:
     #: The whole row, only for a task this process's mirror did not know when it was claimed.
     row: Row | None
     requeues: int
+    #: The stored job; None for a task this process inserted (its record holds the same job).
     payload: bytes | None
     #: The pickled TaskOptions of a task with a retry policy, and its retries left.
     options: bytes | None = None
@@ -201,6 +289,10 @@ class StoreThread:
         self._last_beat = 0.0
         self._finishes = 0
         self._last_prune = 0.0
+        self._last_gone_sweep = 0.0
+        # Retention deletes a batch of rows at once: each deleted id dirties a random page of the id index
+        # (ids are random), so a large batch dirties each page once instead of once per small batch.
+        self._prune_batch = max(1, max_finished // 8)
         self._reread = False
         self.pid, self.pid_start = my_identity()
 
@@ -310,7 +402,10 @@ class StoreThread:
         now = time.time()
         beat = now - self._last_beat >= HEARTBEAT_EVERY
         progress = due and (now - self._last_progress >= PROGRESS_EVERY or stop)
-        prune = (self._finishes and now - self._last_prune >= 0.1) or (self.finished_ttl is not None and beat)
+        since = now - self._last_prune
+        prune = (
+            self._finishes and since >= PRUNE_EVERY and (self._finishes >= self._prune_batch or since >= PRUNE_AT_LEAST)
+        ) or (self.finished_ttl is not None and beat)
         pruned: list[str] = []
         if writes or beat or progress or prune:
             self._begin()
@@ -429,21 +524,21 @@ class StoreThread:
         """
         conn = self._conn
         assert conn is not None
-        rows = []
         born: set[str] = set()
         mine = self.owner
         # Row numbers are chosen here (after the highest, as SQLite would), so the insert returns no
         # rows: every row returned is a step of its own, and each gives the GIL up to win it back.
         (top,) = conn.execute("SELECT coalesce(max(n), 0) FROM tasks").fetchone()
         n = top
+        groups: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
         for _kind, rec, owner, payload, metadata in inserts:
             n += 1
             tid = rec.task_id
             status = rec.status
             if finishing and tid in finishing and owner == mine and status in _TERMINAL_STATUSES:
                 born.add(tid)
+                text = _STATUS_TEXT[status]
                 final: tuple[Any, ...] = (
-                    _STATUS_TEXT[status],
                     _utf8(rec.error),
                     _utf8(rec._traceback_text()),
                     rec.completed if rec.completed is not None else now,
@@ -454,34 +549,27 @@ class StoreThread:
                 )
                 payload = None
             else:
-                final = _PENDING_ROW
-            rows.append(
+                text = "pending"
+                final = _PENDING_END
+            retries = rec.retries_left
+            _slim(
+                (n, tid, owner, rec.name, rec.priority, rec.created, payload, text),
                 (
-                    n,
-                    tid,
-                    owner,
-                    rec.name,
-                    rec.priority,
-                    rec.created,
                     rec.timeout,
                     rec.memory_limit,
                     metadata,
-                    payload,
                     rec.group,
-                    rec.retries_left,
-                    _options_blob(rec),
+                    retries if retries > 0 else None,
+                    _options_blob(rec) if retries > 0 else None,
                     *final,
-                )
+                ),
+                groups,
             )
         before = conn.total_changes
-        self._many(
-            "INSERT OR IGNORE INTO tasks (n, id, owner, name, priority, created, timeout, memory_limit, metadata, "
-            "payload, grp, retries_left, options, status, error, traceback, completed, started, worker_pid, "
-            "progress, progress_message, rev) SELECT column1, column2, column3, column4, column5, column6, "
-            "column7, column8, column9, column10, column11, column12, column13, column14, column15, column16, "
-            "column17, column18, column19, column20, column21, {rev} FROM (VALUES {values})",
-            rows,
-        )
+        rows = []
+        for present, group in groups.items():
+            self._many(_insert_sql(present), group)
+            rows += group
         numbers = self._numbers
         if conn.total_changes - before == len(rows):
             for row in rows:
@@ -562,8 +650,9 @@ class StoreThread:
         progress = self._progress
         numbers = self._numbers
         completed = TaskStatus.COMPLETED
-        rows = []
-        blobs = []
+        groups: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
+        values = []
+        errors = []
         for rec in recs:
             tid = rec.task_id
             if progress:
@@ -576,37 +665,33 @@ class StoreThread:
             failure = rec._failure
             try:
                 if status is completed:
-                    blobs.append((n, "value", pickle.dumps(rec._result, 5)))
+                    values.append((n, pickle.dumps(rec._result, 5)))
                 elif failure is not None and status is TaskStatus.FAILED:
-                    blobs.append((n, "error", pickle.dumps(failure, 5)))
+                    errors.append((n, pickle.dumps(failure, 5)))
             except Exception as exc:  # kept in this process's memory; elsewhere result() says why
                 log.warning("task %r: its outcome cannot be stored: %s: %s", tid, type(exc).__name__, exc)
             if born and tid in born:
                 continue
             completed_at = rec.completed
-            rows.append(
+            _slim(
+                (n, _STATUS_TEXT[status], now if completed_at is None else completed_at, rec.started, rec.worker_pid),
                 (
-                    n,
-                    _STATUS_TEXT[status],
                     _utf8(rec.error),
                     None if failure is None else _utf8(rec._traceback_text()),
-                    now if completed_at is None else completed_at,
-                    rec.started,
-                    rec.worker_pid,
                     rec.progress,
                     _utf8(rec.progress_message),
+                ),
+                groups,
+            )
+        for present, group in groups.items():
+            self._many(_finish_sql(present), group)
+        for kind, blobs in (("value", values), ("error", errors)):
+            if blobs:
+                self._many(
+                    f"INSERT OR REPLACE INTO results (n, kind, data) SELECT column1, '{kind}', column2 "
+                    "FROM (VALUES {values}) WHERE column1 IS NOT NULL",
+                    blobs,
                 )
-            )
-        if rows:
-            self._many(
-                "UPDATE tasks SET status = v.column2, error = v.column3, traceback = v.column4, "
-                "completed = v.column5, started = v.column6, worker_pid = v.column7, progress = v.column8, "
-                "progress_message = v.column9, cancel_req = 0, payload = NULL, rev = {rev} "
-                "FROM (VALUES {values}) AS v WHERE tasks.n = v.column1 AND tasks.owner = {owner}",
-                rows,
-            )
-        if blobs:
-            self._many("INSERT OR REPLACE INTO results (n, kind, data) VALUES {values}", blobs)
         self._finishes += len(recs)
 
     def _write_progress(self, rev: int) -> None:
@@ -622,7 +707,7 @@ class StoreThread:
         )
         due.clear()
 
-    def _many(self, template: str, rows: list[tuple[Any, ...]]) -> list[Any]:
+    def _many(self, template: str, rows: list[tuple[Any, ...]]) -> None:
         """Run ``template`` with its ``{values}`` holding many rows at once (``{rev}``, ``{owner}``: ours).
 
         One statement per chunk instead of one step per row (as ``executemany``
@@ -631,7 +716,11 @@ class StoreThread:
         power-of-two sizes and the text never holds a value (``{rev}`` reads
         the round's revision from ``meta``), so each statement is parsed once
         and then found in the connection's statement cache: parsing a statement
-        of many rows costs ten times more than running it.
+        of many rows costs ten times more than running it. The last chunk may
+        be padded up to its size with at most ``_MAX_PAD`` rows of NULLs (one
+        statement instead of one per bit of the count): every template ignores
+        a row whose first column is NULL (an insert filters it out; an update
+        matches no row with it).
         """
         conn = self._conn
         assert conn is not None
@@ -639,19 +728,25 @@ class StoreThread:
         width = len(rows[0])
         most = min(_MAX_CHUNK, 1 << ((_MAX_VARIABLES // width).bit_length() - 1))
         texts = self._texts
-        returned: list[Any] = []
         start, left = 0, len(rows)
         while left:
-            size = most if left >= most else 1 << (left.bit_length() - 1)
+            if left >= most:
+                size = most
+            else:  # the next power of two if it pads little, else the largest one that fits
+                size = 1 << (left - 1).bit_length()
+                if size - left > _MAX_PAD:
+                    size >>= 1
             sql = texts.get((template, size))
             if sql is None:
                 sql = texts[template, size] = template.format(
                     rev=_CURRENT_REV, owner=self._owner_sql, values=_placeholders(width, size)
                 )
-            returned += conn.execute(sql, list(chain.from_iterable(rows[start : start + size]))).fetchall()
+            params = list(chain.from_iterable(rows[start : start + size]))
+            if size > left:
+                params += [None] * ((size - left) * width)
+            conn.execute(sql, params)
             start += size
-            left -= size
-        return returned
+            left -= min(size, left)
 
     def _number(self, task_id: str) -> int:
         """The row number of one of our tasks (known since we inserted or claimed it)."""
@@ -670,13 +765,35 @@ class StoreThread:
         """
         conn = self._conn
         assert conn is not None
-        rows = conn.execute(
-            "UPDATE tasks SET owner = ?, rev = ? WHERE n IN (SELECT n FROM tasks WHERE status = 'pending' "
-            "AND owner IS NULL ORDER BY priority DESC, created LIMIT ?) "
-            "RETURNING n, id, priority, created, requeues, payload, options, retries_left",
-            (self.owner, rev, n),
-        ).fetchall()
+        # A few statements of one step each, not a row returned per task: every row returned is a
+        # step of its own, which gives the GIL up and must win it back from the busy trio thread.
+        (picked,) = conn.execute(
+            "SELECT json_group_array(n) FROM (SELECT n FROM tasks WHERE status = 'pending' AND owner IS NULL "
+            "ORDER BY priority DESC, created LIMIT ?)",
+            (n,),
+        ).fetchone()
+        if picked == "[]":
+            return []
+        conn.execute(
+            "UPDATE tasks SET owner = ?, rev = ? WHERE n IN (SELECT value FROM json_each(?))", (self.owner, rev, picked)
+        )
+        (text,) = conn.execute(
+            "SELECT json_group_array(json_array(n, id, priority, created, requeues, retries_left, "
+            "options IS NOT NULL)) FROM tasks WHERE n IN (SELECT value FROM json_each(?))",
+            (picked,),
+        ).fetchone()
+        rows = json.loads(text)
         rows.sort(key=lambda raw: (-raw[2], raw[3]))
+        numbers = self._numbers
+        # The stored job and options, only where this process may lack them: a task it did not
+        # insert itself (or whose insert the file did not keep), or one with a retry policy.
+        wanted = [raw[0] for raw in rows if raw[6] or numbers.get(raw[1]) != raw[0]]
+        blobs: dict[int, tuple[bytes | None, bytes | None]] = {}
+        if wanted:
+            for number, payload, options in conn.execute(
+                f"SELECT n, payload, options FROM tasks WHERE n IN ({', '.join('?' * len(wanted))})", wanted
+            ):
+                blobs[number] = (payload, options)
         known = self.known
         unknown = [raw[0] for raw in rows if raw[1] not in known]
         full: dict[int, Row] = {}
@@ -685,10 +802,10 @@ class StoreThread:
                 f"SELECT n, {TASK_COLUMNS} FROM tasks WHERE n IN ({', '.join('?' * len(unknown))})", unknown
             ):
                 full[raw[0]] = Row(*raw[1:])
-        numbers = self._numbers
         claimed = []
-        for number, tid, _priority, _created, requeues, payload, options, retries_left in rows:
+        for number, tid, _priority, _created, requeues, retries_left, _has_options in rows:
             numbers[tid] = number
+            payload, options = blobs.get(number, (None, None))
             claimed.append(Claimed(tid, full.get(number), requeues, payload, options, retries_left))
         return claimed
 
@@ -769,7 +886,10 @@ class StoreThread:
         self._last_prune = now
         # Tombstones every registered process has read past are no longer needed (a process that
         # starts later loads the rows themselves); GONE_KEEP bounds what a stalled one holds back.
-        conn.execute("DELETE FROM gone WHERE rev <= (SELECT min(seen) FROM processes) OR at < ?", (now - GONE_KEEP,))
+        conn.execute("DELETE FROM gone WHERE rev <= (SELECT min(seen) FROM processes)")
+        if now - self._last_gone_sweep >= HEARTBEAT_EVERY:
+            conn.execute("DELETE FROM gone WHERE at < ?", (now - GONE_KEEP,))
+            self._last_gone_sweep = now
         (finished,) = conn.execute("SELECT count(*) FROM tasks WHERE completed IS NOT NULL").fetchone()
         doomed = finished - self.max_finished
         if self.finished_ttl is not None:
@@ -783,15 +903,19 @@ class StoreThread:
         # The oldest ``doomed`` finished rows, in an order that is the same in each statement of the transaction
         # (the index on completed ends with n); deleted by row number, not looked up again by id.
         oldest = "SELECT n FROM tasks WHERE completed IS NOT NULL ORDER BY completed, n LIMIT ?"
-        ids = conn.execute(
-            f"INSERT INTO gone (id, rev, at) SELECT id, ?, ? FROM tasks WHERE n IN ({oldest}) RETURNING id",
-            (rev, now, doomed),
-        ).fetchall()
+        # Their ids in one step (a row returned per id would give the GIL up and win it back for each).
+        (ids,) = conn.execute(f"SELECT json_group_array(id) FROM tasks WHERE n IN ({oldest})", (doomed,)).fetchone()
+        # Tombstones, for the other processes' mirrors; alone, nobody would read them (a process that
+        # registers later, after this transaction, reads the rows left).
+        if conn.execute("SELECT 1 FROM processes WHERE owner != ? LIMIT 1", (self.owner,)).fetchone():
+            conn.execute(
+                f"INSERT INTO gone (id, rev, at) SELECT id, ?, ? FROM tasks WHERE n IN ({oldest})", (rev, now, doomed)
+            )
         conn.execute(f"DELETE FROM results WHERE n IN ({oldest})", (doomed,))
         conn.execute(f"DELETE FROM tasks WHERE n IN ({oldest})", (doomed,))
         conn.execute("PRAGMA incremental_vacuum(256)")
         if gone is not None:
-            gone.extend([row[0] for row in ids])
+            gone.extend(json.loads(ids))
 
     def _delete_gone(self, rev: int) -> int:
         conn = self._conn
