@@ -17,6 +17,7 @@ dispatched at once without waiting for the disk.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -96,7 +97,13 @@ class StoreRegistry(KeyedRegistry):
         self._base_ahead = 0
         self._starved_at = 0.0
         self._claiming = 0
+        #: The shared queue had nothing more for us when a claim last came back short.
         self._claim_idle = False
+        #: Counts the tasks this process put in the shared queue; each claim in flight keeps
+        #: the count it was sent at. A short claim proves the queue empty only if nothing
+        #: was queued after it was sent (those inserts are written after the claim ran).
+        self._queued_count = 0
+        self._claims_sent: collections.deque[int] = collections.deque()
         self._foreign_seq = _FOREIGN_SEQ
         self._sent = 0  # ops handed to the thread
         self._done = 0  # ops the thread has committed
@@ -253,10 +260,15 @@ class StoreRegistry(KeyedRegistry):
             scheduler.enqueue(rec)
         else:
             self._open[tid] = rec
-            self._claim_idle = False
+            self._queued_more()
             self._put_lazy((INSERT, rec, None, payload, metadata))
             self.on_idle()
         self.changed(rec)
+
+    def _queued_more(self) -> None:
+        """This process just put a task in the shared queue: a claim may find it."""
+        self._claim_idle = False
+        self._queued_count += 1
 
     def _room(self, scheduler: Scheduler) -> int:
         return scheduler.backend.free_slots() + self._ahead - scheduler.queued - self._claiming
@@ -283,6 +295,7 @@ class StoreRegistry(KeyedRegistry):
         # Claim in batches (half the look-ahead at once), unless a worker could starve meanwhile.
         if want > 0 and (want * 2 >= ahead or queued + claiming == 0):
             self._claiming = claiming + want
+            self._claims_sent.append(self._queued_count)
             self._put((CLAIM, want))
 
     def _take(self, claimed: Claimed) -> bool:
@@ -375,7 +388,7 @@ class StoreRegistry(KeyedRegistry):
         self._owned.discard(tid)
         rec.requeue()
         self._open[tid] = rec
-        self._claim_idle = False
+        self._queued_more()
         self._put_lazy((RESTART, rec, None))
         self.changed(rec)
         self.on_idle()
@@ -438,7 +451,7 @@ class StoreRegistry(KeyedRegistry):
         taken = False
         for asked, claimed in batch.claims:
             self._claiming -= asked
-            if len(claimed) < asked:
+            if self._claims_sent.popleft() == self._queued_count and len(claimed) < asked:
                 self._claim_idle = True
             for c in claimed:
                 taken |= self._take(c)

@@ -1,0 +1,22 @@
+"""Claims from the shared queue: a task queued while a claim is on its way is never left waiting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+import jobs_store_many as jobs
+from genro_tasks import TaskManager
+
+
+async def test_tasks_queued_behind_a_claim_that_comes_back_short_still_run(tmp_path: Path) -> None:
+    async with TaskManager(max_workers=1, store=tmp_path / "tasks.db") as tm:
+        # Chosen ids go through the shared queue, and a burst of short tasks makes the process
+        # look further and further ahead. Once the look-ahead is at its cap, one submission's
+        # claim covers the slots of the next ones, which send none of their own; their inserts
+        # are written after that claim ran, so it comes back short. They must still be claimed.
+        for burst in range(3):
+            ids = [tm.submit(jobs.pid_and_double, i, task_id=f"burst{burst}-{i}") for i in range(12)]
+            with trio.fail_after(30):
+                assert [value for _pid, value in await tm.gather(ids)] == [2 * i for i in range(12)]
