@@ -156,7 +156,15 @@ class ExecutionBackend(ABC):
 
     @abstractmethod
     def dispatch(self, key: int, payload: bytes) -> None:
-        """Start the job ``payload`` (a pickled call) under ``key``; needs a free slot."""
+        """Start the job ``payload`` (a pickled call) under ``key``; needs a free slot.
+
+        A backend may accept a job for a worker that is busy, to start it the
+        moment its current job ends (see :meth:`held_ahead`).
+        """
+
+    def held_ahead(self) -> int:
+        """How many dispatched jobs wait behind another job on their worker (they count as queued)."""
+        return 0
 
     @abstractmethod
     def interrupt(self, key: int) -> None:

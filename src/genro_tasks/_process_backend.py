@@ -9,6 +9,20 @@ pidfd → report → refill* (:meth:`ProcessBackend._kill`, then
 :meth:`ProcessBackend._on_exit`). Which worker runs which job is kept in one
 place, ``ProcessBackend._jobs``.
 
+**Pipelining.** A worker holds up to two jobs: the current one and one sent
+ahead, which it starts the moment the current one ends, without waiting for
+the parent (``free_slots`` counts these slots too, after the idle workers).
+A job stays PENDING until the worker says STARTED. A job that has not
+started is cancelled by taking back its ticket
+(:meth:`~._worker_proc.WorkerProcess.take_back`): if the ticket came back,
+the job will never start (another job's ticket taken back with it is granted
+again: its ticket and its frame are sent anew); if the worker had taken it,
+every job before it on that worker has ended (their Done are in the pipe),
+and the worker is killed the moment it reports that job STARTED. When a
+worker dies, the jobs whose tickets were taken back (or that never reported
+STARTED, for a worker that died on its own) are reported lost before they
+started, and the scheduler queues them again.
+
 It never decides what a death means for a task: it reports
 :meth:`~._backend.BackendListener.lost` and the scheduler decides.
 """
@@ -106,6 +120,8 @@ class ProcessBackend(ExecutionBackend):
         self._nursery: trio.Nursery | None = None
         self.workers: set[WorkerProcess] = set()
         self._idle: list[WorkerProcess] = []
+        #: Workers holding one job that may be sent their next one now (pipelining).
+        self._open: list[WorkerProcess] = []
         #: The one task-to-handle mapping: job key -> the worker running it.
         self._jobs: dict[int, WorkerProcess] = {}
         self._numbers = 0
@@ -301,11 +317,12 @@ class ProcessBackend(ExecutionBackend):
 
     def _too_large(self, w: WorkerProcess, exc: FrameTooLarge) -> None:
         """A frame over max_message_size: its job fails, its worker (whose pipe is now useless) is replaced."""
-        if exc.kind in (READY, STARTED) or self._jobs.get(exc.seq) is not w or not w.started:
+        if exc.kind in (READY, STARTED) or not w.assigned or w.assigned[0] != exc.seq or not w.started:
             self._protocol_error(w, exc)
             return
         log.warning("worker %d: task #%d sent %s; killing the worker", w.pid, exc.seq, exc)
         del self._jobs[exc.seq]
+        del w.assigned[0]
         w.started = False
         self._kill(w, KillReason.TOO_LARGE, str(exc))  # not a crash: the job's message was the fault
         assert self._listener is not None
@@ -346,10 +363,15 @@ class ProcessBackend(ExecutionBackend):
         key: int = msg.seq  # type: ignore[union-attr]
         if self._jobs.get(key) is not w:
             raise ProtocolError(f"{kind.__name__} about task #{key}, which this worker does not run")
+        if key != w.assigned[0]:
+            raise ProtocolError(f"{kind.__name__} about task #{key} before task #{w.assigned[0]} ended")
         if kind is Started:
             if w.started:
                 raise ProtocolError("Started twice")
             w.started = True
+            w.payloads.pop(key, None)
+            if key in w.kill_on_start:  # cancelled after the worker took its ticket: it started, and dies now
+                self._kill(w, KillReason.REQUESTED)
             listener.started(key, w.pid)
             return
         if not w.started:
@@ -373,15 +395,60 @@ class ProcessBackend(ExecutionBackend):
         else:  # pragma: no cover - the framer accepts worker messages only
             raise ProtocolError(f"unexpected {kind.__name__}")
         del self._jobs[key]
+        del w.assigned[0]
         w.started = False
         w.jobs_done += 1
+        if self._open and w in self._open:
+            self._open.remove(w)
         if w.state is WorkerState.BUSY and not w.exited:
-            if self._max_tasks is not None and w.jobs_done >= self._max_tasks and not self._stopping:
+            if w.assigned:
+                self._maybe_open(w)
+            elif self._max_tasks is not None and w.jobs_done >= self._max_tasks and not self._stopping:
                 self._retire(w)
-            else:
+            elif not self._take_over(w):
                 w.state = WorkerState.IDLE
                 self._idle.append(w)
         listener.done(key, outcome)
+
+    def _take_over(self, w: WorkerProcess) -> bool:
+        """Give ``w``, free now, a job held ahead behind a running one on another worker; True if it got one.
+
+        This is how a job sent ahead never waits behind a long job while a
+        worker is free: its ticket is taken back from the busy worker (which
+        then skips it) and the job is sent to ``w``.
+        """
+        if self._stopping:
+            return False
+        for other in self.workers:
+            if other is w or other.state is not WorkerState.BUSY or len(other.assigned) != 2 or not other.started:
+                continue
+            key = other.assigned[1]
+            if key not in other.take_back():
+                continue  # the busy worker has just moved on to it
+            other.assigned.pop()
+            other.taken_back.discard(key)
+            payload = other.payloads.pop(key)
+            self._maybe_open(other)
+            w.state = WorkerState.BUSY
+            w.assigned.append(key)
+            self._jobs[key] = w
+            w.send_job(key, payload)
+            self._maybe_open(w)
+            return True
+        return False
+
+    def _maybe_open(self, w: WorkerProcess) -> None:
+        """Offer ``w``'s second slot if it holds one job and may run one more (pipelining)."""
+        if (
+            w.state is WorkerState.BUSY
+            and not w.exited
+            and not self._stopping
+            and len(w.assigned) == 1
+            and not w.kill_on_start
+            and (self._max_tasks is None or w.jobs_done + 1 < self._max_tasks)
+            and w not in self._open
+        ):
+            self._open.append(w)
 
     def _on_ready(self, w: WorkerProcess) -> None:
         assert self._listener is not None
@@ -394,7 +461,8 @@ class ProcessBackend(ExecutionBackend):
         if self._stopping:
             self._tell_to_stop(w)
             return
-        self._idle.append(w)
+        if not self._take_over(w):
+            self._idle.append(w)
         self._ready_count += 1
         if not self._all_ready and self._ready_count >= self.capacity:
             self._all_ready = True
@@ -419,26 +487,75 @@ class ProcessBackend(ExecutionBackend):
 
     # ------------------------------------------------------------ the scheduler's calls
     def free_slots(self) -> int:
-        return len(self._idle)
+        """Idle workers, then workers whose started job leaves room for the next one (pipelining)."""
+        return len(self._idle) + len(self._open)
+
+    def held_ahead(self) -> int:
+        return sum(len(w.assigned) - 1 for w in self.workers if len(w.assigned) > 1)
 
     @enable_ki_protection
     def dispatch(self, key: int, payload: bytes) -> None:
-        w = self._idle.pop()
-        w.state = WorkerState.BUSY
+        if self._idle:
+            w = self._idle.pop()
+            w.state = WorkerState.BUSY
+        else:
+            w = self._open.pop(0)  # sent ahead: it starts when the worker's current job ends
+        w.assigned.append(key)
         self._jobs[key] = w
         w.send_job(key, payload)
+        if len(w.assigned) == 1:
+            self._maybe_open(w)
 
     @enable_ki_protection
     def interrupt(self, key: int) -> None:
         w = self._jobs.get(key)
-        if w is not None and w.state is WorkerState.BUSY:
+        if w is not None and w.state is WorkerState.BUSY and w.started and w.assigned[0] == key:
             w.terminate(key)
 
     @enable_ki_protection
     def kill(self, key: int) -> None:
+        """Kill job ``key``: its worker if it runs, else take it back (it then never starts).
+
+        A job that has not started is taken back through its ticket and
+        reported lost at once; the worker lives on. If the worker already took
+        that ticket, the job starts any moment: the worker is killed when it
+        says so. A running job's worker is killed, after the job sent to it
+        next is taken back; if that one's ticket is gone, the worker has moved
+        on: the running job has ended, and its Done is on its way.
+        """
         w = self._jobs.get(key)
-        if w is not None:
+        if w is None or w.state is WorkerState.DYING or w.state is WorkerState.DEAD:
+            return
+        if w.assigned[0] == key and w.started:
+            if len(w.assigned) > 1 and w.assigned[1] not in w.take_back():
+                return  # it took its next job: this one has ended (its Done is in the pipe)
             self._kill(w, KillReason.REQUESTED)
+            return
+        taken = w.take_back()
+        for other in taken - {key}:  # taken back with it (tickets come in order): grant it again
+            w.regrant(other)
+        if key not in taken:
+            w.kill_on_start.add(key)  # the worker took its ticket: it reports STARTED soon
+            if self._open and w in self._open:
+                self._open.remove(w)
+            return
+        # Taken back: it will never start. The worker skips it and lives on.
+        del self._jobs[key]
+        w.assigned.remove(key)
+        w.payloads.pop(key, None)
+        w.taken_back.discard(key)
+        if not w.assigned and w.state is WorkerState.BUSY and not w.exited:
+            w.state = WorkerState.IDLE
+            if w in self._open:
+                self._open.remove(w)
+            if not self._take_over(w):
+                self._idle.append(w)
+        else:
+            self._maybe_open(w)
+        assert self._listener is not None
+        self._listener.lost(key, Lost(w.pid, None, "", retryable=True))
+        if w.state is WorkerState.IDLE:
+            self._listener.capacity_changed()  # an idle worker again: what is queued may run on it
 
     @enable_ki_protection
     def begin_stop(self) -> None:
@@ -446,6 +563,7 @@ class ProcessBackend(ExecutionBackend):
         for w in list(self._idle):
             self._tell_to_stop(w)
         self._idle.clear()
+        self._open.clear()
 
     async def wait_stopped(self) -> None:
         """Wait until no worker is left (nor being started).
@@ -462,7 +580,7 @@ class ProcessBackend(ExecutionBackend):
         return BackendStatistics(
             workers_total=len(self.workers),
             workers_idle=len(self._idle),
-            workers_busy=len(self._jobs),
+            workers_busy=sum(1 for w in self.workers if w.assigned),
             restarts=self.restarts,
             crashes=self.crashes,
         )
@@ -481,9 +599,12 @@ class ProcessBackend(ExecutionBackend):
             return
         if w in self._idle:
             self._idle.remove(w)
+        if w in self._open:
+            self._open.remove(w)
         w.state = WorkerState.DYING
         w.kill_reason = reason
         w.kill_detail = detail
+        w.take_back()  # jobs not started yet never will: they are lost before they started
         w.kill()
 
     def _exit_safely(self, w: WorkerProcess) -> None:
@@ -494,6 +615,8 @@ class ProcessBackend(ExecutionBackend):
             self.workers.discard(w)
             if w in self._idle:
                 self._idle.remove(w)
+            if w in self._open:
+                self._open.remove(w)
             w.state = WorkerState.DEAD
             self._check_no_workers()
             assert self._listener is not None
@@ -513,16 +636,24 @@ class ProcessBackend(ExecutionBackend):
         stopping = w.state is WorkerState.STOPPING
         if w in self._idle:
             self._idle.remove(w)
+        if w in self._open:
+            self._open.remove(w)
         w.state = WorkerState.DEAD
         self.workers.discard(w)
-        key = next((k for k, v in self._jobs.items() if v is w), None)
         unasked = reason is None or reason is KillReason.CRASH
-        if key is not None:
-            del self._jobs[key]
+        if w.assigned:
+            keys, w.assigned = w.assigned, []
             if unasked:
                 self.crashes += 1
-            log.info("worker %d running task #%d ended (%s)", w.pid, key, describe_exit(exitcode))
-            listener.lost(key, Lost(w.pid, exitcode, w.kill_detail, retryable=not w.started))
+            log.info("worker %d running task #%d ended (%s)", w.pid, keys[0], describe_exit(exitcode))
+            w.take_back()
+            for i, key in enumerate(keys):
+                del self._jobs[key]
+                # Never started: its ticket was taken back, or (a worker that died on its own, its
+                # pipe read to the end) it never said STARTED.
+                started = w.started if i == 0 else False
+                retryable = key in w.taken_back or (reason is None and not started)
+                listener.lost(key, Lost(w.pid, exitcode, w.kill_detail, retryable=retryable))
         elif not was_ready:
             error = w.init_error
             if error is None and reason is None and not stopping:

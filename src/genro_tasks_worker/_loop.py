@@ -4,6 +4,14 @@ A worker reads one :class:`~._protocol.Job` at a time from its job pipe (through
 the shared :class:`~._protocol.Framer`), says ``Started`` before it even
 unpickles the job, runs it, and answers with exactly one ``Done*`` message,
 never one over ``max_message_size`` (:func:`~._protocol.encode_within`).
+
+The parent may send a worker its next job while the current one runs
+(pipelining), so the worker starts it the moment the current one ends. Every
+job comes with a *ticket* on a separate pipe both sides can read: before it
+starts a job the worker takes that job's ticket, and the parent takes a
+ticket back to cancel a job that has not started. A pipe read is atomic, so
+exactly one side gets each ticket: a job whose ticket the parent took back is
+skipped, never started (:func:`_take_ticket`).
 It exits when the job pipe reaches end-of-file (the parent closed it), and
 kills itself and everything it spawned the moment the parent process dies
 (end-of-file on the shared *alive* pipe), even while a job is busy.
@@ -51,8 +59,28 @@ from ._protocol import (
     encode_within,
 )
 
-#: A cancel request on the cancel pipe: the task's sequence number.
+#: A cancel request on the cancel pipe, or a ticket on the ticket pipe: the task's sequence number.
 _SEQ = struct.Struct("<Q")
+
+
+def _take_ticket(fd: int) -> int | None:
+    """Take the oldest ticket waiting on the ticket pipe (never blocks); None if there is none.
+
+    The parent writes a job's ticket before the job itself, and takes a
+    ticket back only for a job that has not started: when the worker has
+    read job J and finds no ticket, or a later job's, J's ticket was taken
+    back, and J must not start.
+    """
+    if fd < 0:
+        return None
+    try:
+        data = os.read(fd, _SEQ.size)
+    except (BlockingIOError, InterruptedError):
+        return None
+    if len(data) != _SEQ.size:  # pragma: no cover - tickets are written whole (8 bytes < PIPE_BUF)
+        raise ProtocolError(f"a ticket of {len(data)} bytes")
+    seq: int = _SEQ.unpack(data)[0]
+    return seq
 
 
 class _JobReader:
@@ -447,6 +475,7 @@ def main(
     main_ref: tuple[str, str] | None = None,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     cancel_conn: Connection | None = None,
+    ticket_conn: Connection | None = None,
 ) -> None:
     """Entry point of a worker process (the target given to ``multiprocessing``).
 
@@ -465,13 +494,19 @@ def main(
             message it sends (see :func:`~._protocol.encode_within`).
         cancel_conn: Read end of the pipe the parent names a task on before
             it sends SIGTERM to cancel that task gracefully.
+        ticket_conn: Read end of the ticket pipe (see :func:`_take_ticket`);
+            None: every job runs (no ticket is asked for).
     """
-    conns = [job_conn, result_conn, alive_conn] + ([cancel_conn] if cancel_conn is not None else [])
+    conns = [job_conn, result_conn, alive_conn] + [c for c in (cancel_conn, ticket_conn) if c is not None]
     _hygiene.close_inherited_fds([conn.fileno() for conn in conns])
     job_fd, result_fd, alive_fd = (_take_fd(conn) for conn in (job_conn, result_conn, alive_conn))
     if cancel_conn is not None:
         _JobState.cancel_fd = _take_fd(cancel_conn)
         os.set_blocking(_JobState.cancel_fd, False)
+    ticket_fd = -1
+    if ticket_conn is not None:
+        ticket_fd = _take_fd(ticket_conn)
+        os.set_blocking(ticket_fd, False)
     try:
         os.setpgid(0, 0)  # our own process group: a kill reaches what the job spawned
     except OSError:  # pragma: no cover - already a group or session leader
@@ -501,9 +536,16 @@ def main(
     channel = _progress.ProgressChannel(sender.send_locked, sender.lock, max_message_size)
     sender.send(Ready(os.getpid()))
     jobs = _JobReader(job_fd, max_message_size)
+    ticket: int | None = None  # a ticket taken ahead, for a job further down the job pipe
     while True:
         job = jobs.next_job()
         if job is None:
             _flush_std_streams()
             os._exit(0)  # not a return: multiprocessing would join the job's leftover threads forever
+        if ticket_fd >= 0:
+            if ticket is None:
+                ticket = _take_ticket(ticket_fd)
+            if ticket != job.seq:
+                continue  # the parent took this job back before it started: skip it
+            ticket = None
         _run_job(sender, channel, job.seq, job.payload)

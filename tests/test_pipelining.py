@@ -1,0 +1,178 @@
+"""Pipelining: a worker holds its next job while it runs one, and every promise still holds.
+
+A job held ahead stays PENDING until its worker starts it; cancelling it means
+it never starts, and its worker is not touched; a worker that becomes free
+takes over a job held behind a long one; a worker that dies gives its held job
+back to the queue, never started.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from conftest import pid_gone, wait_status, wait_until
+from genro_tasks import TaskManager, TaskStatus, WorkerCrashed, testing
+from genro_tasks._backend import Lost
+from genro_tasks._launch import default_context
+from genro_tasks._process_backend import ProcessBackend
+from jobs_pipeline import exit_when_file, mark_started, mark_then_wait, wait_for_file
+from test_backend_contract import Recorder, _payload
+
+
+async def _held_ahead(tm: TaskManager, task_id: str, pid: int) -> None:
+    """Wait until ``task_id`` is handed to worker ``pid`` (held behind its running job)."""
+    await wait_until(tm, lambda: testing.assigned_worker_pid(tm, task_id) == pid)
+
+
+async def test_a_job_held_ahead_stays_pending_then_runs_on_the_same_worker(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    async with TaskManager(1) as tm:
+        first = tm.submit(wait_for_file, str(release))
+        await wait_status(tm, first, TaskStatus.RUNNING)
+        pid = (await tm.info(first)).worker_pid
+        assert pid is not None
+        ahead = tm.submit(mark_started, str(tmp_path / "trace"))
+        await _held_ahead(tm, ahead, pid)
+        info = await tm.info(ahead)
+        assert (info.status, info.started_at, info.worker_pid) == (TaskStatus.PENDING, None, None)
+        assert tm.statistics().tasks_queued == 1  # held ahead counts as queued
+        release.touch()
+        with trio.fail_after(20):
+            assert await tm.result(ahead) == pid
+            assert await tm.result(first) == pid
+
+
+async def test_cancelling_a_job_held_ahead_never_starts_it_and_spares_the_worker(tmp_path: Path) -> None:
+    release, trace = tmp_path / "release", tmp_path / "trace"
+    async with TaskManager(1) as tm:
+        first = tm.submit(wait_for_file, str(release))
+        await wait_status(tm, first, TaskStatus.RUNNING)
+        pid = (await tm.info(first)).worker_pid
+        assert pid is not None
+        ahead = tm.submit(mark_started, str(trace))
+        await _held_ahead(tm, ahead, pid)
+        with trio.fail_after(10):
+            assert await tm.cancel(ahead) is True
+        info = await tm.info(ahead)
+        assert (info.status, info.error, info.started_at) == (TaskStatus.CANCELLED, "cancelled while queued", None)
+        assert await tm.status(first) is TaskStatus.RUNNING  # its worker was not killed
+        assert tm.statistics().tasks_queued == 0
+        after = tm.submit(mark_started, str(trace))  # held ahead in turn, behind `first`
+        release.touch()
+        with trio.fail_after(20):
+            assert await tm.result(first) == pid
+            assert await tm.result(after) == pid  # the same worker: it skipped the cancelled job
+        assert trace.read_text().splitlines() == [str(pid)]  # only `after` ever ran
+
+
+async def test_a_free_worker_takes_over_a_job_held_behind_a_long_one(tmp_path: Path) -> None:
+    async with TaskManager(2) as tm:
+        long_ones = [tm.submit(wait_for_file, str(tmp_path / f"never-{i}")) for i in range(2)]
+        for tid in long_ones:
+            await wait_status(tm, tid, TaskStatus.RUNNING)
+        ahead = tm.submit(mark_started, str(tmp_path / "trace"))
+        await wait_until(tm, lambda: testing.assigned_worker_pid(tm, ahead) is not None)
+        holder = testing.assigned_worker_pid(tm, ahead)
+        [other] = [t for t in long_ones if testing.snapshot(tm, t).worker_pid != holder]
+        with trio.fail_after(10):
+            await tm.cancel(other)  # its worker is killed; its replacement takes `ahead` over
+        with trio.fail_after(20):
+            ran_on = await tm.result(ahead)
+        assert ran_on != holder  # it did not wait behind the long job
+        [kept] = [t for t in long_ones if t != other]
+        assert await tm.status(kept) is TaskStatus.RUNNING
+        await tm.cancel(kept)
+
+
+async def test_a_dying_worker_gives_its_held_job_back_never_started(tmp_path: Path) -> None:
+    die, trace = tmp_path / "die", tmp_path / "trace"
+    async with TaskManager(1) as tm:
+        doomed = tm.submit(exit_when_file, str(die), 7)
+        await wait_status(tm, doomed, TaskStatus.RUNNING)
+        pid = (await tm.info(doomed)).worker_pid
+        assert pid is not None
+        ahead = tm.submit(mark_started, str(trace))
+        await _held_ahead(tm, ahead, pid)
+        die.touch()
+        with trio.fail_after(20):
+            ran_on = await tm.result(ahead)
+        assert ran_on != pid
+        assert pid_gone(pid)
+        assert trace.read_text().splitlines() == [str(ran_on)]  # it ran once, on the replacement
+        with pytest.raises(WorkerCrashed):
+            await tm.result(doomed)
+
+
+async def test_cancelling_the_running_job_requeues_the_one_held_behind_it(tmp_path: Path) -> None:
+    trace = tmp_path / "trace"
+    async with TaskManager(1) as tm:
+        first = tm.submit(wait_for_file, str(tmp_path / "never"))
+        await wait_status(tm, first, TaskStatus.RUNNING)
+        pid = (await tm.info(first)).worker_pid
+        assert pid is not None
+        ahead = tm.submit(mark_started, str(trace))
+        await _held_ahead(tm, ahead, pid)
+        with trio.fail_after(10):
+            assert await tm.cancel(first) is True
+        with trio.fail_after(20):
+            ran_on = await tm.result(ahead)
+        assert ran_on != pid
+        assert trace.read_text().splitlines() == [str(ran_on)]
+
+
+async def test_cancelling_either_of_two_jobs_a_worker_holds_before_it_starts_them(tmp_path: Path) -> None:
+    """Two jobs handed at once to a free worker; one is cancelled at once: it never runs, the other runs once.
+
+    Whether the worker took the first job's ticket before the cancel or not, the
+    outcome is the same (a ticket taken back with the cancelled one is granted again).
+    """
+    for round_, cancelled_index in enumerate((0, 1, 0, 1)):
+        trace = tmp_path / f"trace-{round_}"
+        async with TaskManager(1) as tm:
+            await tm.run(mark_started, str(tmp_path / "warm"))
+            both = [tm.submit(mark_started, str(trace)) for _ in range(2)]  # no checkpoint: both handed out
+            victim, survivor = both[cancelled_index], both[1 - cancelled_index]
+            with trio.fail_after(10):
+                await tm.cancel(victim)
+                ran_on = await tm.result(survivor)
+            info = await tm.info(victim)
+            if info.status is TaskStatus.CANCELLED and info.started_at is None:
+                assert info.error == "cancelled while queued"
+                assert trace.read_text().splitlines() == [str(ran_on)]  # only the survivor ran
+            else:  # the worker had started it in that very instant: cancelled as a running task
+                assert info.status in (TaskStatus.CANCELLED, TaskStatus.COMPLETED)
+
+
+async def test_killing_both_jobs_a_worker_holds_while_it_takes_the_first(tmp_path: Path) -> None:
+    """The backend's kill of two jobs not started yet, while the worker may be taking the first one.
+
+    Whichever side wins each ticket, the second job never starts and is lost
+    before it started, the first is lost (killed once started, or taken back),
+    and nothing hangs.
+    """
+    first_trace, second_trace = tmp_path / "first", tmp_path / "second"
+    backend = ProcessBackend(1, default_context("forkserver"))
+    recorder = Recorder(backend)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(backend.serve, recorder)
+        with trio.fail_after(30):
+            await recorder.wait_for(lambda: recorder.ready == 1)
+        backend.dispatch(1, _payload(mark_then_wait, str(first_trace), str(tmp_path / "never")))
+        backend.dispatch(2, _payload(mark_started, str(second_trace)))
+        # No checkpoint: the worker may take job 1's ticket (and start it) before the parent sees it.
+        time.sleep(0.2)  # noqa: ASYNC251 - blocking the loop is the point: the parent must not read yet
+        backend.kill(1)
+        backend.kill(2)
+        with trio.fail_after(30):
+            await recorder.wait_for(lambda: recorder.ended(1) and recorder.ended(2))
+        nursery.cancel_scope.cancel()
+    [(kind, lost)] = recorder.of(2)
+    assert kind == "lost"
+    assert isinstance(lost, Lost)
+    assert lost.retryable  # it never started
+    assert not second_trace.exists()
+    assert recorder.of(1)[-1][0] == "lost"
