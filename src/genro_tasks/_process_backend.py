@@ -12,8 +12,10 @@ place, ``ProcessBackend._jobs``.
 **Pipelining.** A worker holds up to two jobs: the current one and one sent
 ahead, which it starts the moment the current one ends, without waiting for
 the parent (``free_slots`` counts these slots too, after the idle workers).
-A job stays PENDING until the worker says STARTED. A job that has not
-started is cancelled by taking back its ticket
+A job stays PENDING until the worker says STARTED. A job sent ahead has a
+*ticket* (one sent to an idle worker has none: cancelling it kills the
+worker, as for a running job); one that has not started is cancelled by
+taking back its ticket
 (:meth:`~._worker_proc.WorkerProcess.take_back`): if the ticket came back,
 the job will never start (another job's ticket taken back with it is granted
 again: its ticket and its frame are sent anew); if the worker had taken it,
@@ -432,7 +434,7 @@ class ProcessBackend(ExecutionBackend):
             w.state = WorkerState.BUSY
             w.assigned.append(key)
             self._jobs[key] = w
-            w.send_job(key, payload)
+            w.send_job(key, payload, ticketed=False)
             self._maybe_open(w)
             return True
         return False
@@ -502,9 +504,11 @@ class ProcessBackend(ExecutionBackend):
             w = self._open.pop(0)  # sent ahead: it starts when the worker's current job ends
         w.assigned.append(key)
         self._jobs[key] = w
-        w.send_job(key, payload)
         if len(w.assigned) == 1:
+            w.send_job(key, payload, ticketed=False)  # nothing runs before it: it cannot be taken back
             self._maybe_open(w)
+        else:
+            w.send_job(key, payload, ticketed=True)
 
     @enable_ki_protection
     def interrupt(self, key: int) -> None:
@@ -526,7 +530,8 @@ class ProcessBackend(ExecutionBackend):
         w = self._jobs.get(key)
         if w is None or w.state is WorkerState.DYING or w.state is WorkerState.DEAD:
             return
-        if w.assigned[0] == key and w.started:
+        if w.assigned[0] == key and (w.started or key not in w.payloads):
+            # Running, or sent unticketed (to an idle worker): only killing the worker stops it.
             if len(w.assigned) > 1 and w.assigned[1] not in w.take_back():
                 return  # it took its next job: this one has ended (its Done is in the pipe)
             self._kill(w, KillReason.REQUESTED)
@@ -649,10 +654,14 @@ class ProcessBackend(ExecutionBackend):
             w.take_back()
             for i, key in enumerate(keys):
                 del self._jobs[key]
-                # Never started: its ticket was taken back, or (a worker that died on its own, its
-                # pipe read to the end) it never said STARTED.
-                started = w.started if i == 0 else False
-                retryable = key in w.taken_back or (reason is None and not started)
+                if i == 0 and w.started:
+                    retryable = False
+                elif key in w.payloads:
+                    # Ticketed: never started if its ticket was taken back, or if the worker died on
+                    # its own (its pipe read to the end) without saying STARTED.
+                    retryable = key in w.taken_back or reason is None
+                else:
+                    retryable = True  # sent to an idle worker, which never said STARTED
                 listener.lost(key, Lost(w.pid, exitcode, w.kill_detail, retryable=retryable))
         elif not was_ready:
             error = w.init_error

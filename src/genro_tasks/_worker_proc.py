@@ -255,13 +255,21 @@ class WorkerProcess:
         return messages
 
     # --- sending -------------------------------------------------------------
-    def send_job(self, seq: int, payload: bytes) -> None:
-        """Write the job's ticket, then queue its Job message; writes at once what the pipe accepts (never blocks)."""
-        self.payloads[seq] = payload
-        if self._ticket_w is not None:
-            with contextlib.suppress(OSError):  # the pipe holds two tickets at most: never full
-                os.write(self._ticket_w, _TICKET.pack(seq))
-        header, body = encode(Job(seq, payload))
+    def send_job(self, seq: int, payload: bytes, ticketed: bool) -> None:
+        """Queue a Job message (after its ticket, if ``ticketed``); writes at once what the pipe accepts (never blocks).
+
+        A job for an idle worker needs no ticket: nothing runs before it, so
+        it cannot be taken back (a cancel kills the worker). A job sent to a
+        busy worker, or granted again, is ticketed.
+        """
+        if ticketed:
+            self.payloads[seq] = payload
+            if self._ticket_w is not None:
+                try:
+                    os.write(self._ticket_w, _TICKET.pack(seq))
+                except OSError:  # pragma: no cover - the pipe holds a few tickets at most
+                    pass
+        header, body = encode(Job(seq, payload, ticketed))
         if len(body) < SPLIT_WRITE:
             self._send(memoryview(header + body))
         else:
@@ -331,7 +339,7 @@ class WorkerProcess:
         reads while holding its one ticket, and skips the others.
         """
         self.taken_back.discard(seq)
-        self.send_job(seq, self.payloads[seq])
+        self.send_job(seq, self.payloads[seq], ticketed=True)
 
     def close_jobs(self) -> None:
         """Close the job pipe: the worker exits after its current job."""

@@ -6,10 +6,10 @@ unpickles the job, runs it, and answers with exactly one ``Done*`` message,
 never one over ``max_message_size`` (:func:`~._protocol.encode_within`).
 
 The parent may send a worker its next job while the current one runs
-(pipelining), so the worker starts it the moment the current one ends. Every
+(pipelining), so the worker starts it the moment the current one ends. Such a
 job comes with a *ticket* on a separate pipe both sides can read: before it
-starts a job the worker takes that job's ticket, and the parent takes a
-ticket back to cancel a job that has not started. A pipe read is atomic, so
+starts a ticketed job the worker takes that job's ticket, and the parent takes
+a ticket back to cancel a job that has not started. A pipe read is atomic, so
 exactly one side gets each ticket: a job whose ticket the parent took back is
 skipped, never started (:func:`_take_ticket`).
 It exits when the job pipe reaches end-of-file (the parent closed it), and
@@ -542,7 +542,7 @@ def main(
         if job is None:
             _flush_std_streams()
             os._exit(0)  # not a return: multiprocessing would join the job's leftover threads forever
-        if ticket_fd >= 0:
+        if job.ticketed:
             if ticket is None:
                 ticket = _take_ticket(ticket_fd)
             if ticket != job.seq:
