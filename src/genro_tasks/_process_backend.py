@@ -419,7 +419,7 @@ class ProcessBackend(ExecutionBackend):
         worker is free: its ticket is taken back from the busy worker (which
         then skips it) and the job is sent to ``w``.
         """
-        if self._stopping:
+        if self._stopping or len(self._jobs) < 2:  # a held job waits behind another one
             return False
         for other in self.workers:
             if other is w or other.state is not WorkerState.BUSY or len(other.assigned) != 2 or not other.started:
