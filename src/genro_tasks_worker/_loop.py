@@ -122,7 +122,8 @@ class _Sender:
         self.lock = threading.Lock()
         self.max_message_size = max_message_size
 
-    def send_locked(self, msg: WorkerMessage) -> None:
+    def send_locked(self, msg: WorkerMessage, then: WorkerMessage | None = None) -> None:
+        """Write ``msg`` (and ``then`` after it, in the same write if both are small); lock held."""
         header, body = encode(msg)
         if len(body) > self.max_message_size:
             header, body = encode_within(msg, self.max_message_size)
@@ -130,10 +131,15 @@ class _Sender:
         interrupt = _disarm() if threading.get_ident() == _MAIN_THREAD else None
         try:
             if len(body) < SPLIT_WRITE:
-                _write_all(self.fd, header + body)
+                data = header + body
+                if then is not None:
+                    data += b"".join(encode(then))
+                _write_all(self.fd, data)
             else:
                 _write_all(self.fd, header)
                 _write_all(self.fd, body)
+                if then is not None:
+                    _write_all(self.fd, b"".join(encode(then)))
         finally:
             if interrupt is not None:
                 _arm(interrupt)
@@ -404,11 +410,32 @@ def _leave_if_forked(code: int) -> None:
         os._exit(code)
 
 
-def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payload: bytes | bytearray) -> None:
-    _JobState.pending = False  # a request that arrived between jobs was for an earlier one
+def _begin(seq: int) -> Started:
+    """From here a graceful-cancel request names job ``seq`` (one that arrived before was for an earlier one)."""
+    _JobState.pending = False
     _JobState.seq = seq
     _JobState.in_job = True
-    sender.send(Started(seq))
+    return Started(seq)
+
+
+def _run_job(
+    sender: _Sender,
+    channel: _progress.ProgressChannel,
+    seq: int,
+    payload: bytes | bytearray,
+    announced: bool = False,
+    ticket_fd: int = -1,
+) -> int | None:
+    """Run job ``seq`` and send its Done; return the job this worker holds next and has announced, if any.
+
+    ``announced``: its Started went out already, with the Done of the job
+    before it. When this job ends and the parent has sent the next job ahead
+    (its ticket is there), that job's ticket is taken and its Started leaves
+    in the same write as this job's Done: the worker is committed to start it
+    (right after the hygiene below), and the parent reads both at once.
+    """
+    if not announced:
+        sender.send(_begin(seq))
     _progress.start_job(channel, seq)
     limits: tuple[int, int] | None = None
     try:
@@ -441,9 +468,10 @@ def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payl
             done = DoneBadResult(seq, _type_name(value), _describe(exc))
         del value
     _flush_std_streams()  # what the job printed comes out before its result
+    following = _take_ticket(ticket_fd)
     with sender.lock:
         channel.finish_locked()
-        sender.send_locked(done)
+        sender.send_locked(done, None if following is None else _begin(following))
     del done
     # The hygiene runs after the result left, while the parent records it and sends the next
     # job (which waits in the pipe): off the round trip's path, and still before the next job.
@@ -451,6 +479,7 @@ def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payl
     _hygiene.reset_signals()  # first: a SIGCHLD the job ignores would hide its children from us
     if _hygiene.kill_leftovers():
         _hygiene.forget_multiprocessing_helpers()  # a forkserver or tracker the job started is gone
+    return following
 
 
 def _own_signals() -> None:
@@ -537,9 +566,12 @@ def main(
     sender.send(Ready(os.getpid()))
     jobs = _JobReader(job_fd, max_message_size)
     ticket: int | None = None  # a ticket taken ahead, for a job further down the job pipe
+    announced: int | None = None  # the job of that ticket, whose Started went out already
     while True:
         job = jobs.next_job()
         if job is None:
+            if announced is not None:  # pragma: no cover - the parent closes the pipe only when we are idle
+                raise ProtocolError(f"job pipe closed before job #{announced}, which was announced as started")
             _flush_std_streams()
             os._exit(0)  # not a return: multiprocessing would join the job's leftover threads forever
         if job.ticketed:
@@ -548,4 +580,7 @@ def main(
             if ticket != job.seq:
                 continue  # the parent took this job back before it started: skip it
             ticket = None
-        _run_job(sender, channel, job.seq, job.payload)
+        elif announced is not None:  # pragma: no cover - a job for an idle worker while we hold one
+            raise ProtocolError(f"job #{job.seq} sent while job #{announced} was announced as started")
+        announced = _run_job(sender, channel, job.seq, job.payload, job.seq == announced, ticket_fd)
+        ticket = announced
