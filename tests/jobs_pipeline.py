@@ -32,3 +32,9 @@ def mark_then_wait(path: str, release: str) -> int:
     """:func:`mark_started`, then :func:`wait_for_file` on ``release``."""
     mark_started(path)
     return wait_for_file(release)
+
+
+def sleep_then_pid(seconds: float) -> int:
+    """Sleep ``seconds`` (a job that is not quick); return this worker's pid."""
+    time.sleep(seconds)
+    return os.getpid()

@@ -18,8 +18,8 @@ from conftest import pid_gone, wait_status, wait_until
 from genro_tasks import TaskManager, TaskStatus, WorkerCrashed, testing
 from genro_tasks._backend import Lost
 from genro_tasks._launch import default_context
-from genro_tasks._process_backend import ProcessBackend
-from jobs_pipeline import exit_when_file, mark_started, mark_then_wait, wait_for_file
+from genro_tasks._process_backend import HELD_AHEAD, QUICK_JOB, ProcessBackend
+from jobs_pipeline import exit_when_file, mark_started, mark_then_wait, sleep_then_pid, wait_for_file
 from test_backend_contract import Recorder, _payload
 
 
@@ -176,3 +176,88 @@ async def test_killing_both_jobs_a_worker_holds_while_it_takes_the_first(tmp_pat
     assert lost.retryable  # it never started
     assert not second_trace.exists()
     assert recorder.of(1)[-1][0] == "lost"
+
+
+async def _busy_worker(tm: TaskManager, tmp_path: Path, warm_up: float = 0.0) -> tuple[str, int, Path]:
+    """Run one job on the only worker (taking ``warm_up`` seconds: 0 is quick), then start a long one.
+
+    Returns the long job's id, its worker's pid and the file that releases it.
+    """
+    with trio.fail_after(20):
+        await tm.run(sleep_then_pid, 0)  # the worker imports the job's module: not quick
+        pid = await tm.run(sleep_then_pid, warm_up)
+    release = tmp_path / "release"
+    first = tm.submit(wait_for_file, str(release))
+    await wait_status(tm, first, TaskStatus.RUNNING)
+    assert (await tm.info(first)).worker_pid == pid
+    return first, pid, release
+
+
+async def test_a_worker_whose_jobs_are_quick_holds_several_jobs_ahead(tmp_path: Path) -> None:
+    trace = tmp_path / "trace"
+    async with TaskManager(1) as tm:
+        first, pid, release = await _busy_worker(tm, tmp_path)
+        held = [tm.submit(mark_started, str(trace)) for _ in range(HELD_AHEAD)]
+        for tid in held:
+            await _held_ahead(tm, tid, pid)
+            assert testing.snapshot(tm, tid).status is TaskStatus.PENDING
+        assert tm.statistics().tasks_queued == HELD_AHEAD
+        beyond = tm.submit(mark_started, str(trace))
+        assert testing.assigned_worker_pid(tm, beyond) is None  # no more than HELD_AHEAD: it stays queued
+        release.touch()
+        with trio.fail_after(20):
+            assert [await tm.result(tid) for tid in [first, *held, beyond]] == [pid] * (HELD_AHEAD + 2)
+        assert trace.read_text().splitlines() == [str(pid)] * (HELD_AHEAD + 1)  # each ran once
+
+
+async def test_a_worker_whose_last_job_was_not_quick_holds_one_job_ahead_so_priorities_hold(tmp_path: Path) -> None:
+    """Held jobs delay a later, more urgent one only while jobs are quick; after a slow one, one job."""
+    async with TaskManager(1) as tm:
+        _first, pid, release = await _busy_worker(tm, tmp_path, warm_up=10 * QUICK_JOB)
+        normal = [tm.submit(sleep_then_pid, 0) for _ in range(3)]
+        await _held_ahead(tm, normal[0], pid)
+        assert [testing.assigned_worker_pid(tm, tid) for tid in normal[1:]] == [None, None]  # queued
+        urgent = tm.options(priority=10).submit(sleep_then_pid, 0)
+        release.touch()
+        with trio.fail_after(20):
+            await tm.result(normal[2])
+        started = {tid: (await tm.info(tid)).started_at for tid in [*normal, urgent]}
+        assert started[normal[0]] <= started[urgent] <= started[normal[1]] <= started[normal[2]]  # type: ignore[operator]
+
+
+async def test_cancelling_one_of_several_held_jobs_spares_the_others_and_their_order(tmp_path: Path) -> None:
+    trace = tmp_path / "trace"
+    async with TaskManager(1) as tm:
+        first, pid, release = await _busy_worker(tm, tmp_path)
+        held = [tm.submit(mark_started, str(trace)) for _ in range(HELD_AHEAD)]
+        for tid in held:
+            await _held_ahead(tm, tid, pid)
+        victim = held[1]
+        with trio.fail_after(10):
+            assert await tm.cancel(victim) is True
+        info = await tm.info(victim)
+        assert (info.status, info.error, info.started_at) == (TaskStatus.CANCELLED, "cancelled while queued", None)
+        assert await tm.status(first) is TaskStatus.RUNNING  # its worker was not killed
+        kept = [tid for tid in held if tid != victim]
+        release.touch()
+        with trio.fail_after(20):
+            assert [await tm.result(tid) for tid in kept] == [pid] * len(kept)
+        starts = [(await tm.info(tid)).started_at for tid in kept]
+        assert starts == sorted(starts)  # type: ignore[type-var]
+        assert trace.read_text().splitlines() == [str(pid)] * len(kept)  # the cancelled one never ran
+
+
+async def test_killing_the_running_job_gives_back_every_job_held_behind_it(tmp_path: Path) -> None:
+    trace = tmp_path / "trace"
+    async with TaskManager(1) as tm:
+        first, pid, _release = await _busy_worker(tm, tmp_path)
+        held = [tm.submit(mark_started, str(trace)) for _ in range(HELD_AHEAD)]
+        for tid in held:
+            await _held_ahead(tm, tid, pid)
+        with trio.fail_after(10):
+            assert await tm.cancel(first) is True
+        with trio.fail_after(20):
+            ran_on = {await tm.result(tid) for tid in held}
+        assert pid not in ran_on  # on the replacement worker
+        assert len(ran_on) == 1
+        assert sorted(trace.read_text().splitlines()) == [str(ran_on.pop())] * HELD_AHEAD  # each once

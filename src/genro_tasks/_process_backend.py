@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import time
 from multiprocessing.context import BaseContext
 
 import trio
@@ -90,6 +91,12 @@ _STATUS_LIMIT = 2.0
 #: Workers dying before READY this many times in a row mean none can start (queued tasks fail).
 _FAILED_STARTS = 3
 #: Worker states that can still run a job (now, or once started).
+#: Jobs a busy worker may hold behind the one it runs while its jobs are quick (pipelining): it
+#: starts each the moment the one before ends, and the parent sends them in one write and reads
+#: their replies in few. A worker whose last job was not quick holds one.
+HELD_AHEAD = 3
+#: A job that ran (STARTED to its Done, as the parent saw it) under this many seconds is quick.
+QUICK_JOB = 0.01
 _LIVE_STATES = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY})
 
 
@@ -124,6 +131,10 @@ class ProcessBackend(ExecutionBackend):
         self._idle: list[WorkerProcess] = []
         #: Workers holding one job that may be sent their next one now (pipelining).
         self._open: list[WorkerProcess] = []
+        #: While a batch of worker messages is handled: jobs dispatched meanwhile wait for its end
+        #: (:meth:`_flush`), so each worker gets them in one write.
+        self._deferring = False
+        self._deferred: list[WorkerProcess] = []
         #: The one task-to-handle mapping: job key -> the worker running it.
         self._jobs: dict[int, WorkerProcess] = {}
         self._numbers = 0
@@ -288,6 +299,7 @@ class ProcessBackend(ExecutionBackend):
                 continue
             alive, broken = got
             if messages:  # the messages before a broken frame count, in order
+                self._deferring = True
                 try:
                     for msg in messages:
                         self._on_message(w, msg)
@@ -296,6 +308,7 @@ class ProcessBackend(ExecutionBackend):
                     return
                 finally:
                     messages.clear()
+                    self._flush()
             if isinstance(broken, FrameTooLarge):
                 self._too_large(w, broken)
                 return
@@ -312,6 +325,19 @@ class ProcessBackend(ExecutionBackend):
                 await trio.lowlevel.wait_readable(fd)
             else:
                 await trio.lowlevel.checkpoint_if_cancelled()
+
+    def _flush(self) -> None:
+        """End a batch: write the jobs dispatched while it was handled, one write per worker."""
+        self._deferring = False
+        if self._deferred:
+            for w in self._deferred:
+                w.flush()
+            self._deferred.clear()
+
+    def _send_job(self, w: WorkerProcess, key: int, payload: bytes, ticketed: bool) -> None:
+        """Send ``w`` its job ``key``: at once, or at the end of the batch being handled."""
+        if w.send_job(key, payload, ticketed, defer=self._deferring):
+            self._deferred.append(w)
 
     def _protocol_error(self, w: WorkerProcess, exc: ProtocolError) -> None:
         log.warning("worker %d sent a corrupt message (%s); treating it as crashed", w.pid, exc)
@@ -371,6 +397,7 @@ class ProcessBackend(ExecutionBackend):
             if w.started:
                 raise ProtocolError("Started twice")
             w.started = True
+            w.started_at = time.monotonic()
             w.payloads.pop(key, None)
             if key in w.kill_on_start:  # cancelled after the worker took its ticket: it started, and dies now
                 self._kill(w, KillReason.REQUESTED)
@@ -399,6 +426,7 @@ class ProcessBackend(ExecutionBackend):
         del self._jobs[key]
         del w.assigned[0]
         w.started = False
+        w.quick = time.monotonic() - w.started_at < QUICK_JOB
         w.jobs_done += 1
         if self._open and w in self._open:
             self._open.remove(w)
@@ -422,10 +450,12 @@ class ProcessBackend(ExecutionBackend):
         if self._stopping or len(self._jobs) < 2:  # a held job waits behind another one
             return False
         for other in self.workers:
-            if other is w or other.state is not WorkerState.BUSY or len(other.assigned) != 2 or not other.started:
+            if other is w or other.state is not WorkerState.BUSY or len(other.assigned) < 2 or not other.started:
                 continue
-            key = other.assigned[1]
-            if key not in other.take_back():
+            key = other.assigned[-1]
+            taken = other.take_back()
+            self._regrant(other, taken - {key})
+            if key not in taken:
                 continue  # the busy worker has just moved on to it
             other.assigned.pop()
             other.taken_back.discard(key)
@@ -434,22 +464,29 @@ class ProcessBackend(ExecutionBackend):
             w.state = WorkerState.BUSY
             w.assigned.append(key)
             self._jobs[key] = w
-            w.send_job(key, payload, ticketed=False)
+            self._send_job(w, key, payload, ticketed=False)
             self._maybe_open(w)
             return True
         return False
 
+    def _regrant(self, w: WorkerProcess, keys: set[int]) -> None:
+        """Grant again, in the order the worker must meet them, tickets taken back with another job's."""
+        for key in w.assigned:
+            if key in keys:
+                w.regrant(key)
+
+    def _room(self, w: WorkerProcess) -> int:
+        """How many more jobs busy ``w`` may hold now (pipelining)."""
+        if w.state is not WorkerState.BUSY or w.exited or self._stopping or w.kill_on_start:
+            return 0
+        room = 1 + (HELD_AHEAD if w.quick else 1) - len(w.assigned)
+        if self._max_tasks is not None:
+            room = min(room, self._max_tasks - w.jobs_done - len(w.assigned))
+        return max(room, 0)
+
     def _maybe_open(self, w: WorkerProcess) -> None:
-        """Offer ``w``'s second slot if it holds one job and may run one more (pipelining)."""
-        if (
-            w.state is WorkerState.BUSY
-            and not w.exited
-            and not self._stopping
-            and len(w.assigned) == 1
-            and not w.kill_on_start
-            and (self._max_tasks is None or w.jobs_done + 1 < self._max_tasks)
-            and w not in self._open
-        ):
+        """Offer ``w``'s free held slots, if it has any (pipelining)."""
+        if w not in self._open and self._room(w) > 0:
             self._open.append(w)
 
     def _on_ready(self, w: WorkerProcess) -> None:
@@ -489,8 +526,11 @@ class ProcessBackend(ExecutionBackend):
 
     # ------------------------------------------------------------ the scheduler's calls
     def free_slots(self) -> int:
-        """Idle workers, then workers whose started job leaves room for the next one (pipelining)."""
-        return len(self._idle) + len(self._open)
+        """Idle workers, then the jobs busy workers may still hold behind their current one (pipelining)."""
+        free = len(self._idle)
+        for w in self._open:
+            free += self._room(w)
+        return free
 
     def held_ahead(self) -> int:
         return sum(len(w.assigned) - 1 for w in self.workers if len(w.assigned) > 1)
@@ -501,14 +541,15 @@ class ProcessBackend(ExecutionBackend):
             w = self._idle.pop()
             w.state = WorkerState.BUSY
         else:
-            w = self._open.pop(0)  # sent ahead: it starts when the worker's current job ends
+            w = self._open.pop(0)  # sent ahead: it starts when the worker's jobs before it end
         w.assigned.append(key)
         self._jobs[key] = w
         if len(w.assigned) == 1:
-            w.send_job(key, payload, ticketed=False)  # nothing runs before it: it cannot be taken back
+            self._send_job(w, key, payload, ticketed=False)  # nothing runs before it: it cannot be taken back
             self._maybe_open(w)
         else:
-            w.send_job(key, payload, ticketed=True)
+            self._send_job(w, key, payload, ticketed=True)
+            self._maybe_open(w)  # at the back: the next job goes to another worker with room
 
     @enable_ki_protection
     def interrupt(self, key: int) -> None:
@@ -532,13 +573,15 @@ class ProcessBackend(ExecutionBackend):
             return
         if w.assigned[0] == key and (w.started or key not in w.payloads):
             # Running, or sent unticketed (to an idle worker): only killing the worker stops it.
-            if len(w.assigned) > 1 and w.assigned[1] not in w.take_back():
-                return  # it took its next job: this one has ended (its Done is in the pipe)
+            if len(w.assigned) > 1:
+                taken = w.take_back()
+                if w.assigned[1] not in taken:
+                    self._regrant(w, taken)
+                    return  # it took its next job: this one has ended (its Done is on its way)
             self._kill(w, KillReason.REQUESTED)
             return
         taken = w.take_back()
-        for other in taken - {key}:  # taken back with it (tickets come in order): grant it again
-            w.regrant(other)
+        self._regrant(w, taken - {key})  # taken back with it (tickets come in order): grant them again
         if key not in taken:
             w.kill_on_start.add(key)  # the worker took its ticket: it reports STARTED soon
             if self._open and w in self._open:

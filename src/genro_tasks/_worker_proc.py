@@ -188,8 +188,11 @@ class WorkerProcess:
         self.assigned: list[int] = []
         #: The payloads of its jobs not started yet (to grant one again after a take-back).
         self.payloads: dict[int, bytes] = {}
-        #: Its current job (``assigned[0]``) reported STARTED.
+        #: Its current job (``assigned[0]``) reported STARTED, at this ``time.monotonic()``.
         self.started = False
+        self.started_at = 0.0
+        #: Its last job was quick (:data:`~._process_backend.QUICK_JOB`): it may hold more jobs ahead.
+        self.quick = False
         #: Jobs whose tickets the parent took back: they never start.
         self.taken_back: set[int] = set()
         #: Jobs to kill the worker for as soon as one reports STARTED (their tickets could not be taken back).
@@ -211,6 +214,9 @@ class WorkerProcess:
         self.status_lost = False
         self._out: list[memoryview] = []
         self._out_ready = trio.Event()
+        #: Job frames and tickets kept for one write at the end of a pass (see :meth:`send_job`).
+        self._deferred: list[bytes] = []
+        self._deferred_tickets: list[bytes] = []
 
     def __repr__(self) -> str:
         return f"<worker {self.number} pid={self.pid} {self.state.value}>"
@@ -255,26 +261,55 @@ class WorkerProcess:
         return messages
 
     # --- sending -------------------------------------------------------------
-    def send_job(self, seq: int, payload: bytes, ticketed: bool) -> None:
+    def send_job(self, seq: int, payload: bytes, ticketed: bool, defer: bool = False) -> bool:
         """Queue a Job message (after its ticket, if ``ticketed``); writes at once what the pipe accepts (never blocks).
 
         A job for an idle worker needs no ticket: nothing runs before it, so
         it cannot be taken back (a cancel kills the worker). A job sent to a
         busy worker, or granted again, is ticketed.
+
+        With ``defer``, a small job is kept until :meth:`flush`, so the jobs
+        sent in one pass of the scheduler (and their tickets) leave in one
+        write each. Returns True if this call left bytes for :meth:`flush`
+        where there were none.
         """
         if ticketed:
             self.payloads[seq] = payload
-            if self._ticket_w is not None:
-                try:
-                    os.write(self._ticket_w, _TICKET.pack(seq))
-                except OSError:  # pragma: no cover - the pipe holds a few tickets at most
-                    pass
         header, body = encode(Job(seq, payload, ticketed))
+        if defer and len(body) < SPLIT_WRITE:
+            fresh = not self._deferred
+            if ticketed:
+                self._deferred_tickets.append(_TICKET.pack(seq))
+            self._deferred.append(header + body)
+            return fresh
+        self.flush()
+        if ticketed:
+            self._write_tickets(_TICKET.pack(seq))
         if len(body) < SPLIT_WRITE:
             self._send(memoryview(header + body))
         else:
             self._send(memoryview(header))
             self._send(memoryview(body))
+        return False
+
+    def flush(self) -> None:
+        """Write the jobs kept by ``send_job(..., defer=True)``: their tickets in one write, then the jobs in one."""
+        if not self._deferred:
+            return
+        if self._deferred_tickets:
+            self._write_tickets(b"".join(self._deferred_tickets))
+            self._deferred_tickets.clear()
+        frames = self._deferred
+        self._deferred = []
+        self._send(memoryview(frames[0] if len(frames) == 1 else b"".join(frames)))
+
+    def _write_tickets(self, data: bytes) -> None:
+        """Write tickets (before their jobs: the worker takes a job's ticket once it has read the job)."""
+        if self._ticket_w is not None:
+            try:
+                os.write(self._ticket_w, data)
+            except OSError:  # pragma: no cover - the pipe holds a few tickets at most
+                pass
 
     def _send(self, view: memoryview) -> None:
         if self._out or self.job_fd is None:
@@ -321,6 +356,7 @@ class WorkerProcess:
         A pipe read is atomic: each ticket goes either to the worker (which then
         starts its job) or to us. Returns the sequence numbers taken back.
         """
+        self.flush()  # a ticket not written yet is taken back by reading it back, as any other
         fd = self._ticket_r
         if fd is None:
             return set()
@@ -343,6 +379,7 @@ class WorkerProcess:
 
     def close_jobs(self) -> None:
         """Close the job pipe: the worker exits after its current job."""
+        self.flush()
         fd, self.job_fd = self.job_fd, None
         if fd is not None:
             trio.lowlevel.notify_closing(fd)
