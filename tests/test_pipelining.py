@@ -140,11 +140,12 @@ async def test_cancelling_either_of_two_jobs_a_worker_holds_before_it_starts_the
                 await tm.cancel(victim)
                 ran_on = await tm.result(survivor)
             info = await tm.info(victim)
-            if info.status is TaskStatus.CANCELLED and info.started_at is None:
-                assert info.error == "cancelled while queued"
+            if info.status is TaskStatus.CANCELLED and info.error == "cancelled while queued":
+                assert info.started_at is None
                 assert trace.read_text().splitlines() == [str(ran_on)]  # only the survivor ran
-            else:  # the worker had started it in that very instant: cancelled as a running task
+            else:  # the worker had started it in that very instant (seen or not): cancelled as a running task
                 assert info.status in (TaskStatus.CANCELLED, TaskStatus.COMPLETED)
+                assert info.error != "cancelled while queued"
 
 
 async def test_killing_both_jobs_a_worker_holds_while_it_takes_the_first(tmp_path: Path) -> None:
@@ -261,3 +262,31 @@ async def test_killing_the_running_job_gives_back_every_job_held_behind_it(tmp_p
         assert pid not in ran_on  # on the replacement worker
         assert len(ran_on) == 1
         assert sorted(trace.read_text().splitlines()) == [str(ran_on.pop())] * HELD_AHEAD  # each once
+
+
+async def test_a_job_killed_after_it_started_unseen_is_not_reported_as_never_started(tmp_path: Path) -> None:
+    """A job sent to an idle worker starts; the parent kills it before reading its STARTED.
+
+    Its STARTED is still in the dead worker's pipe: it is read there, and the job is lost
+    as started (not retryable), never as a job that did not start.
+    """
+    trace = tmp_path / "trace"
+    backend = ProcessBackend(1, default_context("forkserver"))
+    recorder = Recorder(backend)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(backend.serve, recorder)
+        with trio.fail_after(30):
+            await recorder.wait_for(lambda: recorder.ready == 1)
+        backend.dispatch(1, _payload(mark_then_wait, str(trace), str(tmp_path / "never")))
+        deadline = time.monotonic() + 30
+        while not trace.exists() and time.monotonic() < deadline:  # no checkpoint: STARTED stays unread
+            time.sleep(0.001)  # noqa: ASYNC251 - blocking the loop is the point: the parent must not read yet
+        assert trace.exists()
+        backend.kill(1)
+        with trio.fail_after(30):
+            await recorder.wait_for(lambda: recorder.ended(1))
+        nursery.cancel_scope.cancel()
+    [(kind, lost)] = [event for event in recorder.of(1) if event[0] != "started"]
+    assert kind == "lost"
+    assert isinstance(lost, Lost)
+    assert not lost.retryable  # it started: it must not be taken for a job that never ran

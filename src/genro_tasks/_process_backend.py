@@ -374,6 +374,8 @@ class ProcessBackend(ExecutionBackend):
         listener = self._listener
         assert listener is not None
         if w.state is WorkerState.DYING or w.state is WorkerState.DEAD:
+            if type(msg) is Started:
+                w.said_started.add(msg.seq)  # a job it started before the kill: never "lost before it started"
             return  # being killed: its job's end is decided already
         kind = type(msg)
         if type(msg) is InitFailed:
@@ -704,7 +706,8 @@ class ProcessBackend(ExecutionBackend):
                     # its own (its pipe read to the end) without saying STARTED.
                     retryable = key in w.taken_back or reason is None
                 else:
-                    retryable = True  # sent to an idle worker, which never said STARTED
+                    # Sent to an idle worker: never started if it never said so (its pipe is read to the end).
+                    retryable = key not in w.said_started
                 listener.lost(key, Lost(w.pid, exitcode, w.kill_detail, retryable=retryable))
         elif not was_ready:
             error = w.init_error

@@ -193,6 +193,8 @@ class WorkerProcess:
         self.started_at = 0.0
         #: Its last job was quick (:data:`~._process_backend.QUICK_JOB`): it may hold more jobs ahead.
         self.quick = False
+        #: Jobs it said STARTED about after it was told to die (read from its pipe, not acted on).
+        self.said_started: set[int] = set()
         #: Jobs whose tickets the parent took back: they never start.
         self.taken_back: set[int] = set()
         #: Jobs to kill the worker for as soon as one reports STARTED (their tickets could not be taken back).
