@@ -91,12 +91,15 @@ _STATUS_LIMIT = 2.0
 #: Workers dying before READY this many times in a row mean none can start (queued tasks fail).
 _FAILED_STARTS = 3
 #: Worker states that can still run a job (now, or once started).
-#: Jobs a busy worker may hold behind the one it runs while its jobs are quick (pipelining): it
-#: starts each the moment the one before ends, and the parent sends them in one write and reads
-#: their replies in few. A worker whose last job was not quick holds one.
-HELD_AHEAD = 3
-#: A job that ran (STARTED to its Done, as the parent saw it) under this many seconds is quick.
-QUICK_JOB = 0.01
+#: At most this many jobs a busy worker holds behind the one it runs (pipelining): it starts
+#: each the moment the one before ends, and the parent sends them in few writes and reads their
+#: replies in few.
+HELD_AHEAD = 15
+#: Seconds of held work a worker takes on, estimated from its last job (STARTED to Done, as the
+#: parent saw it): a job of 1 ms or less lets it hold HELD_AHEAD, one of 5 ms four, one of
+#: HELD_BUDGET / 2 or more one. So a task submitted later, however urgent, waits behind
+#: about HELD_BUDGET of held work on a worker at most (or behind one job, if that one is slow).
+HELD_BUDGET = 0.02
 _LIVE_STATES = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY})
 
 
@@ -428,7 +431,8 @@ class ProcessBackend(ExecutionBackend):
         del self._jobs[key]
         del w.assigned[0]
         w.started = False
-        w.quick = time.monotonic() - w.started_at < QUICK_JOB
+        ran = time.monotonic() - w.started_at
+        w.ahead = HELD_AHEAD if ran * HELD_AHEAD <= HELD_BUDGET else max(1, int(HELD_BUDGET / ran))
         w.jobs_done += 1
         if self._open and w in self._open:
             self._open.remove(w)
@@ -481,7 +485,7 @@ class ProcessBackend(ExecutionBackend):
         """How many more jobs busy ``w`` may hold now (pipelining)."""
         if w.state is not WorkerState.BUSY or w.exited or self._stopping or w.kill_on_start:
             return 0
-        room = 1 + (HELD_AHEAD if w.quick else 1) - len(w.assigned)
+        room = 1 + w.ahead - len(w.assigned)
         if self._max_tasks is not None:
             room = min(room, self._max_tasks - w.jobs_done - len(w.assigned))
         return max(room, 0)

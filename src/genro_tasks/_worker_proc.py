@@ -191,8 +191,8 @@ class WorkerProcess:
         #: Its current job (``assigned[0]``) reported STARTED, at this ``time.monotonic()``.
         self.started = False
         self.started_at = 0.0
-        #: Its last job was quick (:data:`~._process_backend.QUICK_JOB`): it may hold more jobs ahead.
-        self.quick = False
+        #: How many jobs it may hold behind the one it runs (see :data:`~._process_backend.HELD_BUDGET`).
+        self.ahead = 1
         #: Jobs it said STARTED about after it was told to die (read from its pipe, not acted on).
         self.said_started: set[int] = set()
         #: Jobs whose tickets the parent took back: they never start.
