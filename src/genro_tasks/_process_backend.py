@@ -9,9 +9,11 @@ pidfd → report → refill* (:meth:`ProcessBackend._kill`, then
 :meth:`ProcessBackend._on_exit`). Which worker runs which job is kept in one
 place, ``ProcessBackend._jobs``.
 
-**Pipelining.** A worker holds up to two jobs: the current one and one sent
-ahead, which it starts the moment the current one ends, without waiting for
-the parent (``free_slots`` counts these slots too, after the idle workers).
+**Pipelining.** A busy worker holds a few jobs behind the current one
+(:data:`HELD_AHEAD`, :data:`HELD_BUDGET`), and starts each the moment the one
+before ends, without waiting for the parent (``free_slots`` counts these slots
+too, after the idle workers). The jobs dispatched while one read of a worker's
+messages is handled leave in one write per worker, at the end of that read.
 A job stays PENDING until the worker says STARTED. A job sent ahead has a
 *ticket* (one sent to an idle worker has none: cancelling it kills the
 worker, as for a running job); one that has not started is cancelled by
@@ -96,8 +98,8 @@ _FAILED_STARTS = 3
 #: replies in few.
 HELD_AHEAD = 15
 #: Seconds of held work a worker takes on, estimated from its last job (STARTED to Done, as the
-#: parent saw it): a job of 1 ms or less lets it hold HELD_AHEAD, one of 5 ms four, one of
-#: HELD_BUDGET / 2 or more one. So a task submitted later, however urgent, waits behind
+#: parent saw it): a job of 1 ms or less lets it hold HELD_AHEAD, one of 5 ms four, one longer
+#: than HELD_BUDGET / 2 one. So a task submitted later, however urgent, waits behind
 #: about HELD_BUDGET of held work on a worker at most (or behind one job, if that one is slow).
 HELD_BUDGET = 0.02
 _LIVE_STATES = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY})
@@ -570,9 +572,10 @@ class ProcessBackend(ExecutionBackend):
         A job that has not started is taken back through its ticket and
         reported lost at once; the worker lives on. If the worker already took
         that ticket, the job starts any moment: the worker is killed when it
-        says so. A running job's worker is killed, after the job sent to it
-        next is taken back; if that one's ticket is gone, the worker has moved
-        on: the running job has ended, and its Done is on its way.
+        says so. A running job's worker is killed, after the jobs held behind
+        it are taken back; if the next one's ticket is gone, the worker has
+        moved on: the running job has ended, its Done is on its way, and the
+        others taken back are granted again.
         """
         w = self._jobs.get(key)
         if w is None or w.state is WorkerState.DYING or w.state is WorkerState.DEAD:

@@ -5,8 +5,10 @@ the shared :class:`~._protocol.Framer`), says ``Started`` before it even
 unpickles the job, runs it, and answers with exactly one ``Done*`` message,
 never one over ``max_message_size`` (:func:`~._protocol.encode_within`).
 
-The parent may send a worker its next job while the current one runs
-(pipelining), so the worker starts it the moment the current one ends. Such a
+The parent may send a worker its next jobs while the current one runs
+(pipelining), so the worker starts each the moment the one before ends; when a
+job ends and the next one's ticket is there, its Done and the next job's
+Started leave in one write. Such a
 job comes with a *ticket* on a separate pipe both sides can read: before it
 starts a ticketed job the worker takes that job's ticket, and the parent takes
 a ticket back to cancel a job that has not started. A pipe read is atomic, so
