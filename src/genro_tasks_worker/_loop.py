@@ -471,17 +471,33 @@ def _run_job(
         del value
     _flush_std_streams()  # what the job printed comes out before its result
     following = _take_ticket(ticket_fd)
+    if following is None:
+        # The hygiene runs after the result left, while the parent records it and sends the next
+        # job (which waits in the pipe): off the round trip's path, and still before the next job.
+        _send_done(sender, channel, done, None)
+        del done
+        _clean_up_after_job()
+    else:
+        # Before the next job's Started: from then on the parent may ask that job to stop (SIGTERM),
+        # and the worker's own signal handling must be back in place to hear it.
+        _clean_up_after_job()
+        _send_done(sender, channel, done, _begin(following))
+    return following
+
+
+def _send_done(sender: _Sender, channel: _progress.ProgressChannel, done: WorkerMessage, then: Started | None) -> None:
+    """Send the job's last progress, then its Done (and ``then`` in the same write)."""
     with sender.lock:
         channel.finish_locked()
-        sender.send_locked(done, None if following is None else _begin(following))
-    del done
-    # The hygiene runs after the result left, while the parent records it and sends the next
-    # job (which waits in the pipe): off the round trip's path, and still before the next job.
+        sender.send_locked(done, then)
+
+
+def _clean_up_after_job() -> None:
+    """Undo what the last job left behind: closed std streams, signal handling, processes."""
     _hygiene.restore_std_streams()
     _hygiene.reset_signals()  # first: a SIGCHLD the job ignores would hide its children from us
     if _hygiene.kill_leftovers():
         _hygiene.forget_multiprocessing_helpers()  # a forkserver or tracker the job started is gone
-    return following
 
 
 def _own_signals() -> None:
