@@ -8,6 +8,8 @@ back to the queue, never started.
 
 from __future__ import annotations
 
+import os
+import struct
 import time
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from genro_tasks import TaskManager, TaskStatus, WorkerCrashed, testing
 from genro_tasks._backend import Lost
 from genro_tasks._launch import default_context
 from genro_tasks._process_backend import HELD_AHEAD, HELD_BUDGET, ProcessBackend
+from genro_tasks._worker_proc import WorkerProcess
+from genro_tasks_worker._protocol import Job, Message, Ready, encode
 from jobs_pipeline import exit_when_file, mark_started, mark_then_wait, sleep_then_pid, wait_for_file
 from test_backend_contract import Recorder, _payload
 
@@ -294,3 +298,45 @@ async def test_a_job_killed_after_it_started_unseen_is_not_reported_as_never_sta
     assert kind == "lost"
     assert isinstance(lost, Lost)
     assert not lost.retryable  # it started: it must not be taken for a job that never ran
+
+
+async def test_a_worker_keeps_the_ticket_it_took_while_skipping_a_job_across_a_job_sent_to_it_idle(
+    tmp_path: Path,
+) -> None:
+    """Job 2 was taken back (its frame is in the pipe, its ticket is not); the worker, then idle, got job 3
+    (no ticket) and job 4 (ticket) before it read job 2's frame. Skipping 2, it takes 4's ticket: it must
+    keep it across job 3 and run job 4 (it skipped 4, and the parent waited for it forever).
+    """
+    trace = tmp_path / "trace"
+    alive_r, alive_w = os.pipe()
+    w = WorkerProcess(default_context("forkserver"), alive_r, 1)
+    messages: list[Message] = []
+
+    async def next_message() -> Message:
+        while not messages:
+            if w.receive(messages) is None:
+                await trio.lowlevel.wait_readable(w.reader.fd)
+        return messages.pop(0)
+
+    try:
+        with trio.fail_after(30):
+            assert isinstance(await next_message(), Ready)
+            assert w.job_fd is not None
+            os.write(w._ticket_w, struct.pack("<Q", 4))  # type: ignore[arg-type]
+            for seq, ticketed in ((2, True), (3, False), (4, True)):
+                os.write(w.job_fd, b"".join(encode(Job(seq, _payload(mark_started, f"{trace}-{seq}"), ticketed))))
+            got = [await next_message() for _ in range(4)]
+        assert [(type(m).__name__, m.seq) for m in got] == [  # type: ignore[union-attr]
+            ("Started", 3),
+            ("DoneOk", 3),
+            ("Started", 4),
+            ("DoneOk", 4),
+        ]
+        assert not Path(f"{trace}-2").exists()
+    finally:
+        w.kill()
+        with trio.move_on_after(10):
+            await w.wait_reaped(10)
+        w.release()
+        os.close(alive_w)
+        os.close(alive_r)

@@ -427,14 +427,16 @@ def _run_job(
     payload: bytes | bytearray,
     announced: bool = False,
     ticket_fd: int = -1,
+    held: int | None = None,
 ) -> int | None:
     """Run job ``seq`` and send its Done; return the job this worker holds next and has announced, if any.
 
     ``announced``: its Started went out already, with the Done of the job
     before it. When this job ends and the parent has sent the next job ahead
-    (its ticket is there), that job's ticket is taken and its Started leaves
-    in the same write as this job's Done: the worker is committed to start it
-    (right after the hygiene below), and the parent reads both at once.
+    (its ticket is there, or ``held``: a ticket taken already, while skipping
+    a job taken back), that job's ticket is taken and its Started leaves in
+    the same write as this job's Done: the worker is committed to start it,
+    and the parent reads both at once.
     """
     if not announced:
         sender.send(_begin(seq))
@@ -470,7 +472,7 @@ def _run_job(
             done = DoneBadResult(seq, _type_name(value), _describe(exc))
         del value
     _flush_std_streams()  # what the job printed comes out before its result
-    following = _take_ticket(ticket_fd)
+    following = held if held is not None else _take_ticket(ticket_fd)
     if following is None:
         # The hygiene runs after the result left, while the parent records it and sends the next
         # job (which waits in the pipe): off the round trip's path, and still before the next job.
@@ -600,5 +602,6 @@ def main(
             ticket = None
         elif announced is not None:  # pragma: no cover - a job for an idle worker while we hold one
             raise ProtocolError(f"job #{job.seq} sent while job #{announced} was announced as started")
-        announced = _run_job(sender, channel, job.seq, job.payload, job.seq == announced, ticket_fd)
-        ticket = announced
+        # A ticket still held here was taken for a later job, while skipping one taken back.
+        ticket = _run_job(sender, channel, job.seq, job.payload, job.seq == announced, ticket_fd, ticket)
+        announced = ticket
