@@ -166,6 +166,14 @@ class ExecutionBackend(ABC):
         """How many dispatched jobs wait behind another job on their worker (they count as queued)."""
         return 0
 
+    def take_back(self, key: int) -> bool:
+        """Take back dispatched job ``key`` if it waits behind another job and will never start now.
+
+        True: the backend has forgotten it (it reports nothing more about it).
+        False: it runs, or may start any moment; it goes on as any dispatched job.
+        """
+        return False
+
     @abstractmethod
     def interrupt(self, key: int) -> None:
         """Ask the job to stop (it sees CancelRequested); it may end on its own."""

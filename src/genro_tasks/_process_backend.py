@@ -589,14 +589,38 @@ class ProcessBackend(ExecutionBackend):
                     return  # it took its next job: this one has ended (its Done is on its way)
             self._kill(w, KillReason.REQUESTED)
             return
-        taken = w.take_back()
-        self._regrant(w, taken - {key})  # taken back with it (tickets come in order): grant them again
-        if key not in taken:
+        if not self._withdraw(w, key, reassign=True):
             w.kill_on_start.add(key)  # the worker took its ticket: it reports STARTED soon
             if self._open and w in self._open:
                 self._open.remove(w)
             return
-        # Taken back: it will never start. The worker skips it and lives on.
+        assert self._listener is not None
+        self._listener.lost(key, Lost(w.pid, None, "", retryable=True))
+        if w.state is WorkerState.IDLE:
+            self._listener.capacity_changed()  # an idle worker again: what is queued may run on it
+
+    @enable_ki_protection
+    def take_back(self, key: int) -> bool:
+        """Take back job ``key`` if a worker holds it behind another and has not taken it: it never starts.
+
+        The job is forgotten here (not reported lost); the worker lives on.
+        """
+        w = self._jobs.get(key)
+        if w is None or w.state is not WorkerState.BUSY or key not in w.payloads:
+            return False  # not held (running, or sent to an idle worker), or its worker is going
+        return self._withdraw(w, key, reassign=False)
+
+    def _withdraw(self, w: WorkerProcess, key: int, reassign: bool) -> bool:
+        """Take back ``w``'s ticketed job ``key``; False if the worker took its ticket (it starts soon).
+
+        Taken back, it will never start: the worker skips it and lives on; if it
+        holds nothing else, it is free again (``reassign``: it may take over a
+        job held behind another worker's).
+        """
+        taken = w.take_back()
+        self._regrant(w, taken - {key})  # taken back with it (tickets come in order): grant them again
+        if key not in taken:
+            return False
         del self._jobs[key]
         w.assigned.remove(key)
         w.payloads.pop(key, None)
@@ -605,14 +629,11 @@ class ProcessBackend(ExecutionBackend):
             w.state = WorkerState.IDLE
             if w in self._open:
                 self._open.remove(w)
-            if not self._take_over(w):
+            if not (reassign and self._take_over(w)):
                 self._idle.append(w)
         else:
             self._maybe_open(w)
-        assert self._listener is not None
-        self._listener.lost(key, Lost(w.pid, None, "", retryable=True))
-        if w.state is WorkerState.IDLE:
-            self._listener.capacity_changed()  # an idle worker again: what is queued may run on it
+        return True
 
     @enable_ki_protection
     def begin_stop(self) -> None:

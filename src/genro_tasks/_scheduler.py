@@ -298,7 +298,8 @@ class Scheduler(BackendListener):
         """Stop accepting tasks and empty the queue without ending its tasks; return them.
 
         For a shared store at shutdown: the tasks go back to the store's queue, for other processes,
-        with those waiting out a retry back-off (queued too: PENDING, for their next attempt).
+        with those waiting out a retry back-off (queued too: PENDING, for their next attempt) and
+        those a worker holds behind the job it runs, taken back (they never start here).
         """
         if self.accepting:
             self.lifecycle = Lifecycle.DRAINING
@@ -309,6 +310,10 @@ class Scheduler(BackendListener):
             taken.extend(rec for _when, rec in self._backoff.values())
             self._backoff.clear()
             self._rearm()
+        for key, rec in list(self._flights.items()):  # held by a worker behind another job: not started
+            if rec.status is TaskStatus.PENDING and key not in self._kill_reasons and self.backend.take_back(key):
+                del self._flights[key]
+                taken.append(rec)
         if taken:
             self._on_room()
             self._check_drained()
