@@ -313,7 +313,9 @@ class ProcessBackend(ExecutionBackend):
                     return
                 finally:
                     messages.clear()
-                    self._flush()
+                    self._deferring = False
+                    if self._deferred:
+                        self._flush()
             if isinstance(broken, FrameTooLarge):
                 self._too_large(w, broken)
                 return
@@ -405,8 +407,9 @@ class ProcessBackend(ExecutionBackend):
                 raise ProtocolError("Started twice")
             w.started = True
             w.started_at = time.monotonic()
-            w.payloads.pop(key, None)
-            if key in w.kill_on_start:  # cancelled after the worker took its ticket: it started, and dies now
+            if w.payloads:
+                w.payloads.pop(key, None)
+            if w.kill_on_start and key in w.kill_on_start:  # cancelled after the worker took its ticket: dies now
                 self._kill(w, KillReason.REQUESTED)
             listener.started(key, w.pid)
             return
@@ -443,7 +446,7 @@ class ProcessBackend(ExecutionBackend):
                 self._maybe_open(w)
             elif self._max_tasks is not None and w.jobs_done >= self._max_tasks and not self._stopping:
                 self._retire(w)
-            elif not self._take_over(w):
+            elif len(self._jobs) < 2 or not self._take_over(w):  # (no job is held behind another)
                 w.state = WorkerState.IDLE
                 self._idle.append(w)
         listener.done(key, outcome)

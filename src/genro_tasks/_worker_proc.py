@@ -284,7 +284,8 @@ class WorkerProcess:
                 self._deferred_tickets.append(_TICKET.pack(seq))
             self._deferred.append(header + body)
             return fresh
-        self.flush()
+        if self._deferred:
+            self.flush()
         if ticketed:
             self._write_tickets(_TICKET.pack(seq))
         if len(body) < SPLIT_WRITE:

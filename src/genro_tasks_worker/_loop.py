@@ -428,6 +428,7 @@ def _run_job(
     announced: bool = False,
     ticket_fd: int = -1,
     held: int | None = None,
+    look_ahead: bool = False,
 ) -> int | None:
     """Run job ``seq`` and send its Done; return the job this worker holds next and has announced, if any.
 
@@ -436,7 +437,9 @@ def _run_job(
     (its ticket is there, or ``held``: a ticket taken already, while skipping
     a job taken back), that job's ticket is taken and its Started leaves in
     the same write as this job's Done: the worker is committed to start it,
-    and the parent reads both at once.
+    and the parent reads both at once. The ticket pipe is looked at only with
+    ``look_ahead`` (this job was itself sent ahead): a job sent to an idle
+    worker sends its Done without that extra read (the round trip's path).
     """
     if not announced:
         sender.send(_begin(seq))
@@ -472,7 +475,7 @@ def _run_job(
             done = DoneBadResult(seq, _type_name(value), _describe(exc))
         del value
     _flush_std_streams()  # what the job printed comes out before its result
-    following = held if held is not None else _take_ticket(ticket_fd)
+    following = held if held is not None or not look_ahead else _take_ticket(ticket_fd)
     if following is None:
         # The hygiene runs after the result left, while the parent records it and sends the next
         # job (which waits in the pipe): off the round trip's path, and still before the next job.
@@ -603,5 +606,5 @@ def main(
         elif announced is not None:  # pragma: no cover - a job for an idle worker while we hold one
             raise ProtocolError(f"job #{job.seq} sent while job #{announced} was announced as started")
         # A ticket still held here was taken for a later job, while skipping one taken back.
-        ticket = _run_job(sender, channel, job.seq, job.payload, job.seq == announced, ticket_fd, ticket)
+        ticket = _run_job(sender, channel, job.seq, job.payload, job.seq == announced, ticket_fd, ticket, job.ticketed)
         announced = ticket
