@@ -33,7 +33,7 @@ BATCH = 20_000
 
 
 async def main() -> None:
-    async with TaskManager(2) as tm:
+    async with TaskManager(2, max_finished=BATCH) as tm:  # every result of a batch is still there when awaited
         for _ in range(300):
             await tm.run(double, 1)
         sequential = batched = float("inf")

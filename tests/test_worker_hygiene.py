@@ -96,12 +96,12 @@ async def test_worker_keeps_no_inherited_descriptor(one: TaskManager, request: p
         assert server_pid is not None
         server = {link for fd, link in _links(server_pid).items() if fd > 2 and link not in std}
         assert not server & set(others.values()), "a descriptor shared with the forkserver"
-    # What is left: copies of 0-2, and the worker's own four pipes (jobs, results,
-    # the parent's liveness, cancel requests; plus, when spawned, the pipe its
-    # parent watches to see it exit).
+    # What is left: copies of 0-2, and the worker's own five pipes (jobs, results,
+    # the parent's liveness, cancel requests, job tickets; plus, when spawned, the
+    # pipe its parent watches to see it exit).
     assert all(link in std or link.startswith("pipe:") for link in others.values()), others
     pipes = {link for link in others.values() if link.startswith("pipe:")} - std
-    assert len(pipes) == (4 if forkserver else 5), others
+    assert len(pipes) == (5 if forkserver else 6), others
 
 
 async def test_job_can_still_use_multiprocessing(one: TaskManager) -> None:

@@ -156,7 +156,23 @@ class ExecutionBackend(ABC):
 
     @abstractmethod
     def dispatch(self, key: int, payload: bytes) -> None:
-        """Start the job ``payload`` (a pickled call) under ``key``; needs a free slot."""
+        """Start the job ``payload`` (a pickled call) under ``key``; needs a free slot.
+
+        A backend may accept a job for a worker that is busy, to start it the
+        moment its current job ends (see :meth:`held_ahead`).
+        """
+
+    def held_ahead(self) -> int:
+        """How many dispatched jobs wait behind another job on their worker (they count as queued)."""
+        return 0
+
+    def take_back(self, key: int) -> bool:
+        """Take back dispatched job ``key`` if it waits behind another job and will never start now.
+
+        True: the backend has forgotten it (it reports nothing more about it).
+        False: it runs, or may start any moment; it goes on as any dispatched job.
+        """
+        return False
 
     @abstractmethod
     def interrupt(self, key: int) -> None:

@@ -9,6 +9,24 @@ pidfd → report → refill* (:meth:`ProcessBackend._kill`, then
 :meth:`ProcessBackend._on_exit`). Which worker runs which job is kept in one
 place, ``ProcessBackend._jobs``.
 
+**Pipelining.** A busy worker holds a few jobs behind the current one
+(:data:`HELD_AHEAD`, :data:`HELD_BUDGET`), and starts each the moment the one
+before ends, without waiting for the parent (``free_slots`` counts these slots
+too, after the idle workers). The jobs dispatched while one read of a worker's
+messages is handled leave in one write per worker, at the end of that read.
+A job stays PENDING until the worker says STARTED. A job sent ahead has a
+*ticket* (one sent to an idle worker has none: cancelling it kills the
+worker, as for a running job); one that has not started is cancelled by
+taking back its ticket
+(:meth:`~._worker_proc.WorkerProcess.take_back`): if the ticket came back,
+the job will never start (another job's ticket taken back with it is granted
+again: its ticket and its frame are sent anew); if the worker had taken it,
+every job before it on that worker has ended (their Done are in the pipe),
+and the worker is killed the moment it reports that job STARTED. When a
+worker dies, the jobs whose tickets were taken back (or that never reported
+STARTED, for a worker that died on its own) are reported lost before they
+started, and the scheduler queues them again.
+
 It never decides what a death means for a task: it reports
 :meth:`~._backend.BackendListener.lost` and the scheduler decides.
 """
@@ -18,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import time
 from multiprocessing.context import BaseContext
 
 import trio
@@ -74,6 +93,15 @@ _STATUS_LIMIT = 2.0
 #: Workers dying before READY this many times in a row mean none can start (queued tasks fail).
 _FAILED_STARTS = 3
 #: Worker states that can still run a job (now, or once started).
+#: At most this many jobs a busy worker holds behind the one it runs (pipelining): it starts
+#: each the moment the one before ends, and the parent sends them in few writes and reads their
+#: replies in few.
+HELD_AHEAD = 15
+#: Seconds of held work a worker takes on, estimated from its last job (STARTED to Done, as the
+#: parent saw it): a job of 1 ms or less lets it hold HELD_AHEAD, one of 5 ms four, one longer
+#: than HELD_BUDGET / 2 one. So a task submitted later, however urgent, waits behind
+#: about HELD_BUDGET of held work on a worker at most (or behind one job, if that one is slow).
+HELD_BUDGET = 0.02
 _LIVE_STATES = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY})
 
 
@@ -106,6 +134,12 @@ class ProcessBackend(ExecutionBackend):
         self._nursery: trio.Nursery | None = None
         self.workers: set[WorkerProcess] = set()
         self._idle: list[WorkerProcess] = []
+        #: Workers holding one job that may be sent their next one now (pipelining).
+        self._open: list[WorkerProcess] = []
+        #: While a batch of worker messages is handled: jobs dispatched meanwhile wait for its end
+        #: (:meth:`_flush`), so each worker gets them in one write.
+        self._deferring = False
+        self._deferred: list[WorkerProcess] = []
         #: The one task-to-handle mapping: job key -> the worker running it.
         self._jobs: dict[int, WorkerProcess] = {}
         self._numbers = 0
@@ -270,6 +304,7 @@ class ProcessBackend(ExecutionBackend):
                 continue
             alive, broken = got
             if messages:  # the messages before a broken frame count, in order
+                self._deferring = True
                 try:
                     for msg in messages:
                         self._on_message(w, msg)
@@ -278,6 +313,9 @@ class ProcessBackend(ExecutionBackend):
                     return
                 finally:
                     messages.clear()
+                    self._deferring = False
+                    if self._deferred:
+                        self._flush()
             if isinstance(broken, FrameTooLarge):
                 self._too_large(w, broken)
                 return
@@ -295,17 +333,31 @@ class ProcessBackend(ExecutionBackend):
             else:
                 await trio.lowlevel.checkpoint_if_cancelled()
 
+    def _flush(self) -> None:
+        """End a batch: write the jobs dispatched while it was handled, one write per worker."""
+        self._deferring = False
+        if self._deferred:
+            for w in self._deferred:
+                w.flush()
+            self._deferred.clear()
+
+    def _send_job(self, w: WorkerProcess, key: int, payload: bytes, ticketed: bool) -> None:
+        """Send ``w`` its job ``key``: at once, or at the end of the batch being handled."""
+        if w.send_job(key, payload, ticketed, defer=self._deferring):
+            self._deferred.append(w)
+
     def _protocol_error(self, w: WorkerProcess, exc: ProtocolError) -> None:
         log.warning("worker %d sent a corrupt message (%s); treating it as crashed", w.pid, exc)
         self._kill(w, KillReason.CRASH, f"it sent a corrupt message: {exc}")
 
     def _too_large(self, w: WorkerProcess, exc: FrameTooLarge) -> None:
         """A frame over max_message_size: its job fails, its worker (whose pipe is now useless) is replaced."""
-        if exc.kind in (READY, STARTED) or self._jobs.get(exc.seq) is not w or not w.started:
+        if exc.kind in (READY, STARTED) or not w.assigned or w.assigned[0] != exc.seq or not w.started:
             self._protocol_error(w, exc)
             return
         log.warning("worker %d: task #%d sent %s; killing the worker", w.pid, exc.seq, exc)
         del self._jobs[exc.seq]
+        del w.assigned[0]
         w.started = False
         self._kill(w, KillReason.TOO_LARGE, str(exc))  # not a crash: the job's message was the fault
         assert self._listener is not None
@@ -329,6 +381,8 @@ class ProcessBackend(ExecutionBackend):
         listener = self._listener
         assert listener is not None
         if w.state is WorkerState.DYING or w.state is WorkerState.DEAD:
+            if type(msg) is Started:
+                w.said_started.add(msg.seq)  # a job it started before the kill: never "lost before it started"
             return  # being killed: its job's end is decided already
         kind = type(msg)
         if type(msg) is InitFailed:
@@ -346,10 +400,17 @@ class ProcessBackend(ExecutionBackend):
         key: int = msg.seq  # type: ignore[union-attr]
         if self._jobs.get(key) is not w:
             raise ProtocolError(f"{kind.__name__} about task #{key}, which this worker does not run")
+        if key != w.assigned[0]:
+            raise ProtocolError(f"{kind.__name__} about task #{key} before task #{w.assigned[0]} ended")
         if kind is Started:
             if w.started:
                 raise ProtocolError("Started twice")
             w.started = True
+            w.started_at = time.monotonic()
+            if w.payloads:
+                w.payloads.pop(key, None)
+            if w.kill_on_start and key in w.kill_on_start:  # cancelled after the worker took its ticket: dies now
+                self._kill(w, KillReason.REQUESTED)
             listener.started(key, w.pid)
             return
         if not w.started:
@@ -373,15 +434,71 @@ class ProcessBackend(ExecutionBackend):
         else:  # pragma: no cover - the framer accepts worker messages only
             raise ProtocolError(f"unexpected {kind.__name__}")
         del self._jobs[key]
+        del w.assigned[0]
         w.started = False
+        ran = time.monotonic() - w.started_at
+        w.ahead = HELD_AHEAD if ran * HELD_AHEAD <= HELD_BUDGET else max(1, int(HELD_BUDGET / ran))
         w.jobs_done += 1
+        if self._open and w in self._open:
+            self._open.remove(w)
         if w.state is WorkerState.BUSY and not w.exited:
-            if self._max_tasks is not None and w.jobs_done >= self._max_tasks and not self._stopping:
+            if w.assigned:
+                self._maybe_open(w)
+            elif self._max_tasks is not None and w.jobs_done >= self._max_tasks and not self._stopping:
                 self._retire(w)
-            else:
+            elif len(self._jobs) < 2 or not self._take_over(w):  # (no job is held behind another)
                 w.state = WorkerState.IDLE
                 self._idle.append(w)
         listener.done(key, outcome)
+
+    def _take_over(self, w: WorkerProcess) -> bool:
+        """Give ``w``, free now, a job held ahead behind a running one on another worker; True if it got one.
+
+        This is how a job sent ahead never waits behind a long job while a
+        worker is free: its ticket is taken back from the busy worker (which
+        then skips it) and the job is sent to ``w``.
+        """
+        if self._stopping or len(self._jobs) < 2:  # a held job waits behind another one
+            return False
+        for other in self.workers:
+            if other is w or other.state is not WorkerState.BUSY or len(other.assigned) < 2 or not other.started:
+                continue
+            key = other.assigned[-1]
+            taken = other.take_back()
+            self._regrant(other, taken - {key})
+            if key not in taken:
+                continue  # the busy worker has just moved on to it
+            other.assigned.pop()
+            other.taken_back.discard(key)
+            payload = other.payloads.pop(key)
+            self._maybe_open(other)
+            w.state = WorkerState.BUSY
+            w.assigned.append(key)
+            self._jobs[key] = w
+            self._send_job(w, key, payload, ticketed=False)
+            self._maybe_open(w)
+            return True
+        return False
+
+    def _regrant(self, w: WorkerProcess, keys: set[int]) -> None:
+        """Grant again, in the order the worker must meet them, tickets taken back with another job's."""
+        for key in w.assigned:
+            if key in keys:
+                w.regrant(key)
+
+    def _room(self, w: WorkerProcess) -> int:
+        """How many more jobs busy ``w`` may hold now (pipelining)."""
+        if w.state is not WorkerState.BUSY or w.exited or self._stopping or w.kill_on_start:
+            return 0
+        room = 1 + w.ahead - len(w.assigned)
+        if self._max_tasks is not None:
+            room = min(room, self._max_tasks - w.jobs_done - len(w.assigned))
+        return max(room, 0)
+
+    def _maybe_open(self, w: WorkerProcess) -> None:
+        """Offer ``w``'s free held slots, if it has any (pipelining)."""
+        if w not in self._open and self._room(w) > 0:
+            self._open.append(w)
 
     def _on_ready(self, w: WorkerProcess) -> None:
         assert self._listener is not None
@@ -394,7 +511,8 @@ class ProcessBackend(ExecutionBackend):
         if self._stopping:
             self._tell_to_stop(w)
             return
-        self._idle.append(w)
+        if not self._take_over(w):
+            self._idle.append(w)
         self._ready_count += 1
         if not self._all_ready and self._ready_count >= self.capacity:
             self._all_ready = True
@@ -419,26 +537,106 @@ class ProcessBackend(ExecutionBackend):
 
     # ------------------------------------------------------------ the scheduler's calls
     def free_slots(self) -> int:
-        return len(self._idle)
+        """Idle workers, then the jobs busy workers may still hold behind their current one (pipelining)."""
+        free = len(self._idle)
+        for w in self._open:
+            free += self._room(w)
+        return free
+
+    def held_ahead(self) -> int:
+        return sum(len(w.assigned) - 1 for w in self.workers if len(w.assigned) > 1)
 
     @enable_ki_protection
     def dispatch(self, key: int, payload: bytes) -> None:
-        w = self._idle.pop()
-        w.state = WorkerState.BUSY
+        if self._idle:
+            w = self._idle.pop()
+            w.state = WorkerState.BUSY
+        else:
+            w = self._open.pop(0)  # sent ahead: it starts when the worker's jobs before it end
+        w.assigned.append(key)
         self._jobs[key] = w
-        w.send_job(key, payload)
+        if len(w.assigned) == 1:
+            self._send_job(w, key, payload, ticketed=False)  # nothing runs before it: it cannot be taken back
+            self._maybe_open(w)
+        else:
+            self._send_job(w, key, payload, ticketed=True)
+            self._maybe_open(w)  # at the back: the next job goes to another worker with room
 
     @enable_ki_protection
     def interrupt(self, key: int) -> None:
         w = self._jobs.get(key)
-        if w is not None and w.state is WorkerState.BUSY:
+        if w is not None and w.state is WorkerState.BUSY and w.started and w.assigned[0] == key:
             w.terminate(key)
 
     @enable_ki_protection
     def kill(self, key: int) -> None:
+        """Kill job ``key``: its worker if it runs, else take it back (it then never starts).
+
+        A job that has not started is taken back through its ticket and
+        reported lost at once; the worker lives on. If the worker already took
+        that ticket, the job starts any moment: the worker is killed when it
+        says so. A running job's worker is killed, after the jobs held behind
+        it are taken back; if the next one's ticket is gone, the worker has
+        moved on: the running job has ended, its Done is on its way, and the
+        others taken back are granted again.
+        """
         w = self._jobs.get(key)
-        if w is not None:
+        if w is None or w.state is WorkerState.DYING or w.state is WorkerState.DEAD:
+            return
+        if w.assigned[0] == key and (w.started or key not in w.payloads):
+            # Running, or sent unticketed (to an idle worker): only killing the worker stops it.
+            if len(w.assigned) > 1:
+                taken = w.take_back()
+                if w.assigned[1] not in taken:
+                    self._regrant(w, taken)
+                    return  # it took its next job: this one has ended (its Done is on its way)
             self._kill(w, KillReason.REQUESTED)
+            return
+        if not self._withdraw(w, key, reassign=True):
+            w.kill_on_start.add(key)  # the worker took its ticket: it reports STARTED soon
+            if self._open and w in self._open:
+                self._open.remove(w)
+            return
+        assert self._listener is not None
+        self._listener.lost(key, Lost(w.pid, None, "", retryable=True))
+        if w.state is WorkerState.IDLE:
+            self._listener.capacity_changed()  # an idle worker again: what is queued may run on it
+
+    @enable_ki_protection
+    def take_back(self, key: int) -> bool:
+        """Take back job ``key`` if a worker holds it behind another and has not taken it: it never starts.
+
+        The job is forgotten here (not reported lost); the worker lives on.
+        """
+        w = self._jobs.get(key)
+        if w is None or w.state is not WorkerState.BUSY or key not in w.payloads:
+            return False  # not held (running, or sent to an idle worker), or its worker is going
+        return self._withdraw(w, key, reassign=False)
+
+    def _withdraw(self, w: WorkerProcess, key: int, reassign: bool) -> bool:
+        """Take back ``w``'s ticketed job ``key``; False if the worker took its ticket (it starts soon).
+
+        Taken back, it will never start: the worker skips it and lives on; if it
+        holds nothing else, it is free again (``reassign``: it may take over a
+        job held behind another worker's).
+        """
+        taken = w.take_back()
+        self._regrant(w, taken - {key})  # taken back with it (tickets come in order): grant them again
+        if key not in taken:
+            return False
+        del self._jobs[key]
+        w.assigned.remove(key)
+        w.payloads.pop(key, None)
+        w.taken_back.discard(key)
+        if not w.assigned and w.state is WorkerState.BUSY and not w.exited:
+            w.state = WorkerState.IDLE
+            if w in self._open:
+                self._open.remove(w)
+            if not (reassign and self._take_over(w)):
+                self._idle.append(w)
+        else:
+            self._maybe_open(w)
+        return True
 
     @enable_ki_protection
     def begin_stop(self) -> None:
@@ -446,6 +644,7 @@ class ProcessBackend(ExecutionBackend):
         for w in list(self._idle):
             self._tell_to_stop(w)
         self._idle.clear()
+        self._open.clear()
 
     async def wait_stopped(self) -> None:
         """Wait until no worker is left (nor being started).
@@ -462,7 +661,7 @@ class ProcessBackend(ExecutionBackend):
         return BackendStatistics(
             workers_total=len(self.workers),
             workers_idle=len(self._idle),
-            workers_busy=len(self._jobs),
+            workers_busy=sum(1 for w in self.workers if w.assigned),
             restarts=self.restarts,
             crashes=self.crashes,
         )
@@ -481,9 +680,12 @@ class ProcessBackend(ExecutionBackend):
             return
         if w in self._idle:
             self._idle.remove(w)
+        if w in self._open:
+            self._open.remove(w)
         w.state = WorkerState.DYING
         w.kill_reason = reason
         w.kill_detail = detail
+        w.take_back()  # jobs not started yet never will: they are lost before they started
         w.kill()
 
     def _exit_safely(self, w: WorkerProcess) -> None:
@@ -494,6 +696,8 @@ class ProcessBackend(ExecutionBackend):
             self.workers.discard(w)
             if w in self._idle:
                 self._idle.remove(w)
+            if w in self._open:
+                self._open.remove(w)
             w.state = WorkerState.DEAD
             self._check_no_workers()
             assert self._listener is not None
@@ -513,16 +717,29 @@ class ProcessBackend(ExecutionBackend):
         stopping = w.state is WorkerState.STOPPING
         if w in self._idle:
             self._idle.remove(w)
+        if w in self._open:
+            self._open.remove(w)
         w.state = WorkerState.DEAD
         self.workers.discard(w)
-        key = next((k for k, v in self._jobs.items() if v is w), None)
         unasked = reason is None or reason is KillReason.CRASH
-        if key is not None:
-            del self._jobs[key]
+        if w.assigned:
+            keys, w.assigned = w.assigned, []
             if unasked:
                 self.crashes += 1
-            log.info("worker %d running task #%d ended (%s)", w.pid, key, describe_exit(exitcode))
-            listener.lost(key, Lost(w.pid, exitcode, w.kill_detail, retryable=not w.started))
+            log.info("worker %d running task #%d ended (%s)", w.pid, keys[0], describe_exit(exitcode))
+            w.take_back()
+            for i, key in enumerate(keys):
+                del self._jobs[key]
+                if i == 0 and w.started:
+                    retryable = False
+                elif key in w.payloads:
+                    # Ticketed: never started if its ticket was taken back, or if the worker died on
+                    # its own (its pipe read to the end) without saying STARTED.
+                    retryable = key in w.taken_back or reason is None
+                else:
+                    # Sent to an idle worker: never started if it never said so (its pipe is read to the end).
+                    retryable = key not in w.said_started
+                listener.lost(key, Lost(w.pid, exitcode, w.kill_detail, retryable=retryable))
         elif not was_ready:
             error = w.init_error
             if error is None and reason is None and not stopping:

@@ -218,6 +218,9 @@ class Scheduler(BackendListener):
         try:
             if cancel_pending or not wait:
                 self._end_queued(lambda rec: rec.finish_cancelled("cancelled by shutdown"))
+                for key, rec in list(self._flights.items()):
+                    if rec.status is TaskStatus.PENDING:  # held by a worker, not started: taken back
+                        self._kill(key, KillReason.SHUTDOWN)
             if not wait:
                 self._kill_all(KillReason.SHUTDOWN)
             self._check_drained()
@@ -258,8 +261,8 @@ class Scheduler(BackendListener):
 
     @property
     def queued(self) -> int:
-        """Tasks waiting in the queue."""
-        return len(self._queued)
+        """Tasks waiting in the queue, or held by a worker behind the job it runs (not started)."""
+        return len(self._queued) + self.backend.held_ahead()
 
     @property
     def running(self) -> int:
@@ -295,7 +298,8 @@ class Scheduler(BackendListener):
         """Stop accepting tasks and empty the queue without ending its tasks; return them.
 
         For a shared store at shutdown: the tasks go back to the store's queue, for other processes,
-        with those waiting out a retry back-off (queued too: PENDING, for their next attempt).
+        with those waiting out a retry back-off (queued too: PENDING, for their next attempt) and
+        those a worker holds behind the job it runs, taken back (they never start here).
         """
         if self.accepting:
             self.lifecycle = Lifecycle.DRAINING
@@ -306,6 +310,10 @@ class Scheduler(BackendListener):
             taken.extend(rec for _when, rec in self._backoff.values())
             self._backoff.clear()
             self._rearm()
+        for key, rec in list(self._flights.items()):  # held by a worker behind another job: not started
+            if rec.status is TaskStatus.PENDING and key not in self._kill_reasons and self.backend.take_back(key):
+                del self._flights[key]
+                taken.append(rec)
         if taken:
             self._on_room()
             self._check_drained()
@@ -337,10 +345,11 @@ class Scheduler(BackendListener):
     def cancel(self, rec: TaskRecord, grace: float | None = None) -> None:
         """Start cancelling ``rec``; the caller then waits for it to be terminal.
 
-        A queued task is CANCELLED at once. A task on the backend (even one
-        not started yet) is killed, and recorded CANCELLED once its worker is
-        dead. With ``grace``, a RUNNING job is first asked to stop and killed
-        only if it has not ended ``grace`` seconds later.
+        A queued task is CANCELLED at once. A task on the backend is killed:
+        one not started yet is taken back by the backend (reported lost at
+        once, it never starts), a running one is recorded CANCELLED once its
+        worker is dead. With ``grace``, a RUNNING job is first asked to stop
+        and killed only if it has not ended ``grace`` seconds later.
         """
         if rec.status.is_terminal:
             return
@@ -439,6 +448,7 @@ class Scheduler(BackendListener):
         rec = self._flights.get(key)
         if rec is None:
             return  # settled already (the scheduler failed)
+        self._on_room()  # it may have been held ahead (queued) by its worker
         rec.set_running(worker)
         if rec.timeout is not None:
             self._timeouts[key] = trio.current_time() + rec.timeout
@@ -500,8 +510,13 @@ class Scheduler(BackendListener):
         if rec is None:
             return  # already settled (the scheduler failed)
         reason, _graceful = self._forget(key)
+        if rec.status is TaskStatus.PENDING:
+            self._on_room()  # it may have been held ahead (queued) by its worker
         if reason is KillReason.CANCEL:
-            rec.finish_cancelled(f"cancelled by the caller; worker {lost.worker} was killed")
+            if lost.retryable and rec.status is TaskStatus.PENDING:
+                rec.finish_cancelled("cancelled while queued")  # it never started (taken back from its worker)
+            else:
+                rec.finish_cancelled(f"cancelled by the caller; worker {lost.worker} was killed")
         elif reason is KillReason.SHUTDOWN:
             rec.finish_cancelled("cancelled by shutdown")
         elif reason is KillReason.TIMEOUT:

@@ -1,7 +1,9 @@
 """Parent-side handle of one worker process: start, framed async pipes, kill.
 
 The handle owns the write end of the worker's job pipe and the read end of
-its result pipe (both non-blocking, waited on through trio), a *pidfd* of the
+its result pipe (both non-blocking, waited on through trio), both ends of its
+*ticket* pipe (a job's ticket is written before the job, and taken back to
+cancel a job the worker has not started: see :meth:`WorkerProcess.take_back`), a *pidfd* of the
 worker process, and multiprocessing's process sentinel. The worker's death is
 observed through the pidfd: it is the worker's own, so neither the forkserver's
 death nor a descendant holding an inherited descriptor can fake or hide it.
@@ -51,6 +53,8 @@ log = logging.getLogger("genro_tasks")
 #: Pipe capacity asked of Linux (F_SETPIPE_SZ); fewer wake-ups for big payloads.
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+#: A job's ticket on the ticket pipe: its sequence number.
+_TICKET = struct.Struct("<Q")
 
 
 class WorkerState(enum.Enum):
@@ -132,6 +136,7 @@ class WorkerProcess:
         job_r, job_w = os.pipe()
         res_r, res_w = os.pipe()
         cancel_r, cancel_w = os.pipe()
+        ticket_r, ticket_w = os.pipe()
         _enlarge_pipe(job_w)
         _enlarge_pipe(res_w)
         child_ends = [
@@ -139,17 +144,18 @@ class WorkerProcess:
             multiprocessing.connection.Connection(res_w, readable=False),
             multiprocessing.connection.Connection(os.dup(alive_r), writable=False),
             multiprocessing.connection.Connection(cancel_r, writable=False),
+            multiprocessing.connection.Connection(os.dup(ticket_r), writable=False),
         ]
         self.number = number
         try:
             self.process: Any = start_process(
                 ctx,
                 _loop.main,
-                (*child_ends[:3], init_payload, main_ref, max_message_size, child_ends[3]),
+                (*child_ends[:3], init_payload, main_ref, max_message_size, *child_ends[3:]),
                 f"genro-tasks-worker-{number}",
             )
         except BaseException:
-            for fd in (job_w, res_r, cancel_w):
+            for fd in (job_w, res_r, cancel_w, ticket_r, ticket_w):
                 os.close(fd)
             raise
         finally:
@@ -165,7 +171,11 @@ class WorkerProcess:
         os.set_blocking(job_w, False)
         os.set_blocking(res_r, False)
         os.set_blocking(cancel_w, False)
+        os.set_blocking(ticket_r, False)  # the worker's end shares this open file: non-blocking too
+        os.set_blocking(ticket_w, False)
         self._cancel_fd: int | None = cancel_w
+        self._ticket_r: int | None = ticket_r
+        self._ticket_w: int | None = ticket_w
         self.job_fd: int | None = job_w
         #: Asks the backend whether this worker runs job ``seq`` (the mapping is the backend's).
         self._owns = owns
@@ -174,8 +184,21 @@ class WorkerProcess:
         self.ready = False
         #: Its exit was seen: what is left in its pipe is read, but it gets no new job.
         self.exited = False
-        #: Its current job reported STARTED.
+        #: The jobs handed to it, oldest first: the current one, then at most one sent ahead.
+        self.assigned: list[int] = []
+        #: The payloads of its jobs not started yet (to grant one again after a take-back).
+        self.payloads: dict[int, bytes] = {}
+        #: Its current job (``assigned[0]``) reported STARTED, at this ``time.monotonic()``.
         self.started = False
+        self.started_at = 0.0
+        #: How many jobs it may hold behind the one it runs (see :data:`~._process_backend.HELD_BUDGET`).
+        self.ahead = 1
+        #: Jobs it said STARTED about after it was told to die (read from its pipe, not acted on).
+        self.said_started: set[int] = set()
+        #: Jobs whose tickets the parent took back: they never start.
+        self.taken_back: set[int] = set()
+        #: Jobs to kill the worker for as soon as one reports STARTED (their tickets could not be taken back).
+        self.kill_on_start: set[int] = set()
         self.kill_reason: KillReason | None = None
         self.kill_detail = ""
         #: What it sent over max_message_size, and its size (KillReason.TOO_LARGE).
@@ -193,6 +216,9 @@ class WorkerProcess:
         self.status_lost = False
         self._out: list[memoryview] = []
         self._out_ready = trio.Event()
+        #: Job frames and tickets kept for one write at the end of a pass (see :meth:`send_job`).
+        self._deferred: list[bytes] = []
+        self._deferred_tickets: list[bytes] = []
 
     def __repr__(self) -> str:
         return f"<worker {self.number} pid={self.pid} {self.state.value}>"
@@ -237,14 +263,56 @@ class WorkerProcess:
         return messages
 
     # --- sending -------------------------------------------------------------
-    def send_job(self, seq: int, payload: bytes) -> None:
-        """Queue a Job message; writes at once what the pipe accepts (never blocks)."""
-        header, body = encode(Job(seq, payload))
+    def send_job(self, seq: int, payload: bytes, ticketed: bool, defer: bool = False) -> bool:
+        """Queue a Job message (after its ticket, if ``ticketed``); writes at once what the pipe accepts (never blocks).
+
+        A job for an idle worker needs no ticket: nothing runs before it, so
+        it cannot be taken back (a cancel kills the worker). A job sent to a
+        busy worker, or granted again, is ticketed.
+
+        With ``defer``, a small job is kept until :meth:`flush`, so the jobs
+        sent in one pass of the scheduler (and their tickets) leave in one
+        write each. Returns True if this call left bytes for :meth:`flush`
+        where there were none.
+        """
+        if ticketed:
+            self.payloads[seq] = payload
+        header, body = encode(Job(seq, payload, ticketed))
+        if defer and len(body) < SPLIT_WRITE:
+            fresh = not self._deferred
+            if ticketed:
+                self._deferred_tickets.append(_TICKET.pack(seq))
+            self._deferred.append(header + body)
+            return fresh
+        if self._deferred:
+            self.flush()
+        if ticketed:
+            self._write_tickets(_TICKET.pack(seq))
         if len(body) < SPLIT_WRITE:
             self._send(memoryview(header + body))
         else:
             self._send(memoryview(header))
             self._send(memoryview(body))
+        return False
+
+    def flush(self) -> None:
+        """Write the jobs kept by ``send_job(..., defer=True)``: their tickets in one write, then the jobs in one."""
+        if not self._deferred:
+            return
+        if self._deferred_tickets:
+            self._write_tickets(b"".join(self._deferred_tickets))
+            self._deferred_tickets.clear()
+        frames = self._deferred
+        self._deferred = []
+        self._send(memoryview(frames[0] if len(frames) == 1 else b"".join(frames)))
+
+    def _write_tickets(self, data: bytes) -> None:
+        """Write tickets (before their jobs: the worker takes a job's ticket once it has read the job)."""
+        if self._ticket_w is not None:
+            try:
+                os.write(self._ticket_w, data)
+            except OSError:  # pragma: no cover - the pipe holds a few tickets at most
+                pass
 
     def _send(self, view: memoryview) -> None:
         if self._out or self.job_fd is None:
@@ -285,8 +353,36 @@ class WorkerProcess:
                 else:
                     self._out[0] = view[n:]
 
+    def take_back(self) -> set[int]:
+        """Take back the tickets the worker has not taken: those jobs will never start.
+
+        A pipe read is atomic: each ticket goes either to the worker (which then
+        starts its job) or to us. Returns the sequence numbers taken back.
+        """
+        self.flush()  # a ticket not written yet is taken back by reading it back, as any other
+        fd = self._ticket_r
+        if fd is None:
+            return set()
+        try:
+            data = os.read(fd, 64 * _TICKET.size)
+        except OSError:  # BlockingIOError: the worker took every ticket
+            return set()
+        seqs = {seq for (seq,) in _TICKET.iter_unpack(data)}
+        self.taken_back |= seqs
+        return seqs
+
+    def regrant(self, seq: int) -> None:
+        """Grant job ``seq`` again after its ticket was taken back with another's: a new ticket and frame.
+
+        The worker runs a job at most once, from whichever of its frames it
+        reads while holding its one ticket, and skips the others.
+        """
+        self.taken_back.discard(seq)
+        self.send_job(seq, self.payloads[seq], ticketed=True)
+
     def close_jobs(self) -> None:
         """Close the job pipe: the worker exits after its current job."""
+        self.flush()
         fd, self.job_fd = self.job_fd, None
         if fd is not None:
             trio.lowlevel.notify_closing(fd)
@@ -387,9 +483,11 @@ class WorkerProcess:
             trio.lowlevel.notify_closing(self.pidfd)
             os.close(self.pidfd)
             self.pidfd = None
-        if self._cancel_fd is not None:
-            os.close(self._cancel_fd)
-            self._cancel_fd = None
+        for name in ("_cancel_fd", "_ticket_r", "_ticket_w"):
+            fd = getattr(self, name)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, name, None)
         if self.exitcode is None and not self.status_lost:
             # Still not reported (the forkserver is alive but silent): leave the
             # Process object to multiprocessing's own cleanup rather than block.

@@ -4,6 +4,16 @@ A worker reads one :class:`~._protocol.Job` at a time from its job pipe (through
 the shared :class:`~._protocol.Framer`), says ``Started`` before it even
 unpickles the job, runs it, and answers with exactly one ``Done*`` message,
 never one over ``max_message_size`` (:func:`~._protocol.encode_within`).
+
+The parent may send a worker its next jobs while the current one runs
+(pipelining), so the worker starts each the moment the one before ends; when a
+job ends and the next one's ticket is there, its Done and the next job's
+Started leave in one write. Such a
+job comes with a *ticket* on a separate pipe both sides can read: before it
+starts a ticketed job the worker takes that job's ticket, and the parent takes
+a ticket back to cancel a job that has not started. A pipe read is atomic, so
+exactly one side gets each ticket: a job whose ticket the parent took back is
+skipped, never started (:func:`_take_ticket`).
 It exits when the job pipe reaches end-of-file (the parent closed it), and
 kills itself and everything it spawned the moment the parent process dies
 (end-of-file on the shared *alive* pipe), even while a job is busy.
@@ -51,8 +61,28 @@ from ._protocol import (
     encode_within,
 )
 
-#: A cancel request on the cancel pipe: the task's sequence number.
+#: A cancel request on the cancel pipe, or a ticket on the ticket pipe: the task's sequence number.
 _SEQ = struct.Struct("<Q")
+
+
+def _take_ticket(fd: int) -> int | None:
+    """Take the oldest ticket waiting on the ticket pipe (never blocks); None if there is none.
+
+    The parent writes a job's ticket before the job itself, and takes a
+    ticket back only for a job that has not started: when the worker has
+    read job J and finds no ticket, or a later job's, J's ticket was taken
+    back, and J must not start.
+    """
+    if fd < 0:
+        return None
+    try:
+        data = os.read(fd, _SEQ.size)
+    except (BlockingIOError, InterruptedError):
+        return None
+    if len(data) != _SEQ.size:  # pragma: no cover - tickets are written whole (8 bytes < PIPE_BUF)
+        raise ProtocolError(f"a ticket of {len(data)} bytes")
+    seq: int = _SEQ.unpack(data)[0]
+    return seq
 
 
 class _JobReader:
@@ -94,7 +124,8 @@ class _Sender:
         self.lock = threading.Lock()
         self.max_message_size = max_message_size
 
-    def send_locked(self, msg: WorkerMessage) -> None:
+    def send_locked(self, msg: WorkerMessage, then: WorkerMessage | None = None) -> None:
+        """Write ``msg`` (and ``then`` after it, in the same write if both are small); lock held."""
         header, body = encode(msg)
         if len(body) > self.max_message_size:
             header, body = encode_within(msg, self.max_message_size)
@@ -102,10 +133,15 @@ class _Sender:
         interrupt = _disarm() if threading.get_ident() == _MAIN_THREAD else None
         try:
             if len(body) < SPLIT_WRITE:
-                _write_all(self.fd, header + body)
+                data = header + body
+                if then is not None:
+                    data += b"".join(encode(then))
+                _write_all(self.fd, data)
             else:
                 _write_all(self.fd, header)
                 _write_all(self.fd, body)
+                if then is not None:
+                    _write_all(self.fd, b"".join(encode(then)))
         finally:
             if interrupt is not None:
                 _arm(interrupt)
@@ -376,11 +412,37 @@ def _leave_if_forked(code: int) -> None:
         os._exit(code)
 
 
-def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payload: bytes | bytearray) -> None:
-    _JobState.pending = False  # a request that arrived between jobs was for an earlier one
+def _begin(seq: int) -> Started:
+    """From here a graceful-cancel request names job ``seq`` (one that arrived before was for an earlier one)."""
+    _JobState.pending = False
     _JobState.seq = seq
     _JobState.in_job = True
-    sender.send(Started(seq))
+    return Started(seq)
+
+
+def _run_job(
+    sender: _Sender,
+    channel: _progress.ProgressChannel,
+    seq: int,
+    payload: bytes | bytearray,
+    announced: bool = False,
+    ticket_fd: int = -1,
+    held: int | None = None,
+    look_ahead: bool = False,
+) -> int | None:
+    """Run job ``seq`` and send its Done; return the job this worker holds next and has announced, if any.
+
+    ``announced``: its Started went out already, with the Done of the job
+    before it. When this job ends and the parent has sent the next job ahead
+    (its ticket is there, or ``held``: a ticket taken already, while skipping
+    a job taken back), that job's ticket is taken and its Started leaves in
+    the same write as this job's Done: the worker is committed to start it,
+    and the parent reads both at once. The ticket pipe is looked at only with
+    ``look_ahead`` (this job was itself sent ahead): a job sent to an idle
+    worker sends its Done without that extra read (the round trip's path).
+    """
+    if not announced:
+        sender.send(_begin(seq))
     _progress.start_job(channel, seq)
     limits: tuple[int, int] | None = None
     try:
@@ -413,12 +475,30 @@ def _run_job(sender: _Sender, channel: _progress.ProgressChannel, seq: int, payl
             done = DoneBadResult(seq, _type_name(value), _describe(exc))
         del value
     _flush_std_streams()  # what the job printed comes out before its result
+    following = held if held is not None or not look_ahead else _take_ticket(ticket_fd)
+    if following is None:
+        # The hygiene runs after the result left, while the parent records it and sends the next
+        # job (which waits in the pipe): off the round trip's path, and still before the next job.
+        _send_done(sender, channel, done, None)
+        del done
+        _clean_up_after_job()
+    else:
+        # Before the next job's Started: from then on the parent may ask that job to stop (SIGTERM),
+        # and the worker's own signal handling must be back in place to hear it.
+        _clean_up_after_job()
+        _send_done(sender, channel, done, _begin(following))
+    return following
+
+
+def _send_done(sender: _Sender, channel: _progress.ProgressChannel, done: WorkerMessage, then: Started | None) -> None:
+    """Send the job's last progress, then its Done (and ``then`` in the same write)."""
     with sender.lock:
         channel.finish_locked()
-        sender.send_locked(done)
-    del done
-    # The hygiene runs after the result left, while the parent records it and sends the next
-    # job (which waits in the pipe): off the round trip's path, and still before the next job.
+        sender.send_locked(done, then)
+
+
+def _clean_up_after_job() -> None:
+    """Undo what the last job left behind: closed std streams, signal handling, processes."""
     _hygiene.restore_std_streams()
     _hygiene.reset_signals()  # first: a SIGCHLD the job ignores would hide its children from us
     if _hygiene.kill_leftovers():
@@ -447,6 +527,7 @@ def main(
     main_ref: tuple[str, str] | None = None,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     cancel_conn: Connection | None = None,
+    ticket_conn: Connection | None = None,
 ) -> None:
     """Entry point of a worker process (the target given to ``multiprocessing``).
 
@@ -465,13 +546,19 @@ def main(
             message it sends (see :func:`~._protocol.encode_within`).
         cancel_conn: Read end of the pipe the parent names a task on before
             it sends SIGTERM to cancel that task gracefully.
+        ticket_conn: Read end of the ticket pipe (see :func:`_take_ticket`);
+            None: every job runs (no ticket is asked for).
     """
-    conns = [job_conn, result_conn, alive_conn] + ([cancel_conn] if cancel_conn is not None else [])
+    conns = [job_conn, result_conn, alive_conn] + [c for c in (cancel_conn, ticket_conn) if c is not None]
     _hygiene.close_inherited_fds([conn.fileno() for conn in conns])
     job_fd, result_fd, alive_fd = (_take_fd(conn) for conn in (job_conn, result_conn, alive_conn))
     if cancel_conn is not None:
         _JobState.cancel_fd = _take_fd(cancel_conn)
         os.set_blocking(_JobState.cancel_fd, False)
+    ticket_fd = -1
+    if ticket_conn is not None:
+        ticket_fd = _take_fd(ticket_conn)
+        os.set_blocking(ticket_fd, False)
     try:
         os.setpgid(0, 0)  # our own process group: a kill reaches what the job spawned
     except OSError:  # pragma: no cover - already a group or session leader
@@ -501,9 +588,23 @@ def main(
     channel = _progress.ProgressChannel(sender.send_locked, sender.lock, max_message_size)
     sender.send(Ready(os.getpid()))
     jobs = _JobReader(job_fd, max_message_size)
+    ticket: int | None = None  # a ticket taken ahead, for a job further down the job pipe
+    announced: int | None = None  # the job of that ticket, whose Started went out already
     while True:
         job = jobs.next_job()
         if job is None:
+            if announced is not None:  # pragma: no cover - the parent closes the pipe only when we are idle
+                raise ProtocolError(f"job pipe closed before job #{announced}, which was announced as started")
             _flush_std_streams()
             os._exit(0)  # not a return: multiprocessing would join the job's leftover threads forever
-        _run_job(sender, channel, job.seq, job.payload)
+        if job.ticketed:
+            if ticket is None:
+                ticket = _take_ticket(ticket_fd)
+            if ticket != job.seq:
+                continue  # the parent took this job back before it started: skip it
+            ticket = None
+        elif announced is not None:  # pragma: no cover - a job for an idle worker while we hold one
+            raise ProtocolError(f"job #{job.seq} sent while job #{announced} was announced as started")
+        # A ticket still held here was taken for a later job, while skipping one taken back.
+        ticket = _run_job(sender, channel, job.seq, job.payload, job.seq == announced, ticket_fd, ticket, job.ticketed)
+        announced = ticket

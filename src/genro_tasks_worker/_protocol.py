@@ -49,6 +49,8 @@ MAX_MAX_MESSAGE_SIZE: Final = 1 << 40
 
 # Frame kinds. parent -> worker
 JOB: Final = 1
+#: A job sent to a busy worker: it runs only if the worker gets its ticket (see _loop._take_ticket).
+JOB_TICKETED: Final = 2
 # worker -> parent
 READY: Final = 10
 STARTED: Final = 11
@@ -59,7 +61,7 @@ DONE_BAD_RESULT: Final = 15
 INIT_FAILED: Final = 16
 DONE_TOO_LARGE: Final = 17
 
-JOB_KINDS: Final = frozenset({JOB})
+JOB_KINDS: Final = frozenset({JOB, JOB_TICKETED})
 WORKER_KINDS: Final = frozenset(
     {READY, STARTED, PROGRESS, DONE_OK, DONE_ERROR, DONE_BAD_RESULT, INIT_FAILED, DONE_TOO_LARGE}
 )
@@ -130,10 +132,15 @@ class Failure:
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """Run a job: ``payload`` is the pickled ``(func, args, kwargs, memory_limit)``."""
+    """Run a job: ``payload`` is the pickled ``(func, args, kwargs, memory_limit)``.
+
+    ``ticketed``: the job was sent ahead, to a worker busy with another one;
+    the worker runs it only if it gets its ticket (the parent may take it back).
+    """
 
     seq: int
     payload: bytes | bytearray
+    ticketed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +215,7 @@ Done: TypeAlias = DoneOk | DoneError | DoneBadResult | DoneTooLarge
 
 KIND_NAMES: Final = {
     JOB: "job",
+    JOB_TICKETED: "job",
     READY: "ready",
     STARTED: "started",
     PROGRESS: "progress report",
@@ -301,7 +309,7 @@ def encode(msg: Message) -> tuple[bytes, bytes | bytearray]:
     elif type(msg) is DoneOk:
         kind, seq, body = DONE_OK, msg.seq, msg.result
     elif type(msg) is Job:
-        kind, seq, body = JOB, msg.seq, msg.payload
+        kind, seq, body = JOB_TICKETED if msg.ticketed else JOB, msg.seq, msg.payload
     elif type(msg) is Progress:
         flags = (msg.fraction is not None) | (msg.message is not None) << 1
         text = b"" if msg.message is None else _text(msg.message)
@@ -400,6 +408,7 @@ def _decode_too_large(seq: int, body: bytes | bytearray) -> DoneTooLarge:
 
 DECODERS: Final[dict[int, Callable[[int, bytes | bytearray], Message]]] = {
     JOB: Job,
+    JOB_TICKETED: lambda seq, body: Job(seq, body, True),
     READY: _decode_ready,
     STARTED: _decode_started,
     PROGRESS: _decode_progress,

@@ -1,0 +1,40 @@
+"""Jobs for the pipelining tests: each leaves a trace of having started, or waits for a file."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def wait_for_file(path: str, limit: float = 60.0) -> int:
+    """Block until ``path`` exists (or ``limit`` seconds passed); return this worker's pid."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return os.getpid()
+
+
+def exit_when_file(path: str, code: int) -> None:
+    """Block until ``path`` exists, then end the worker process abruptly."""
+    wait_for_file(path)
+    os._exit(code)
+
+
+def mark_started(path: str) -> int:
+    """Append this worker's pid to ``path`` (a job that ran leaves a line); return the pid."""
+    with Path(path).open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    return os.getpid()
+
+
+def mark_then_wait(path: str, release: str) -> int:
+    """:func:`mark_started`, then :func:`wait_for_file` on ``release``."""
+    mark_started(path)
+    return wait_for_file(release)
+
+
+def sleep_then_pid(seconds: float) -> int:
+    """Sleep ``seconds`` (a job that is not quick); return this worker's pid."""
+    time.sleep(seconds)
+    return os.getpid()
