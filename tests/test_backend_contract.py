@@ -128,7 +128,6 @@ async def test_a_job_starts_then_ends_once(served: Recorder) -> None:
     backend = served.backend
     backend.dispatch(1, _payload(simple_task, 21))
     backend.dispatch(2, _payload(failing_task))
-    assert backend.statistics().workers_idle == 0
     assert backend.free_slots() <= backend.capacity  # at most one job sent ahead per busy worker
     with trio.fail_after(30):
         await served.wait_for(lambda: served.ended(1) and served.ended(2))
