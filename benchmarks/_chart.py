@@ -24,6 +24,7 @@ from _report import CANCEL_RETURNS_EARLY, REASONS, TABLES, Summary, Table, advan
 LABELS = {
     ("throughput", "tps"): "throughput",
     ("roundtrip", "median_us"): "sequential round trip",
+    ("roundtrip_one_core", "median_us"): "round trip, one CPU",
     ("cancel", "cancel_ms"): "cancel latency",
     ("cancel", "restore_ms"): "capacity restore after cancel",
     ("cancel", "worker_gone_ms"): "cancelled worker gone",

@@ -170,6 +170,12 @@ def _header(meta: dict[str, Any]) -> list[str]:
         "* The raw rows are the floor: a bare pipe to a child process (round trip: a forkserver child "
         "echoing 20 bytes to a trio parent, `benchmarks/raw_roundtrip.py`; echo: a subprocess reading and "
         "writing the bytes back).",
+        "* Round trip on one CPU: the same measurement with the measuring process and every process it "
+        "starts confined to one CPU (`_measure.py --one-core`, `sched_setaffinity`). Left to the kernel, a "
+        "round trip is faster when the parent and the worker happen to share a core (no cross-core "
+        "wake-up) and slower when they do not, so each library's unpinned median depends on where its "
+        "processes landed in each round; on one CPU that chance is gone and the figure is the CPU each "
+        "library spends per call.",
         "",
     ]
     if meta["skipped"]:

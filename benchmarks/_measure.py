@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -133,7 +134,14 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=1, help="scale: batches to drain (median rate)")
     parser.add_argument("--timeout", type=float, default=280.0, help="in-process limit, seconds")
+    parser.add_argument(
+        "--one-core",
+        action="store_true",
+        help="run this process and every process it starts (workers, servers) on one CPU",
+    )
     args = parser.parse_args()
+    if args.one_core:  # inherited by every child: the kernel's choice of cores is taken out
+        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
     from _common import Params
 
     with tempfile.TemporaryDirectory(prefix="genro-bench-") as tmp:

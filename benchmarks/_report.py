@@ -51,6 +51,13 @@ _STORE, _RAY = f"{GENRO}+store", f"{GENRO}+ray"
 TABLES = (
     Table("throughput", "tps", "Throughput: {throughput:,} trivial tasks submitted at once, awaited", "tasks/s", HI),
     Table("roundtrip", "median_us", "Sequential round trip: one trivial task at a time, median per call", "µs", LO),
+    Table(
+        "roundtrip_one_core",
+        "median_us",
+        "Sequential round trip with the parent and its workers on one CPU (no cross-core wake-ups)",
+        "µs",
+        LO,
+    ),
     Table("cancel", "cancel_ms", "Cancel latency: both workers busy, cancel request until the call returns", "ms", LO),
     Table("cancel", "restore_ms", "Capacity restore: cancel request until two new trivial jobs completed", "ms", LO),
     Table("cancel", "worker_gone_ms", "Cancelled job's worker process exited, from the cancel request", "ms", LO),
@@ -261,6 +268,12 @@ def target_rows(s: Summary) -> list[TargetRow]:
     rows = [
         _against_best("Throughput >= 2x the best peer", s, _table("throughput", "tps"), 2.0),
         _against_best("Sequential round trip ahead of the best peer", s, _table("roundtrip", "median_us"), 1.0),
+        _against_best(
+            "Sequential round trip on one CPU ahead of the best peer",
+            s,
+            _table("roundtrip_one_core", "median_us"),
+            1.0,
+        ),
         _against_best(
             "Sequential round trip <= 0.6x trio_parallel's (its best start method)",
             s,

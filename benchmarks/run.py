@@ -93,6 +93,7 @@ def specs(m: Mode) -> list[Spec]:
     return [
         Spec("throughput", "throughput", POOL_LIBS, ("--size", str(m.throughput))),
         Spec("roundtrip", "roundtrip", (*POOL_LIBS, RAW), calls),
+        Spec("roundtrip_one_core", "roundtrip", (*POOL_LIBS, RAW), (*calls, "--one-core")),
         Spec("cancel", "cancel", CANCEL_LIBS, ()),
         *(
             Spec(f"startup_{w}", "startup", (GENRO, GENRO_SPAWN, *POOL_LIBS[1:]), ("--workers", str(w)))
