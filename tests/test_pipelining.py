@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,15 +33,26 @@ async def _held_ahead(tm: TaskManager, task_id: str, pid: int) -> None:
     await wait_until(tm, lambda: testing.assigned_worker_pid(tm, task_id) == pid)
 
 
+async def _running_then_held(
+    tm: TaskManager, first_job: Callable[[str], object], arg: str, trace: str
+) -> tuple[str, int, str]:
+    """Run ``first_job(arg)`` on the only worker, then hand it ``mark_started(trace)`` to hold.
+
+    Returns the running task's id, its worker's pid and the held task's id.
+    """
+    first = tm.submit(first_job, arg)
+    await wait_status(tm, first, TaskStatus.RUNNING)
+    pid = (await tm.info(first)).worker_pid
+    assert pid is not None
+    ahead = tm.submit(mark_started, trace)
+    await _held_ahead(tm, ahead, pid)
+    return first, pid, ahead
+
+
 async def test_a_job_held_ahead_stays_pending_then_runs_on_the_same_worker(tmp_path: Path) -> None:
     release = tmp_path / "release"
     async with TaskManager(1) as tm:
-        first = tm.submit(wait_for_file, str(release))
-        await wait_status(tm, first, TaskStatus.RUNNING)
-        pid = (await tm.info(first)).worker_pid
-        assert pid is not None
-        ahead = tm.submit(mark_started, str(tmp_path / "trace"))
-        await _held_ahead(tm, ahead, pid)
+        first, pid, ahead = await _running_then_held(tm, wait_for_file, str(release), str(tmp_path / "trace"))
         info = await tm.info(ahead)
         assert (info.status, info.started_at, info.worker_pid) == (TaskStatus.PENDING, None, None)
         assert tm.statistics().tasks_queued == 1  # held ahead counts as queued
@@ -53,12 +65,7 @@ async def test_a_job_held_ahead_stays_pending_then_runs_on_the_same_worker(tmp_p
 async def test_cancelling_a_job_held_ahead_never_starts_it_and_spares_the_worker(tmp_path: Path) -> None:
     release, trace = tmp_path / "release", tmp_path / "trace"
     async with TaskManager(1) as tm:
-        first = tm.submit(wait_for_file, str(release))
-        await wait_status(tm, first, TaskStatus.RUNNING)
-        pid = (await tm.info(first)).worker_pid
-        assert pid is not None
-        ahead = tm.submit(mark_started, str(trace))
-        await _held_ahead(tm, ahead, pid)
+        first, pid, ahead = await _running_then_held(tm, wait_for_file, str(release), str(trace))
         with trio.fail_after(10):
             assert await tm.cancel(ahead) is True
         info = await tm.info(ahead)
@@ -114,12 +121,7 @@ async def test_a_dying_worker_gives_its_held_job_back_never_started(tmp_path: Pa
 async def test_cancelling_the_running_job_requeues_the_one_held_behind_it(tmp_path: Path) -> None:
     trace = tmp_path / "trace"
     async with TaskManager(1) as tm:
-        first = tm.submit(wait_for_file, str(tmp_path / "never"))
-        await wait_status(tm, first, TaskStatus.RUNNING)
-        pid = (await tm.info(first)).worker_pid
-        assert pid is not None
-        ahead = tm.submit(mark_started, str(trace))
-        await _held_ahead(tm, ahead, pid)
+        first, pid, ahead = await _running_then_held(tm, wait_for_file, str(tmp_path / "never"), str(trace))
         with trio.fail_after(10):
             assert await tm.cancel(first) is True
         with trio.fail_after(20):
