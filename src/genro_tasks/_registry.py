@@ -418,6 +418,12 @@ class KeyedRegistry(TaskRegistry):
     def __len__(self) -> int:
         return len(self._records)
 
+    def find(self, status: TaskStatus | None) -> list[TaskInfo]:
+        self.prune()
+        if status is None:
+            return [rec.snapshot() for rec in self._records.values()]
+        return [rec.snapshot() for rec in self._records.values() if rec.status is status]
+
 
 class MemoryRegistry(KeyedRegistry):
     """Records in this process's memory (the default registry)."""
@@ -425,12 +431,6 @@ class MemoryRegistry(KeyedRegistry):
     def __init__(self, max_finished: int, finished_ttl: float | None, clock: Callable[[], float]) -> None:
         super().__init__(max_finished, finished_ttl, clock)
         self._finished: deque[TaskRecord] = deque()
-
-    def find(self, status: TaskStatus | None) -> list[TaskInfo]:
-        self.prune()
-        if status is None:
-            return [rec.snapshot() for rec in self._records.values()]
-        return [rec.snapshot() for rec in self._records.values() if rec.status is status]
 
     def clear_finished(self) -> int:
         done = [tid for tid, rec in self._records.items() if rec.status.is_terminal]

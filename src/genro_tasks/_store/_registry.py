@@ -33,7 +33,7 @@ from genro_tasks_worker._protocol import Failure
 from .._errors import TaskLost, UnpicklableResult
 from .._registry import KeyedRegistry, TaskRegistry
 from .._scheduler import Scheduler
-from .._task import TaskInfo, TaskRecord, TaskStatus
+from .._task import TaskRecord, TaskStatus
 from . import SQLiteStore
 from ._thread import (
     CANCEL,
@@ -224,11 +224,6 @@ class StoreRegistry(KeyedRegistry):
 
     def waiting(self) -> int:
         return len(self._open)
-
-    def find(self, status: TaskStatus | None) -> list[TaskInfo]:
-        if status is None:
-            return [rec.snapshot() for rec in self._records.values()]
-        return [rec.snapshot() for rec in self._records.values() if rec.status is status]
 
     def clear_finished(self) -> int:
         done = [tid for tid, rec in self._records.items() if rec.status.is_terminal]
