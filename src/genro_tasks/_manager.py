@@ -22,7 +22,7 @@ from genro_tasks_worker._protocol import DEFAULT_MAX_MESSAGE_SIZE
 from ._backend import ExecutionBackend
 from ._errors import ManagerClosed, QueueFull
 from ._launch import default_context
-from ._many import AsCompleted
+from ._many import AllEnded, AsCompleted
 from ._options import DEFAULT_OPTIONS, Call, SubmitMethods, TaskOptions
 from ._owner import RunOwner
 from ._process_backend import ProcessBackend
@@ -556,12 +556,11 @@ class TaskManager(SubmitMethods):
         """
         check_bool("gather(return_exceptions=...)", return_exceptions)
         records = self._records_of("gather", task_ids)
-        by_id = {rec.task_id: rec for rec in records}
-        async for info in AsCompleted(records):
-            if info.status is not TaskStatus.COMPLETED and not return_exceptions:
-                failed = by_id[info.task_id]
-                await self._registry.fetch(failed)
-                failed.outcome()  # raises
+        ended = AllEnded(records, fail_fast=not return_exceptions)
+        await ended.wait()
+        if ended.failed is not None:
+            await self._registry.fetch(ended.failed)
+            ended.failed.outcome()  # raises
         results: list[Any] = []
         for rec in records:
             await self._registry.fetch(rec)  # a task run by another process sharing the store

@@ -24,7 +24,7 @@ from genro_tasks_worker._chunk import MapChunk, Outcomes
 from genro_tasks_worker._protocol import Failure
 
 from ._errors import RemoteError, UnpicklableResult
-from ._task import TaskInfo, TaskRecord, remote_exception
+from ._task import TaskInfo, TaskRecord, TaskStatus, remote_exception
 
 if TYPE_CHECKING:
     from ._manager import TaskManager
@@ -73,10 +73,10 @@ class AsCompleted:
                 self._waiting += 1
                 _follow(rec, self)
 
-    def _push(self, info: TaskInfo) -> None:
-        if not info.status.is_terminal:
-            return
-        self._ready.append(info)
+    def _push(self, rec: TaskRecord) -> None:
+        if not rec.status.is_terminal:
+            return  # only the end is yielded: no snapshot of the other changes
+        self._ready.append(rec.snapshot())
         self._waiting -= 1
         wakeup = self._wakeup
         if wakeup is not None:
@@ -100,6 +100,51 @@ class AsCompleted:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
         return self._ready.popleft()
+
+
+class AllEnded:
+    """Waits until every given task has ended, or (``fail_fast``) until one ends other than COMPLETED.
+
+    What ``tm.gather`` waits with: it is told only that a task ended, so it
+    costs no snapshot per change and no wake-up per task. ``failed`` is the
+    first task found not COMPLETED: among those already ended, the first in
+    the order given; else the first to end that way.
+    """
+
+    def __init__(self, records: Iterable[TaskRecord], fail_fast: bool) -> None:
+        self._fail_fast = fail_fast
+        self._left = 0
+        self._ended = trio.Event()
+        self.failed: TaskRecord | None = None
+        followed: set[str] = set()
+        for rec in records:
+            if rec.status.is_terminal:
+                if fail_fast and self.failed is None and rec.status is not TaskStatus.COMPLETED:
+                    self.failed = rec
+            elif rec.task_id not in followed:
+                followed.add(rec.task_id)
+                self._left += 1
+                _follow(rec, self)
+
+    def _push(self, rec: TaskRecord) -> None:
+        status = rec.status
+        if not status.is_terminal:
+            return  # a retrying task ends with its last attempt
+        self._left -= 1
+        if self._fail_fast and self.failed is None and status is not TaskStatus.COMPLETED:
+            self.failed = rec
+        if self._left <= 0 or self.failed is not None:
+            self._ended.set()
+
+    async def wait(self) -> None:
+        """Return once every task has ended, or one failed (``fail_fast``).
+
+        **Cancellation:** Only the wait is cancelled; the tasks keep going.
+        """
+        if self._left > 0 and self.failed is None:
+            await self._ended.wait()
+        else:
+            await trio.lowlevel.checkpoint()
 
 
 class TaskMap:
@@ -436,12 +481,9 @@ class TaskMap:
             await self._wakeup.wait()
         return self._queue.popleft()
 
-    def _push(self, info: TaskInfo) -> None:
+    def _push(self, rec: TaskRecord) -> None:
         """A followed task changed (unordered mode): note it once it finished."""
-        if not info.status.is_terminal:
-            return
-        rec = self._pending.pop(info.task_id, None)
-        if rec is None:
+        if not rec.status.is_terminal or self._pending.pop(rec.task_id, None) is None:
             return
         self._queue.append(rec)
         wakeup = self._wakeup

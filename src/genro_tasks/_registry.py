@@ -102,10 +102,9 @@ class ChangeHub:
         """Deliver a change of ``rec`` (None: of the pool, no task) to everyone listening."""
         if rec is not None:
             watchers = rec.watchers
-            if watchers:
-                info = rec.snapshot()
+            if watchers is not None:
                 for watcher in watchers:
-                    watcher._push(info)
+                    watcher._push(rec)
                 if rec.status.is_terminal:
                     rec.watchers = None
             if self._streams:
@@ -318,7 +317,7 @@ class TaskRegistry(ABC):
                 self.cancelled += 1
             self._retain(rec)
         hub = self.hub
-        if hub.listening or (rec is not None and rec.watchers):
+        if hub.listening or (rec is not None and rec.watchers is not None):
             hub.publish(rec)
 
     def _count_group(self, rec: TaskRecord) -> None:

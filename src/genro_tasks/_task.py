@@ -22,9 +22,14 @@ if TYPE_CHECKING:
 
 
 class Sink(Protocol):
-    """What follows a task's changes (a TaskWatcher, a completion iterator): fed every new snapshot."""
+    """What follows a task's changes (a TaskWatcher, a completion iterator).
 
-    def _push(self, info: TaskInfo) -> None: ...
+    Told of every change of the record, synchronously; it takes what it needs
+    (a snapshot, or only the news that the task ended), so following many
+    tasks to their end costs no snapshot per change.
+    """
+
+    def _push(self, rec: TaskRecord) -> None: ...
 
 
 class TaskStatus(enum.StrEnum):

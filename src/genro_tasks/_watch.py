@@ -34,7 +34,8 @@ class TaskWatcher:
         self._finished = False
         self._closed = False
 
-    def _push(self, info: TaskInfo) -> None:
+    def _push(self, rec: TaskRecord) -> None:
+        info = rec.snapshot()
         pending = self._pending
         if pending and pending[-1].status is info.status:
             pending[-1] = info
