@@ -48,7 +48,9 @@ class GenroPool:
         return await self.tm.run(fn, *args)
 
     async def run_batch(self, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> list[Any]:
-        return await call_many(self, fn, args)
+        """Submit every job, then ``tm.gather`` their results (the README's way to await many tasks)."""
+        tm = self.tm
+        return await tm.gather([tm.submit(fn, *a) for a in args])
 
     async def wait_running(self, job: Job, marker: Path) -> None:
         assert isinstance(job, GenroJob)

@@ -70,7 +70,12 @@ _PEBBLE = (
 
 LIBS: tuple[Lib, ...] = (
     Lib(
-        GENRO, GENRO, "forkserver", True, "`TaskManager(max_workers)`: `submit` / `result` / `run` / `cancel` / `watch`"
+        GENRO,
+        GENRO,
+        "forkserver",
+        True,
+        "`TaskManager(max_workers)`: a batch is `submit` of every job, then `gather`; "
+        "a single call is `run`; `cancel` / `watch`",
     ),
     Lib(f"{GENRO}+spawn", GENRO, "spawn", False, "as above, `start_method='spawn'` (start-method rows only)", "spawn"),
     Lib("trio_parallel", "trio_parallel", "spawn", True, _TP),
