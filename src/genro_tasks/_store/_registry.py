@@ -257,7 +257,8 @@ class StoreRegistry(KeyedRegistry):
             self._open[tid] = rec
             self._queued_more()
             self._put_lazy((INSERT, rec, None, payload, metadata))
-            self.on_idle()
+            if not self._claiming:  # else the claim on its way looks again when it comes back
+                self.on_idle()
         self.changed(rec)
 
     def _queued_more(self) -> None:

@@ -456,16 +456,20 @@ class StoreThread:
 
     # ------------------------------------------------------------- writes
     def _apply_all(self, ops: list[tuple[Any, ...]], rev: int, now: float, batch: Batch) -> bool:
-        """Write the ops in order, runs of inserts/starts/finishes as one statement each.
+        """Write the ops in order, runs of inserts/starts/finishes as one statement each, then the claims.
 
         True if a write changed rows this process does not hold (then they are re-read).
         A task's ops come in the order insert, start, finish, so writing each run's
-        inserts, then starts, then finishes keeps every task's order.
+        inserts, then starts, then finishes keeps every task's order. A claim only
+        takes rows nobody owns, which no other op of ours writes except to put them in
+        the queue: running the round's claims together after everything else gives each
+        what it would have found where it was sent, or more.
         """
         inserts: list[tuple[Any, ...]] = []
         starts: dict[str, TaskRecord] = {}
         finishes: list[TaskRecord] = []
-        foreign = False
+        claims: list[int] = []
+        foreign = stopping = False
         for op in ops:
             kind = op[0]
             if kind == INSERT:
@@ -474,10 +478,22 @@ class StoreThread:
                 starts[op[1].task_id] = op[1]
             elif kind == FINISH:
                 finishes.append(op[1])
+            elif kind == CLAIM:
+                claims.append(op[1])
             else:
+                stopping |= kind == STOP
                 self._write_runs(inserts, starts, finishes, rev, now)
                 foreign |= self._apply(op, rev, now, batch)
         self._write_runs(inserts, starts, finishes, rev, now)
+        if claims:
+            # Every claim of the round runs once, last: it sees all the round wrote before it (what
+            # each claim would have seen, and more), and a burst of small claims costs one claim.
+            # A stopping process claims nothing (it could not give the tasks back any more).
+            claimed = [] if stopping else self._claim(sum(claims), rev)
+            start = 0
+            for asked in claims:
+                batch.claims.append((asked, claimed[start : start + asked]))
+                start += asked
         return foreign
 
     def _write_runs(
@@ -590,13 +606,11 @@ class StoreThread:
         return born
 
     def _apply(self, op: tuple[Any, ...], rev: int, now: float, batch: Batch) -> bool:
-        """Write one op that is not an insert, start or finish; True if it changed others' rows."""
+        """Write one op that is not an insert, start, finish or claim; True if it changed others' rows."""
         conn = self._conn
         assert conn is not None
         kind = op[0]
-        if kind == CLAIM:
-            batch.claims.append((op[1], self._claim(op[1], rev)))
-        elif kind == RELEASE:
+        if kind == RELEASE:
             self._numbers.pop(op[1], None)
             conn.execute(
                 "UPDATE tasks SET owner = NULL, rev = ? WHERE id = ? AND owner = ? AND status = 'pending'",
@@ -765,24 +779,21 @@ class StoreThread:
         """
         conn = self._conn
         assert conn is not None
-        # A few statements of one step each, not a row returned per task: every row returned is a
-        # step of its own, which gives the GIL up and must win it back from the busy trio thread.
-        (picked,) = conn.execute(
-            "SELECT json_group_array(n) FROM (SELECT n FROM tasks WHERE status = 'pending' AND owner IS NULL "
-            "ORDER BY priority DESC, created LIMIT ?)",
+        # Two statements of one step each, not a row returned per task: every row returned is a step
+        # of its own, which gives the GIL up and must win it back from the busy trio thread.
+        (text,) = conn.execute(
+            "SELECT json_group_array(json_array(n, id, priority, created, requeues, retries_left, has_options)) "
+            "FROM (SELECT n, id, priority, created, requeues, retries_left, options IS NOT NULL AS has_options "
+            "FROM tasks WHERE status = 'pending' AND owner IS NULL ORDER BY priority DESC, created LIMIT ?)",
             (n,),
         ).fetchone()
-        if picked == "[]":
+        if text == "[]":
             return []
-        conn.execute(
-            "UPDATE tasks SET owner = ?, rev = ? WHERE n IN (SELECT value FROM json_each(?))", (self.owner, rev, picked)
-        )
-        (text,) = conn.execute(
-            "SELECT json_group_array(json_array(n, id, priority, created, requeues, retries_left, "
-            "options IS NOT NULL)) FROM tasks WHERE n IN (SELECT value FROM json_each(?))",
-            (picked,),
-        ).fetchone()
         rows = json.loads(text)
+        conn.execute(
+            "UPDATE tasks SET owner = ?, rev = ? WHERE n IN (SELECT value FROM json_each(?))",
+            (self.owner, rev, json.dumps([raw[0] for raw in rows])),
+        )
         rows.sort(key=lambda raw: (-raw[2], raw[3]))
         numbers = self._numbers
         # The stored job and options, only where this process may lack them: a task it did not
