@@ -37,7 +37,6 @@ from .._task import TaskRecord, TaskStatus
 from . import SQLiteStore
 from ._thread import (
     CANCEL,
-    CLAIM,
     DELETE,
     FINISH,
     INSERT,
@@ -101,7 +100,8 @@ class StoreRegistry(KeyedRegistry):
         self._claim_idle = False
         #: Counts the tasks this process put in the shared queue; each claim in flight keeps
         #: the count it was sent at. A short claim proves the queue empty only if nothing
-        #: was queued after it was sent (those inserts are written after the claim ran).
+        #: was queued after it was sent (those inserts are written after the claim ran), and
+        #: its round wrote everything handed over before it (``Batch.claims_whole``).
         self._queued_count = 0
         self._claims_sent: collections.deque[int] = collections.deque()
         self._foreign_seq = _FOREIGN_SEQ
@@ -292,7 +292,8 @@ class StoreRegistry(KeyedRegistry):
         if want > 0 and (want * 2 >= ahead or queued + claiming == 0):
             self._claiming = claiming + want
             self._claims_sent.append(self._queued_count)
-            self._put((CLAIM, want))
+            assert self._thread is not None
+            self._thread.claim(want)
 
     def _take(self, claimed: Claimed) -> bool:
         """A task this process claimed: queue it in the scheduler (True), or give it back.
@@ -447,7 +448,7 @@ class StoreRegistry(KeyedRegistry):
         taken = False
         for asked, claimed in batch.claims:
             self._claiming -= asked
-            if self._claims_sent.popleft() == self._queued_count and len(claimed) < asked:
+            if self._claims_sent.popleft() == self._queued_count and len(claimed) < asked and batch.claims_whole:
                 self._claim_idle = True
             for c in claimed:
                 taken |= self._take(c)
