@@ -295,6 +295,34 @@ class StoreRegistry(KeyedRegistry):
             assert self._thread is not None
             self._thread.claim(want)
 
+    def _take_all(self, claimed: list[Claimed]) -> bool:
+        """Tasks this process claimed: queue them in the scheduler (True if any), or give them back.
+
+        The caller dispatches once it queued them all.
+        """
+        scheduler = self._scheduler
+        if scheduler is None or not scheduler.accepting:
+            for c in claimed:
+                self._take(c)  # gives it back
+            return False
+        records = self._records
+        open_ = self._open
+        owned = self._owned
+        enqueue = scheduler.enqueue
+        taken = False
+        for c in claimed:
+            # The usual claim, inline: a task of ours, known here, with its job and no retry policy.
+            if c.payload is None and c.options is None and c.requeues == 0:
+                rec = records.get(c.task_id)
+                if rec is not None and rec.payload is not None and rec.attempt == 1 and not rec.status.is_terminal:
+                    open_.pop(c.task_id, None)
+                    owned.add(c.task_id)
+                    enqueue(rec, dispatch=False)
+                    taken = True
+                    continue
+            taken |= self._take(c)
+        return taken
+
     def _take(self, claimed: Claimed) -> bool:
         """A task this process claimed: queue it in the scheduler (True), or give it back.
 
@@ -450,8 +478,8 @@ class StoreRegistry(KeyedRegistry):
             self._claiming -= asked
             if self._claims_sent.popleft() == self._queued_count and len(claimed) < asked and batch.claims_whole:
                 self._claim_idle = True
-            for c in claimed:
-                taken |= self._take(c)
+            if claimed:
+                taken |= self._take_all(claimed)
         if taken and self._scheduler is not None:
             self._scheduler.dispatch()  # once for the whole claim (not a look for more work per task)
         for tid, answer in batch.cancels:

@@ -572,7 +572,9 @@ class StoreThread:
         # rows: every row returned is a step of its own, and each gives the GIL up to win it back.
         (top,) = conn.execute("SELECT coalesce(max(n), 0) FROM tasks").fetchone()
         n = top
-        groups: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
+        bare: list[tuple[Any, ...]] = []
+        groups: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {_BARE: bare}
+        keep_bare = bare.append
         for _kind, rec, owner, payload, metadata in inserts:
             n += 1
             tid = rec.task_id
@@ -594,8 +596,19 @@ class StoreThread:
                 text = "pending"
                 final = _PENDING_END
             retries = rec.retries_left
+            always = (n, tid, owner, rec.name, rec.priority, rec.created, payload, text)
+            if (
+                final is _PENDING_END
+                and retries <= 0
+                and metadata is None
+                and rec.timeout is None
+                and rec.memory_limit is None
+                and rec.group is None
+            ):
+                keep_bare(always)  # the usual submission: what _slim() would do, inline
+                continue
             _slim(
-                (n, tid, owner, rec.name, rec.priority, rec.created, payload, text),
+                always,
                 (
                     rec.timeout,
                     rec.memory_limit,
@@ -610,8 +623,9 @@ class StoreThread:
         before = conn.total_changes
         rows = []
         for present, group in groups.items():
-            self._many(_insert_sql(present), group)
-            rows += group
+            if group:
+                self._many(_insert_sql(present), group)
+                rows += group
         numbers = self._numbers
         if conn.total_changes - before == len(rows):
             for row in rows:
@@ -690,7 +704,9 @@ class StoreThread:
         progress = self._progress
         numbers = self._numbers
         completed = TaskStatus.COMPLETED
-        groups: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
+        bare: list[tuple[Any, ...]] = []
+        groups: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {_BARE: bare}
+        keep_bare = bare.append
         values = []
         errors = []
         for rec in recs:
@@ -713,10 +729,21 @@ class StoreThread:
             if born and tid in born:
                 continue
             completed_at = rec.completed
+            always = (
+                n,
+                _STATUS_TEXT[status],
+                now if completed_at is None else completed_at,
+                rec.started,
+                rec.worker_pid,
+            )
+            error = rec.error
+            if error is None and failure is None and rec.progress is None and rec.progress_message is None:
+                keep_bare(always)  # the usual end (a value, no progress): what _slim() would do, inline
+                continue
             _slim(
-                (n, _STATUS_TEXT[status], now if completed_at is None else completed_at, rec.started, rec.worker_pid),
+                always,
                 (
-                    _utf8(rec.error),
+                    _utf8(error),
                     None if failure is None else _utf8(rec._traceback_text()),
                     rec.progress,
                     _utf8(rec.progress_message),
@@ -724,7 +751,8 @@ class StoreThread:
                 groups,
             )
         for present, group in groups.items():
-            self._many(_finish_sql(present), group)
+            if group:
+                self._many(_finish_sql(present), group)
         for kind, blobs in (("value", values), ("error", errors)):
             if blobs:
                 self._many(
