@@ -254,10 +254,14 @@ class StoreRegistry(KeyedRegistry):
             self._put_lazy((INSERT, rec, self.owner, payload, metadata))
             scheduler.enqueue(rec)
         else:
+            # Queueing one more task changes nothing on_idle() weighs (free slots, look-ahead, claims
+            # on their way), only whether it has a queue to claim from: it looks again only if it had
+            # none. Whatever it skips, the next delivery of the writer (this insert's) looks at anyway.
+            looked = bool(self._open) and not self._claim_idle
             self._open[tid] = rec
             self._queued_more()
             self._put_lazy((INSERT, rec, None, payload, metadata))
-            if not self._claiming:  # else the claim on its way looks again when it comes back
+            if not looked and not self._claiming:
                 self.on_idle()
         self.changed(rec)
 
