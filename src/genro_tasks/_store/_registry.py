@@ -59,7 +59,7 @@ _STATUS = {s.value: s for s in TaskStatus}
 _PENDING = TaskStatus.PENDING
 _RUNNING = TaskStatus.RUNNING
 #: Most tasks one process claims ahead of its free workers (reached only while tasks are very short).
-_MAX_AHEAD = 256
+_MAX_AHEAD = 1024
 #: Local scheduler keys of tasks another process submitted (far above the manager's own counter).
 _FOREIGN_SEQ = 1 << 48
 #: The integers SQLite stores: ``_INT64_LOW <= n < _INT64_HIGH``.
