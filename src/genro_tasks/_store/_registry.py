@@ -37,7 +37,6 @@ from .._task import TaskRecord, TaskStatus
 from . import SQLiteStore
 from ._thread import (
     CANCEL,
-    CLAIM,
     DELETE,
     FINISH,
     INSERT,
@@ -60,7 +59,7 @@ _STATUS = {s.value: s for s in TaskStatus}
 _PENDING = TaskStatus.PENDING
 _RUNNING = TaskStatus.RUNNING
 #: Most tasks one process claims ahead of its free workers (reached only while tasks are very short).
-_MAX_AHEAD = 256
+_MAX_AHEAD = 1024
 #: Local scheduler keys of tasks another process submitted (far above the manager's own counter).
 _FOREIGN_SEQ = 1 << 48
 #: The integers SQLite stores: ``_INT64_LOW <= n < _INT64_HIGH``.
@@ -101,7 +100,8 @@ class StoreRegistry(KeyedRegistry):
         self._claim_idle = False
         #: Counts the tasks this process put in the shared queue; each claim in flight keeps
         #: the count it was sent at. A short claim proves the queue empty only if nothing
-        #: was queued after it was sent (those inserts are written after the claim ran).
+        #: was queued after it was sent (those inserts are written after the claim ran), and
+        #: its round wrote everything handed over before it (``Batch.claims_whole``).
         self._queued_count = 0
         self._claims_sent: collections.deque[int] = collections.deque()
         self._foreign_seq = _FOREIGN_SEQ
@@ -254,10 +254,15 @@ class StoreRegistry(KeyedRegistry):
             self._put_lazy((INSERT, rec, self.owner, payload, metadata))
             scheduler.enqueue(rec)
         else:
+            # Queueing one more task changes nothing on_idle() weighs (free slots, look-ahead, claims
+            # on their way), only whether it has a queue to claim from: it looks again only if it had
+            # none. Whatever it skips, the next delivery of the writer (this insert's) looks at anyway.
+            looked = bool(self._open) and not self._claim_idle
             self._open[tid] = rec
             self._queued_more()
             self._put_lazy((INSERT, rec, None, payload, metadata))
-            self.on_idle()
+            if not looked and not self._claiming:
+                self.on_idle()
         self.changed(rec)
 
     def _queued_more(self) -> None:
@@ -291,7 +296,36 @@ class StoreRegistry(KeyedRegistry):
         if want > 0 and (want * 2 >= ahead or queued + claiming == 0):
             self._claiming = claiming + want
             self._claims_sent.append(self._queued_count)
-            self._put((CLAIM, want))
+            assert self._thread is not None
+            self._thread.claim(want)
+
+    def _take_all(self, claimed: list[Claimed]) -> bool:
+        """Tasks this process claimed: queue them in the scheduler (True if any), or give them back.
+
+        The caller dispatches once it queued them all.
+        """
+        scheduler = self._scheduler
+        if scheduler is None or not scheduler.accepting:
+            for c in claimed:
+                self._take(c)  # gives it back
+            return False
+        records = self._records
+        open_ = self._open
+        owned = self._owned
+        enqueue = scheduler.enqueue
+        taken = False
+        for c in claimed:
+            # The usual claim, inline: a task of ours, known here, with its job and no retry policy.
+            if c.payload is None and c.options is None and c.requeues == 0:
+                rec = records.get(c.task_id)
+                if rec is not None and rec.payload is not None and rec.attempt == 1 and not rec.status.is_terminal:
+                    open_.pop(c.task_id, None)
+                    owned.add(c.task_id)
+                    enqueue(rec, dispatch=False)
+                    taken = True
+                    continue
+            taken |= self._take(c)
+        return taken
 
     def _take(self, claimed: Claimed) -> bool:
         """A task this process claimed: queue it in the scheduler (True), or give it back.
@@ -446,10 +480,10 @@ class StoreRegistry(KeyedRegistry):
         taken = False
         for asked, claimed in batch.claims:
             self._claiming -= asked
-            if self._claims_sent.popleft() == self._queued_count and len(claimed) < asked:
+            if self._claims_sent.popleft() == self._queued_count and len(claimed) < asked and batch.claims_whole:
                 self._claim_idle = True
-            for c in claimed:
-                taken |= self._take(c)
+            if claimed:
+                taken |= self._take_all(claimed)
         if taken and self._scheduler is not None:
             self._scheduler.dispatch()  # once for the whole claim (not a look for more work per task)
         for tid, answer in batch.cancels:

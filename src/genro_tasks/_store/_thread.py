@@ -1,8 +1,10 @@
 """The store's writer thread: the only code that touches the SQLite file while a manager runs.
 
 The trio side appends operations to :attr:`StoreThread.ops` (a deque: no
-lock, no wait) and wakes the thread. The thread runs everything pending in
-ONE ``BEGIN IMMEDIATE`` transaction (group commit), then reads what other
+lock, no wait) and wakes the thread; it asks for claims beside them
+(:meth:`StoreThread.claim`). The thread runs what is pending (up to
+``ROUND_OPS`` ops, then every claim asked for) in ONE ``BEGIN IMMEDIATE``
+transaction (group commit), then reads what other
 processes changed (when ``PRAGMA data_version`` moved), and hands a
 :class:`Batch` back to the trio thread with ``TrioToken.run_sync_soon``.
 Between batches it polls ``data_version`` every ``poll_interval`` seconds,
@@ -42,7 +44,7 @@ INSERT = 0  # (INSERT, rec, owner | None, payload, pickled metadata | None)
 STARTED = 1  # (STARTED, rec)
 PROGRESS = 2  # (PROGRESS, rec): coalesced, written at most every PROGRESS_EVERY seconds
 FINISH = 3  # (FINISH, rec)
-CLAIM = 4  # (CLAIM, n): answered with a list of Claimed
+# (4: no op; a claim goes through StoreThread.claim(), beside the ops)
 RELEASE = 5  # (RELEASE, task_id): a claimed task not started goes back to the queue
 CANCEL = 6  # (CANCEL, task_id, grace): answered with "mine", "asked" or "settled"
 DELETE = 7  # (DELETE, ids)
@@ -50,6 +52,9 @@ SYNC = 8  # (SYNC,): nothing to write; read the other processes' changes now
 STOP = 9  # (STOP,): write what is pending, unregister, close
 RESTART = 10  # (RESTART, rec, owner | None): a task's next attempt (a retry here, or a requeue to the queue)
 
+#: Most ops one round takes: a burst of submissions is written in several rounds, so a claim (which
+#: each round answers, whatever is queued) never waits for the whole burst to be written.
+ROUND_OPS = 512
 #: At most one progress write per task per this many seconds.
 PROGRESS_EVERY = 0.05
 #: How often a process beats its heartbeat and checks the other owners.
@@ -222,6 +227,8 @@ class Batch:
     #: How many ops (counted from the first) are now processed and committed.
     done: int
     claims: list[tuple[int, list[Claimed]]] = field(default_factory=list)
+    #: The round wrote every op handed over before its claims: a short claim proves the queue empty.
+    claims_whole: bool = True
     cancels: list[tuple[str, str]] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
@@ -266,6 +273,8 @@ class StoreThread:
         self.ops: deque[tuple[Any, ...]] = deque()
         #: Queue an op for the next group commit (within ``poll_interval``), without waking the thread.
         self.put_lazy = self.ops.append
+        #: Claims asked for (how many tasks each): every round answers all of them, after its writes.
+        self.claims: deque[int] = deque()
         #: Ids whose PROGRESS op is queued and not yet taken (shared with trio: see ``StoreRegistry``).
         self.progress_queued: set[str] = set()
         #: The ids the trio side's mirror has records for (its dict, only read here: a claim
@@ -302,6 +311,18 @@ class StoreThread:
         self.ops.append(op)
         self._urgent = True
         if self._sleeping:  # the thread sets it before its last look at _urgent: no wake-up is lost
+            self._sleeping = False
+            self._wake.set()
+
+    def claim(self, n: int) -> None:
+        """Ask for the next ``n`` tasks of the shared queue, and wake the thread.
+
+        Not an op: the next round answers it whatever ops wait before it (it is no write of
+        ours that ``flush`` waits for), so a burst of submissions cannot hold it back.
+        """
+        self.claims.append(n)
+        self._urgent = True
+        if self._sleeping:  # as in put()
             self._sleeping = False
             self._wake.set()
 
@@ -381,13 +402,17 @@ class StoreThread:
         assert conn is not None
         ops = self.ops
         due = bool(self._progress)  # progress taken in this round is written in a later one
+        # The claims first: every op handed over before one of them is then in ``ops`` already.
+        claims: list[int] = []
+        while self.claims:
+            claims.append(self.claims.popleft())
         # One pass over what is pending: progress is coalesced aside, syncs only count.
         taken = 0
         stop = False
         writes: list[tuple[Any, ...]] = []
         keep = writes.append
         take = ops.popleft
-        while ops:
+        while ops and taken < ROUND_OPS:
             op = take()
             taken += 1
             kind = op[0]
@@ -407,11 +432,14 @@ class StoreThread:
             self._finishes and since >= PRUNE_EVERY and (self._finishes >= self._prune_batch or since >= PRUNE_AT_LEAST)
         ) or (self.finished_ttl is not None and beat)
         pruned: list[str] = []
-        if writes or beat or progress or prune:
+        if ops:  # more than a round's worth: the next round starts at once
+            self._urgent = True
+            batch.claims_whole = False  # ops handed over before a claim may be among those left
+        if writes or claims or beat or progress or prune:
             self._begin()
             rev = self._next_rev()
             foreign = self._reread
-            foreign |= self._apply_all(writes, rev, now, batch)
+            foreign |= self._apply_all(writes, claims, stop, rev, now, batch)
             if progress or stop:
                 self._write_progress(rev)
                 self._last_progress = now
@@ -455,12 +483,17 @@ class StoreThread:
         )
 
     # ------------------------------------------------------------- writes
-    def _apply_all(self, ops: list[tuple[Any, ...]], rev: int, now: float, batch: Batch) -> bool:
-        """Write the ops in order, runs of inserts/starts/finishes as one statement each.
+    def _apply_all(
+        self, ops: list[tuple[Any, ...]], claims: list[int], stop: bool, rev: int, now: float, batch: Batch
+    ) -> bool:
+        """Write the ops in order, runs of inserts/starts/finishes as one statement each, then the claims.
 
         True if a write changed rows this process does not hold (then they are re-read).
         A task's ops come in the order insert, start, finish, so writing each run's
-        inserts, then starts, then finishes keeps every task's order.
+        inserts, then starts, then finishes keeps every task's order. A claim only
+        takes rows nobody owns, which no other op of ours writes except to put them in
+        the queue: running the round's claims together after everything else gives each
+        what it would have found where it was sent, or more.
         """
         inserts: list[tuple[Any, ...]] = []
         starts: dict[str, TaskRecord] = {}
@@ -478,6 +511,15 @@ class StoreThread:
                 self._write_runs(inserts, starts, finishes, rev, now)
                 foreign |= self._apply(op, rev, now, batch)
         self._write_runs(inserts, starts, finishes, rev, now)
+        if claims:
+            # Every claim of the round runs once, last: it sees all the round wrote before it (what
+            # each claim would have seen, and more), and a burst of small claims costs one claim.
+            # A stopping process claims nothing (it could not give the tasks back any more).
+            claimed = [] if stop else self._claim(sum(claims), rev)
+            start = 0
+            for asked in claims:
+                batch.claims.append((asked, claimed[start : start + asked]))
+                start += asked
         return foreign
 
     def _write_runs(
@@ -530,7 +572,9 @@ class StoreThread:
         # rows: every row returned is a step of its own, and each gives the GIL up to win it back.
         (top,) = conn.execute("SELECT coalesce(max(n), 0) FROM tasks").fetchone()
         n = top
-        groups: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
+        bare: list[tuple[Any, ...]] = []
+        groups: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {_BARE: bare}
+        keep_bare = bare.append
         for _kind, rec, owner, payload, metadata in inserts:
             n += 1
             tid = rec.task_id
@@ -552,8 +596,19 @@ class StoreThread:
                 text = "pending"
                 final = _PENDING_END
             retries = rec.retries_left
+            always = (n, tid, owner, rec.name, rec.priority, rec.created, payload, text)
+            if (
+                final is _PENDING_END
+                and retries <= 0
+                and metadata is None
+                and rec.timeout is None
+                and rec.memory_limit is None
+                and rec.group is None
+            ):
+                keep_bare(always)  # the usual submission: what _slim() would do, inline
+                continue
             _slim(
-                (n, tid, owner, rec.name, rec.priority, rec.created, payload, text),
+                always,
                 (
                     rec.timeout,
                     rec.memory_limit,
@@ -568,8 +623,9 @@ class StoreThread:
         before = conn.total_changes
         rows = []
         for present, group in groups.items():
-            self._many(_insert_sql(present), group)
-            rows += group
+            if group:
+                self._many(_insert_sql(present), group)
+                rows += group
         numbers = self._numbers
         if conn.total_changes - before == len(rows):
             for row in rows:
@@ -590,13 +646,11 @@ class StoreThread:
         return born
 
     def _apply(self, op: tuple[Any, ...], rev: int, now: float, batch: Batch) -> bool:
-        """Write one op that is not an insert, start or finish; True if it changed others' rows."""
+        """Write one op that is not an insert, start, finish or claim; True if it changed others' rows."""
         conn = self._conn
         assert conn is not None
         kind = op[0]
-        if kind == CLAIM:
-            batch.claims.append((op[1], self._claim(op[1], rev)))
-        elif kind == RELEASE:
+        if kind == RELEASE:
             self._numbers.pop(op[1], None)
             conn.execute(
                 "UPDATE tasks SET owner = NULL, rev = ? WHERE id = ? AND owner = ? AND status = 'pending'",
@@ -650,7 +704,9 @@ class StoreThread:
         progress = self._progress
         numbers = self._numbers
         completed = TaskStatus.COMPLETED
-        groups: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
+        bare: list[tuple[Any, ...]] = []
+        groups: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {_BARE: bare}
+        keep_bare = bare.append
         values = []
         errors = []
         for rec in recs:
@@ -673,10 +729,21 @@ class StoreThread:
             if born and tid in born:
                 continue
             completed_at = rec.completed
+            always = (
+                n,
+                _STATUS_TEXT[status],
+                now if completed_at is None else completed_at,
+                rec.started,
+                rec.worker_pid,
+            )
+            error = rec.error
+            if error is None and failure is None and rec.progress is None and rec.progress_message is None:
+                keep_bare(always)  # the usual end (a value, no progress): what _slim() would do, inline
+                continue
             _slim(
-                (n, _STATUS_TEXT[status], now if completed_at is None else completed_at, rec.started, rec.worker_pid),
+                always,
                 (
-                    _utf8(rec.error),
+                    _utf8(error),
                     None if failure is None else _utf8(rec._traceback_text()),
                     rec.progress,
                     _utf8(rec.progress_message),
@@ -684,7 +751,8 @@ class StoreThread:
                 groups,
             )
         for present, group in groups.items():
-            self._many(_finish_sql(present), group)
+            if group:
+                self._many(_finish_sql(present), group)
         for kind, blobs in (("value", values), ("error", errors)):
             if blobs:
                 self._many(
@@ -765,24 +833,21 @@ class StoreThread:
         """
         conn = self._conn
         assert conn is not None
-        # A few statements of one step each, not a row returned per task: every row returned is a
-        # step of its own, which gives the GIL up and must win it back from the busy trio thread.
-        (picked,) = conn.execute(
-            "SELECT json_group_array(n) FROM (SELECT n FROM tasks WHERE status = 'pending' AND owner IS NULL "
-            "ORDER BY priority DESC, created LIMIT ?)",
+        # Two statements of one step each, not a row returned per task: every row returned is a step
+        # of its own, which gives the GIL up and must win it back from the busy trio thread.
+        (text,) = conn.execute(
+            "SELECT json_group_array(json_array(n, id, priority, created, requeues, retries_left, has_options)) "
+            "FROM (SELECT n, id, priority, created, requeues, retries_left, options IS NOT NULL AS has_options "
+            "FROM tasks WHERE status = 'pending' AND owner IS NULL ORDER BY priority DESC, created LIMIT ?)",
             (n,),
         ).fetchone()
-        if picked == "[]":
+        if text == "[]":
             return []
-        conn.execute(
-            "UPDATE tasks SET owner = ?, rev = ? WHERE n IN (SELECT value FROM json_each(?))", (self.owner, rev, picked)
-        )
-        (text,) = conn.execute(
-            "SELECT json_group_array(json_array(n, id, priority, created, requeues, retries_left, "
-            "options IS NOT NULL)) FROM tasks WHERE n IN (SELECT value FROM json_each(?))",
-            (picked,),
-        ).fetchone()
         rows = json.loads(text)
+        conn.execute(
+            "UPDATE tasks SET owner = ?, rev = ? WHERE n IN (SELECT value FROM json_each(?))",
+            (self.owner, rev, json.dumps([raw[0] for raw in rows])),
+        )
         rows.sort(key=lambda raw: (-raw[2], raw[3]))
         numbers = self._numbers
         # The stored job and options, only where this process may lack them: a task it did not
