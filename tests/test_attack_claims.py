@@ -6,6 +6,7 @@ process (tests/store_app.py) on the same file.
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -92,3 +93,32 @@ async def test_a_task_cancelled_while_its_owner_was_stopped_never_runs_once_the_
             await runner.flush()
             assert (await runner.info(victim)).status is TaskStatus.CANCELLED
         assert not trace.exists()  # it never ran
+
+
+async def test_a_task_sent_to_an_idle_worker_not_started_yet_goes_back_to_the_queue_at_shutdown_without_wait(
+    tmp_path: Path,
+) -> None:
+    """With a store, ``shutdown(wait=False)`` kills only what runs here: a PENDING task goes back to the queue.
+
+    The task is handed to the idle worker at once (no ticket: it cannot be taken back), and the worker
+    is stopped so that it cannot start it before the kill: it never said STARTED, so it never ran.
+    """
+    db, trace = tmp_path / "tasks.db", tmp_path / "trace"
+    tm = TaskManager(max_workers=1, store=db)
+    await tm.startup()
+    try:
+        with trio.fail_after(20):
+            await tm.run(mark_started, str(tmp_path / "warm"))
+        [worker] = testing.worker_pids(tm)
+        os.kill(worker, signal.SIGSTOP)
+        victim = tm.submit(mark_started, str(trace))
+        assert testing.assigned_worker_pid(tm, victim) == worker  # sent to it: not in the queue any more
+    finally:
+        with trio.fail_after(20):
+            await tm.shutdown(wait=False)
+    assert (await tm.info(victim)).status is TaskStatus.PENDING  # not CANCELLED: it never started
+    async with TaskManager(max_workers=1, store=db) as runner:
+        with trio.fail_after(20):
+            assert await runner.result(victim) != worker
+    assert trace.read_text().splitlines() != []  # it ran, once
+    assert len(trace.read_text().splitlines()) == 1
