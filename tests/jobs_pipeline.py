@@ -38,3 +38,17 @@ def sleep_then_pid(seconds: float) -> int:
     """Sleep ``seconds`` (a job that is not quick); return this worker's pid."""
     time.sleep(seconds)
     return os.getpid()
+
+
+def ignore_sigterm_then_pid() -> int:
+    """Ignore SIGTERM (a job changing the worker's signal handling) and return at once; return the pid."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return os.getpid()
+
+
+def wait_unless_asked(path: str) -> str:
+    """Wait for ``path``; a graceful cancel (CancelRequested) ends the wait by raising."""
+    wait_for_file(path)
+    return "not asked"

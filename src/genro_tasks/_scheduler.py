@@ -534,6 +534,14 @@ class Scheduler(BackendListener):
             timed_out = TaskTimeout(rec.task_id, rec.timeout)
             self._fail(rec, timed_out, self._retry_on_matches(rec, timed_out))
         elif (
+            lost.given_back
+            and rec.status is TaskStatus.PENDING
+            and self.lifecycle in (Lifecycle.STARTING, Lifecycle.RUNNING, Lifecycle.DRAINING)
+        ):
+            self.enqueue(rec)  # taken back from a worker that held too much: queued again, in priority order
+            self._check_drained()
+            return
+        elif (
             lost.retryable
             and rec.status is TaskStatus.PENDING
             and rec.requeues < MAX_REQUEUES
