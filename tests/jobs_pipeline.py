@@ -52,3 +52,12 @@ def wait_unless_asked(path: str) -> str:
     """Wait for ``path``; a graceful cancel (CancelRequested) ends the wait by raising."""
     wait_for_file(path)
     return "not asked"
+
+
+def fork_a_lingering_child() -> int:
+    """Fork a child that would outlive the job (sleeps an hour); return the child's pid."""
+    child = os.fork()
+    if child == 0:
+        time.sleep(3600)
+        os._exit(0)
+    return child

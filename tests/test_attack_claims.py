@@ -122,3 +122,24 @@ async def test_a_task_sent_to_an_idle_worker_not_started_yet_goes_back_to_the_qu
             assert await runner.result(victim) != worker
     assert trace.read_text().splitlines() != []  # it ran, once
     assert len(trace.read_text().splitlines()) == 1
+
+
+async def test_a_cancel_from_another_process_of_a_task_held_behind_a_running_job_never_runs_it(
+    tmp_path: Path,
+) -> None:
+    """A holds the task behind its long job; B cancels it: CANCELLED at once, never run, A's job untouched."""
+    db, trace = tmp_path / "tasks.db", tmp_path / "trace"
+    async with TaskManager(max_workers=0, store=db) as client:
+        async with server(db, workers=1):
+            long = client.submit(wait_for_file, str(tmp_path / "never"))
+            await wait_status(client, long, TaskStatus.RUNNING)
+            victim = client.submit(mark_started, str(trace))
+            await _claimed_elsewhere(client, 0)
+            with trio.fail_after(10):
+                assert await client.cancel(victim) is True
+            info = await client.info(victim)
+            assert (info.status, info.error, info.started_at) == (TaskStatus.CANCELLED, "cancelled while queued", None)
+            assert (await client.info(long)).status is TaskStatus.RUNNING  # its worker was not killed
+            with trio.fail_after(10):
+                assert await client.cancel(long) is True
+        assert not trace.exists()
