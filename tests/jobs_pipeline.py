@@ -61,3 +61,12 @@ def fork_a_lingering_child() -> int:
         time.sleep(3600)
         os._exit(0)
     return child
+
+
+def report_then_return(message: str) -> int:
+    """Report progress as the very last thing the job does; return the pid."""
+    from genro_tasks_worker import report_progress
+
+    report_progress(0.5, message)
+    report_progress(1.0, message)  # within the coalescing interval: still pending when the job ends
+    return os.getpid()

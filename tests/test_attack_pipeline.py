@@ -17,6 +17,7 @@ from jobs_pipeline import (
     fork_a_lingering_child,
     ignore_sigterm_then_pid,
     mark_started,
+    report_then_return,
     sleep_then_pid,
     wait_for_file,
     wait_unless_asked,
@@ -129,3 +130,20 @@ async def test_a_job_that_forks_a_lingering_child_hands_over_to_the_held_job_wit
             child = await tm.result(forker)
             assert await tm.result(after) == pid
         assert pid_gone(child)  # killed when the job that forked it ended, before the next one
+
+
+async def test_the_last_progress_of_a_job_goes_to_it_not_to_the_held_job_that_follows(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    async with TaskManager(1) as tm:
+        _long, pid = await _long_job_after_a_quick_one(tm, release)
+        reporters = [tm.submit(report_then_return, f"job {i}") for i in range(3)]
+        silent = tm.submit(mark_started, str(tmp_path / "trace"))
+        await wait_until(tm, lambda: testing.assigned_worker_pid(tm, silent) == pid)
+        release.touch()
+        with trio.fail_after(20):
+            await tm.gather([*reporters, silent])
+        for i, tid in enumerate(reporters):
+            info = await tm.info(tid)
+            assert (info.progress, info.progress_message) == (1.0, f"job {i}")
+        info = await tm.info(silent)
+        assert (info.progress, info.progress_message) == (None, None)
