@@ -38,3 +38,35 @@ def sleep_then_pid(seconds: float) -> int:
     """Sleep ``seconds`` (a job that is not quick); return this worker's pid."""
     time.sleep(seconds)
     return os.getpid()
+
+
+def ignore_sigterm_then_pid() -> int:
+    """Ignore SIGTERM (a job changing the worker's signal handling) and return at once; return the pid."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return os.getpid()
+
+
+def wait_unless_asked(path: str) -> str:
+    """Wait for ``path``; a graceful cancel (CancelRequested) ends the wait by raising."""
+    wait_for_file(path)
+    return "not asked"
+
+
+def fork_a_lingering_child() -> int:
+    """Fork a child that would outlive the job (sleeps an hour); return the child's pid."""
+    child = os.fork()
+    if child == 0:
+        time.sleep(3600)
+        os._exit(0)
+    return child
+
+
+def report_then_return(message: str) -> int:
+    """Report progress as the very last thing the job does; return the pid."""
+    from genro_tasks_worker import report_progress
+
+    report_progress(0.5, message)
+    report_progress(1.0, message)  # within the coalescing interval: still pending when the job ends
+    return os.getpid()

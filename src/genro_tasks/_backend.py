@@ -74,7 +74,7 @@ Outcome = Returned | Raised | Unreturnable | TooLarge | Undecodable
 
 @dataclass(frozen=True, slots=True)
 class Lost:
-    """A job's worker died, or was killed, before the job reported its end.
+    """A job's worker died, or was killed, before the job reported its end; or it was given back.
 
     Attributes:
         worker: The worker's identity (its pid for processes), if known.
@@ -82,12 +82,16 @@ class Lost:
         detail: Why the backend itself killed it (it misbehaved), else "".
         retryable: True if the job surely never began (sending it again
             cannot run it twice).
+        given_back: The backend took the job back, never started, from a live
+            worker that held it (it held more work than its budget): queue
+            it again; no death, so it does not count as a requeue.
     """
 
     worker: int | None
     exitcode: int | None
     detail: str
     retryable: bool
+    given_back: bool = False
 
 
 @dataclass(frozen=True, slots=True)

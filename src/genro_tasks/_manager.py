@@ -222,7 +222,10 @@ class TaskManager(SubmitMethods):
                 registry.detach()
                 hub.close()
 
-            scheduler = Scheduler(self._backend, registry.changed, hub.room_freed, on_end, registry.on_idle)
+            def give_back(rec: TaskRecord) -> None:
+                registry.release([rec])
+
+            scheduler = Scheduler(self._backend, registry.changed, hub.room_freed, on_end, registry.on_idle, give_back)
             await registry.open(scheduler)
         self._scheduler = scheduler
         trio.lowlevel.spawn_system_task(scheduler.run, name="genro_tasks scheduler")

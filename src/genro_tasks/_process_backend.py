@@ -441,8 +441,11 @@ class ProcessBackend(ExecutionBackend):
         w.jobs_done += 1
         if self._open and w in self._open:
             self._open.remove(w)
+        given: list[int] = []
         if w.state is WorkerState.BUSY and not w.exited:
             if w.assigned:
+                if len(w.assigned) - 1 > w.ahead:
+                    given = self._give_back_excess(w)
                 self._maybe_open(w)
             elif self._max_tasks is not None and w.jobs_done >= self._max_tasks and not self._stopping:
                 self._retire(w)
@@ -450,6 +453,27 @@ class ProcessBackend(ExecutionBackend):
                 w.state = WorkerState.IDLE
                 self._idle.append(w)
         listener.done(key, outcome)
+        for held in given:
+            listener.lost(held, Lost(w.pid, None, "", retryable=True, given_back=True))
+
+    def _give_back_excess(self, w: WorkerProcess) -> list[int]:
+        """Take back the newest jobs ``w`` holds beyond :attr:`~WorkerProcess.ahead`; return them (never started).
+
+        A worker takes on held jobs judging by its last job; when a job turns out
+        slower, the jobs it holds beyond its new budget are given back to the
+        scheduler, so a more urgent task submitted meanwhile does not wait
+        behind all of them. Those whose tickets the worker took already stay.
+        """
+        excess = w.assigned[1 + w.ahead :]
+        taken = w.take_back()
+        given = [key for key in excess if key in taken]
+        for key in given:
+            w.assigned.remove(key)
+            del self._jobs[key]
+            w.payloads.pop(key, None)
+            w.taken_back.discard(key)
+        self._regrant(w, taken - set(given))  # taken back with them (tickets come in order): granted again
+        return given
 
     def _take_over(self, w: WorkerProcess) -> bool:
         """Give ``w``, free now, a job held ahead behind a running one on another worker; True if it got one.

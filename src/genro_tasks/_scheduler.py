@@ -97,6 +97,9 @@ class Scheduler(BackendListener):
         on_end: Called once the scheduler has ended (nothing changes any more).
         on_idle: Called after a dispatch round that may have left free
             workers (a shared store then claims tasks for them); it must not await.
+        give_back: Takes back a task a shutdown's kill stopped before it
+            started (a shared store queues it again for other processes);
+            None: such a task is CANCELLED by the shutdown. It must not await.
     """
 
     def __init__(
@@ -106,9 +109,11 @@ class Scheduler(BackendListener):
         on_room: Callable[[], None] = lambda: None,
         on_end: Callable[[], None] = lambda: None,
         on_idle: Callable[[], None] | None = None,
+        give_back: Callable[[TaskRecord], None] | None = None,
     ) -> None:
         self.backend = backend
         self._on_idle = on_idle
+        self._give_back = give_back
         self._on_change = on_change
         self._on_room = on_room
         self._on_end = on_end
@@ -518,11 +523,24 @@ class Scheduler(BackendListener):
             else:
                 rec.finish_cancelled(f"cancelled by the caller; worker {lost.worker} was killed")
         elif reason is KillReason.SHUTDOWN:
+            if lost.retryable and rec.status is TaskStatus.PENDING and self._give_back is not None:
+                # It never started (sent to a worker that never said STARTED): back to the shared queue.
+                self._give_back(rec)
+                self._check_drained()
+                return
             rec.finish_cancelled("cancelled by shutdown")
         elif reason is KillReason.TIMEOUT:
             assert rec.timeout is not None
             timed_out = TaskTimeout(rec.task_id, rec.timeout)
             self._fail(rec, timed_out, self._retry_on_matches(rec, timed_out))
+        elif (
+            lost.given_back
+            and rec.status is TaskStatus.PENDING
+            and self.lifecycle in (Lifecycle.STARTING, Lifecycle.RUNNING, Lifecycle.DRAINING)
+        ):
+            self.enqueue(rec)  # taken back from a worker that held too much: queued again, in priority order
+            self._check_drained()
+            return
         elif (
             lost.retryable
             and rec.status is TaskStatus.PENDING
