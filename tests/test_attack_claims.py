@@ -10,7 +10,6 @@ import os
 import signal
 from pathlib import Path
 
-import pytest
 import trio
 import trio.testing
 
@@ -26,11 +25,6 @@ async def _claimed_elsewhere(tm: TaskManager, count: int) -> None:
         await testing.wait_until(tm, lambda: tm.statistics().tasks_queued <= count)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store: a process claims tasks for the held slots of a worker busy with a long job "
-    "(and one look-ahead per worker) while another process has an idle worker; fix in _store/_registry.py",
-)
 async def test_a_task_claimed_behind_a_long_job_runs_on_an_idle_worker_of_another_process(tmp_path: Path) -> None:
     """Process A's only worker runs a long job; process B has an idle worker; a task submitted in A runs in B.
 
@@ -51,12 +45,6 @@ async def test_a_task_claimed_behind_a_long_job_runs_on_an_idle_worker_of_anothe
             assert ran_on != other.pid
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store: the recovery of a dead owner puts a task with a pending cancel request back in the "
-    "shared queue (cancel_req is ignored), so another process runs a task whose cancel was accepted; "
-    "fix in _store/_thread.py",
-)
 async def test_a_task_cancelled_while_its_owner_was_stopped_never_runs_once_the_owner_dies(tmp_path: Path) -> None:
     """B cancels a task A claimed (held behind A's long job) while A is stopped; A is then SIGKILLed.
 
@@ -67,9 +55,11 @@ async def test_a_task_cancelled_while_its_owner_was_stopped_never_runs_once_the_
     db, trace = tmp_path / "tasks.db", tmp_path / "trace"
     async with TaskManager(max_workers=0, store=db) as client:
         async with server(db, workers=1) as owner:
+            # Submitted together, so A claims both while its worker is free (a task submitted once the
+            # long job has run a while is left in the shared queue for a worker of another process).
             long = client.submit(wait_for_file, str(tmp_path / "never"))
-            await wait_status(client, long, TaskStatus.RUNNING)
             victim = client.submit(mark_started, str(trace))
+            await wait_status(client, long, TaskStatus.RUNNING)
             await _claimed_elsewhere(client, 0)  # A holds it, not started
             assert (await client.info(victim)).status is TaskStatus.PENDING
             owner.proc.send_signal(signal.SIGSTOP)

@@ -170,6 +170,18 @@ class ExecutionBackend(ABC):
         """How many dispatched jobs wait behind another job on their worker (they count as queued)."""
         return 0
 
+    def claimable(self) -> tuple[int, int]:
+        """What a shared store may claim tasks for: ``(slots, workers)``.
+
+        ``slots``: like :meth:`free_slots`, but without the room behind a job
+        that has run long (a task claimed for it would wait there while
+        another process may have a worker free). ``workers``: how many
+        workers are free or busy with a job that has not run long (the
+        claims' look-ahead is per such worker). By default, every slot and
+        every worker.
+        """
+        return self.free_slots(), self.capacity
+
     def take_back(self, key: int) -> bool:
         """Take back dispatched job ``key`` if it waits behind another job and will never start now.
 

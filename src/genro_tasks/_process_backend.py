@@ -567,6 +567,18 @@ class ProcessBackend(ExecutionBackend):
             free += self._room(w)
         return free
 
+    def claimable(self) -> tuple[int, int]:
+        """Free slots and workers, leaving out workers whose job has run longer than ``HELD_BUDGET``."""
+        slots = workers = len(self._idle)
+        if self._jobs:
+            recent = time.monotonic() - HELD_BUDGET
+            for w in self.workers:
+                if w.state is WorkerState.BUSY and not (w.started and w.started_at < recent):
+                    workers += 1
+                    if w in self._open:
+                        slots += self._room(w)
+        return slots, workers
+
     def held_ahead(self) -> int:
         return sum(len(w.assigned) - 1 for w in self.workers if len(w.assigned) > 1)
 

@@ -271,7 +271,19 @@ class StoreRegistry(KeyedRegistry):
         self._queued_count += 1
 
     def _room(self, scheduler: Scheduler) -> int:
-        return scheduler.backend.free_slots() + self._ahead - scheduler.queued - self._claiming
+        free, workers = scheduler.backend.claimable()
+        return free + self._ahead_for(workers) - scheduler.queued - self._claiming
+
+    def _ahead_for(self, workers: int) -> int:
+        """The look-ahead for ``workers`` workers free or busy with a job that has not run long.
+
+        A worker whose job has run long gets no task claimed behind it: the task would wait
+        there while another process may have a worker free.
+        """
+        base = self._base_ahead
+        if workers >= base:
+            return self._ahead
+        return self._ahead * workers // base if base else 0
 
     def on_idle(self) -> None:
         """The scheduler may have room: claim queued tasks from the store for it.
@@ -283,14 +295,14 @@ class StoreRegistry(KeyedRegistry):
         scheduler = self._scheduler
         if scheduler is None or not scheduler.accepting:
             return
-        free = scheduler.backend.free_slots()
+        free, workers = scheduler.backend.claimable()
         queued = scheduler.queued
         claiming = self._claiming
-        ahead = self._ahead
-        if free and claiming and not queued and ahead < _MAX_AHEAD:
+        if free and claiming and not queued and self._ahead < _MAX_AHEAD:
             # A worker is idle while a claim is on its way: tasks are short, look further ahead.
-            ahead = self._ahead = min(2 * ahead, _MAX_AHEAD)
+            self._ahead = min(2 * self._ahead, _MAX_AHEAD)
             self._starved_at = trio.current_time()
+        ahead = self._ahead_for(workers)
         want = free + ahead - queued - claiming  # as _room(), with what is at hand
         # Claim in batches (half the look-ahead at once), unless a worker could starve meanwhile.
         if want > 0 and (want * 2 >= ahead or queued + claiming == 0):

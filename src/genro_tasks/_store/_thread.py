@@ -652,6 +652,15 @@ class StoreThread:
         kind = op[0]
         if kind == RELEASE:
             self._numbers.pop(op[1], None)
+            # A cancel asked by another process that this one had not acted on yet: the task never
+            # started, so it ends here instead of going back to the queue for someone to run it.
+            if conn.execute(
+                "UPDATE tasks SET status = 'cancelled', error = 'cancelled while queued', completed = ?, "
+                "cancel_req = 0, payload = NULL, rev = ? "
+                "WHERE id = ? AND owner = ? AND status = 'pending' AND cancel_req != 0",
+                (now, rev, op[1], self.owner),
+            ).rowcount:
+                self._finishes += 1
             conn.execute(
                 "UPDATE tasks SET owner = NULL, rev = ? WHERE id = ? AND owner = ? AND status = 'pending'",
                 (rev, op[1], self.owner),
@@ -924,6 +933,13 @@ class StoreThread:
                 f"UPDATE tasks SET status = 'failed', error = {_LOST_SQL}, completed = ?, cancel_req = 0, "
                 "payload = NULL, rev = ? WHERE owner = ? AND status = 'running'",
                 (_LOST.format(pid=pid), now, rev, owner),
+            )
+            # Its tasks not started whose cancel was asked (and accepted) end CANCELLED: back in
+            # the queue, another process would run them.
+            conn.execute(
+                "UPDATE tasks SET status = 'cancelled', error = ?, completed = ?, cancel_req = 0, "
+                "payload = NULL, rev = ? WHERE owner = ? AND status = 'pending' AND cancel_req != 0",
+                (f"cancelled while queued; process {pid}, which held it, died before starting it", now, rev, owner),
             )
             conn.execute(
                 "UPDATE tasks SET owner = NULL, requeues = requeues + 1, rev = ? "
