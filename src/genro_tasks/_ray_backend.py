@@ -34,6 +34,7 @@ import os
 import pickle
 import queue
 import secrets
+import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,7 +96,6 @@ _STOP = ("stop",)
 class _Worker:
     """One Ray worker process's connection to this backend's tracker."""
 
-    stream: trio.SocketStream
     pid: int = 0
     #: On this machine, in this pid namespace: its death can be seen on its pid too.
     local: bool = False
@@ -191,6 +191,8 @@ class RayBackend(ExecutionBackend):
         self.capacity = max_workers or 0
         self._max_workers = max_workers
         self._prefetch = prefetch
+        #: With prefetch, jobs are handed to Ray in batches of at least this many (one wake-up of the owner each).
+        self._refill = max(1, prefetch // 4)
         self._init_options = dict(init_options or {})
         self._task_options = task_options
         self._tracker_host = tracker_host
@@ -441,36 +443,53 @@ class RayBackend(ExecutionBackend):
 
     async def _serve_worker(self, stream: trio.SocketStream) -> None:
         """Read one Ray worker's frames until its process closes the connection (dies)."""
-        worker = _Worker(stream)
-        async with stream:
-            try:
-                hello = b""
-                with trio.move_on_after(_HELLO_LIMIT):
-                    while len(hello) < TOKEN_SIZE + HOST_ID_SIZE:
-                        chunk = await stream.receive_some(TOKEN_SIZE + HOST_ID_SIZE - len(hello))
-                        if not chunk:
-                            return
-                        hello += chunk
-                if not secrets.compare_digest(hello[:TOKEN_SIZE], self._token):
-                    log.warning("Ray backend: a connection to the tracker did not open with its token; closed")
+        hello = b""
+        try:
+            with trio.move_on_after(_HELLO_LIMIT):
+                while len(hello) < TOKEN_SIZE + HOST_ID_SIZE:
+                    chunk = await stream.receive_some(TOKEN_SIZE + HOST_ID_SIZE - len(hello))
+                    if not chunk:
+                        break
+                    hello += chunk
+        except trio.BrokenResourceError as exc:
+            log.warning("Ray backend: a worker's tracker connection broke: %s", exc)
+        if len(hello) < TOKEN_SIZE + HOST_ID_SIZE or not secrets.compare_digest(hello[:TOKEN_SIZE], self._token):
+            if hello:
+                log.warning("Ray backend: a connection to the tracker did not open with its token; closed")
+            await stream.aclose()
+            return
+        worker = _Worker(local=hello[TOKEN_SIZE:] == self._host_id)
+        self._workers.add(worker)
+        # The hot path reads the plain socket: one wait and one recv_into the framer's buffer per
+        # wake-up, taking every frame that arrived meanwhile (trio's stream adds a recv and a checkpoint).
+        sock = socket.socket(fileno=stream.socket.detach())
+        try:
+            framer = Framer(_TRACKER_KINDS, TRACKER_MAX_MESSAGE)
+            buffer = framer.buffer()
+            messages: list[Message] = []
+            on_message = self._on_message
+            gather = _GATHER_DELAY if self._prefetch else 0.0
+            while True:
+                if gather:
+                    await trio.sleep(gather)
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    n = sock.recv_into(buffer)
+                except BlockingIOError:  # pragma: no cover - it was readable
+                    continue
+                if not n:
                     return
-                worker.local = hello[TOKEN_SIZE:] == self._host_id
-                self._workers.add(worker)
-                framer = Framer(_TRACKER_KINDS, TRACKER_MAX_MESSAGE)
-                messages: list[Message] = []
-                while True:
-                    data = await stream.receive_some()
-                    if not data:
-                        return
-                    framer.feed(data, messages)
-                    for msg in messages:
-                        self._on_message(worker, msg)
-                    messages.clear()
-            except (trio.BrokenResourceError, ProtocolError) as exc:
-                log.warning("Ray backend: a worker's tracker connection broke: %s", exc)
-            finally:
-                self._workers.discard(worker)
-                worker.closed.set()
+                buffer = framer.received(n, messages)
+                for msg in messages:
+                    on_message(worker, msg)
+                messages.clear()
+        except (OSError, ProtocolError) as exc:
+            log.warning("Ray backend: a worker's tracker connection broke: %s", exc)
+        finally:
+            self._workers.discard(worker)
+            worker.closed.set()
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
 
     def _on_message(self, worker: _Worker, msg: Message) -> None:
         listener = self._listener
@@ -604,7 +623,11 @@ class RayBackend(ExecutionBackend):
     def free_slots(self) -> int:
         if self._stopping or not self._connected.is_set() or self._connect_error is not None:
             return 0
-        return self.capacity + self._prefetch - len(self._jobs)
+        in_flight = len(self._jobs)
+        free = self.capacity + self._prefetch - in_flight
+        if free < self._refill and in_flight >= self.capacity:
+            return 0  # every slot is busy and Ray holds jobs ahead: top them up in batches
+        return free
 
     @enable_ki_protection
     def dispatch(self, key: int, payload: bytes) -> None:
