@@ -59,7 +59,7 @@ from genro_tasks_worker._protocol import (
     Ready,
     Started,
 )
-from genro_tasks_worker._ray import HOST_ID_SIZE, TOKEN_SIZE, TRACKER_MAX_MESSAGE, host_id, job_function
+from genro_tasks_worker._ray import HOST_ID_SIZE, TOKEN_SIZE, TRACKER_MAX_MESSAGE, host_id, job_argument, job_function
 
 from ._backend import (
     BackendListener,
@@ -205,10 +205,11 @@ class RayBackend(ExecutionBackend):
         self._token = secrets.token_bytes(TOKEN_SIZE)
         self._host_id = host_id()
         # Owner thread: commands in. The trio side gathers dispatched jobs in _to_submit
-        # and sends them as one command at its next pass (_submit_scheduled).
+        # and its submitter task sends them as one command at its next pass (_batch_ready).
         self._commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._to_submit: list[tuple[int, bytes]] = []
         self._submit_scheduled = False
+        self._batch_ready = trio.Event()
         # Collector thread: the refs in flight (key -> ref, under _refs_changed's lock);
         # it puts (key, value, error) of ended tasks in the inbox.
         self._refs: dict[int, Any] = {}
@@ -284,6 +285,7 @@ class RayBackend(ExecutionBackend):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._pump)
+                nursery.start_soon(self._submitter)
                 task_status.started()
                 await trio.sleep_forever()
         self._nursery = None
@@ -361,7 +363,7 @@ class RayBackend(ExecutionBackend):
         submitted: list[tuple[int, Any]] = []
         for key, payload in jobs:
             try:
-                submitted.append((key, remote(key, payload)))
+                submitted.append((key, remote(job_argument(key, payload))))
             except BaseException as exc:
                 self._deliver([(key, None, exc)])
         with self._refs_changed:
@@ -532,6 +534,8 @@ class RayBackend(ExecutionBackend):
             self._failed(key, job, error)
             return
         pid, result, end, latest = value
+        if latest is not None:  # a list, out of Ray's msgpack
+            latest = (latest[0], latest[1])
         if not job.started:  # the result overtook the Started frame: the job did start
             job.started = True
             job.pid = pid
@@ -635,11 +639,18 @@ class RayBackend(ExecutionBackend):
         self._to_submit.append((key, payload))
         if not self._submit_scheduled:  # the jobs dispatched in this pass go to the owner together
             self._submit_scheduled = True
-            self._to_trio(self._send_batch)
+            self._batch_ready.set()  # wakes the submitter in the next pass (no syscall, unlike run_sync_soon)
 
     def _cancel(self, key: int, *, force: bool) -> None:
         self._send_batch()  # a job dispatched in this very pass is submitted before its cancel
         self._commands.put(("cancel", key, force))
+
+    async def _submitter(self) -> None:
+        """Send the jobs dispatched during one pass of the event loop to the owner thread, together."""
+        while True:
+            await self._batch_ready.wait()
+            self._batch_ready = trio.Event()
+            self._send_batch()
 
     def _send_batch(self) -> None:
         self._submit_scheduled = False
