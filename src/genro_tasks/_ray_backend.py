@@ -16,6 +16,8 @@ Three parts, each with one job:
   on its Ray worker is to send ``Started`` on its process's connection
   (:mod:`genro_tasks_worker._ray`); progress follows on the same connection, and
   its end-of-file is how the death of a killed worker is observed, on any node.
+  Each connection is read as a plain socket (``wait_readable``, then one
+  ``recv_into`` the framer's buffer, which takes every frame that arrived).
 * **The trio side** (this class's methods) owns the state: which job runs
   where (``RayBackend._jobs``, the one task-to-handle mapping), and the one kill
   path: ``ray.cancel(force=True)`` → the ref fails → the worker's connection
@@ -148,10 +150,12 @@ class RayBackend(ExecutionBackend):
             always has jobs queued). They stay PENDING until they really
             start and can be cancelled, but Ray runs them in the order they
             were handed over: a higher-priority task submitted later waits
-            for them; and the ends of jobs may be gathered a few at a time
-            (a job's end is then reported up to 2 ms after Ray has it). The
-            default, 0, keeps priorities strict and reports every end at
-            once.
+            for them. While every slot is busy, the jobs ahead are topped
+            up in batches of a quarter of ``prefetch`` (one wake-up of the
+            owner thread per batch), and the ends of jobs may be gathered a
+            few at a time (a job's end is then reported up to 2 ms after Ray
+            has it). The default, 0, keeps priorities strict and reports
+            every end at once.
 
     A backend serves one TaskManager, once.
     """
