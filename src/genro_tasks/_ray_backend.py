@@ -474,7 +474,10 @@ class RayBackend(ExecutionBackend):
             buffer = framer.buffer()
             messages: list[Message] = []
             on_message = self._on_message
+            gather = _GATHER_DELAY if self._prefetch else 0.0
             while True:
+                if gather:
+                    await trio.sleep(gather)
                 await trio.lowlevel.wait_readable(sock)
                 try:
                     n = sock.recv_into(buffer)
