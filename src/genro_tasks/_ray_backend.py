@@ -17,7 +17,8 @@ Three parts, each with one job:
   (:mod:`genro_tasks_worker._ray`); progress follows on the same connection, and
   its end-of-file is how the death of a killed worker is observed, on any node.
   Each connection is read as a plain socket (``wait_readable``, then one
-  ``recv_into`` the framer's buffer, which takes every frame that arrived).
+  ``recv_into`` the framer's buffer, which takes every frame that arrived);
+  with prefetch, 2 ms pass between reads, so that frames gather.
 * **The trio side** (this class's methods) owns the state: which job runs
   where (``RayBackend._jobs``, the one task-to-handle mapping), and the one kill
   path: ``ray.cancel(force=True)`` → the ref fails → the worker's connection
@@ -152,10 +153,10 @@ class RayBackend(ExecutionBackend):
             were handed over: a higher-priority task submitted later waits
             for them. While every slot is busy, the jobs ahead are topped
             up in batches of a quarter of ``prefetch`` (one wake-up of the
-            owner thread per batch), and the ends of jobs may be gathered a
-            few at a time (a job's end is then reported up to 2 ms after Ray
-            has it). The default, 0, keeps priorities strict and reports
-            every end at once.
+            owner thread per batch), and the starts and ends of jobs may be
+            gathered a few at a time (a job's start or end is then reported
+            up to 2 ms after its worker sent it). The default, 0, keeps
+            priorities strict and reports every start and end at once.
 
     A backend serves one TaskManager, once.
     """
@@ -450,17 +451,20 @@ class RayBackend(ExecutionBackend):
     async def _serve_worker(self, stream: trio.SocketStream) -> None:
         """Read one Ray worker's frames until its process closes the connection (dies)."""
         hello = b""
+        ended = False
         try:
             with trio.move_on_after(_HELLO_LIMIT):
                 while len(hello) < TOKEN_SIZE + HOST_ID_SIZE:
                     chunk = await stream.receive_some(TOKEN_SIZE + HOST_ID_SIZE - len(hello))
                     if not chunk:
+                        ended = True
                         break
                     hello += chunk
         except trio.BrokenResourceError as exc:
             log.warning("Ray backend: a worker's tracker connection broke: %s", exc)
-        if len(hello) < TOKEN_SIZE + HOST_ID_SIZE or not secrets.compare_digest(hello[:TOKEN_SIZE], self._token):
-            if hello:
+            ended = True
+        if ended or not secrets.compare_digest(hello[:TOKEN_SIZE], self._token):
+            if not ended:
                 log.warning("Ray backend: a connection to the tracker did not open with its token; closed")
             await stream.aclose()
             return
@@ -474,6 +478,8 @@ class RayBackend(ExecutionBackend):
             buffer = framer.buffer()
             messages: list[Message] = []
             on_message = self._on_message
+            # With prefetch, frames gather for 2 ms between reads: one wake-up takes several
+            # (measured: about 20 us less of the trio thread's CPU per job than a read per frame).
             gather = _GATHER_DELAY if self._prefetch else 0.0
             while True:
                 if gather:
