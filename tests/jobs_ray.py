@@ -28,3 +28,10 @@ def count_starts_then_exit(path: str) -> None:
     with open(path, "a") as f:
         f.write("started\n")
     os._exit(3)
+
+
+def wait_for_path(path: str) -> str:
+    """Wait until ``path`` exists (the test opens this gate), then return it."""
+    while not os.path.exists(path):
+        time.sleep(0.005)
+    return path

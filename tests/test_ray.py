@@ -38,7 +38,7 @@ from jobs import (
     return_unpicklable,
     simple_task,
 )
-from jobs_ray import count_starts_then_exit, where
+from jobs_ray import count_starts_then_exit, wait_for_path, where
 
 pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' (.ci/run does)")
 from genro_tasks.ray import RayBackend
@@ -306,4 +306,39 @@ async def test_with_prefetch_ends_gathered_together_each_reach_their_task(tmp_pa
             assert await tm.cancel(sleeper)
             assert [await tm.result(task_id) for task_id in more] == [2 * i for i in range(40, 60)]
         assert testing.status(tm, sleeper) is TaskStatus.CANCELLED
+        await tm.shutdown(wait=False)
+
+
+async def test_with_prefetch_the_window_is_topped_up_in_batches(tmp_path: Path) -> None:
+    # While every slot is busy and Ray holds jobs ahead, one job ending does not free a slot: the
+    # window ahead is topped up a quarter of it at a time (one wake-up of the owner thread per batch).
+    backend = RayBackend(max_workers=2, prefetch=8)
+    async with TaskManager(backend=backend) as tm:
+        with trio.fail_after(60):
+            gates = {tm.submit(wait_for_path, str(tmp_path / f"gate{i}")): tmp_path / f"gate{i}" for i in range(10)}
+            assert backend.free_slots() == 0  # two slots and eight ahead: all handed to Ray
+            running: list[str] = []
+            two_running = trio.Event()
+
+            async def note_running(task_id: str) -> None:
+                await testing.wait_for_status(tm, task_id, TaskStatus.RUNNING)
+                running.append(task_id)
+                if len(running) == 2:
+                    two_running.set()
+
+            async with trio.open_nursery() as nursery:
+                for task_id in gates:
+                    nursery.start_soon(note_running, task_id)
+                await two_running.wait()
+                nursery.cancel_scope.cancel()
+            first, second = running[:2]
+            gates[first].touch()
+            assert await tm.result(first) == str(gates[first])
+            assert backend.free_slots() == 0  # one place free ahead: less than a batch
+            gates[second].touch()
+            assert await tm.result(second) == str(gates[second])
+            assert backend.free_slots() == 2  # two places: a batch
+            for gate in gates.values():
+                gate.touch()
+            assert [await tm.result(task_id) for task_id in gates] == [str(gate) for gate in gates.values()]
         await tm.shutdown(wait=False)

@@ -12,8 +12,8 @@ usual :class:`~._progress.ProgressChannel`), and its end-of-file tells the
 manager that the worker process is dead. The job's end travels back as the Ray
 task's return value, made only of types Ray serialises without pickle (its
 msgpack path is several times cheaper than pickling a class, on both sides):
-``(pid, result, None, latest)`` with the pickled result, or ``(pid, None, end,
-latest)`` where ``end`` is a pickled ``DoneError`` or ``DoneBadResult``, the same
+``[pid, result, None, latest]`` with the pickled result, or ``[pid, None, end,
+latest]`` where ``end`` is a pickled ``DoneError`` or ``DoneBadResult``, the same
 named messages a process worker sends, so the parent decodes both alike.
 
 Frames are the protocol's (:mod:`._protocol`): the connection opens with the
@@ -27,6 +27,7 @@ import hashlib
 import os
 import pickle
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -131,39 +132,51 @@ def _close_in_child() -> None:
 os.register_at_fork(after_in_child=_close_in_child)
 
 
-#: What :func:`run_job` returns: pid, pickled result or None, pickled other end or None, newest progress.
-JobEnd = tuple[int, bytes | None, bytes | None, _Update | None]
+#: What :func:`run_job` returns, a list (Ray's msgpack path takes it as is, and a tuple costs it more):
+#: ``[pid, pickled result or None, pickled other end or None, newest progress or None]``.
+JobEnd = list[Any]
+
+#: The job's key, ahead of the pickled call in the one argument of a task.
+SEQ = struct.Struct("<q")
 
 
-def job_function(tracker_address: tuple[str, int, bytes]) -> Callable[[int, bytes], JobEnd]:
+def job_argument(seq: int, payload: bytes) -> bytes:
+    """The one argument of job ``seq``'s Ray task: its key, then its pickled call."""
+    return SEQ.pack(seq) + payload
+
+
+def job_function(tracker_address: tuple[str, int, bytes]) -> Callable[[bytes], JobEnd]:
     """The function a manager submits as its Ray tasks: :func:`run_job` bound to its tracker.
 
     Ray exports the function (with the tracker's address) once, when the first
-    task is submitted; each task then carries only its key and payload (an
-    argument costs Ray a serialisation in the manager and one in the worker).
+    task is submitted; each task then carries one bytes argument,
+    :func:`job_argument` (every argument costs Ray a serialisation in the
+    manager and one in the worker).
     """
 
-    def run(seq: int, payload: bytes) -> JobEnd:
-        return run_job(tracker_address, seq, payload)
+    def run(job: bytes) -> JobEnd:
+        return run_job(tracker_address, job)
 
     return run
 
 
-def run_job(tracker_address: tuple[str, int, bytes], seq: int, payload: bytes) -> JobEnd:
+def run_job(tracker_address: tuple[str, int, bytes], job: bytes) -> JobEnd:
     """Run one job on a Ray worker: say it started, run it, return how it ended.
 
     Args:
         tracker_address: The tracker's host (the manager's machine, as Ray
             sees it), TCP port, and the manager's secret token (a connection
             that does not open with it is dropped).
-        seq: The job's key (the manager's sequence number of the task).
-        payload: The pickled ``(func, args, kwargs, memory_limit)``.
+        job: The job's key (the manager's sequence number of the task), then
+            the pickled ``(func, args, kwargs, memory_limit)``: see
+            :func:`job_argument`.
 
     Returns:
         This process's pid; the result pickled, or None; None, or a pickled
         ``DoneError`` (with the job's traceback, tblib) or ``DoneBadResult``;
         and the job's newest progress (None if it reported none).
     """
+    (seq,) = SEQ.unpack_from(job)
     tracker = _trackers.get(tracker_address)
     if tracker is None:
         tracker = _trackers[tracker_address] = _Tracker(*tracker_address)
@@ -173,8 +186,8 @@ def run_job(tracker_address: tuple[str, int, bytes], seq: int, payload: bytes) -
     result: bytes | None = None
     end: WorkerMessage | None = None
     try:
-        func, args, kwargs, _memory_limit = pickle.loads(payload)
-        del payload
+        func, args, kwargs, _memory_limit = pickle.loads(memoryview(job)[SEQ.size :])
+        del job
         value: Any = _call(func, args, kwargs)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task too
         _progress.end_job()
@@ -189,4 +202,4 @@ def run_job(tracker_address: tuple[str, int, bytes], seq: int, payload: bytes) -
         del value
     with tracker.lock:
         channel.finish_locked()
-    return os.getpid(), result, None if end is None else pickle.dumps(end, PICKLE_PROTOCOL), channel.latest
+    return [os.getpid(), result, None if end is None else pickle.dumps(end, PICKLE_PROTOCOL), channel.latest]
