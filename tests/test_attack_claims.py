@@ -54,11 +54,12 @@ async def test_a_task_cancelled_while_its_owner_was_stopped_never_runs_once_the_
     """
     db, trace = tmp_path / "tasks.db", tmp_path / "trace"
     async with TaskManager(max_workers=0, store=db) as client:
+        # In the file before A starts, so A claims both at once, its worker free (a task submitted once
+        # the long job has run a while is left in the shared queue for a worker of another process).
+        long = client.submit(wait_for_file, str(tmp_path / "never"))
+        victim = client.submit(mark_started, str(trace))
+        await client.flush()
         async with server(db, workers=1) as owner:
-            # Submitted together, so A claims both while its worker is free (a task submitted once the
-            # long job has run a while is left in the shared queue for a worker of another process).
-            long = client.submit(wait_for_file, str(tmp_path / "never"))
-            victim = client.submit(mark_started, str(trace))
             await wait_status(client, long, TaskStatus.RUNNING)
             await _claimed_elsewhere(client, 0)  # A holds it, not started
             assert (await client.info(victim)).status is TaskStatus.PENDING
@@ -120,10 +121,12 @@ async def test_a_cancel_from_another_process_of_a_task_held_behind_a_running_job
     """A holds the task behind its long job; B cancels it: CANCELLED at once, never run, A's job untouched."""
     db, trace = tmp_path / "tasks.db", tmp_path / "trace"
     async with TaskManager(max_workers=0, store=db) as client:
+        # In the file before A starts, so A claims both at once (see the test above).
+        long = client.submit(wait_for_file, str(tmp_path / "never"))
+        victim = client.submit(mark_started, str(trace))
+        await client.flush()
         async with server(db, workers=1):
-            long = client.submit(wait_for_file, str(tmp_path / "never"))
             await wait_status(client, long, TaskStatus.RUNNING)
-            victim = client.submit(mark_started, str(trace))
             await _claimed_elsewhere(client, 0)
             with trio.fail_after(10):
                 assert await client.cancel(victim) is True

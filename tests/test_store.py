@@ -160,13 +160,15 @@ async def test_sigkill_of_an_owner(tmp_path: Path) -> None:
     """Its RUNNING task becomes FAILED TaskLost; its claimed tasks run elsewhere; nothing runs twice."""
     db = tmp_path / "tasks.db"
     async with TaskManager(max_workers=0, store=db) as tm:
+        # In the file before the owner starts: it claims the first two at once (one for its free
+        # worker, one ahead of it), so one task is claimed and never started, whatever the timing.
+        running = tm.submit(jobs_store.announce_and_sleep)
+        queued = [tm.submit(jobs_store.double, i) for i in range(5)]
+        await tm.flush()
         async with server(db, workers=1) as owner:
-            running = tm.submit(jobs_store.announce_and_sleep)
             await wait_status(tm, running, TaskStatus.RUNNING)
-            queued = [tm.submit(jobs_store.double, i) for i in range(5)]
-            await tm.flush()
             with trio.fail_after(20):
-                # The owner claims tasks ahead of its busy worker: they are still PENDING to everyone.
+                # Claimed ahead of its busy worker: still PENDING to everyone.
                 await testing.wait_until(tm, lambda: tm.statistics().tasks_queued < 5)
             worker = (await tm.info(running)).worker_pid
             owner.kill()
@@ -330,10 +332,12 @@ async def test_shutdown_gives_claimed_tasks_back_to_the_queue(tmp_path: Path) ->
     """A stopping process keeps none of the shared queue: what it claimed but never started runs elsewhere."""
     db = tmp_path / "tasks.db"
     async with TaskManager(max_workers=0, store=db) as tm:
+        # In the file before the server starts: it claims the first two at once (see test_sigkill_of_an_owner).
+        busy = tm.submit(jobs_store.announce_and_sleep)
+        waiting = [tm.submit(jobs_store.double, i) for i in range(3)]
+        await tm.flush()
         async with server(db, workers=1):
-            busy = tm.submit(jobs_store.announce_and_sleep)
             await wait_status(tm, busy, TaskStatus.RUNNING)
-            waiting = [tm.submit(jobs_store.double, i) for i in range(3)]
             with trio.fail_after(20):
                 await testing.wait_until(tm, lambda: tm.statistics().tasks_queued < 3)  # claimed there
         # The server shut down (wait=False): its running task was cancelled, its claimed one given back.
