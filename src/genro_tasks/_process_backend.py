@@ -468,10 +468,7 @@ class ProcessBackend(ExecutionBackend):
         taken = w.take_back()
         given = [key for key in excess if key in taken]
         for key in given:
-            w.assigned.remove(key)
-            del self._jobs[key]
-            w.payloads.pop(key, None)
-            w.taken_back.discard(key)
+            self._forget_held(w, key)
         self._regrant(w, taken - set(given))  # taken back with them (tickets come in order): granted again
         return given
 
@@ -503,6 +500,13 @@ class ProcessBackend(ExecutionBackend):
             self._maybe_open(w)
             return True
         return False
+
+    def _forget_held(self, w: WorkerProcess, key: int) -> None:
+        """Forget job ``key``, whose ticket was just taken back from ``w``: it never starts there."""
+        del self._jobs[key]
+        w.assigned.remove(key)
+        w.payloads.pop(key, None)
+        w.taken_back.discard(key)
 
     def _regrant(self, w: WorkerProcess, keys: set[int]) -> None:
         """Grant again, in the order the worker must meet them, tickets taken back with another job's."""
@@ -660,10 +664,7 @@ class ProcessBackend(ExecutionBackend):
         self._regrant(w, taken - {key})  # taken back with it (tickets come in order): grant them again
         if key not in taken:
             return False
-        del self._jobs[key]
-        w.assigned.remove(key)
-        w.payloads.pop(key, None)
-        w.taken_back.discard(key)
+        self._forget_held(w, key)
         if not w.assigned and w.state is WorkerState.BUSY and not w.exited:
             w.state = WorkerState.IDLE
             if w in self._open:
