@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -154,7 +154,20 @@ async def test_cancelling_either_of_two_jobs_a_worker_holds_before_it_starts_the
                 assert info.error != "cancelled while queued"
 
 
-async def test_killing_both_jobs_a_worker_holds_while_it_takes_the_first(tmp_path: Path) -> None:
+@pytest.fixture
+async def one_worker() -> AsyncIterator[Recorder]:
+    """A process backend of one forkserver worker, served, its worker ready (cf. test_backend_contract's ``served``)."""
+    backend = ProcessBackend(1, default_context("forkserver"))
+    recorder = Recorder(backend)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(backend.serve, recorder)
+        with trio.fail_after(30):
+            await recorder.wait_for(lambda: recorder.ready == 1)
+        yield recorder
+        nursery.cancel_scope.cancel()
+
+
+async def test_killing_both_jobs_a_worker_holds_while_it_takes_the_first(tmp_path: Path, one_worker: Recorder) -> None:
     """The backend's kill of two jobs not started yet, while the worker may be taking the first one.
 
     Whichever side wins each ticket, the second job never starts and is lost
@@ -162,21 +175,16 @@ async def test_killing_both_jobs_a_worker_holds_while_it_takes_the_first(tmp_pat
     and nothing hangs.
     """
     first_trace, second_trace = tmp_path / "first", tmp_path / "second"
-    backend = ProcessBackend(1, default_context("forkserver"))
-    recorder = Recorder(backend)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(backend.serve, recorder)
-        with trio.fail_after(30):
-            await recorder.wait_for(lambda: recorder.ready == 1)
-        backend.dispatch(1, _payload(mark_then_wait, str(first_trace), str(tmp_path / "never")))
-        backend.dispatch(2, _payload(mark_started, str(second_trace)))
-        # No checkpoint: the worker may take job 1's ticket (and start it) before the parent sees it.
-        time.sleep(0.2)  # noqa: ASYNC251 - blocking the loop is the point: the parent must not read yet
-        backend.kill(1)
-        backend.kill(2)
-        with trio.fail_after(30):
-            await recorder.wait_for(lambda: recorder.ended(1) and recorder.ended(2))
-        nursery.cancel_scope.cancel()
+    recorder = one_worker
+    backend = recorder.backend
+    backend.dispatch(1, _payload(mark_then_wait, str(first_trace), str(tmp_path / "never")))
+    backend.dispatch(2, _payload(mark_started, str(second_trace)))
+    # No checkpoint: the worker may take job 1's ticket (and start it) before the parent sees it.
+    time.sleep(0.2)  # noqa: ASYNC251 - blocking the loop is the point: the parent must not read yet
+    backend.kill(1)
+    backend.kill(2)
+    with trio.fail_after(30):
+        await recorder.wait_for(lambda: recorder.ended(1) and recorder.ended(2))
     [(kind, lost)] = recorder.of(2)
     assert kind == "lost"
     assert isinstance(lost, Lost)
@@ -274,28 +282,25 @@ async def test_killing_the_running_job_gives_back_every_job_held_behind_it(tmp_p
         assert sorted(trace.read_text().splitlines()) == [str(ran_on.pop())] * len(held)  # each once
 
 
-async def test_a_job_killed_after_it_started_unseen_is_not_reported_as_never_started(tmp_path: Path) -> None:
+async def test_a_job_killed_after_it_started_unseen_is_not_reported_as_never_started(
+    tmp_path: Path, one_worker: Recorder
+) -> None:
     """A job sent to an idle worker starts; the parent kills it before reading its STARTED.
 
     Its STARTED is still in the dead worker's pipe: it is read there, and the job is lost
     as started (not retryable), never as a job that did not start.
     """
     trace = tmp_path / "trace"
-    backend = ProcessBackend(1, default_context("forkserver"))
-    recorder = Recorder(backend)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(backend.serve, recorder)
-        with trio.fail_after(30):
-            await recorder.wait_for(lambda: recorder.ready == 1)
-        backend.dispatch(1, _payload(mark_then_wait, str(trace), str(tmp_path / "never")))
-        deadline = time.monotonic() + 30
-        while not trace.exists() and time.monotonic() < deadline:  # no checkpoint: STARTED stays unread
-            time.sleep(0.001)  # noqa: ASYNC251 - blocking the loop is the point: the parent must not read yet
-        assert trace.exists()
-        backend.kill(1)
-        with trio.fail_after(30):
-            await recorder.wait_for(lambda: recorder.ended(1))
-        nursery.cancel_scope.cancel()
+    recorder = one_worker
+    backend = recorder.backend
+    backend.dispatch(1, _payload(mark_then_wait, str(trace), str(tmp_path / "never")))
+    deadline = time.monotonic() + 30
+    while not trace.exists() and time.monotonic() < deadline:  # no checkpoint: STARTED stays unread
+        time.sleep(0.001)  # noqa: ASYNC251 - blocking the loop is the point: the parent must not read yet
+    assert trace.exists()
+    backend.kill(1)
+    with trio.fail_after(30):
+        await recorder.wait_for(lambda: recorder.ended(1))
     [(kind, lost)] = [event for event in recorder.of(1) if event[0] != "started"]
     assert kind == "lost"
     assert isinstance(lost, Lost)
