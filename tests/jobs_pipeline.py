@@ -70,3 +70,40 @@ def report_then_return(message: str) -> int:
     report_progress(0.5, message)
     report_progress(1.0, message)  # within the coalescing interval: still pending when the job ends
     return os.getpid()
+
+
+class _StopOnInspection:
+    """A ``sys.stdout`` that stops its worker (SIGSTOP) when asked whether it is closed.
+
+    The worker asks in its clean-up after the job: after it took the ticket of the job it holds next,
+    before it wrote that job's STARTED.
+    """
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def closed(self) -> bool:
+        import signal
+
+        Path(self.marker).touch()
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return False
+
+
+def stop_in_clean_up_after(base: str) -> int:
+    """Wait for ``base + ".release"``, then return; the worker stops itself in the clean-up that follows.
+
+    It touches ``base + ".stopped"`` just before it stops.
+    """
+    import sys
+
+    wait_for_file(base + ".release")
+    sys.stdout = _StopOnInspection(base + ".stopped")
+    return os.getpid()

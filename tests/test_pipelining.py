@@ -24,13 +24,26 @@ from genro_tasks._launch import default_context
 from genro_tasks._process_backend import HELD_AHEAD, HELD_BUDGET, ProcessBackend
 from genro_tasks._worker_proc import WorkerProcess
 from genro_tasks_worker._protocol import Job, Message, Ready, encode
-from jobs_pipeline import exit_when_file, mark_started, mark_then_wait, sleep_then_pid, wait_for_file
+from jobs_pipeline import (
+    exit_when_file,
+    mark_started,
+    mark_then_wait,
+    sleep_then_pid,
+    stop_in_clean_up_after,
+    wait_for_file,
+)
 from test_backend_contract import Recorder, _payload
 
 
 async def _held_ahead(tm: TaskManager, task_id: str, pid: int) -> None:
     """Wait until ``task_id`` is handed to worker ``pid`` (held behind its running job)."""
     await wait_until(tm, lambda: testing.assigned_worker_pid(tm, task_id) == pid)
+
+
+async def _appears(path: Path) -> None:
+    """Wait until another process creates ``path`` (no event crosses processes: look every 10 ms)."""
+    while not path.exists():  # noqa: ASYNC110
+        await trio.sleep(0.01)
 
 
 async def _running_then_held(
@@ -128,6 +141,70 @@ async def test_cancelling_the_running_job_requeues_the_one_held_behind_it(tmp_pa
             ran_on = await tm.result(ahead)
         assert ran_on != pid
         assert trace.read_text().splitlines() == [str(ran_on)]
+
+
+async def test_a_held_job_whose_ticket_was_taken_but_never_announced_is_requeued_when_its_worker_is_killed(
+    tmp_path: Path,
+) -> None:
+    """The worker took the next held job's ticket, then was killed before it wrote that job's STARTED.
+
+    Its pipe, read to the end, shows no STARTED: the job never began (STARTED leaves before a job
+    runs), so it runs on the replacement worker and is not reported as lost in a crash.
+    """
+    base, trace = tmp_path / "stopper", tmp_path / "trace"
+    marker = tmp_path / "stopper.stopped"
+    async with TaskManager(1) as tm:
+        long, pid, release = await _busy_worker(tm, tmp_path)
+        # Held behind the long job: the stopper (it stops its worker in the clean-up after it returns,
+        # once the worker has taken the next ticket), then the job that must still run once.
+        stopper = tm.submit(stop_in_clean_up_after, str(base))
+        ahead = tm.submit(mark_started, str(trace))
+        for tid in (stopper, ahead):
+            await _held_ahead(tm, tid, pid)
+        (tmp_path / "stopper.release").touch()
+        release.touch()
+        with trio.fail_after(20):
+            await tm.result(long)
+            await _appears(marker)  # the worker stops itself, holding the ticket of `ahead`
+        assert (await tm.info(ahead)).status is TaskStatus.PENDING
+        with trio.fail_after(10):
+            assert await tm.cancel(stopper) is True  # its result never came: still RUNNING, killed
+        with trio.fail_after(20):
+            ran_on = await tm.result(ahead)
+        assert ran_on != pid
+        assert trace.read_text().splitlines() == [str(ran_on)]  # once, on the replacement
+
+
+async def test_cancelling_a_held_job_whose_ticket_was_taken_ends_even_if_its_worker_never_announces_it(
+    tmp_path: Path,
+) -> None:
+    """The worker took the held job's ticket and got stuck before announcing it: the cancel still ends.
+
+    The job never started: CANCELLED, never run. The job before it, whose worker's clean-up is stuck,
+    fails with WorkerCrashed saying why (its result never came).
+    """
+    base, trace = tmp_path / "stopper", tmp_path / "trace"
+    marker = tmp_path / "stopper.stopped"
+    async with TaskManager(1) as tm:
+        long, pid, release = await _busy_worker(tm, tmp_path)
+        stopper = tm.submit(stop_in_clean_up_after, str(base))
+        ahead = tm.submit(mark_started, str(trace))
+        for tid in (stopper, ahead):
+            await _held_ahead(tm, tid, pid)
+        (tmp_path / "stopper.release").touch()
+        release.touch()
+        with trio.fail_after(20):
+            await tm.result(long)
+            await _appears(marker)
+        with trio.fail_after(10):
+            assert await tm.cancel(ahead) is True
+        info = await tm.info(ahead)
+        assert (info.status, info.started_at) == (TaskStatus.CANCELLED, None)
+        with trio.fail_after(10), pytest.raises(WorkerCrashed, match="clean-up"):
+            await tm.result(stopper)
+        assert pid_gone(pid)
+        assert not trace.exists()  # it never ran
+        assert await tm.run(mark_started, str(trace)) != pid  # the replacement works
 
 
 async def test_cancelling_either_of_two_jobs_a_worker_holds_before_it_starts_them(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ It never decides what a death means for a task: it reports
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import time
@@ -90,6 +91,10 @@ _EOF_GRACE = 1.0
 _REAP_LIMIT = 10.0
 #: How long a crashed worker's exit status may take to arrive (it names the signal).
 _STATUS_LIMIT = 2.0
+#: A worker that took the ticket of its next job owes the parent its current job's Done and the next
+#: one's STARTED (one write, after its clean-up between jobs). A cancel waiting for them kills the
+#: worker if no byte came from it for this long: its clean-up is stuck on something its job left.
+_OWED_LIMIT = 2.0
 #: Workers dying before READY this many times in a row mean none can start (queued tasks fail).
 _FAILED_STARTS = 3
 #: Worker states that can still run a job (now, or once started).
@@ -266,12 +271,17 @@ class ProcessBackend(ExecutionBackend):
     async def _watch_exit(self, w: WorkerProcess) -> None:
         """Wait for the process to exit; kill it if told to stop and still alive past the grace."""
         while True:
-            with trio.CancelScope(deadline=w.stop_deadline) as w.timer:
+            with trio.CancelScope(deadline=min(w.stop_deadline, w.owed_deadline)) as w.timer:
                 await w.wait_exit()
                 return
-            if w.state is WorkerState.STOPPING:
+            now = trio.current_time()
+            if w.state is WorkerState.STOPPING and now >= w.stop_deadline:
                 log.warning("worker %d did not exit within %gs of being told to stop; killing it", w.pid, _STOP_GRACE)
                 self._kill(w, KillReason.STOP)
+            elif now >= w.owed_deadline:
+                self._check_owed(w)
+            if w.state is WorkerState.DYING:
+                w.stop_deadline = w.owed_deadline = math.inf  # its death is all there is left to see
 
     async def _settle_exit(self, w: WorkerProcess) -> None:
         """Make sure the worker's process is dead, report what happened, then release it.
@@ -629,11 +639,13 @@ class ProcessBackend(ExecutionBackend):
                 taken = w.take_back()
                 if w.assigned[1] not in taken:
                     self._regrant(w, taken)
+                    self._owe(w, key)
                     return  # it took its next job: this one has ended (its Done is on its way)
             self._kill(w, KillReason.REQUESTED)
             return
         if not self._withdraw(w, key, reassign=True):
             w.kill_on_start.add(key)  # the worker took its ticket: it reports STARTED soon
+            self._owe(w, key)
             if self._open and w in self._open:
                 self._open.remove(w)
             return
@@ -641,6 +653,37 @@ class ProcessBackend(ExecutionBackend):
         self._listener.lost(key, Lost(w.pid, None, "", retryable=True))
         if w.state is WorkerState.IDLE:
             self._listener.capacity_changed()  # an idle worker again: what is queued may run on it
+
+    def _owe(self, w: WorkerProcess, key: int) -> None:
+        """Job ``key``, being killed, waits for ``w`` to write what it owes (see :data:`_OWED_LIMIT`)."""
+        w.owed.add(key)
+        w.owed_reads = w.reader.reads
+        w.owed_deadline = trio.current_time() + _OWED_LIMIT
+        if w.timer is not None:
+            w.timer.deadline = min(w.stop_deadline, w.owed_deadline)
+
+    def _check_owed(self, w: WorkerProcess) -> None:
+        """The owed deadline passed: wait on while bytes still come, else kill ``w`` for the jobs waiting."""
+        w.owed.intersection_update(w.assigned)  # those settled since are no longer owed anything
+        if not w.owed or w.state is not WorkerState.BUSY:
+            w.owed.clear()
+            w.owed_deadline = math.inf
+        elif w.reader.reads != w.owed_reads:  # e.g. a large result on its way
+            w.owed_reads = w.reader.reads
+            w.owed_deadline = trio.current_time() + _OWED_LIMIT
+        else:
+            log.warning(
+                "worker %d took its next job's ticket but wrote nothing for %gs; killing it to end task #%s",
+                w.pid,
+                _OWED_LIMIT,
+                min(w.owed),
+            )
+            self._kill(
+                w,
+                KillReason.REQUESTED,
+                f"it was stuck for {_OWED_LIMIT:g}s in its clean-up after task #{w.assigned[0]}'s job returned "
+                "(on something the job left behind: a child process, a replaced std stream)",
+            )
 
     @enable_ki_protection
     def take_back(self, key: int) -> bool:
@@ -770,9 +813,10 @@ class ProcessBackend(ExecutionBackend):
                 if i == 0 and w.started:
                     retryable = False
                 elif key in w.payloads:
-                    # Ticketed: never started if its ticket was taken back, or if the worker died on
-                    # its own (its pipe read to the end) without saying STARTED.
-                    retryable = key in w.taken_back or reason is None
+                    # Ticketed, and its pipe is read to the end: never started if its ticket was taken
+                    # back, or if it never said STARTED (STARTED is written before a job begins, also
+                    # when the worker took the ticket and died before that write).
+                    retryable = key in w.taken_back or key not in w.said_started
                 else:
                     # Sent to an idle worker: never started if it never said so (its pipe is read to the end).
                     retryable = key not in w.said_started

@@ -89,7 +89,7 @@ class FrameReader:
     which grows as the body arrives.
     """
 
-    __slots__ = ("_buffer", "drained", "fd", "framer")
+    __slots__ = ("_buffer", "drained", "fd", "framer", "reads")
 
     def __init__(self, fd: int, max_message_size: int, check_header: HeaderCheck | None = None) -> None:
         self.fd = fd
@@ -99,6 +99,8 @@ class FrameReader:
         self._buffer = self.framer.buffer()
         #: The last read took less than it asked for: the pipe was empty then (wait before reading again).
         self.drained = False
+        #: Reads that took bytes (a worker writing a long message is seen making progress).
+        self.reads = 0
 
     def read(self, messages: list[Message]) -> bool:
         """Read what the pipe holds now, appending whole messages to ``messages``.
@@ -112,6 +114,7 @@ class FrameReader:
         if n == 0:
             return False
         self.drained = n < len(buffer)
+        self.reads += 1
         self._buffer = self.framer.received(n, messages)
         return True
 
@@ -208,6 +211,11 @@ class WorkerProcess:
         self.timer: trio.CancelScope | None = None
         #: Set when its job pipe is closed (STOPPING): kill at this trio time if still alive.
         self.stop_deadline = math.inf
+        #: Jobs being killed that wait for what it owes since it took its next ticket (a Done, a STARTED),
+        #: the trio time to give up waiting unless bytes came, and :attr:`FrameReader.reads` then.
+        self.owed: set[int] = set()
+        self.owed_deadline = math.inf
+        self.owed_reads = 0
         #: Replaced already (max_tasks_per_worker): do not respawn on exit.
         self.retired = False
         #: Its initializer raised (reported INIT_FAILED) before it became ready.
