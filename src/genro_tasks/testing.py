@@ -126,6 +126,17 @@ def start_error(tm: TaskManager) -> BaseException | None:
     return None if scheduler is None else scheduler.start_error
 
 
+def store_tasks_tracked(tm: TaskManager) -> int:
+    """How many tasks the manager's store writer keeps bookkeeping for (0 without a store).
+
+    Only the tasks this process owns (inserted or claimed, not ended) stay: a
+    task another process claimed or ended is dropped once this process reads
+    that change. Bounded by what this process runs, not by what it submitted.
+    """
+    thread = getattr(tm._registry, "_thread", None)
+    return 0 if thread is None else int(thread.tracked())
+
+
 async def wait_until(tm: TaskManager, predicate: Callable[[], bool]) -> None:
     """Wait until ``predicate()`` is true, checking it after every change the manager records.
 

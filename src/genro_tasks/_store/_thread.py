@@ -899,6 +899,7 @@ class StoreThread:
                 (now, rev, task_id),
             )
             self._finishes += 1
+            self._numbers.pop(task_id, None)
             return "settled"
         proc = conn.execute("SELECT pid, pid_start, machine FROM processes WHERE owner = ?", (owner,)).fetchone()
         if proc is None or owner_alive(*proc) is False:
@@ -1031,7 +1032,18 @@ class StoreThread:
             conn.execute("COMMIT")
         self._seen = top
         rows.sort(key=lambda r: r.rev)
+        numbers = self._numbers
+        if numbers:  # tasks we inserted that another process claimed, or that ended elsewhere: not ours
+            for row in rows:
+                if row.id in numbers and (row.owner != self.owner or row.status in _TERMINAL):
+                    del numbers[row.id]
+            for tid in gone:
+                numbers.pop(tid, None)
         return rows, gone
+
+    def tracked(self) -> int:
+        """How many tasks this writer keeps a row number for (ours: inserted or claimed, not ended)."""
+        return len(self._numbers)
 
 
 def _utf8(text: str | None) -> str | None:
