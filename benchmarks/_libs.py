@@ -28,6 +28,8 @@ class Lib:
     driven: str
     #: The start method the measurement asks for (None: the library's own default).
     method: str | None = None
+    #: What the rows call it, when not just its library (a variant with a store or another backend).
+    name: str | None = None
 
     @property
     def is_peer(self) -> bool:
@@ -42,7 +44,7 @@ class Lib:
         start = self.start.replace(MP_DEFAULT, f"{mp_default}, multiprocessing's default")
         if self.default_start and MP_DEFAULT not in self.start and self.family != RAW:
             start += ", its default"
-        return f"{self.family} ({start})"
+        return f"{self.name or self.family} ({start})"
 
 
 _TP = (
@@ -87,8 +89,22 @@ LIBS: tuple[Lib, ...] = (
     Lib("pebble+forkserver", "pebble", "forkserver", False, _PEBBLE, "forkserver"),
     Lib("mp_pool", "mp_pool", MP_DEFAULT, True, _MP_POOL),
     # Rows for capabilities still to land (issue 16, item 7): planned, skipped while absent.
-    Lib(f"{GENRO}+store", GENRO, "forkserver", True, "`TaskManager` on the shared SQLite store (issue 12)"),
-    Lib(f"{GENRO}+ray", GENRO, "Ray workers", True, "`TaskManager` on the Ray backend (issue 13)"),
+    Lib(
+        f"{GENRO}+store",
+        GENRO,
+        "forkserver",
+        True,
+        "`TaskManager(store=path)` on the shared SQLite store, driven as above",
+        name=f"{GENRO} on the SQLite store",
+    ),
+    Lib(
+        f"{GENRO}+ray",
+        GENRO,
+        "Ray workers",
+        True,
+        "`TaskManager(backend=RayBackend())`, driven as above",
+        name=f"{GENRO} on Ray",
+    ),
     Lib("ray", "ray", "Ray workers", True, "plain Ray: `ray.remote` tasks, `ray.cancel(force=True)`"),
     Lib(RAW, RAW, "subprocess / forkserver", True, "no library: a bare pipe to a child process (the floor)"),
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from _libs import GENRO, LIBS, RAW
+from _libs import BY_KEY, GENRO, LIBS, RAW
 from _report import (
     CANCEL_RETURNS_EARLY,
     NOTES,
@@ -35,14 +35,15 @@ def _cell(stat: dict[str, float], mult: float) -> tuple[str, str]:
 
 def _lib_table(t: Table, meta: dict[str, Any], params: dict[str, Any], spec: Spec, raw: Raw, s: Summary) -> list[str]:
     better = "higher is better" if t.higher_better else "lower is better"
+    subject = BY_KEY[t.subject].name or t.subject
     about = (
-        f"Unit: {t.unit}, {better}. Advantage = how many times better {t.subject} is than that row "
-        f"(> 1: genro_tasks better). {NOTES.get((t.key, t.value), '').format(**params)}"
+        f"Unit: {t.unit}, {better}. Advantage = how many times better {subject} is than that row "
+        f"(> 1: {subject} better). {NOTES.get((t.key, t.value), '').format(**params)}"
     )
     lines = [f"### {t.title.format(**params)}", "", about.strip(), ""]
     extra = t.key == "echo"
     cols = 5 + extra
-    head = f"| library (start method) | median | min - max | rounds | {t.subject} advantage |"
+    head = f"| library (start method) | median | min - max | rounds | {subject} advantage |"
     lines += [head + (" vs raw pipe |" if extra else ""), "|---" * cols + "|"]
     genro = median(s, t.key, t.subject, t.value)
     floor = median(s, t.key, RAW, t.value) if extra else None

@@ -74,11 +74,20 @@ TABLES = (
         "tasks/s",
         HI,
     ),
-    # Issue 16 item 7: filled once the store and the Ray backend land (skipped while absent).
-    Table("store_throughput", "tps", "Shared store: throughput, {throughput:,} trivial tasks", "tasks/s", HI),
-    Table("store_roundtrip", "median_us", "Shared store: sequential round trip, median per call", "µs", LO),
+    # Issue 16 item 7: the store's and the Ray backend's rows; each names its own subject.
     Table(
-        "store_cross_process_cancel", "cancel_ms", "Shared store: cancel from another process until CANCELLED", "ms", LO
+        "store_throughput", "tps", "Shared store: throughput, {throughput:,} trivial tasks", "tasks/s", HI, 1.0, _STORE
+    ),
+    Table(
+        "store_roundtrip", "median_us", "Shared store: sequential round trip, median per call", "µs", LO, subject=_STORE
+    ),
+    Table(
+        "store_cross_process_cancel",
+        "cancel_ms",
+        "Shared store: cancel from another process until CANCELLED",
+        "ms",
+        LO,
+        subject=_STORE,
     ),
     Table(
         "ray_throughput",
@@ -86,9 +95,10 @@ TABLES = (
         "Ray: throughput, {throughput:,} trivial tasks, genro_tasks vs plain Ray",
         "tasks/s",
         HI,
+        subject=_RAY,
     ),
-    Table("ray_roundtrip", "median_us", "Ray: sequential round trip, genro_tasks vs plain Ray", "µs", LO),
-    Table("ray_cancel", "cancel_ms", "Ray: cancel latency, genro_tasks vs plain Ray", "ms", LO),
+    Table("ray_roundtrip", "median_us", "Ray: sequential round trip, genro_tasks vs plain Ray", "µs", LO, subject=_RAY),
+    Table("ray_cancel", "cancel_ms", "Ray: cancel latency, genro_tasks vs plain Ray", "ms", LO, subject=_RAY),
 )
 
 _NO_CANCEL = "cannot: a running ProcessPoolExecutor future cannot be cancelled"
