@@ -289,7 +289,10 @@ def test_stays_smooth_with_10000_retained_tasks_and_10_progressing(browser: Brow
         call(url + "/submit", job="slow", args="60", id="marker")  # its event comes after the others
         page.wait_for_function("() => document.querySelector('#counts').textContent.includes('pending 10001')")
         width = float(page.eval_on_selector(bar, "e => parseFloat(e.style.width)"))
-        loaded = busy_seconds(page, 3000)
+        # The better of two windows: a burst of load from elsewhere on the machine (busy time is wall
+        # time) rarely spans both, while the defect this guards against (every row re-rendered on
+        # every update) keeps the main thread busy in every window.
+        loaded = min(busy_seconds(page, 3000), busy_seconds(page, 3000))
         page.wait_for_function("([s, w]) => parseFloat(document.querySelector(s).style.width) > w", arg=[bar, width])
         print(f"main-thread busy over 3 s: {baseline:.3f}s with 100 tasks, {loaded:.3f}s with 10,011")
         # Before the fix every progress update re-rendered every row: the main thread was busy all the time.
