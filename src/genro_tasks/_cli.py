@@ -138,8 +138,13 @@ def run_command(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO 
 
 @asynccontextmanager
 async def _client(store: str) -> AsyncIterator[TaskManager]:
-    """A TaskManager on ``store`` that runs nothing: it reads, watches and cancels."""
-    tm = TaskManager(max_workers=0, store=store)
+    """A TaskManager on ``store`` that runs nothing: it reads, watches and cancels.
+
+    It applies no retention of its own: a manager prunes the file by its
+    limits when it opens it, and the defaults (``max_finished=10_000``) would
+    delete finished tasks an application configured to keep.
+    """
+    tm = TaskManager(max_workers=0, store=store, max_finished=sys.maxsize)
     try:
         await tm.startup()
     except RuntimeError as exc:  # the file is not a store, cannot be opened, or is too new

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._task import TaskStatus
 from ._liveness import MACHINE, my_identity, owner_alive
-from ._schema import TASK_COLUMNS, migrate
+from ._schema import TASK_COLUMNS, migrate, refuse_foreign
 
 if TYPE_CHECKING:
     from .._task import TaskRecord
@@ -246,6 +246,11 @@ def connect(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connect
         cached_statements=_CACHED_STATEMENTS,
     )
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    try:
+        refuse_foreign(conn, path)
+    except BaseException:
+        conn.close()
+        raise
     if (
         conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
         and not conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()

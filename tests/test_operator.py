@@ -1,0 +1,74 @@
+"""What an operator does to a store from outside the application, and what it must not break.
+
+Real SQLite files, real worker processes, and the command line run as the shell would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+import trio
+
+import jobs
+from genro_tasks import TaskManager
+from test_cli import cli
+
+
+def _tables(db: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return sorted(row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+
+
+def _journal_mode(db: Path) -> str:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+
+
+def _foreign_database(path: Path) -> Path:
+    """An SQLite database another program owns (its own tables, rollback journal)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        conn.execute("INSERT INTO invoices (total) VALUES (12.5)")
+        conn.commit()
+    return path
+
+
+async def test_another_programs_sqlite_database_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    """A store path that names someone else's database (a typo, a shared data folder) is not written to."""
+    db = _foreign_database(tmp_path / "app.db")
+    before = (_tables(db), _journal_mode(db))
+
+    tm = TaskManager(max_workers=1, store=db)
+    with pytest.raises(RuntimeError, match=r"not a task store.*invoices.*name a new file"):
+        with trio.fail_after(30):
+            await tm.startup()
+    listed = await cli("ls", "--store", str(db))
+    assert listed.returncode == 2
+    assert b"not a task store" in listed.stderr
+    assert b"Traceback" not in listed.stderr
+
+    assert (_tables(db), _journal_mode(db)) == before  # no table added, still in its own journal mode
+
+
+async def test_reading_a_store_from_the_shell_deletes_no_finished_task(tmp_path: Path) -> None:
+    """The application keeps 50,000 finished tasks; ``ls`` (a client with default limits) must not prune to 10,000."""
+    db = tmp_path / "tasks.db"
+    count = 10_050  # above the default max_finished (10,000)
+    async with TaskManager(max_workers=2, store=db, max_finished=50_000) as tm:
+        with trio.fail_after(60):
+            ids = [tm.submit(jobs.add, i, 1) for i in range(count)]
+            await tm.gather(ids)
+            await tm.flush()
+
+    listed = await cli("ls", "--json", "--store", str(db))
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == count
+    shown = await cli("show", ids[0], "--store", str(db))  # the oldest, first to go if anything is pruned
+    assert shown.returncode == 0, shown.stderr
+    async with TaskManager(max_workers=0, store=db, max_finished=50_000) as tm:
+        assert len(tm.list_tasks()) == count
+        assert await tm.result(ids[0]) == 1
