@@ -14,6 +14,7 @@ import pytest
 import trio
 
 import jobs
+import jobs_store
 from genro_tasks import TaskManager
 from test_cli import cli
 
@@ -72,3 +73,35 @@ async def test_reading_a_store_from_the_shell_deletes_no_finished_task(tmp_path:
     async with TaskManager(max_workers=0, store=db, max_finished=50_000) as tm:
         assert len(tm.list_tasks()) == count
         assert await tm.result(ids[0]) == 1
+
+
+async def test_terminal_output_shows_control_characters_escaped(tmp_path: Path) -> None:
+    """Task text comes from users and jobs: an escape sequence in it must not drive the
+    operator's terminal, and a newline must not split a row of ``ls``."""
+    db = tmp_path / "tasks.db"
+    odd_id = "red\x1b[31m\nline\u202etwo"
+    async with TaskManager(max_workers=1, store=db) as tm:
+        with trio.fail_after(30):
+            tm.submit(jobs.add, 1, 2, task_id=odd_id, metadata={"note": "csi\x9b2J"})
+            tm.submit(jobs_store.fail, "boom\x1b[2J\x07", task_id="bad")
+            await tm.gather([odd_id, "bad"], return_exceptions=True)
+            await tm.flush()
+
+    outputs = [
+        await cli("ls", "--store", str(db)),
+        await cli("show", odd_id, "--store", str(db)),
+        await cli("show", "bad", "--store", str(db)),
+        await cli("watch", odd_id, "--store", str(db)),
+        await cli("watch", "bad", "--store", str(db)),
+    ]
+    for done in outputs:
+        assert done.returncode in (0, 1), done.stderr
+        text = done.stdout.decode()
+        assert not {"\x1b", "\x07", "\x9b", "\u202e"} & set(text), text
+    listed = outputs[0].stdout.decode().splitlines()
+    assert len(listed) == 3  # the header and one line per task
+    assert any(line.startswith(r"red\x1b[31m\nline\u202etwo ") for line in listed)
+    assert r"boom\x1b[2J\x07" in outputs[2].stdout.decode()
+    # JSON keeps the exact text, escaped by JSON itself.
+    shown = json.loads((await cli("show", odd_id, "--json", "--store", str(db))).stdout)
+    assert (shown["task_id"], shown["metadata"]) == (odd_id, {"note": "csi\x9b2J"})

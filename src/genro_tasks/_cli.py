@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import os
 import shutil
 import sys
+import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -109,8 +111,33 @@ def _seconds(text: str) -> float:
     return value
 
 
+#: Invisible characters that reorder the text around them ("Trojan source"); shown escaped.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _shown(text: str, *, lines: bool = False) -> str:
+    """``text`` for a terminal: control and bidi characters escaped (``\\x1b``, ``\\n``).
+
+    Task ids, metadata, messages and errors come from users and jobs: an escape
+    sequence in them must not drive the operator's terminal, and a newline must
+    not split a row. ``lines=True`` keeps newlines (a traceback).
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if (char == "\n" and lines) or not (unicodedata.category(char) == "Cc" or char in _BIDI):
+            out.append(char)
+        else:
+            out.append(repr(char)[1:-1])  # \x1b, \n, \u202e
+    return "".join(out)
+
+
 def run_command(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Run one store command; return the exit status."""
+    for stream in (out, err):  # text this terminal cannot encode is shown escaped, never a traceback
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     store = args.store or os.environ.get(STORE_ENV)
     if not store:
         err.write(f"error: say which store: --store PATH, or set {STORE_ENV}\n")
@@ -235,6 +262,7 @@ def _duration(seconds: float) -> str:
 
 def _print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
     """Aligned columns; the last column is cut to the terminal's width."""
+    rows = [tuple(_shown(cell) for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     width = shutil.get_terminal_size((120, 24)).columns
     for row in rows:
@@ -257,11 +285,11 @@ async def _show(store: str, args: argparse.Namespace, out: TextIO) -> int:
     metadata = data.pop("metadata", None)
     for key, value in data.items():
         if value is not None:
-            out.write(f"{key + ':':<18}{value}\n")
+            out.write(f"{key + ':':<18}{_shown(str(value), lines=key == 'error')}\n")
     if metadata:
-        out.write(f"{'metadata:':<18}{json.dumps(metadata, ensure_ascii=False)}\n")
+        out.write(f"{'metadata:':<18}{_shown(json.dumps(metadata, ensure_ascii=False))}\n")
     if traceback:
-        out.write("traceback:\n" + traceback.rstrip("\n") + "\n")
+        out.write("traceback:\n" + _shown(traceback.rstrip("\n"), lines=True) + "\n")
     return EXIT_OK
 
 
@@ -280,7 +308,7 @@ def _emit(info: TaskInfo, args: argparse.Namespace, out: TextIO) -> None:
     if args.json:
         out.write(json.dumps(info_to_json(info)) + "\n")
     else:
-        out.write(f"{datetime.now().strftime('%H:%M:%S')}  {_change_line(info)}\n")
+        out.write(f"{datetime.now().strftime('%H:%M:%S')}  {_shown(_change_line(info))}\n")
     out.flush()
 
 
@@ -312,7 +340,7 @@ async def _cancel(store: str, args: argparse.Namespace, out: TextIO) -> int:
         json.dump({"cancelled": cancelled, "task": info_to_json(info)}, out, indent=1)
         out.write("\n")
     elif cancelled:
-        out.write(f"{info.task_id}: cancelled\n")
+        out.write(f"{_shown(info.task_id)}: cancelled\n")
     else:
-        out.write(f"{info.task_id}: not cancelled, already {info.status.value}\n")
+        out.write(f"{_shown(info.task_id)}: not cancelled, already {info.status.value}\n")
     return EXIT_OK if cancelled else EXIT_NOT_DONE
