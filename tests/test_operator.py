@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ import trio
 
 import jobs
 import jobs_store
-from genro_tasks import TaskManager
+from genro_tasks import TaskManager, TaskStatus, testing
 from test_cli import cli
+from test_store import server
 
 
 def _tables(db: Path) -> list[str]:
@@ -105,3 +107,29 @@ async def test_terminal_output_shows_control_characters_escaped(tmp_path: Path) 
     # JSON keeps the exact text, escaped by JSON itself.
     shown = json.loads((await cli("show", odd_id, "--json", "--store", str(db))).stdout)
     assert (shown["task_id"], shown["metadata"]) == (odd_id, {"note": "csi\x9b2J"})
+
+
+async def test_a_task_claimed_behind_a_long_job_goes_to_an_idle_process(tmp_path: Path) -> None:
+    """A restart with a backlog: the first process up claims tasks ahead of its workers, which
+    then turn out busy with long jobs; a second process's idle workers must run those tasks
+    instead of leaving them to wait for the first process's jobs to end."""
+    db = tmp_path / "tasks.db"
+    async with TaskManager(max_workers=0, store=db) as client:
+        ids = [client.submit(jobs_store.short, 8) for _ in range(4)]
+        await client.flush()
+
+        def running() -> int:
+            return sum(testing.status(client, i) is TaskStatus.RUNNING for i in ids)
+
+        def settled(n: int) -> Callable[[], bool]:
+            return lambda: running() >= n or any(testing.status(client, i).is_terminal for i in ids)
+
+        async with server(db, workers=2):
+            with trio.fail_after(30):
+                await testing.wait_until(client, settled(2))
+            async with server(db, workers=2):
+                with trio.fail_after(30):
+                    await testing.wait_until(client, settled(4))
+                assert [testing.status(client, i) for i in ids] == [TaskStatus.RUNNING] * 4
+                for i in ids:
+                    assert await client.cancel(i)

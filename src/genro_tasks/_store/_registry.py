@@ -530,7 +530,28 @@ class StoreRegistry(KeyedRegistry):
         if self._ahead > self._base_ahead and trio.current_time() - self._starved_at > 1.0:
             self._ahead = max(self._base_ahead, self._ahead // 2)  # no starvation for a while: hoard less
             self._starved_at = trio.current_time()
+        if batch.beat:
+            self._shed()
         self.on_idle()
+
+    def _shed(self) -> None:
+        """Give back to the shared queue the claimed tasks that now wait behind long jobs here.
+
+        A task is claimed ahead of workers whose jobs had not run long then (a
+        process that starts with a backlog claims some for each worker); once
+        those jobs have run long, such a task would wait for them to end while
+        another process may have a worker free. Checked at every heartbeat,
+        so it waits about a second at most.
+        """
+        scheduler = self._scheduler
+        if scheduler is None or not scheduler.accepting:
+            return
+        free, workers = scheduler.backend.claimable()
+        recs = scheduler.take_back_waiting(scheduler.queued - free - self._ahead_for(workers))
+        if recs:
+            self.release(recs)
+            self._queued_more()
+            self.hub.publish(None)  # the shared queue changed (statistics().tasks_queued)
 
     def _apply_rows(self, rows: list[Row], *, initial: bool) -> None:
         records = self._records

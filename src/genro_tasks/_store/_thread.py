@@ -234,6 +234,8 @@ class Batch:
     gone: list[str] = field(default_factory=list)
     error: BaseException | None = None
     stopped: bool = False
+    #: The round beat the heartbeat (about once a second): a time to look at the tasks held here.
+    beat: bool = False
 
 
 def connect(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
@@ -397,7 +399,15 @@ class StoreThread:
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None
-            if batch.done != self._done or batch.claims or batch.cancels or batch.rows or batch.gone or stopped:
+            if (
+                batch.done != self._done
+                or batch.claims
+                or batch.cancels
+                or batch.rows
+                or batch.gone
+                or batch.beat
+                or stopped
+            ):
                 self._done = batch.done
                 deliver(batch)
 
@@ -454,6 +464,7 @@ class StoreThread:
                 )
                 foreign |= self._check_owners(rev, now)
                 self._last_beat = now
+                batch.beat = True
             if prune:
                 self._prune(rev, now, pruned)
             if stop:
