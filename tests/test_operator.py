@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -133,3 +136,38 @@ async def test_a_task_claimed_behind_a_long_job_goes_to_an_idle_process(tmp_path
                 assert [testing.status(client, i) for i in ids] == [TaskStatus.RUNNING] * 4
                 for i in ids:
                     assert await client.cancel(i)
+
+
+async def test_cancel_from_the_shell_says_what_it_waits_for(tmp_path: Path) -> None:
+    """The process running the task is stopped (SIGSTOP, a debugger): ``cancel`` must say why it
+    waits instead of hanging silently, and finish once that process resumes."""
+    db = tmp_path / "tasks.db"
+    async with server(db, workers=1) as owner, TaskManager(max_workers=0, store=db) as client:
+        task_id = client.submit(jobs_store.announce_and_sleep, 3600)
+        with trio.fail_after(30):
+            await testing.wait_for_status(client, task_id, TaskStatus.RUNNING)
+        owner.proc.send_signal(signal.SIGSTOP)
+        try:
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "genro_tasks", "cancel", task_id, "--store", str(db)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            assert proc.stderr is not None
+            assert proc.stdout is not None
+            said = b""
+            with trio.fail_after(30):
+                while b"\n" not in said:
+                    chunk = await proc.stderr.receive_some()
+                    assert chunk, "cancel ended without saying it waits"
+                    said += chunk
+            assert f"pid {owner.pid}".encode() in said, said
+            assert b"stopped" in said
+            assert proc.returncode is None  # still waiting
+        finally:
+            owner.proc.send_signal(signal.SIGCONT)
+        with trio.fail_after(30):
+            out = await proc.stdout.receive_some()
+            assert await proc.wait() == 0
+        assert out.decode().strip() == f"{task_id}: cancelled"
+        assert (await client.info(task_id)).status is TaskStatus.CANCELLED

@@ -31,6 +31,7 @@ from typing import Any, TextIO
 import trio
 
 from ._manager import TaskManager
+from ._store._liveness import owner_of
 from ._task import TaskInfo, TaskStatus
 from .asgi._serialize import info_to_json
 
@@ -331,10 +332,39 @@ async def _watch(store: str, args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_OK if last is not None and last.status is TaskStatus.COMPLETED else EXIT_NOT_DONE
 
 
+#: Seconds ``cancel`` waits before it says what it waits for.
+EXPLAIN_AFTER = 1.0
+
+
+async def _explain_wait(store: str, task_id: str, grace: float | None) -> None:
+    """``cancel`` of a task another process runs waits for that process: after a while, say so."""
+    await trio.sleep(EXPLAIN_AFTER + (grace or 0.0))  # a graceful cancel may take its grace
+    try:
+        owner = await trio.to_thread.run_sync(owner_of, store, task_id)
+    except Exception:  # only an explanation: never let it break the cancel
+        owner = None
+    if owner is None:
+        return
+    pid, doing = owner
+    why = {
+        "stopped": "it is stopped (SIGSTOP or a debugger): the task is cancelled when it resumes (kill -CONT)",
+        "running": "it has not acted on the request yet",
+        "on another machine": "it runs on another machine",
+    }[doing]
+    sys.stderr.write(
+        f"waiting for pid {pid}, the process running task {task_id!r}, to kill its job: {why}. "
+        "Ctrl-C stops waiting; the cancel request stays.\n"
+    )
+    sys.stderr.flush()
+
+
 async def _cancel(store: str, args: argparse.Namespace, out: TextIO) -> int:
     async with _client(store) as tm:
         await _info(tm, args.task_id)
-        cancelled = await tm.cancel(args.task_id, grace=args.grace)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_explain_wait, store, args.task_id, args.grace)
+            cancelled = await tm.cancel(args.task_id, grace=args.grace)
+            nursery.cancel_scope.cancel()
         info = await tm.info(args.task_id)
     if args.json:
         json.dump({"cancelled": cancelled, "task": info_to_json(info)}, out, indent=1)
