@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -171,3 +174,37 @@ async def test_cancel_from_the_shell_says_what_it_waits_for(tmp_path: Path) -> N
             assert await proc.wait() == 0
         assert out.decode().strip() == f"{task_id}: cancelled"
         assert (await client.info(task_id)).status is TaskStatus.CANCELLED
+
+
+#: Run a command as user nobody (setpriv, from util-linux).
+AS_NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to run the command as another user"
+)
+async def test_a_store_this_user_cannot_write_says_so(tmp_path: Path) -> None:
+    """An operator runs the command as a user who may read the store but not write it."""
+    folder = Path(tempfile.mkdtemp(prefix="genro-ro-"))  # outside tmp_path, whose parents only root may enter
+    try:
+        folder.chmod(0o755)
+        db = folder / "tasks.db"
+        async with TaskManager(max_workers=0, store=db) as tm:
+            tm.submit(jobs.add, 1, 1)
+            await tm.flush()
+        for path in folder.iterdir():
+            path.chmod(0o644)
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                [*AS_NOBODY, sys.executable, "-m", "genro_tasks", "ls", "--store", str(db)],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        assert done.returncode == 2
+        said = done.stderr.decode()
+        assert "Traceback" not in said
+        assert "cannot write" in said
+        assert "user" in said
+    finally:
+        shutil.rmtree(folder)

@@ -72,7 +72,8 @@ def add_commands(sub: Any) -> None:
 
     show = sub.add_parser("show", help="everything about one task", description="Everything a store knows of one task.")
     common(show)
-    show.add_argument("task_id", metavar="ID")
+    id_help = "the task's id; one that starts with '-' goes after '--' (show -- -x)"
+    show.add_argument("task_id", metavar="ID", help=id_help)
 
     watch = sub.add_parser(
         "watch",
@@ -80,7 +81,7 @@ def add_commands(sub: Any) -> None:
         description="Print a line per change: of one task until it ends, or of every task until Ctrl-C.",
     )
     common(watch)
-    watch.add_argument("task_id", nargs="?", metavar="ID")
+    watch.add_argument("task_id", nargs="?", metavar="ID", help=id_help + "; none: every task")
 
     cancel = sub.add_parser(
         "cancel",
@@ -88,7 +89,7 @@ def add_commands(sub: Any) -> None:
         description="Cancel a task: a running one's worker is killed (after --grace seconds, if given).",
     )
     common(cancel)
-    cancel.add_argument("task_id", metavar="ID")
+    cancel.add_argument("task_id", metavar="ID", help=id_help)
     cancel.add_argument("--grace", type=_seconds, default=None, metavar="S", help="let the job stop by itself for S s")
 
 

@@ -67,6 +67,16 @@ _INT64_LOW = -(2**63)
 _INT64_HIGH = 2**63
 
 
+def _user() -> str:
+    """This process's user name (or uid), for error messages."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):  # pragma: no cover - no passwd entry
+        return f"uid {os.geteuid()}"
+
+
 def _refuse(op: tuple[Any, ...]) -> None:  # pragma: no cover - ops are only made once open
     raise AssertionError("the store is not open")
 
@@ -132,6 +142,12 @@ class StoreRegistry(KeyedRegistry):
                 hint = (
                     f"another process held a write lock on it for longer than busy_timeout "
                     f"({self.store.busy_timeout:g}s); retry, or give SQLiteStore a longer busy_timeout"
+                )
+            elif isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
+                hint = (
+                    f"this user ({_user()}) cannot write the file or its directory, and even reading a store "
+                    "writes to it (each process registers itself; WAL keeps -wal and -shm files beside it): "
+                    "run as the application's user, or give this one write access to both"
                 )
             else:
                 hint = "check that its directory exists and is writable, and that the path is not a directory"
