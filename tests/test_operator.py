@@ -17,12 +17,15 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
 import jobs
 import jobs_store
+from browser_helpers import free_port
 from genro_tasks import TaskManager, TaskStatus, testing
+from test_asgi import ROOT
 from test_cli import cli
 from test_store import server
 
@@ -208,3 +211,46 @@ async def test_a_store_this_user_cannot_write_says_so(tmp_path: Path) -> None:
         assert "user" in said
     finally:
         shutil.rmtree(folder)
+
+
+async def test_a_deploy_lets_every_server_process_finish_its_running_exports(tmp_path: Path) -> None:
+    """SIGTERM to ``hypercorn --workers 2``: hypercorn (0.18) asks both server processes to shut
+    down, then SIGTERMs the one still draining as soon as the other has exited. The export that
+    one runs must still finish (within ``shutdown_timeout``), not end ``TaskLost``."""
+    db = tmp_path / "tasks.db"
+    env = {**os.environ, "EXPORT_REPORT_DIR": str(tmp_path / "reports"), "EXPORT_TASK_STORE": str(db)}
+    port = free_port()
+    command = [sys.executable, "-m", "hypercorn", "--worker-class", "trio", "--workers", "2"]
+    command += ["--bind", f"127.0.0.1:{port}", "examples.export_app:app"]
+    proc = await trio.lowlevel.open_process(command, cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        log = b""
+        with trio.fail_after(60):
+            while log.count(b"Running on") < 2:
+                chunk = await proc.stderr.receive_some(4096)
+                assert chunk, log.decode()
+                log += chunk
+        async with (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
+            TaskManager(max_workers=0, store=db) as client,
+        ):
+            started = await http.post(
+                "/exports", params={"user_id": 1, "seconds": 2}, headers={"X-Requested-With": "exports"}
+            )
+            task_id = started.json()["task_id"]
+            with trio.fail_after(30):
+                await testing.wait_for_status(client, task_id, TaskStatus.RUNNING)
+            proc.send_signal(signal.SIGTERM)  # a deploy: the main process only, as the README says
+            with trio.fail_after(30):
+                await proc.wait()
+                await testing.wait_until(client, lambda: testing.status(client, task_id).is_terminal)
+            info = await client.info(task_id)
+            assert info.status is TaskStatus.COMPLETED, info.error
+    finally:
+        with trio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            if proc.stderr is not None:
+                await proc.stderr.aclose()

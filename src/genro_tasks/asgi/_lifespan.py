@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
+from contextlib import AbstractContextManager
 from typing import Any
 
 import trio
@@ -26,7 +30,9 @@ class TaskManagerLifespan:
     Shutdown is bounded by default, so it ends well within a server's own
     shutdown timeout: queued tasks are CANCELLED at once, running tasks get
     ``shutdown_timeout`` seconds to finish, and whatever still runs then is
-    killed and recorded CANCELLED.
+    killed and recorded CANCELLED. A SIGTERM that arrives during that drain
+    (hypercorn ``--workers N`` sends one to a process still draining once
+    another has exited) takes effect when the drain is over.
 
     Args:
         app: The ASGI application to wrap.
@@ -96,9 +102,15 @@ class TaskManagerLifespan:
             self.tracer = TaskTracer(self.tasks)
 
     async def _shutdown(self) -> None:
-        """Drain up to ``shutdown_timeout``, then kill what is left (shutdown's own cancel path)."""
+        """Drain up to ``shutdown_timeout``, then kill what is left (shutdown's own cancel path).
+
+        A SIGTERM that arrives meanwhile takes effect once the drain is over: a server
+        that runs several processes may send one to a process still draining (hypercorn
+        does, as soon as another process has exited), which would otherwise end it at
+        once and lose the tasks it runs.
+        """
         limit = math.inf if self.shutdown_timeout is None else self.shutdown_timeout
-        with trio.move_on_after(limit):
+        with _sigterm_deferred(), trio.move_on_after(limit):
             await self.tasks.shutdown(wait=self._wait, cancel_pending=self._cancel_pending)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -167,6 +179,16 @@ class TaskManagerLifespan:
                 await self._shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _sigterm_deferred() -> AbstractContextManager[object]:
+    """Hold SIGTERM while the block runs; one that arrived is delivered again when it ends.
+
+    Only the main thread can receive signals; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return contextlib.nullcontext()
+    return trio.open_signal_receiver(signal.SIGTERM)  # on exit, trio re-raises what it held
 
 
 def task_manager(scope: Scope) -> TaskManager:
