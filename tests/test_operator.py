@@ -14,7 +14,8 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -213,40 +214,25 @@ async def test_a_store_this_user_cannot_write_says_so(tmp_path: Path) -> None:
         shutil.rmtree(folder)
 
 
-async def test_a_deploy_lets_every_server_process_finish_its_running_exports(tmp_path: Path) -> None:
-    """SIGTERM to ``hypercorn --workers 2``: hypercorn (0.18) asks both server processes to shut
-    down, then SIGTERMs the one still draining as soon as the other has exited. The export that
-    one runs must still finish (within ``shutdown_timeout``), not end ``TaskLost``."""
-    db = tmp_path / "tasks.db"
-    env = {**os.environ, "EXPORT_REPORT_DIR": str(tmp_path / "reports"), "EXPORT_TASK_STORE": str(db)}
+@asynccontextmanager
+async def hypercorn_example(env: dict[str, str], workers: int) -> AsyncIterator[tuple[trio.Process, str]]:
+    """``hypercorn --workers N examples.export_app:app`` on a free port: yield its main process and URL.
+
+    Unlike ``test_asgi.example_server``, the test stops it itself (with the signal it chooses).
+    """
     port = free_port()
-    command = [sys.executable, "-m", "hypercorn", "--worker-class", "trio", "--workers", "2"]
+    command = [sys.executable, "-m", "hypercorn", "--worker-class", "trio", "--workers", str(workers)]
     command += ["--bind", f"127.0.0.1:{port}", "examples.export_app:app"]
-    proc = await trio.lowlevel.open_process(command, cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    proc = await trio.lowlevel.open_process(command, cwd=ROOT, env={**os.environ, **env}, stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None
         log = b""
         with trio.fail_after(60):
-            while log.count(b"Running on") < 2:
+            while log.count(b"Running on") < workers:
                 chunk = await proc.stderr.receive_some(4096)
                 assert chunk, log.decode()
                 log += chunk
-        async with (
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
-            TaskManager(max_workers=0, store=db) as client,
-        ):
-            started = await http.post(
-                "/exports", params={"user_id": 1, "seconds": 2}, headers={"X-Requested-With": "exports"}
-            )
-            task_id = started.json()["task_id"]
-            with trio.fail_after(30):
-                await testing.wait_for_status(client, task_id, TaskStatus.RUNNING)
-            proc.send_signal(signal.SIGTERM)  # a deploy: the main process only, as the README says
-            with trio.fail_after(30):
-                await proc.wait()
-                await testing.wait_until(client, lambda: testing.status(client, task_id).is_terminal)
-            info = await client.info(task_id)
-            assert info.status is TaskStatus.COMPLETED, info.error
+        yield proc, f"http://127.0.0.1:{port}"
     finally:
         with trio.CancelScope(shield=True):
             if proc.returncode is None:
@@ -254,3 +240,39 @@ async def test_a_deploy_lets_every_server_process_finish_its_running_exports(tmp
                 await proc.wait()
             if proc.stderr is not None:
                 await proc.stderr.aclose()
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
+@pytest.mark.parametrize("to_every_process", [False, True], ids=["main-process", "every-process"])
+async def test_a_deploy_lets_every_server_process_finish_its_running_exports(
+    tmp_path: Path, to_every_process: bool
+) -> None:
+    """SIGTERM to ``hypercorn --workers 2``. To the main process (a deploy, as the README says):
+    hypercorn (0.18) asks both server processes to shut down, then SIGTERMs the one still
+    draining as soon as the other has exited. To every process at once (systemd's default): a
+    server process gets it before any shutdown began. Either way the running export must
+    finish (within ``shutdown_timeout``), not end ``TaskLost``."""
+    db = tmp_path / "tasks.db"
+    env = {"EXPORT_REPORT_DIR": str(tmp_path / "reports"), "EXPORT_TASK_STORE": str(db)}
+    async with (
+        hypercorn_example(env, workers=2) as (proc, url),
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+        TaskManager(max_workers=0, store=db) as client,
+    ):
+        started = await http.post(
+            "/exports", params={"user_id": 1, "seconds": 2}, headers={"X-Requested-With": "exports"}
+        )
+        task_id = started.json()["task_id"]
+        with trio.fail_after(30):
+            await testing.wait_for_status(client, task_id, TaskStatus.RUNNING)
+        for pid in [proc.pid, *(_children(proc.pid) if to_every_process else [])]:
+            os.kill(pid, signal.SIGTERM)
+        with trio.fail_after(30):
+            await proc.wait()
+            await testing.wait_until(client, lambda: testing.status(client, task_id).is_terminal)
+        info = await client.info(task_id)
+        assert info.status is TaskStatus.COMPLETED, info.error

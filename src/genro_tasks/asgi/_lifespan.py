@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import threading
-from contextlib import AbstractContextManager
 from typing import Any
 
 import trio
@@ -30,9 +28,14 @@ class TaskManagerLifespan:
     Shutdown is bounded by default, so it ends well within a server's own
     shutdown timeout: queued tasks are CANCELLED at once, running tasks get
     ``shutdown_timeout`` seconds to finish, and whatever still runs then is
-    killed and recorded CANCELLED. A SIGTERM that arrives during that drain
-    (hypercorn ``--workers N`` sends one to a process still draining once
-    another has exited) takes effect when the drain is over.
+    killed and recorded CANCELLED.
+
+    In a process where nothing else handles SIGTERM (a server process of
+    ``hypercorn --workers N``, whose main process handles the signals), a
+    SIGTERM first runs that same bounded shutdown, then ends the process as
+    it would have at once: hypercorn sends one to the processes still
+    draining as soon as one has exited, and systemd to every process, so
+    their running tasks finish instead of being lost.
 
     Args:
         app: The ASGI application to wrap.
@@ -75,6 +78,9 @@ class TaskManagerLifespan:
             )
         self.app = app
         self._nursery: trio.Nursery | None = None
+        # Set for each lifespan (see __call__): a shutdown begun, ended; the SIGTERM watch.
+        self._shutting_down = self._shut_down = trio.Event()
+        self._sigterm_scope = trio.CancelScope()
         self.tasks = manager if manager is not None else TaskManager()
         self._wait = shutdown_wait
         self._cancel_pending = shutdown_cancel_pending
@@ -104,14 +110,30 @@ class TaskManagerLifespan:
     async def _shutdown(self) -> None:
         """Drain up to ``shutdown_timeout``, then kill what is left (shutdown's own cancel path).
 
-        A SIGTERM that arrives meanwhile takes effect once the drain is over: a server
-        that runs several processes may send one to a process still draining (hypercorn
-        does, as soon as another process has exited), which would otherwise end it at
-        once and lose the tasks it runs.
+        Called by the lifespan shutdown and by a SIGTERM, maybe both: the second waits for the first.
         """
-        limit = math.inf if self.shutdown_timeout is None else self.shutdown_timeout
-        with _sigterm_deferred(), trio.move_on_after(limit):
-            await self.tasks.shutdown(wait=self._wait, cancel_pending=self._cancel_pending)
+        if self._shutting_down.is_set():
+            await self._shut_down.wait()
+            return
+        self._shutting_down.set()
+        try:
+            limit = math.inf if self.shutdown_timeout is None else self.shutdown_timeout
+            with trio.move_on_after(limit):
+                await self.tasks.shutdown(wait=self._wait, cancel_pending=self._cancel_pending)
+        finally:
+            self._shut_down.set()
+            self._sigterm_scope.cancel()  # a SIGTERM held meanwhile takes effect now
+
+    async def _shutdown_on_sigterm(self) -> None:
+        """Until the manager is shut down, a SIGTERM shuts it down (bounded) before it ends the process."""
+        with trio.open_signal_receiver(signal.SIGTERM) as signals, self._sigterm_scope:
+            async for _ in signals:
+                break
+            else:  # pragma: no cover - the receiver never ends by itself
+                return
+            with trio.CancelScope(shield=True):
+                await self._shutdown()
+            signal.raise_signal(signal.SIGTERM)  # held by the receiver: delivered as it closes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point.
@@ -126,12 +148,23 @@ class TaskManagerLifespan:
                 scope[METRICS_KEY] = self.metrics
             await self.app(scope, receive, send)
             return
+        self._shutting_down, self._shut_down = trio.Event(), trio.Event()
+        self._sigterm_scope = trio.CancelScope()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await self._lifespan(scope, receive, send)
+            try:
+                await self._lifespan(scope, receive, send)
+            finally:
+                self._sigterm_scope.cancel()  # the lifespan is over, shut down or not
 
     async def _startup(self) -> None:
         await self.tasks.startup()
+        if (
+            self._nursery is not None
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        ):
+            self._nursery.start_soon(self._shutdown_on_sigterm)
         for observer in (self.metrics, self.tracer):
             if observer is not None and self._nursery is not None:
                 self._nursery.start_soon(observer.run)  # ends when the manager shuts down
@@ -179,16 +212,6 @@ class TaskManagerLifespan:
                 await self._shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-def _sigterm_deferred() -> AbstractContextManager[object]:
-    """Hold SIGTERM while the block runs; one that arrived is delivered again when it ends.
-
-    Only the main thread can receive signals; elsewhere this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return contextlib.nullcontext()
-    return trio.open_signal_receiver(signal.SIGTERM)  # on exit, trio re-raises what it held
 
 
 def task_manager(scope: Scope) -> TaskManager:
