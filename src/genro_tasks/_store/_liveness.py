@@ -61,8 +61,10 @@ def owner_of(path: str, task_id: str) -> tuple[int, str] | None:
     """
     import contextlib
     import sqlite3
+    from pathlib import Path
 
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)) as conn:
+    uri = Path(path).resolve().as_uri() + "?mode=ro"  # percent-encoded: a '?' or '#' in the path stays in it
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1.0)) as conn:
         row = conn.execute(
             "SELECT p.pid, p.machine FROM tasks t JOIN processes p ON p.owner = t.owner WHERE t.id = ?", (task_id,)
         ).fetchone()
