@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import shutil
 import signal
 import sqlite3
@@ -276,3 +277,34 @@ async def test_a_deploy_lets_every_server_process_finish_its_running_exports(
             await testing.wait_until(client, lambda: testing.status(client, task_id).is_terminal)
         info = await client.info(task_id)
         assert info.status is TaskStatus.COMPLETED, info.error
+
+
+async def test_ls_on_a_terminal_fits_rows_with_a_very_long_id(tmp_path: Path) -> None:
+    """One 300-character id must not push every other column off an 80-column terminal."""
+    db = tmp_path / "tasks.db"
+    long_id = "export-" + "x" * 293
+    async with TaskManager(max_workers=1, store=db) as tm:
+        await tm.gather([tm.submit(jobs.add, 1, 1, task_id=long_id), tm.submit(jobs.add, 2, 2, task_id="short")])
+        await tm.flush()
+    primary, secondary = pty.openpty()
+    try:
+        with trio.fail_after(60):
+            await trio.run_process(
+                [sys.executable, "-m", "genro_tasks", "ls", "--store", str(db)],
+                stdout=secondary,
+                env={**os.environ, "COLUMNS": "80"},
+            )
+        os.close(secondary)
+        secondary = -1
+        text = b""
+        with contextlib.suppress(OSError):  # EIO once everything written is read
+            while chunk := os.read(primary, 4096):
+                text += chunk
+    finally:
+        os.close(primary)
+        if secondary != -1:
+            os.close(secondary)
+    lines = text.decode().splitlines()
+    assert len(lines) == 3, lines
+    assert all(len(line) <= 80 for line in lines), lines
+    assert all(" completed " in line for line in lines[1:]), lines

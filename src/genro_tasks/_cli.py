@@ -262,13 +262,24 @@ def _duration(seconds: float) -> str:
     return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600):02d}h"
 
 
+#: On a terminal, the narrowest a column is cut to (with "…") so that a row fits its width.
+_NARROWEST = 12
+
+
 def _print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
-    """Aligned columns; the last column is cut to the terminal's width."""
+    """Aligned columns, fitted to a terminal's width: the widest columns (a very long id) are
+    cut first, down to :data:`_NARROWEST`, then the last column."""
     rows = [tuple(_shown(cell) for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     width = shutil.get_terminal_size((120, 24)).columns
+    if out.isatty():
+        room = width - 2 * len(widths) - _NARROWEST  # what the columns but the last may take
+        while sum(widths) > room and max(widths) > _NARROWEST:
+            widest = widths.index(max(widths))
+            widths[widest] = max(_NARROWEST, widths[widest] - (sum(widths) - room))
     for row in rows:
-        head = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
+        cells = (cell if len(cell) <= w else cell[: w - 1] + "…" for cell, w in zip(row, widths, strict=False))
+        head = "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True))
         line = f"{head}  {row[-1]}".rstrip()
         if out.isatty() and len(line) > width:
             line = line[: width - 1] + "…"
