@@ -79,7 +79,7 @@ class TaskManagerLifespan:
         self.app = app
         self._nursery: trio.Nursery | None = None
         # Set for each lifespan (see __call__): a shutdown begun, ended; the SIGTERM watch.
-        self._shutting_down = self._shut_down = trio.Event()
+        self._shutting_down, self._shut_down = trio.Event(), trio.Event()
         self._sigterm_scope = trio.CancelScope()
         self.tasks = manager if manager is not None else TaskManager()
         self._wait = shutdown_wait
