@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import os
 import shutil
 import sys
+import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -29,6 +31,7 @@ from typing import Any, TextIO
 import trio
 
 from ._manager import TaskManager
+from ._store._liveness import owner_of
 from ._task import TaskInfo, TaskStatus
 from .asgi._serialize import info_to_json
 
@@ -69,7 +72,8 @@ def add_commands(sub: Any) -> None:
 
     show = sub.add_parser("show", help="everything about one task", description="Everything a store knows of one task.")
     common(show)
-    show.add_argument("task_id", metavar="ID")
+    id_help = "the task's id; one that starts with '-' goes after '--' (show -- -x)"
+    show.add_argument("task_id", metavar="ID", help=id_help)
 
     watch = sub.add_parser(
         "watch",
@@ -77,7 +81,7 @@ def add_commands(sub: Any) -> None:
         description="Print a line per change: of one task until it ends, or of every task until Ctrl-C.",
     )
     common(watch)
-    watch.add_argument("task_id", nargs="?", metavar="ID")
+    watch.add_argument("task_id", nargs="?", metavar="ID", help=id_help + "; none: every task")
 
     cancel = sub.add_parser(
         "cancel",
@@ -85,7 +89,7 @@ def add_commands(sub: Any) -> None:
         description="Cancel a task: a running one's worker is killed (after --grace seconds, if given).",
     )
     common(cancel)
-    cancel.add_argument("task_id", metavar="ID")
+    cancel.add_argument("task_id", metavar="ID", help=id_help)
     cancel.add_argument("--grace", type=_seconds, default=None, metavar="S", help="let the job stop by itself for S s")
 
 
@@ -109,8 +113,33 @@ def _seconds(text: str) -> float:
     return value
 
 
+#: Invisible characters that reorder the text around them ("Trojan source"); shown escaped.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _shown(text: str, *, lines: bool = False) -> str:
+    """``text`` for a terminal: control and bidi characters escaped (``\\x1b``, ``\\n``).
+
+    Task ids, metadata, messages and errors come from users and jobs: an escape
+    sequence in them must not drive the operator's terminal, and a newline must
+    not split a row. ``lines=True`` keeps newlines (a traceback).
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if (char == "\n" and lines) or not (unicodedata.category(char) == "Cc" or char in _BIDI):
+            out.append(char)
+        else:
+            out.append(repr(char)[1:-1])  # \x1b, \n, \u202e
+    return "".join(out)
+
+
 def run_command(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Run one store command; return the exit status."""
+    for stream in (out, err):  # text this terminal cannot encode is shown escaped, never a traceback
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     store = args.store or os.environ.get(STORE_ENV)
     if not store:
         err.write(f"error: say which store: --store PATH, or set {STORE_ENV}\n")
@@ -138,8 +167,13 @@ def run_command(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO 
 
 @asynccontextmanager
 async def _client(store: str) -> AsyncIterator[TaskManager]:
-    """A TaskManager on ``store`` that runs nothing: it reads, watches and cancels."""
-    tm = TaskManager(max_workers=0, store=store)
+    """A TaskManager on ``store`` that runs nothing: it reads, watches and cancels.
+
+    It applies no retention of its own: a manager prunes the file by its
+    limits when it opens it, and the defaults (``max_finished=10_000``) would
+    delete finished tasks an application configured to keep.
+    """
+    tm = TaskManager(max_workers=0, store=store, max_finished=sys.maxsize)
     try:
         await tm.startup()
     except RuntimeError as exc:  # the file is not a store, cannot be opened, or is too new
@@ -228,12 +262,24 @@ def _duration(seconds: float) -> str:
     return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600):02d}h"
 
 
+#: On a terminal, the narrowest a column is cut to (with "…") so that a row fits its width.
+_NARROWEST = 12
+
+
 def _print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
-    """Aligned columns; the last column is cut to the terminal's width."""
+    """Aligned columns, fitted to a terminal's width: the widest columns (a very long id) are
+    cut first, down to :data:`_NARROWEST`, then the last column."""
+    rows = [tuple(_shown(cell) for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     width = shutil.get_terminal_size((120, 24)).columns
+    if out.isatty():
+        room = width - 2 * len(widths) - _NARROWEST  # what the columns but the last may take
+        while sum(widths) > room and max(widths) > _NARROWEST:
+            widest = widths.index(max(widths))
+            widths[widest] = max(_NARROWEST, widths[widest] - (sum(widths) - room))
     for row in rows:
-        head = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
+        cells = (cell if len(cell) <= w else cell[: w - 1] + "…" for cell, w in zip(row, widths, strict=False))
+        head = "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True))
         line = f"{head}  {row[-1]}".rstrip()
         if out.isatty() and len(line) > width:
             line = line[: width - 1] + "…"
@@ -252,11 +298,11 @@ async def _show(store: str, args: argparse.Namespace, out: TextIO) -> int:
     metadata = data.pop("metadata", None)
     for key, value in data.items():
         if value is not None:
-            out.write(f"{key + ':':<18}{value}\n")
+            out.write(f"{key + ':':<18}{_shown(str(value), lines=key == 'error')}\n")
     if metadata:
-        out.write(f"{'metadata:':<18}{json.dumps(metadata, ensure_ascii=False)}\n")
+        out.write(f"{'metadata:':<18}{_shown(json.dumps(metadata, ensure_ascii=False))}\n")
     if traceback:
-        out.write("traceback:\n" + traceback.rstrip("\n") + "\n")
+        out.write("traceback:\n" + _shown(traceback.rstrip("\n"), lines=True) + "\n")
     return EXIT_OK
 
 
@@ -275,7 +321,7 @@ def _emit(info: TaskInfo, args: argparse.Namespace, out: TextIO) -> None:
     if args.json:
         out.write(json.dumps(info_to_json(info)) + "\n")
     else:
-        out.write(f"{datetime.now().strftime('%H:%M:%S')}  {_change_line(info)}\n")
+        out.write(f"{datetime.now().strftime('%H:%M:%S')}  {_shown(_change_line(info))}\n")
     out.flush()
 
 
@@ -298,16 +344,45 @@ async def _watch(store: str, args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_OK if last is not None and last.status is TaskStatus.COMPLETED else EXIT_NOT_DONE
 
 
+#: Seconds ``cancel`` waits before it says what it waits for.
+EXPLAIN_AFTER = 1.0
+
+
+async def _explain_wait(store: str, task_id: str, grace: float | None) -> None:
+    """``cancel`` of a task another process runs waits for that process: after a while, say so."""
+    await trio.sleep(EXPLAIN_AFTER + (grace or 0.0))  # a graceful cancel may take its grace
+    try:
+        owner = await trio.to_thread.run_sync(owner_of, store, task_id)
+    except Exception:  # only an explanation: never let it break the cancel
+        owner = None
+    if owner is None:
+        return
+    pid, doing = owner
+    why = {
+        "stopped": "it is stopped (SIGSTOP or a debugger): the task is cancelled when it resumes (kill -CONT)",
+        "running": "it has not acted on the request yet",
+        "on another machine": "it runs on another machine",
+    }[doing]
+    sys.stderr.write(
+        f"waiting for pid {pid}, the process running task {task_id!r}, to kill its job: {why}. "
+        "Ctrl-C stops waiting; the cancel request stays.\n"
+    )
+    sys.stderr.flush()
+
+
 async def _cancel(store: str, args: argparse.Namespace, out: TextIO) -> int:
     async with _client(store) as tm:
         await _info(tm, args.task_id)
-        cancelled = await tm.cancel(args.task_id, grace=args.grace)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_explain_wait, store, args.task_id, args.grace)
+            cancelled = await tm.cancel(args.task_id, grace=args.grace)
+            nursery.cancel_scope.cancel()
         info = await tm.info(args.task_id)
     if args.json:
         json.dump({"cancelled": cancelled, "task": info_to_json(info)}, out, indent=1)
         out.write("\n")
     elif cancelled:
-        out.write(f"{info.task_id}: cancelled\n")
+        out.write(f"{_shown(info.task_id)}: cancelled\n")
     else:
-        out.write(f"{info.task_id}: not cancelled, already {info.status.value}\n")
+        out.write(f"{_shown(info.task_id)}: not cancelled, already {info.status.value}\n")
     return EXIT_OK if cancelled else EXIT_NOT_DONE

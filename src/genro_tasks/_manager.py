@@ -73,6 +73,9 @@ class TaskManager(SubmitMethods):
         max_finished: Most finished tasks (with their results) kept for
             ``info``/``result``; the oldest finished are forgotten first.
         finished_ttl: Seconds a finished task is kept (``None``: no age limit).
+            With a store, both apply to the whole file from the moment this
+            manager opens it: give every manager on one store the same limits
+            (a client-only one too).
         max_message_size: Largest message, in bytes, between this process
             and a worker (default 1 GiB; at least 1 MiB): a pickled job
             (``submit`` raises MessageTooLarge beyond it), a pickled result,

@@ -324,6 +324,40 @@ class Scheduler(BackendListener):
             self._check_drained()
         return taken
 
+    @enable_ki_protection
+    def take_back_waiting(self, count: int) -> list[TaskRecord]:
+        """Take up to ``count`` tasks that wait here without having started, least urgent first; return them.
+
+        For a shared store, whose queue another process's idle worker may serve
+        sooner: queued tasks first (lowest priority, newest first), then those a
+        worker holds behind the job it runs. Each stays PENDING; the caller puts
+        it back in the store's queue.
+        """
+        if count <= 0 or self.lifecycle is not Lifecycle.RUNNING:
+            return []
+        taken = sorted(self._queued.values(), key=lambda rec: (rec.priority, -rec.seq))[:count]
+        for rec in taken:
+            del self._queued[rec.seq]
+        if len(taken) < count:
+            held = [
+                (key, rec)
+                for key, rec in self._flights.items()
+                if rec.status is TaskStatus.PENDING and key not in self._kill_reasons
+            ]
+            held.sort(key=lambda item: (item[1].priority, -item[1].seq))
+            for key, rec in held:
+                if len(taken) == count:
+                    break
+                if self.backend.take_back(key):
+                    del self._flights[key]
+                    taken.append(rec)
+        if taken:
+            if len(self._queue) > 2 * len(self._queued) + 64:  # too many stale entries: compact
+                self._queue = [(-r.priority, r.seq) for r in self._queued.values()]
+                heapq.heapify(self._queue)
+            self._on_room()
+        return taken
+
     def _end_queued(self, finish: Callable[[TaskRecord], None]) -> None:
         """Give every queued task (and every one waiting to retry) its terminal state with ``finish``."""
         if not self._queued and not self._backoff:

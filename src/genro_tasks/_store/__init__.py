@@ -33,6 +33,8 @@ class SQLiteStore:
 
     Args:
         path: The SQLite file; created (with its directory's permission) if missing.
+            An SQLite database that is not a task store (another program's) is
+            refused when the manager starts, and left untouched.
         synchronous: ``"NORMAL"`` (default): a commit survives the crash of
             any process, and a power loss may lose the last commits;
             ``"FULL"``: a commit survives power loss too (each group commit

@@ -51,3 +51,31 @@ def my_identity() -> tuple[int, int | None]:
     """This process's pid and its start time."""
     pid = os.getpid()
     return pid, pid_start(pid)
+
+
+def owner_of(path: str, task_id: str) -> tuple[int, str] | None:
+    """The pid of the process that owns ``task_id`` in the store at ``path``, and what it is doing (blocking).
+
+    What it is doing: ``"stopped"`` (SIGSTOP, a debugger), ``"running"``, or
+    ``"on another machine"``. None if no process owns the task now.
+    """
+    import contextlib
+    import sqlite3
+    from pathlib import Path
+
+    uri = Path(path).resolve().as_uri() + "?mode=ro"  # percent-encoded: a '?' or '#' in the path stays in it
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1.0)) as conn:
+        row = conn.execute(
+            "SELECT p.pid, p.machine FROM tasks t JOIN processes p ON p.owner = t.owner WHERE t.id = ?", (task_id,)
+        ).fetchone()
+    if row is None:
+        return None
+    pid, machine = int(row[0]), str(row[1])
+    if machine != MACHINE:
+        return pid, "on another machine"
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return pid, "running"
+    return pid, "stopped" if state in (b"T", b"t") else "running"

@@ -67,6 +67,16 @@ _INT64_LOW = -(2**63)
 _INT64_HIGH = 2**63
 
 
+def _user() -> str:
+    """This process's user name (or uid), for error messages."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):  # pragma: no cover - no passwd entry
+        return f"uid {os.geteuid()}"
+
+
 def _refuse(op: tuple[Any, ...]) -> None:  # pragma: no cover - ops are only made once open
     raise AssertionError("the store is not open")
 
@@ -132,6 +142,12 @@ class StoreRegistry(KeyedRegistry):
                 hint = (
                     f"another process held a write lock on it for longer than busy_timeout "
                     f"({self.store.busy_timeout:g}s); retry, or give SQLiteStore a longer busy_timeout"
+                )
+            elif isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
+                hint = (
+                    f"this user ({_user()}) cannot write the file or its directory, and even reading a store "
+                    "writes to it (each process registers itself; WAL keeps -wal and -shm files beside it): "
+                    "run as the application's user, or give this one write access to both"
                 )
             else:
                 hint = "check that its directory exists and is writable, and that the path is not a directory"
@@ -530,7 +546,28 @@ class StoreRegistry(KeyedRegistry):
         if self._ahead > self._base_ahead and trio.current_time() - self._starved_at > 1.0:
             self._ahead = max(self._base_ahead, self._ahead // 2)  # no starvation for a while: hoard less
             self._starved_at = trio.current_time()
+        if batch.beat:
+            self._shed()
         self.on_idle()
+
+    def _shed(self) -> None:
+        """Give back to the shared queue the claimed tasks that now wait behind long jobs here.
+
+        A task is claimed ahead of workers whose jobs had not run long then (a
+        process that starts with a backlog claims some for each worker); once
+        those jobs have run long, such a task would wait for them to end while
+        another process may have a worker free. Checked at every heartbeat,
+        so it waits about a second at most.
+        """
+        scheduler = self._scheduler
+        if scheduler is None or not scheduler.accepting:
+            return
+        free, workers = scheduler.backend.claimable()
+        recs = scheduler.take_back_waiting(scheduler.queued - free - self._ahead_for(workers))
+        if recs:
+            self.release(recs)
+            self._queued_more()
+            self.hub.publish(None)  # the shared queue changed (statistics().tasks_queued)
 
     def _apply_rows(self, rows: list[Row], *, initial: bool) -> None:
         records = self._records

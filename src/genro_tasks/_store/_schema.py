@@ -119,6 +119,31 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def refuse_foreign(conn: sqlite3.Connection, path: str) -> None:
+    """Raise unless the database is empty (a new store) or a task store: another program's is never written to.
+
+    Called before anything touches the file (even its journal mode), so a
+    store path that names some other application's database leaves it as it was.
+    """
+    tables = [
+        row[0]
+        for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'")
+    ]
+    if not tables:
+        return
+    if "meta" in tables and "tasks" in tables:
+        try:
+            if conn.execute("SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone():
+                return
+        except sqlite3.OperationalError:  # a table named meta, but not ours
+            pass
+    shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+    raise RuntimeError(
+        f"{path!r} is an SQLite database but not a task store (its tables: {shown}); "
+        "name a new file for the store, or a store a TaskManager created"
+    )
+
+
 def migrate(conn: sqlite3.Connection, path: str) -> None:
     """Create or upgrade the schema, in one immediate transaction (another process may race us)."""
     conn.execute("BEGIN IMMEDIATE")

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._task import TaskStatus
 from ._liveness import MACHINE, my_identity, owner_alive
-from ._schema import TASK_COLUMNS, migrate
+from ._schema import TASK_COLUMNS, migrate, refuse_foreign
 
 if TYPE_CHECKING:
     from .._task import TaskRecord
@@ -234,6 +234,8 @@ class Batch:
     gone: list[str] = field(default_factory=list)
     error: BaseException | None = None
     stopped: bool = False
+    #: The round beat the heartbeat (about once a second): a time to look at the tasks held here.
+    beat: bool = False
 
 
 def connect(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
@@ -246,6 +248,11 @@ def connect(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connect
         cached_statements=_CACHED_STATEMENTS,
     )
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    try:
+        refuse_foreign(conn, path)
+    except BaseException:
+        conn.close()
+        raise
     if (
         conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
         and not conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
@@ -392,7 +399,15 @@ class StoreThread:
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None
-            if batch.done != self._done or batch.claims or batch.cancels or batch.rows or batch.gone or stopped:
+            if (
+                batch.done != self._done
+                or batch.claims
+                or batch.cancels
+                or batch.rows
+                or batch.gone
+                or batch.beat
+                or stopped
+            ):
                 self._done = batch.done
                 deliver(batch)
 
@@ -449,6 +464,7 @@ class StoreThread:
                 )
                 foreign |= self._check_owners(rev, now)
                 self._last_beat = now
+                batch.beat = True
             if prune:
                 self._prune(rev, now, pruned)
             if stop:

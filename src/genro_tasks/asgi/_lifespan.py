@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import signal
+import threading
 from typing import Any
 
 import trio
@@ -27,6 +29,13 @@ class TaskManagerLifespan:
     shutdown timeout: queued tasks are CANCELLED at once, running tasks get
     ``shutdown_timeout`` seconds to finish, and whatever still runs then is
     killed and recorded CANCELLED.
+
+    In a process where nothing else handles SIGTERM (a server process of
+    ``hypercorn --workers N``, whose main process handles the signals), a
+    SIGTERM first runs that same bounded shutdown, then ends the process as
+    it would have at once: hypercorn sends one to the processes still
+    draining as soon as one has exited, and systemd to every process, so
+    their running tasks finish instead of being lost.
 
     Args:
         app: The ASGI application to wrap.
@@ -69,6 +78,9 @@ class TaskManagerLifespan:
             )
         self.app = app
         self._nursery: trio.Nursery | None = None
+        # Set for each lifespan (see __call__): a shutdown begun, ended; the SIGTERM watch.
+        self._shutting_down, self._shut_down = trio.Event(), trio.Event()
+        self._sigterm_scope = trio.CancelScope()
         self.tasks = manager if manager is not None else TaskManager()
         self._wait = shutdown_wait
         self._cancel_pending = shutdown_cancel_pending
@@ -96,10 +108,32 @@ class TaskManagerLifespan:
             self.tracer = TaskTracer(self.tasks)
 
     async def _shutdown(self) -> None:
-        """Drain up to ``shutdown_timeout``, then kill what is left (shutdown's own cancel path)."""
-        limit = math.inf if self.shutdown_timeout is None else self.shutdown_timeout
-        with trio.move_on_after(limit):
-            await self.tasks.shutdown(wait=self._wait, cancel_pending=self._cancel_pending)
+        """Drain up to ``shutdown_timeout``, then kill what is left (shutdown's own cancel path).
+
+        Called by the lifespan shutdown and by a SIGTERM, maybe both: the second waits for the first.
+        """
+        if self._shutting_down.is_set():
+            await self._shut_down.wait()
+            return
+        self._shutting_down.set()
+        try:
+            limit = math.inf if self.shutdown_timeout is None else self.shutdown_timeout
+            with trio.move_on_after(limit):
+                await self.tasks.shutdown(wait=self._wait, cancel_pending=self._cancel_pending)
+        finally:
+            self._shut_down.set()
+            self._sigterm_scope.cancel()  # a SIGTERM held meanwhile takes effect now
+
+    async def _shutdown_on_sigterm(self) -> None:
+        """Until the manager is shut down, a SIGTERM shuts it down (bounded) before it ends the process."""
+        with trio.open_signal_receiver(signal.SIGTERM) as signals, self._sigterm_scope:
+            async for _ in signals:
+                break
+            else:  # pragma: no cover - the receiver never ends by itself
+                return
+            with trio.CancelScope(shield=True):
+                await self._shutdown()
+            signal.raise_signal(signal.SIGTERM)  # held by the receiver: delivered as it closes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point.
@@ -114,12 +148,23 @@ class TaskManagerLifespan:
                 scope[METRICS_KEY] = self.metrics
             await self.app(scope, receive, send)
             return
+        self._shutting_down, self._shut_down = trio.Event(), trio.Event()
+        self._sigterm_scope = trio.CancelScope()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await self._lifespan(scope, receive, send)
+            try:
+                await self._lifespan(scope, receive, send)
+            finally:
+                self._sigterm_scope.cancel()  # the lifespan is over, shut down or not
 
     async def _startup(self) -> None:
         await self.tasks.startup()
+        if (
+            self._nursery is not None
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        ):
+            self._nursery.start_soon(self._shutdown_on_sigterm)
         for observer in (self.metrics, self.tracer):
             if observer is not None and self._nursery is not None:
                 self._nursery.start_soon(observer.run)  # ends when the manager shuts down
