@@ -97,7 +97,7 @@ def kill_leftovers() -> int:
 
 
 def restore_std_streams() -> None:
-    """Reopen fds 0-2 and sys.stdout/stderr if the job closed them."""
+    """Reopen fds 0-2 and sys.stdout/stderr if the job closed them (or left a stream that raises when asked)."""
     for fd in (0, 1, 2):
         try:
             fcntl.fcntl(fd, fcntl.F_GETFD)  # the cheapest "is this fd open?"
@@ -106,7 +106,11 @@ def restore_std_streams() -> None:
                 os.dup2(_saved_std[fd], fd)
     for name, fd in (("stdout", 1), ("stderr", 2)):
         stream = getattr(sys, name)
-        if stream is None or stream.closed:
+        try:
+            usable = stream is not None and not stream.closed
+        except BaseException:  # the job's own stream object, which cannot even say: replace it too
+            usable = False
+        if not usable:
             setattr(sys, name, io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), line_buffering=True))
 
 

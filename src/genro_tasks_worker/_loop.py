@@ -379,11 +379,12 @@ def _restore_memory(old: tuple[int, int] | None) -> None:
 
 
 def _flush_std_streams() -> None:
+    """Flush sys.stdout and sys.stderr, whatever they are now (a job may have replaced them: never raises)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
                 stream.flush()
-        except Exception:
+        except BaseException:  # the job's stream object: even SystemExit from it must not end the worker
             pass
 
 
