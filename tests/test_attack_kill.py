@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from genro_tasks import TaskManager
+from conftest import pid_gone, wait_status
+from genro_tasks import TaskManager, TaskStatus
 from jobs_kill import leave_hostile_stdout
-from jobs_pipeline import mark_started
-from test_pipelining import _busy_worker, _held_ahead
+from jobs_pipeline import mark_started, stop_in_clean_up_after
+from test_pipelining import _appears, _busy_worker, _held_ahead
 
 
 @pytest.mark.parametrize("kind", ["closed-raises", "flush-exits"])
@@ -38,3 +39,33 @@ async def test_a_job_that_leaves_a_hostile_stdout_keeps_its_result_and_its_worke
             assert await tm.result(after) == pid  # the same worker lived on
         assert tm.statistics().worker_crashes == 0
         assert trace.read_text().splitlines() == [str(pid)]
+
+
+@pytest.mark.parametrize("handed", ["to the idle worker", "held behind the job"])
+async def test_a_job_handed_to_a_worker_stuck_between_jobs_runs_on_another(tmp_path: Path, handed: str) -> None:
+    """The job before returned (its result arrived), then its worker stopped in its clean-up, before it
+    read the next job: that job never starts there. It must not stay PENDING for ever (no timeout
+    counts while it is PENDING, and ``shutdown(wait=True)`` waits for it): the worker, silent while it
+    owes that job's STARTED, is replaced and the job runs there, once.
+    """
+    base, trace = tmp_path / "stopper", tmp_path / "trace"
+    async with TaskManager(1) as tm:
+        stopper = tm.submit(stop_in_clean_up_after, str(base))
+        await wait_status(tm, stopper, TaskStatus.RUNNING)
+        pid = (await tm.info(stopper)).worker_pid
+        assert pid is not None
+        if handed == "held behind the job":
+            victim = tm.submit(mark_started, str(trace))
+            await _held_ahead(tm, victim, pid)
+        (tmp_path / "stopper.release").touch()
+        with trio.fail_after(20):
+            assert await tm.result(stopper) == pid
+            await _appears(tmp_path / "stopper.stopped")  # it stops itself after its result left
+        if handed == "to the idle worker":
+            victim = tm.submit(mark_started, str(trace))
+        with trio.fail_after(10):
+            ran_on = await tm.result(victim)
+        assert ran_on != pid
+        assert pid_gone(pid)
+        assert trace.read_text().splitlines() == [str(ran_on)]
+        assert (await tm.info(victim)).attempt == 1  # it never started on the stuck worker

@@ -25,7 +25,9 @@ every job before it on that worker has ended (their Done are in the pipe),
 and the worker is killed the moment it reports that job STARTED. When a
 worker dies, the jobs whose tickets were taken back (or that never reported
 STARTED, for a worker that died on its own) are reported lost before they
-started, and the scheduler queues them again.
+started, and the scheduler queues them again. A worker that owes the parent
+bytes (the STARTED of the job it is to start next, or the Done a cancel waits
+for) and moves none for :data:`_OWED_LIMIT` is stuck between jobs: it is killed.
 
 It never decides what a death means for a task: it reports
 :meth:`~._backend.BackendListener.lost` and the scheduler decides.
@@ -94,6 +96,9 @@ _STATUS_LIMIT = 2.0
 #: A worker that took the ticket of its next job owes the parent its current job's Done and the next
 #: one's STARTED (one write, after its clean-up between jobs). A cancel waiting for them kills the
 #: worker if no byte came from it for this long: its clean-up is stuck on something its job left.
+#: A worker with a job to start and nothing running before it owes that job's STARTED: if no byte
+#: moved for this long (at most twice this since the job was handed over), it is replaced and the
+#: job, never started, runs on another worker.
 _OWED_LIMIT = 2.0
 #: Workers dying before READY this many times in a row mean none can start (queued tasks fail).
 _FAILED_STARTS = 3
@@ -454,6 +459,7 @@ class ProcessBackend(ExecutionBackend):
         given: list[int] = []
         if w.state is WorkerState.BUSY and not w.exited:
             if w.assigned:
+                self._expect_start(w)  # (its STARTED is often in this very read)
                 if len(w.assigned) - 1 > w.ahead:
                     given = self._give_back_excess(w)
                 self._maybe_open(w)
@@ -507,6 +513,7 @@ class ProcessBackend(ExecutionBackend):
             w.assigned.append(key)
             self._jobs[key] = w
             self._send_job(w, key, payload, ticketed=False)
+            self._expect_start(w)
             self._maybe_open(w)
             return True
         return False
@@ -607,6 +614,7 @@ class ProcessBackend(ExecutionBackend):
         self._jobs[key] = w
         if len(w.assigned) == 1:
             self._send_job(w, key, payload, ticketed=False)  # nothing runs before it: it cannot be taken back
+            self._expect_start(w)
             self._maybe_open(w)
         else:
             self._send_job(w, key, payload, ticketed=True)
@@ -657,20 +665,45 @@ class ProcessBackend(ExecutionBackend):
     def _owe(self, w: WorkerProcess, key: int) -> None:
         """Job ``key``, being killed, waits for ``w`` to write what it owes (see :data:`_OWED_LIMIT`)."""
         w.owed.add(key)
-        w.owed_reads = w.reader.reads
+        self._watch_owed(w)
+
+    def _expect_start(self, w: WorkerProcess) -> None:
+        """``w`` has a job to start, nothing before it: it owes its STARTED (see :data:`_OWED_LIMIT`).
+
+        Armed once: a deadline already set is checked first (cheap on the path of every job).
+        """
+        if w.owed_deadline == math.inf:
+            self._watch_owed(w)
+
+    def _watch_owed(self, w: WorkerProcess) -> None:
+        """Check in :data:`_OWED_LIMIT` seconds whether ``w`` still owes something and moved no byte."""
+        w.owed_traffic = w.traffic()
         w.owed_deadline = trio.current_time() + _OWED_LIMIT
         if w.timer is not None:
             w.timer.deadline = min(w.stop_deadline, w.owed_deadline)
 
     def _check_owed(self, w: WorkerProcess) -> None:
-        """The owed deadline passed: wait on while bytes still come, else kill ``w`` for the jobs waiting."""
+        """The owed deadline passed: wait on while bytes still move, else kill ``w`` for the jobs waiting."""
         w.owed.intersection_update(w.assigned)  # those settled since are no longer owed anything
-        if not w.owed or w.state is not WorkerState.BUSY:
+        to_start = bool(w.assigned) and not w.started  # its next job waits for its STARTED
+        if not (w.owed or to_start) or w.state is not WorkerState.BUSY:
             w.owed.clear()
             w.owed_deadline = math.inf
-        elif w.reader.reads != w.owed_reads:  # e.g. a large result on its way
-            w.owed_reads = w.reader.reads
-            w.owed_deadline = trio.current_time() + _OWED_LIMIT
+        elif w.traffic() != w.owed_traffic:  # e.g. a large result on its way, a large job being read
+            self._watch_owed(w)
+        elif not w.owed:
+            log.warning(
+                "worker %d wrote nothing for %gs while task #%d waited to start on it; replacing it",
+                w.pid,
+                _OWED_LIMIT,
+                w.assigned[0],
+            )
+            self._kill(
+                w,
+                KillReason.CRASH,
+                f"it was stuck for {_OWED_LIMIT:g}s between jobs, before it started task #{w.assigned[0]} "
+                "(on something the job before left behind: a child process, a replaced std stream)",
+            )
         else:
             log.warning(
                 "worker %d took its next job's ticket but wrote nothing for %gs; killing it to end task #%s",

@@ -212,10 +212,13 @@ class WorkerProcess:
         #: Set when its job pipe is closed (STOPPING): kill at this trio time if still alive.
         self.stop_deadline = math.inf
         #: Jobs being killed that wait for what it owes since it took its next ticket (a Done, a STARTED),
-        #: the trio time to give up waiting unless bytes came, and :attr:`FrameReader.reads` then.
+        #: the trio time to give up waiting (for those, or for the STARTED of a job it has to start next)
+        #: unless bytes moved, and :meth:`traffic` then.
         self.owed: set[int] = set()
         self.owed_deadline = math.inf
-        self.owed_reads = 0
+        self.owed_traffic = 0
+        #: Writes of queued job bytes that the pipe took once it had room (the worker is reading them).
+        self.writes = 0
         #: Replaced already (max_tasks_per_worker): do not respawn on exit.
         self.retired = False
         #: Its initializer raised (reported INIT_FAILED) before it became ready.
@@ -356,10 +359,15 @@ class WorkerProcess:
                 except OSError:
                     self._out.clear()
                     return
+                self.writes += 1
                 if n == len(view):
                     self._out.pop(0)
                 else:
                     self._out[0] = view[n:]
+
+    def traffic(self) -> int:
+        """A count that grows whenever bytes move between us and the worker (it is not stuck)."""
+        return self.reader.reads + self.writes
 
     def take_back(self) -> set[int]:
         """Take back the tickets the worker has not taken: those jobs will never start.
