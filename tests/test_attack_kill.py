@@ -69,3 +69,36 @@ async def test_a_job_handed_to_a_worker_stuck_between_jobs_runs_on_another(tmp_p
         assert pid_gone(pid)
         assert trace.read_text().splitlines() == [str(ran_on)]
         assert (await tm.info(victim)).attempt == 1  # it never started on the stuck worker
+
+
+async def test_shutdown_waiting_for_a_held_job_whose_worker_is_stuck_in_the_clean_up_before_it_returns(
+    tmp_path: Path,
+) -> None:
+    """``shutdown(wait=True)``: the job before the held one returned, then its worker stopped in its clean-up.
+
+    That job's result is not held back by the clean-up (it completes), and the held job, which the stuck
+    worker never started, runs on a replacement: the shutdown returns, nothing left RUNNING for ever.
+    """
+    base, trace = tmp_path / "stopper", tmp_path / "trace"
+    tm = TaskManager(1)
+    await tm.startup()
+    try:
+        _long, pid, release = await _busy_worker(tm, tmp_path)
+        stopper = tm.submit(stop_in_clean_up_after, str(base))
+        ahead = tm.submit(mark_started, str(trace))
+        for tid in (stopper, ahead):
+            await _held_ahead(tm, tid, pid)
+        (tmp_path / "stopper.release").touch()
+        release.touch()
+        with trio.fail_after(20):
+            await _appears(tmp_path / "stopper.stopped")
+        with trio.fail_after(10):
+            await tm.shutdown(wait=True)
+    finally:
+        with trio.fail_after(20):
+            await tm.shutdown(wait=False)  # (after a failure above: never leave the stuck worker behind)
+    assert (await tm.info(stopper)).status is TaskStatus.COMPLETED
+    assert (await tm.info(ahead)).status is TaskStatus.COMPLETED
+    assert pid_gone(pid)
+    assert trace.read_text().splitlines() != [str(pid)]
+    assert len(trace.read_text().splitlines()) == 1

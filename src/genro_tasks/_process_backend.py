@@ -26,8 +26,8 @@ and the worker is killed the moment it reports that job STARTED. When a
 worker dies, the jobs whose tickets were taken back (or that never reported
 STARTED, for a worker that died on its own) are reported lost before they
 started, and the scheduler queues them again. A worker that owes the parent
-bytes (the STARTED of the job it is to start next, or the Done a cancel waits
-for) and moves none for :data:`_OWED_LIMIT` is stuck between jobs: it is killed.
+bytes (the STARTED of the job it is to start next, or what a cancel waits for)
+and moves none for :data:`_OWED_LIMIT` is stuck between jobs: it is killed.
 
 It never decides what a death means for a task: it reports
 :meth:`~._backend.BackendListener.lost` and the scheduler decides.
@@ -93,12 +93,12 @@ _EOF_GRACE = 1.0
 _REAP_LIMIT = 10.0
 #: How long a crashed worker's exit status may take to arrive (it names the signal).
 _STATUS_LIMIT = 2.0
-#: A worker that took the ticket of its next job owes the parent its current job's Done and the next
-#: one's STARTED (one write, after its clean-up between jobs). A cancel waiting for them kills the
-#: worker if no byte came from it for this long: its clean-up is stuck on something its job left.
-#: A worker with a job to start and nothing running before it owes that job's STARTED: if no byte
-#: moved for this long (at most twice this since the job was handed over), it is replaced and the
-#: job, never started, runs on another worker.
+#: A worker with a job to start and nothing running before it owes that job's STARTED (after the
+#: Done of the job before, it cleans up, then takes the next ticket and says STARTED at once): if no
+#: byte moved for this long (at most twice this since the job was handed over), it is stuck between
+#: jobs on something the job before left; it is replaced and the job, never started, runs on another
+#: worker. A cancel that finds the next job's ticket taken waits for the Done and STARTED the worker
+#: owes, and kills it after this long without a byte (a large result still arriving extends it).
 _OWED_LIMIT = 2.0
 #: Workers dying before READY this many times in a row mean none can start (queued tasks fail).
 _FAILED_STARTS = 3
@@ -648,7 +648,7 @@ class ProcessBackend(ExecutionBackend):
                 if w.assigned[1] not in taken:
                     self._regrant(w, taken)
                     self._owe(w, key)
-                    return  # it took its next job: this one has ended (its Done is on its way)
+                    return  # it took its next job: this one has ended (its Done is in the pipe)
             self._kill(w, KillReason.REQUESTED)
             return
         if not self._withdraw(w, key, reassign=True):
@@ -714,8 +714,7 @@ class ProcessBackend(ExecutionBackend):
             self._kill(
                 w,
                 KillReason.REQUESTED,
-                f"it was stuck for {_OWED_LIMIT:g}s in its clean-up after task #{w.assigned[0]}'s job returned "
-                "(on something the job left behind: a child process, a replaced std stream)",
+                f"it was stuck for {_OWED_LIMIT:g}s after it took its next job's ticket, before it said STARTED",
             )
 
     @enable_ki_protection
