@@ -35,3 +35,18 @@ def leave_hostile_stdout(kind: str) -> int:
     """Replace ``sys.stdout`` with a hostile stream (``"closed-raises"`` or ``"flush-exits"``); return the pid."""
     sys.stdout = _RaisingStream() if kind == "closed-raises" else _ExitingStream()
     return os.getpid()
+
+
+def leave_a_child_then_exit(path: str, code: int) -> None:
+    """Fork a child that ignores SIGTERM and sleeps for an hour, write its pid to ``path``, end the worker."""
+    import signal
+    import time
+
+    child = os.fork()
+    if child == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(3600)
+        os._exit(0)
+    with open(path, "w") as f:
+        f.write(str(child))
+    os._exit(code)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from conftest import pid_gone, wait_status
-from genro_tasks import TaskManager, TaskStatus
-from jobs_kill import leave_hostile_stdout
+from conftest import pid_gone, wait_pids_gone, wait_status
+from genro_tasks import TaskManager, TaskStatus, WorkerCrashed
+from jobs_kill import leave_a_child_then_exit, leave_hostile_stdout
 from jobs_pipeline import mark_started, stop_in_clean_up_after
 from test_pipelining import _appears, _busy_worker, _held_ahead
 
@@ -102,3 +102,15 @@ async def test_shutdown_waiting_for_a_held_job_whose_worker_is_stuck_in_the_clea
     assert pid_gone(pid)
     assert trace.read_text().splitlines() != [str(pid)]
     assert len(trace.read_text().splitlines()) == 1
+
+
+async def test_a_worker_that_dies_on_its_own_takes_what_its_job_left_in_its_process_group(tmp_path: Path) -> None:
+    """The job forks a child that ignores SIGTERM, then ends its worker (``os._exit``): the child is killed too.
+
+    Nobody asked the worker to die, so no kill was sent; its process group still holds the child.
+    """
+    async with TaskManager(1) as tm:
+        with trio.fail_after(20), pytest.raises(WorkerCrashed):
+            await tm.run(leave_a_child_then_exit, str(tmp_path / "child"), 3)
+        child = int((tmp_path / "child").read_text())
+        await wait_pids_gone([child], 10)

@@ -301,6 +301,7 @@ class ProcessBackend(ExecutionBackend):
                 self._kill(w, w.kill_reason or KillReason.SHUTDOWN)
                 with trio.move_on_after(_REAP_LIMIT):
                     await w.wait_exit()
+            w.kill_group()  # what its jobs left in its process group dies with it, however it died
             if w.kill_reason is None:
                 await w.wait_reaped(_STATUS_LIMIT)
             self._exit_safely(w)

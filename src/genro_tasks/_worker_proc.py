@@ -450,6 +450,17 @@ class WorkerProcess:
             else:
                 os.kill(self.pid, signal.SIGKILL)
 
+    def kill_group(self) -> None:
+        """SIGKILL what is left in the process group the worker made (its pid), once the worker is dead.
+
+        A worker that died on its own was sent no kill: the processes its job
+        started are still running there, with no subreaper left to sweep them.
+        The group's id cannot be reused while any of them is alive.
+        """
+        if self.pid != os.getpgrp():
+            with contextlib.suppress(OSError):
+                os.killpg(self.pid, signal.SIGKILL)
+
     async def wait_exit(self) -> None:
         """Wait until the worker process has exited (it may not be reaped yet)."""
         await trio.lowlevel.wait_readable(self.pidfd if self.pidfd is not None else self.sentinel)
