@@ -50,3 +50,14 @@ def leave_a_child_then_exit(path: str, code: int) -> None:
     with open(path, "w") as f:
         f.write(str(child))
     os._exit(code)
+
+
+def stop_then_return_bytes(marker: str, size: int) -> bytes:
+    """Build ``size`` bytes, touch ``marker``, stop this worker (SIGSTOP), then return them once continued."""
+    import signal
+    from pathlib import Path
+
+    data = b"r" * size
+    Path(marker).touch()
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return data

@@ -6,15 +6,21 @@ Each test waits on states and events (never on a lucky sleep) and bounds every w
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from conftest import pid_gone, wait_pids_gone, wait_status
-from genro_tasks import TaskManager, TaskStatus, WorkerCrashed
-from jobs_kill import leave_a_child_then_exit, leave_hostile_stdout
-from jobs_pipeline import mark_started, stop_in_clean_up_after
+from genro_tasks import TaskCancelled, TaskManager, TaskStatus, WorkerCrashed, testing
+from genro_tasks._process_backend import ProcessBackend
+from genro_tasks_worker._protocol import DONE_OK
+from jobs_kill import leave_a_child_then_exit, leave_hostile_stdout, stop_then_return_bytes
+from jobs_pipeline import mark_started, sleep_then_pid, stop_in_clean_up_after
 from test_pipelining import _appears, _busy_worker, _held_ahead
 
 
@@ -114,3 +120,70 @@ async def test_a_worker_that_dies_on_its_own_takes_what_its_job_left_in_its_proc
             await tm.run(leave_a_child_then_exit, str(tmp_path / "child"), 3)
         child = int((tmp_path / "child").read_text())
         await wait_pids_gone([child], 10)
+
+
+def _stopped(pid: int) -> bool:
+    """True if process ``pid`` is stopped (SIGSTOP)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+@pytest.mark.parametrize("then", ["bytes flow again", "frozen for good"])
+async def test_a_cancel_while_a_large_result_arrives_waits_for_it_while_bytes_flow(tmp_path: Path, then: str) -> None:
+    """The job has returned and its 32 MiB result is half-way through the pipe when the cancel comes.
+
+    The job has ended: killing its worker would only lose the result. The cancel waits while bytes flow
+    (the task COMPLETES, ``cancel`` returns False); from a worker that sends nothing more for 2 s it
+    ends with the kill (CANCELLED), never hanging.
+    """
+    size, marker = 32 << 20, tmp_path / "returning"
+    async with TaskManager(1) as tm:
+        with trio.fail_after(20):
+            pid = await tm.run(sleep_then_pid, 0)
+        assert tm._scheduler is not None
+        backend = tm._scheduler.backend
+        assert isinstance(backend, ProcessBackend)
+        [worker] = backend.workers
+        tid = tm.submit(stop_then_return_bytes, str(marker), size)
+        try:
+            with trio.fail_after(20):
+                await _appears(marker)
+                while not _stopped(pid):  # noqa: ASYNC110
+                    await trio.sleep(0.005)
+            # Let the worker run only while this process (its trio loop included) is blocked, so it only
+            # fills the pipe; then let the parent read with the worker frozen: until the parent holds
+            # part of the result and waits for the rest.
+            with trio.fail_after(20):
+                while (worker.reader.framer.receiving or (0, 0))[0] != DONE_OK:
+                    os.kill(pid, signal.SIGCONT)
+                    time.sleep(0.02)  # noqa: ASYNC251
+                    os.kill(pid, signal.SIGSTOP)
+                    await trio.sleep(0.01)
+            async with trio.open_nursery() as nursery:
+                cancelled: list[bool] = []
+
+                async def cancel() -> None:
+                    cancelled.append(await tm.cancel(tid))
+
+                nursery.start_soon(cancel)
+                await trio.testing.wait_all_tasks_blocked()  # the cancel waits for the task to end
+                assert testing.kill_requested(tm, tid)
+                assert not pid_gone(pid)  # asked, not carried out: the worker lives
+                if then == "bytes flow again":
+                    os.kill(pid, signal.SIGCONT)
+                with trio.fail_after(10):
+                    await wait_status(
+                        tm, tid, TaskStatus.COMPLETED if then == "bytes flow again" else TaskStatus.CANCELLED
+                    )
+        finally:
+            if not pid_gone(pid):
+                os.kill(pid, signal.SIGCONT)
+        if then == "bytes flow again":
+            assert cancelled == [False]
+            assert len(await tm.result(tid)) == size
+            assert await tm.run(sleep_then_pid, 0) == pid  # the same worker serves on
+        else:
+            assert cancelled == [True]
+            with pytest.raises(TaskCancelled):
+                await tm.result(tid)
+            assert pid_gone(pid)

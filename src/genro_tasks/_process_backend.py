@@ -47,6 +47,10 @@ from trio.lowlevel import enable_ki_protection
 
 from genro_tasks_worker._protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    DONE_BAD_RESULT,
+    DONE_ERROR,
+    DONE_OK,
+    DONE_TOO_LARGE,
     KIND_NAMES,
     READY,
     STARTED,
@@ -97,8 +101,8 @@ _STATUS_LIMIT = 2.0
 #: Done of the job before, it cleans up, then takes the next ticket and says STARTED at once): if no
 #: byte moved for this long (at most twice this since the job was handed over), it is stuck between
 #: jobs on something the job before left; it is replaced and the job, never started, runs on another
-#: worker. A cancel that finds the next job's ticket taken waits for the Done and STARTED the worker
-#: owes, and kills it after this long without a byte (a large result still arriving extends it).
+#: worker. A kill that finds the job's result arriving, or the next job's ticket taken, waits for the
+#: Done and STARTED the worker owes, and kills it only after this long without a byte.
 _OWED_LIMIT = 2.0
 #: Workers dying before READY this many times in a row mean none can start (queued tasks fail).
 _FAILED_STARTS = 3
@@ -113,6 +117,8 @@ HELD_AHEAD = 15
 #: about HELD_BUDGET of held work on a worker at most (or behind one job, if that one is slow).
 HELD_BUDGET = 0.02
 _LIVE_STATES = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY})
+#: The kinds of a job's last message (its result): once one is arriving, the job has ended.
+_RESULT_KINDS = frozenset({DONE_OK, DONE_ERROR, DONE_BAD_RESULT, DONE_TOO_LARGE})
 
 
 class ProcessBackend(ExecutionBackend):
@@ -637,13 +643,19 @@ class ProcessBackend(ExecutionBackend):
         says so. A running job's worker is killed, after the jobs held behind
         it are taken back; if the next one's ticket is gone, the worker has
         moved on: the running job has ended, its Done is on its way, and the
-        others taken back are granted again.
+        others taken back are granted again. A job whose result is arriving has
+        ended too: the kill waits for it. Such waits end with a kill if the
+        worker sends nothing for :data:`_OWED_LIMIT`.
         """
         w = self._jobs.get(key)
         if w is None or w.state is WorkerState.DYING or w.state is WorkerState.DEAD:
             return
         if w.assigned[0] == key and (w.started or key not in w.payloads):
             # Running, or sent unticketed (to an idle worker): only killing the worker stops it.
+            arriving = w.reader.framer.receiving
+            if arriving is not None and arriving[1] == key and arriving[0] in _RESULT_KINDS:
+                self._owe(w, key)  # it has ended, its result is arriving: a kill now would only lose it
+                return
             if len(w.assigned) > 1:
                 taken = w.take_back()
                 if w.assigned[1] not in taken:
@@ -706,17 +718,12 @@ class ProcessBackend(ExecutionBackend):
                 "(on something the job before left behind: a child process, a replaced std stream)",
             )
         else:
+            key = min(w.owed)
+            what = "result" if key == w.assigned[0] and w.started else "STARTED"
             log.warning(
-                "worker %d took its next job's ticket but wrote nothing for %gs; killing it to end task #%s",
-                w.pid,
-                _OWED_LIMIT,
-                min(w.owed),
+                "worker %d owes task #%d its %s but sent nothing for %gs; killing it", w.pid, key, what, _OWED_LIMIT
             )
-            self._kill(
-                w,
-                KillReason.REQUESTED,
-                f"it was stuck for {_OWED_LIMIT:g}s after it took its next job's ticket, before it said STARTED",
-            )
+            self._kill(w, KillReason.REQUESTED, f"it owed task #{key} its {what} but sent nothing for {_OWED_LIMIT:g}s")
 
     @enable_ki_protection
     def take_back(self, key: int) -> bool:
