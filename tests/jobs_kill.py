@@ -61,3 +61,21 @@ def stop_then_return_bytes(marker: str, size: int) -> bytes:
     Path(marker).touch()
     os.kill(os.getpid(), signal.SIGSTOP)
     return data
+
+
+def _raise_tick(signum: int, frame: object) -> None:
+    raise RuntimeError("a tick of the timer the job left running")
+
+
+def leave_a_ticking_timer(size: int) -> bytes:
+    """Leave a 1 ms repeating SIGALRM timer whose handler raises, and return ``size`` bytes.
+
+    Pickling and sending a large result take milliseconds: the timer ticks while the worker's own
+    code handles it, unless the job's timer ends with the job.
+    """
+    import signal
+
+    data = b"t" * size
+    signal.signal(signal.SIGALRM, _raise_tick)
+    signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+    return data

@@ -19,7 +19,7 @@ from conftest import pid_gone, wait_pids_gone, wait_status
 from genro_tasks import TaskCancelled, TaskManager, TaskStatus, WorkerCrashed, testing
 from genro_tasks._process_backend import ProcessBackend
 from genro_tasks_worker._protocol import DONE_OK
-from jobs_kill import leave_a_child_then_exit, leave_hostile_stdout, stop_then_return_bytes
+from jobs_kill import leave_a_child_then_exit, leave_a_ticking_timer, leave_hostile_stdout, stop_then_return_bytes
 from jobs_pipeline import mark_started, sleep_then_pid, stop_in_clean_up_after
 from test_pipelining import _appears, _busy_worker, _held_ahead
 
@@ -187,3 +187,19 @@ async def test_a_cancel_while_a_large_result_arrives_waits_for_it_while_bytes_fl
             with pytest.raises(TaskCancelled):
                 await tm.result(tid)
             assert pid_gone(pid)
+
+
+async def test_a_timer_the_job_leaves_ticking_ends_with_the_job_not_with_its_result(tmp_path: Path) -> None:
+    """A 1 ms repeating timer whose handler raises, left by a job with a 64 MiB result.
+
+    The job's timers and signal handlers end when its code returns, before the worker's own code
+    pickles and sends the result: the task completes, and the worker serves on.
+    """
+    size = 64 << 20
+    async with TaskManager(1) as tm:
+        with trio.fail_after(20):
+            pid = await tm.run(sleep_then_pid, 0)
+            for _ in range(3):
+                assert len(await tm.run(leave_a_ticking_timer, size)) == size
+            assert await tm.run(sleep_then_pid, 0) == pid
+        assert tm.statistics().worker_crashes == 0

@@ -8,8 +8,9 @@
   job closed them, so the next job can still print.
 * Timers a job armed (``signal.alarm``, ``setitimer``) are disarmed, and the
   signal dispositions, signal mask and wakeup fd are put back as they were
-  when the worker became ready (after its initializer), so a leftover timer or
-  handler cannot kill or confuse the worker during the next job.
+  when the worker became ready (after its initializer), the moment the job's
+  code returns, so a leftover timer or handler cannot kill or confuse the
+  worker while it sends the job's result, nor during the next job.
 * At start, the worker closes the descriptors it inherited but does not own
   (the forkserver's and the resource tracker's): a job cannot harm them.
 """

@@ -459,6 +459,7 @@ def _run_job(
         finally:
             _JobState.in_job = False
             _restore_memory(limits)
+            _end_job_signals()
     except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task too
         _progress.end_job()
         done: WorkerMessage = DoneError(seq, _failure(exc))
@@ -491,11 +492,28 @@ def _send_done(sender: _Sender, channel: _progress.ProgressChannel, done: Worker
         sender.send_locked(done)
 
 
+def _end_job_signals() -> None:
+    """Put the worker's signal handling back the moment the job's code is over (timers, handlers, mask).
+
+    Before the worker's own code handles the job's result: a timer the job left ticking, or its
+    handlers, must not run in the worker's code. A handler of the job that raises meanwhile fails the
+    job with its exception; the reset still completes.
+    """
+    error: BaseException | None = None
+    for _ in range(3):  # (the first pass disarms the timers: a second one is left in peace)
+        try:
+            _hygiene.reset_signals()
+            break
+        except BaseException as exc:  # the job's handler ran: its exception, not the worker's
+            error = error or exc
+    if error is not None:
+        raise error
+
+
 def _clean_up_after_job() -> None:
-    """Undo what the last job left behind: closed std streams, signal handling, processes."""
+    """Undo what the last job left behind: closed std streams, processes (its signal handling is undone already)."""
     _hygiene.restore_std_streams()
-    _hygiene.reset_signals()  # first: a SIGCHLD the job ignores would hide its children from us
-    if _hygiene.kill_leftovers():
+    if _hygiene.kill_leftovers():  # after the signal reset: a SIGCHLD the job ignores would hide its children
         _hygiene.forget_multiprocessing_helpers()  # a forkserver or tracker the job started is gone
 
 
