@@ -17,7 +17,7 @@ import trio.testing
 
 from conftest import pid_gone, wait_pids_gone, wait_status
 from genro_tasks import TaskCancelled, TaskManager, TaskStatus, WorkerCrashed, testing
-from genro_tasks._process_backend import ProcessBackend
+from genro_tasks._process_backend import _OWED_LIMIT, ProcessBackend
 from genro_tasks_worker._protocol import DONE_OK
 from jobs_kill import leave_a_child_then_exit, leave_a_ticking_timer, leave_hostile_stdout, stop_then_return_bytes
 from jobs_pipeline import mark_started, sleep_then_pid, stop_in_clean_up_after
@@ -202,4 +202,22 @@ async def test_a_timer_the_job_leaves_ticking_ends_with_the_job_not_with_its_res
             for _ in range(3):
                 assert len(await tm.run(leave_a_ticking_timer, size)) == size
             assert await tm.run(sleep_then_pid, 0) == pid
+        assert tm.statistics().worker_crashes == 0
+
+
+async def test_workers_are_not_taken_for_stuck_when_the_event_loop_was_blocked() -> None:
+    """The application blocks the event loop (a synchronous call) for longer than a worker may stay
+    silent while it owes a STARTED; meanwhile the workers start and finish their jobs, unread.
+
+    Their messages wait in the pipes: they are not killed for it, every job completes. (Which of the
+    read and the deadline trio runs first after the block is its choice: three rounds.)
+    """
+    async with TaskManager(2) as tm:
+        with trio.fail_after(20):
+            pids = set(await tm.gather([tm.submit(sleep_then_pid, 0.2) for _ in range(2)]))
+        for _ in range(3):
+            ids = [tm.submit(sleep_then_pid, 0) for _ in range(2)]  # handed to the idle workers at once
+            time.sleep(_OWED_LIMIT + 0.2)  # noqa: ASYNC251 - the point of the test: the event loop is blocked
+            with trio.fail_after(20):
+                assert set(await tm.gather(ids)) <= pids
         assert tm.statistics().worker_crashes == 0

@@ -702,7 +702,7 @@ class ProcessBackend(ExecutionBackend):
         if not (w.owed or to_start) or w.state is not WorkerState.BUSY:
             w.owed.clear()
             w.owed_deadline = math.inf
-        elif w.traffic() != w.owed_traffic:  # e.g. a large result on its way, a large job being read
+        elif w.traffic() != w.owed_traffic or w.traffic_waiting():  # e.g. a large result on its way
             self._watch_owed(w)
         elif not w.owed:
             log.warning(

@@ -369,6 +369,16 @@ class WorkerProcess:
         """A count that grows whenever bytes move between us and the worker (it is not stuck)."""
         return self.reader.reads + self.writes
 
+    def traffic_waiting(self) -> bool:
+        """True if bytes can move right now and we have not moved them yet (our event loop is behind).
+
+        Its messages wait unread in the pipe, or queued job bytes could be written: the worker is not
+        stuck, we are (e.g. after the event loop was blocked for a while).
+        """
+        if self.reader.fd >= 0 and _readable(self.reader.fd):
+            return True
+        return bool(self._out) and self.job_fd is not None and _ready(self.job_fd, select.POLLOUT)
+
     def take_back(self) -> set[int]:
         """Take back the tickets the worker has not taken: those jobs will never start.
 
@@ -561,6 +571,10 @@ def current_forkserver_pidfd() -> int | None:
 
 
 def _readable(fd: int) -> bool:
+    return _ready(fd, select.POLLIN)
+
+
+def _ready(fd: int, events: int) -> bool:
     poller = select.poll()
-    poller.register(fd, select.POLLIN)
+    poller.register(fd, events)
     return bool(poller.poll(0))
