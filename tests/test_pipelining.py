@@ -143,20 +143,21 @@ async def test_cancelling_the_running_job_requeues_the_one_held_behind_it(tmp_pa
         assert trace.read_text().splitlines() == [str(ran_on)]
 
 
-async def test_a_held_job_whose_ticket_was_taken_but_never_announced_is_requeued_when_its_worker_is_killed(
+async def test_a_held_job_whose_worker_is_stuck_in_the_clean_up_before_it_runs_once_on_the_replacement(
     tmp_path: Path,
 ) -> None:
-    """The worker took the next held job's ticket, then was killed before it wrote that job's STARTED.
+    """The job before returned, its result left, then its worker stopped in its clean-up, before it
+    took the ticket of the job it holds next.
 
-    Its pipe, read to the end, shows no STARTED: the job never began (STARTED leaves before a job
-    runs), so it runs on the replacement worker and is not reported as lost in a crash.
+    The result is not held back by the clean-up. The held job never began: the worker, silent while it
+    owes that job's STARTED, is replaced, and the job runs once, on the replacement.
     """
     base, trace = tmp_path / "stopper", tmp_path / "trace"
     marker = tmp_path / "stopper.stopped"
     async with TaskManager(1) as tm:
         long, pid, release = await _busy_worker(tm, tmp_path)
-        # Held behind the long job: the stopper (it stops its worker in the clean-up after it returns,
-        # once the worker has taken the next ticket), then the job that must still run once.
+        # Held behind the long job: the stopper (it stops its worker in the clean-up after it returns),
+        # then the job that must still run once.
         stopper = tm.submit(stop_in_clean_up_after, str(base))
         ahead = tm.submit(mark_started, str(trace))
         for tid in (stopper, ahead):
@@ -164,24 +165,24 @@ async def test_a_held_job_whose_ticket_was_taken_but_never_announced_is_requeued
         (tmp_path / "stopper.release").touch()
         release.touch()
         with trio.fail_after(20):
-            await tm.result(long)
-            await _appears(marker)  # the worker stops itself, holding the ticket of `ahead`
+            assert await tm.result(long) == pid
+            assert await tm.result(stopper) == pid
+            await _appears(marker)  # the worker stops itself before it takes the ticket of `ahead`
         assert (await tm.info(ahead)).status is TaskStatus.PENDING
         with trio.fail_after(10):
-            assert await tm.cancel(stopper) is True  # its result never came: still RUNNING, killed
-        with trio.fail_after(20):
             ran_on = await tm.result(ahead)
         assert ran_on != pid
+        assert pid_gone(pid)
         assert trace.read_text().splitlines() == [str(ran_on)]  # once, on the replacement
 
 
-async def test_cancelling_a_held_job_whose_ticket_was_taken_ends_even_if_its_worker_never_announces_it(
+async def test_cancelling_a_held_job_while_its_worker_is_stuck_in_the_clean_up_before_it_takes_it_over(
     tmp_path: Path,
 ) -> None:
-    """The worker took the held job's ticket and got stuck before announcing it: the cancel still ends.
+    """The worker is stuck in its clean-up before it took the held job's ticket: the cancel takes it back.
 
-    The job never started: CANCELLED, never run. The job before it, whose worker's clean-up is stuck,
-    fails with WorkerCrashed saying why (its result never came).
+    The job never started: CANCELLED at once, never run. The stuck worker, handed the next job, is
+    replaced (it owes that job's STARTED), and that job runs on the replacement.
     """
     base, trace = tmp_path / "stopper", tmp_path / "trace"
     marker = tmp_path / "stopper.stopped"
@@ -194,17 +195,18 @@ async def test_cancelling_a_held_job_whose_ticket_was_taken_ends_even_if_its_wor
         (tmp_path / "stopper.release").touch()
         release.touch()
         with trio.fail_after(20):
-            await tm.result(long)
+            assert await tm.result(long) == pid
+            assert await tm.result(stopper) == pid
             await _appears(marker)
         with trio.fail_after(10):
             assert await tm.cancel(ahead) is True
         info = await tm.info(ahead)
-        assert (info.status, info.started_at) == (TaskStatus.CANCELLED, None)
-        with trio.fail_after(10), pytest.raises(WorkerCrashed, match="clean-up"):
-            await tm.result(stopper)
-        assert pid_gone(pid)
+        assert (info.status, info.error, info.started_at) == (TaskStatus.CANCELLED, "cancelled while queued", None)
         assert not trace.exists()  # it never ran
-        assert await tm.run(mark_started, str(trace)) != pid  # the replacement works
+        with trio.fail_after(10):
+            assert await tm.run(mark_started, str(trace)) != pid  # the stuck worker was replaced
+        assert pid_gone(pid)
+        assert len(trace.read_text().splitlines()) == 1
 
 
 async def test_cancelling_either_of_two_jobs_a_worker_holds_before_it_starts_them(tmp_path: Path) -> None:

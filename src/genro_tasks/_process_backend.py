@@ -25,7 +25,9 @@ every job before it on that worker has ended (their Done are in the pipe),
 and the worker is killed the moment it reports that job STARTED. When a
 worker dies, the jobs whose tickets were taken back (or that never reported
 STARTED, for a worker that died on its own) are reported lost before they
-started, and the scheduler queues them again.
+started, and the scheduler queues them again. A worker that owes the parent
+bytes (the STARTED of the job it is to start next, or what a cancel waits for)
+and moves none for :data:`_OWED_LIMIT` is stuck between jobs: it is killed.
 
 It never decides what a death means for a task: it reports
 :meth:`~._backend.BackendListener.lost` and the scheduler decides.
@@ -45,6 +47,10 @@ from trio.lowlevel import enable_ki_protection
 
 from genro_tasks_worker._protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    DONE_BAD_RESULT,
+    DONE_ERROR,
+    DONE_OK,
+    DONE_TOO_LARGE,
     KIND_NAMES,
     READY,
     STARTED,
@@ -91,9 +97,12 @@ _EOF_GRACE = 1.0
 _REAP_LIMIT = 10.0
 #: How long a crashed worker's exit status may take to arrive (it names the signal).
 _STATUS_LIMIT = 2.0
-#: A worker that took the ticket of its next job owes the parent its current job's Done and the next
-#: one's STARTED (one write, after its clean-up between jobs). A cancel waiting for them kills the
-#: worker if no byte came from it for this long: its clean-up is stuck on something its job left.
+#: A worker with a job to start and nothing running before it owes that job's STARTED (after the
+#: Done of the job before, it cleans up, then takes the next ticket and says STARTED at once): if no
+#: byte moved for this long (at most twice this since the job was handed over), it is stuck between
+#: jobs on something the job before left; it is replaced and the job, never started, runs on another
+#: worker. A kill that finds the job's result arriving, or the next job's ticket taken, waits for the
+#: Done and STARTED the worker owes, and kills it only after this long without a byte.
 _OWED_LIMIT = 2.0
 #: Workers dying before READY this many times in a row mean none can start (queued tasks fail).
 _FAILED_STARTS = 3
@@ -108,6 +117,8 @@ HELD_AHEAD = 15
 #: about HELD_BUDGET of held work on a worker at most (or behind one job, if that one is slow).
 HELD_BUDGET = 0.02
 _LIVE_STATES = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY})
+#: The kinds of a job's last message (its result): once one is arriving, the job has ended.
+_RESULT_KINDS = frozenset({DONE_OK, DONE_ERROR, DONE_BAD_RESULT, DONE_TOO_LARGE})
 
 
 class ProcessBackend(ExecutionBackend):
@@ -296,6 +307,7 @@ class ProcessBackend(ExecutionBackend):
                 self._kill(w, w.kill_reason or KillReason.SHUTDOWN)
                 with trio.move_on_after(_REAP_LIMIT):
                     await w.wait_exit()
+            w.kill_group()  # what its jobs left in its process group dies with it, however it died
             if w.kill_reason is None:
                 await w.wait_reaped(_STATUS_LIMIT)
             self._exit_safely(w)
@@ -454,6 +466,7 @@ class ProcessBackend(ExecutionBackend):
         given: list[int] = []
         if w.state is WorkerState.BUSY and not w.exited:
             if w.assigned:
+                self._expect_start(w)  # (its STARTED is often in this very read)
                 if len(w.assigned) - 1 > w.ahead:
                     given = self._give_back_excess(w)
                 self._maybe_open(w)
@@ -507,6 +520,7 @@ class ProcessBackend(ExecutionBackend):
             w.assigned.append(key)
             self._jobs[key] = w
             self._send_job(w, key, payload, ticketed=False)
+            self._expect_start(w)
             self._maybe_open(w)
             return True
         return False
@@ -607,6 +621,7 @@ class ProcessBackend(ExecutionBackend):
         self._jobs[key] = w
         if len(w.assigned) == 1:
             self._send_job(w, key, payload, ticketed=False)  # nothing runs before it: it cannot be taken back
+            self._expect_start(w)
             self._maybe_open(w)
         else:
             self._send_job(w, key, payload, ticketed=True)
@@ -628,19 +643,25 @@ class ProcessBackend(ExecutionBackend):
         says so. A running job's worker is killed, after the jobs held behind
         it are taken back; if the next one's ticket is gone, the worker has
         moved on: the running job has ended, its Done is on its way, and the
-        others taken back are granted again.
+        others taken back are granted again. A job whose result is arriving has
+        ended too: the kill waits for it. Such waits end with a kill if the
+        worker sends nothing for :data:`_OWED_LIMIT`.
         """
         w = self._jobs.get(key)
         if w is None or w.state is WorkerState.DYING or w.state is WorkerState.DEAD:
             return
         if w.assigned[0] == key and (w.started or key not in w.payloads):
             # Running, or sent unticketed (to an idle worker): only killing the worker stops it.
+            arriving = w.reader.framer.receiving
+            if arriving is not None and arriving[1] == key and arriving[0] in _RESULT_KINDS:
+                self._owe(w, key)  # it has ended, its result is arriving: a kill now would only lose it
+                return
             if len(w.assigned) > 1:
                 taken = w.take_back()
                 if w.assigned[1] not in taken:
                     self._regrant(w, taken)
                     self._owe(w, key)
-                    return  # it took its next job: this one has ended (its Done is on its way)
+                    return  # it took its next job: this one has ended (its Done is in the pipe)
             self._kill(w, KillReason.REQUESTED)
             return
         if not self._withdraw(w, key, reassign=True):
@@ -657,33 +678,52 @@ class ProcessBackend(ExecutionBackend):
     def _owe(self, w: WorkerProcess, key: int) -> None:
         """Job ``key``, being killed, waits for ``w`` to write what it owes (see :data:`_OWED_LIMIT`)."""
         w.owed.add(key)
-        w.owed_reads = w.reader.reads
+        self._watch_owed(w)
+
+    def _expect_start(self, w: WorkerProcess) -> None:
+        """``w`` has a job to start, nothing before it: it owes its STARTED (see :data:`_OWED_LIMIT`).
+
+        Armed once: a deadline already set is checked first (cheap on the path of every job).
+        """
+        if w.owed_deadline == math.inf:
+            self._watch_owed(w)
+
+    def _watch_owed(self, w: WorkerProcess) -> None:
+        """Check in :data:`_OWED_LIMIT` seconds whether ``w`` still owes something and moved no byte."""
+        w.owed_traffic = w.traffic()
         w.owed_deadline = trio.current_time() + _OWED_LIMIT
         if w.timer is not None:
             w.timer.deadline = min(w.stop_deadline, w.owed_deadline)
 
     def _check_owed(self, w: WorkerProcess) -> None:
-        """The owed deadline passed: wait on while bytes still come, else kill ``w`` for the jobs waiting."""
+        """The owed deadline passed: wait on while bytes still move, else kill ``w`` for the jobs waiting."""
         w.owed.intersection_update(w.assigned)  # those settled since are no longer owed anything
-        if not w.owed or w.state is not WorkerState.BUSY:
+        to_start = bool(w.assigned) and not w.started  # its next job waits for its STARTED
+        if not (w.owed or to_start) or w.state is not WorkerState.BUSY:
             w.owed.clear()
             w.owed_deadline = math.inf
-        elif w.reader.reads != w.owed_reads:  # e.g. a large result on its way
-            w.owed_reads = w.reader.reads
-            w.owed_deadline = trio.current_time() + _OWED_LIMIT
-        else:
+        elif w.traffic() != w.owed_traffic or w.traffic_waiting():  # e.g. a large result on its way
+            self._watch_owed(w)
+        elif not w.owed:
             log.warning(
-                "worker %d took its next job's ticket but wrote nothing for %gs; killing it to end task #%s",
+                "worker %d wrote nothing for %gs while task #%d waited to start on it; replacing it",
                 w.pid,
                 _OWED_LIMIT,
-                min(w.owed),
+                w.assigned[0],
             )
             self._kill(
                 w,
-                KillReason.REQUESTED,
-                f"it was stuck for {_OWED_LIMIT:g}s in its clean-up after task #{w.assigned[0]}'s job returned "
-                "(on something the job left behind: a child process, a replaced std stream)",
+                KillReason.CRASH,
+                f"it was stuck for {_OWED_LIMIT:g}s between jobs, before it started task #{w.assigned[0]} "
+                "(on something the job before left behind: a child process, a replaced std stream)",
             )
+        else:
+            key = min(w.owed)
+            what = "result" if key == w.assigned[0] and w.started else "STARTED"
+            log.warning(
+                "worker %d owes task #%d its %s but sent nothing for %gs; killing it", w.pid, key, what, _OWED_LIMIT
+            )
+            self._kill(w, KillReason.REQUESTED, f"it owed task #{key} its {what} but sent nothing for {_OWED_LIMIT:g}s")
 
     @enable_ki_protection
     def take_back(self, key: int) -> bool:

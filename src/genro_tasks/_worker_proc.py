@@ -212,10 +212,13 @@ class WorkerProcess:
         #: Set when its job pipe is closed (STOPPING): kill at this trio time if still alive.
         self.stop_deadline = math.inf
         #: Jobs being killed that wait for what it owes since it took its next ticket (a Done, a STARTED),
-        #: the trio time to give up waiting unless bytes came, and :attr:`FrameReader.reads` then.
+        #: the trio time to give up waiting (for those, or for the STARTED of a job it has to start next)
+        #: unless bytes moved, and :meth:`traffic` then.
         self.owed: set[int] = set()
         self.owed_deadline = math.inf
-        self.owed_reads = 0
+        self.owed_traffic = 0
+        #: Writes of queued job bytes that the pipe took once it had room (the worker is reading them).
+        self.writes = 0
         #: Replaced already (max_tasks_per_worker): do not respawn on exit.
         self.retired = False
         #: Its initializer raised (reported INIT_FAILED) before it became ready.
@@ -356,10 +359,25 @@ class WorkerProcess:
                 except OSError:
                     self._out.clear()
                     return
+                self.writes += 1
                 if n == len(view):
                     self._out.pop(0)
                 else:
                     self._out[0] = view[n:]
+
+    def traffic(self) -> int:
+        """A count that grows whenever bytes move between us and the worker (it is not stuck)."""
+        return self.reader.reads + self.writes
+
+    def traffic_waiting(self) -> bool:
+        """True if bytes can move right now and we have not moved them yet (our event loop is behind).
+
+        Its messages wait unread in the pipe, or queued job bytes could be written: the worker is not
+        stuck, we are (e.g. after the event loop was blocked for a while).
+        """
+        if self.reader.fd >= 0 and _readable(self.reader.fd):
+            return True
+        return bool(self._out) and self.job_fd is not None and _ready(self.job_fd, select.POLLOUT)
 
     def take_back(self) -> set[int]:
         """Take back the tickets the worker has not taken: those jobs will never start.
@@ -441,6 +459,17 @@ class WorkerProcess:
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
             else:
                 os.kill(self.pid, signal.SIGKILL)
+
+    def kill_group(self) -> None:
+        """SIGKILL what is left in the process group the worker made (its pid), once the worker is dead.
+
+        A worker that died on its own was sent no kill: the processes its job
+        started are still running there, with no subreaper left to sweep them.
+        The group's id cannot be reused while any of them is alive.
+        """
+        if self.pid != os.getpgrp():
+            with contextlib.suppress(OSError):
+                os.killpg(self.pid, signal.SIGKILL)
 
     async def wait_exit(self) -> None:
         """Wait until the worker process has exited (it may not be reaped yet)."""
@@ -542,6 +571,10 @@ def current_forkserver_pidfd() -> int | None:
 
 
 def _readable(fd: int) -> bool:
+    return _ready(fd, select.POLLIN)
+
+
+def _ready(fd: int, events: int) -> bool:
     poller = select.poll()
-    poller.register(fd, select.POLLIN)
+    poller.register(fd, events)
     return bool(poller.poll(0))

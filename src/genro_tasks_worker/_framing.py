@@ -76,6 +76,11 @@ class Framer:
         """True between frames (an end-of-file here is a clean one)."""
         return self._body is None and self._start == self._end
 
+    @property
+    def receiving(self) -> tuple[int, int] | None:
+        """``(kind, seq)`` of the large frame whose body is arriving now, or None."""
+        return None if self._body is None else self._head[:2]
+
     def buffer(self) -> memoryview:
         """Where the next bytes should be read to: non-empty, and valid until :meth:`received`.
 

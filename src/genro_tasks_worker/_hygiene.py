@@ -8,8 +8,9 @@
   job closed them, so the next job can still print.
 * Timers a job armed (``signal.alarm``, ``setitimer``) are disarmed, and the
   signal dispositions, signal mask and wakeup fd are put back as they were
-  when the worker became ready (after its initializer), so a leftover timer or
-  handler cannot kill or confuse the worker during the next job.
+  when the worker became ready (after its initializer), the moment the job's
+  code returns, so a leftover timer or handler cannot kill or confuse the
+  worker while it sends the job's result, nor during the next job.
 * At start, the worker closes the descriptors it inherited but does not own
   (the forkserver's and the resource tracker's): a job cannot harm them.
 """
@@ -97,7 +98,7 @@ def kill_leftovers() -> int:
 
 
 def restore_std_streams() -> None:
-    """Reopen fds 0-2 and sys.stdout/stderr if the job closed them."""
+    """Reopen fds 0-2 and sys.stdout/stderr if the job closed them (or left a stream that raises when asked)."""
     for fd in (0, 1, 2):
         try:
             fcntl.fcntl(fd, fcntl.F_GETFD)  # the cheapest "is this fd open?"
@@ -106,7 +107,11 @@ def restore_std_streams() -> None:
                 os.dup2(_saved_std[fd], fd)
     for name, fd in (("stdout", 1), ("stderr", 2)):
         stream = getattr(sys, name)
-        if stream is None or stream.closed:
+        try:
+            usable = stream is not None and not stream.closed
+        except BaseException:  # the job's own stream object, which cannot even say: replace it too
+            usable = False
+        if not usable:
             setattr(sys, name, io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), line_buffering=True))
 
 

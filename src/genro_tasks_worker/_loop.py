@@ -6,9 +6,9 @@ unpickles the job, runs it, and answers with exactly one ``Done*`` message,
 never one over ``max_message_size`` (:func:`~._protocol.encode_within`).
 
 The parent may send a worker its next jobs while the current one runs
-(pipelining), so the worker starts each the moment the one before ends; when a
-job ends and the next one's ticket is there, its Done and the next job's
-Started leave in one write. Such a
+(pipelining), so the worker starts each the moment the one before ends: when a
+job ends, the worker sends its Done, cleans up after it, then takes the next
+job's ticket if it is there and announces that job (Started). Such a
 job comes with a *ticket* on a separate pipe both sides can read: before it
 starts a ticketed job the worker takes that job's ticket, and the parent takes
 a ticket back to cancel a job that has not started. A pipe read is atomic, so
@@ -124,8 +124,8 @@ class _Sender:
         self.lock = threading.Lock()
         self.max_message_size = max_message_size
 
-    def send_locked(self, msg: WorkerMessage, then: WorkerMessage | None = None) -> None:
-        """Write ``msg`` (and ``then`` after it, in the same write if both are small); lock held."""
+    def send_locked(self, msg: WorkerMessage) -> None:
+        """Write ``msg`` (in one write if it is small); lock held."""
         header, body = encode(msg)
         if len(body) > self.max_message_size:
             header, body = encode_within(msg, self.max_message_size)
@@ -133,15 +133,10 @@ class _Sender:
         interrupt = _disarm() if threading.get_ident() == _MAIN_THREAD else None
         try:
             if len(body) < SPLIT_WRITE:
-                data = header + body
-                if then is not None:
-                    data += b"".join(encode(then))
-                _write_all(self.fd, data)
+                _write_all(self.fd, header + body)
             else:
                 _write_all(self.fd, header)
                 _write_all(self.fd, body)
-                if then is not None:
-                    _write_all(self.fd, b"".join(encode(then)))
         finally:
             if interrupt is not None:
                 _arm(interrupt)
@@ -379,11 +374,12 @@ def _restore_memory(old: tuple[int, int] | None) -> None:
 
 
 def _flush_std_streams() -> None:
+    """Flush sys.stdout and sys.stderr, whatever they are now (a job may have replaced them: never raises)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
                 stream.flush()
-        except Exception:
+        except BaseException:  # the job's stream object: even SystemExit from it must not end the worker
             pass
 
 
@@ -432,12 +428,12 @@ def _run_job(
 ) -> int | None:
     """Run job ``seq`` and send its Done; return the job this worker holds next and has announced, if any.
 
-    ``announced``: its Started went out already, with the Done of the job
-    before it. When this job ends and the parent has sent the next job ahead
-    (its ticket is there, or ``held``: a ticket taken already, while skipping
-    a job taken back), that job's ticket is taken and its Started leaves in
-    the same write as this job's Done: the worker is committed to start it,
-    and the parent reads both at once. The ticket pipe is looked at only with
+    ``announced``: its Started went out already, after the Done of the job
+    before it. Once this job's Done has left and the clean-up after this job
+    is done, if the parent has sent the next job ahead (its ticket is there,
+    or ``held``: a ticket taken already, while skipping a job taken back),
+    that job's ticket is taken (the worker is committed to start it) and its
+    Started leaves at once. The ticket pipe is looked at only with
     ``look_ahead`` (this job was itself sent ahead): a job sent to an idle
     worker sends its Done without that extra read (the round trip's path).
     """
@@ -463,6 +459,7 @@ def _run_job(
         finally:
             _JobState.in_job = False
             _restore_memory(limits)
+            _end_job_signals()
     except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task too
         _progress.end_job()
         done: WorkerMessage = DoneError(seq, _failure(exc))
@@ -475,33 +472,48 @@ def _run_job(
             done = DoneBadResult(seq, _type_name(value), _describe(exc))
         del value
     _flush_std_streams()  # what the job printed comes out before its result
+    # The hygiene runs after the result left (nothing the job left can hold it back), while the
+    # parent records it and sends the next job: off the round trip's path, and still before the
+    # next job is taken on and announced (from then on the parent may ask that job to stop with
+    # SIGTERM, and the worker's own signal handling must be back in place to hear it).
+    _send_done(sender, channel, done)
+    del done
+    _clean_up_after_job()
     following = held if held is not None or not look_ahead else _take_ticket(ticket_fd)
-    if following is None:
-        # The hygiene runs after the result left, while the parent records it and sends the next
-        # job (which waits in the pipe): off the round trip's path, and still before the next job.
-        _send_done(sender, channel, done, None)
-        del done
-        _clean_up_after_job()
-    else:
-        # Before the next job's Started: from then on the parent may ask that job to stop (SIGTERM),
-        # and the worker's own signal handling must be back in place to hear it.
-        _clean_up_after_job()
-        _send_done(sender, channel, done, _begin(following))
+    if following is not None:
+        sender.send(_begin(following))
     return following
 
 
-def _send_done(sender: _Sender, channel: _progress.ProgressChannel, done: WorkerMessage, then: Started | None) -> None:
-    """Send the job's last progress, then its Done (and ``then`` in the same write)."""
+def _send_done(sender: _Sender, channel: _progress.ProgressChannel, done: WorkerMessage) -> None:
+    """Send the job's last progress, then its Done."""
     with sender.lock:
         channel.finish_locked()
-        sender.send_locked(done, then)
+        sender.send_locked(done)
+
+
+def _end_job_signals() -> None:
+    """Put the worker's signal handling back the moment the job's code is over (timers, handlers, mask).
+
+    Before the worker's own code handles the job's result: a timer the job left ticking, or its
+    handlers, must not run in the worker's code. A handler of the job that raises meanwhile fails the
+    job with its exception; the reset still completes.
+    """
+    error: BaseException | None = None
+    for _ in range(3):  # (the first pass disarms the timers: a second one is left in peace)
+        try:
+            _hygiene.reset_signals()
+            break
+        except BaseException as exc:  # the job's handler ran: its exception, not the worker's
+            error = error or exc
+    if error is not None:
+        raise error
 
 
 def _clean_up_after_job() -> None:
-    """Undo what the last job left behind: closed std streams, signal handling, processes."""
+    """Undo what the last job left behind: closed std streams, processes (its signal handling is undone already)."""
     _hygiene.restore_std_streams()
-    _hygiene.reset_signals()  # first: a SIGCHLD the job ignores would hide its children from us
-    if _hygiene.kill_leftovers():
+    if _hygiene.kill_leftovers():  # after the signal reset: a SIGCHLD the job ignores would hide its children
         _hygiene.forget_multiprocessing_helpers()  # a forkserver or tracker the job started is gone
 
 
