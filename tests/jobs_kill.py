@@ -5,15 +5,11 @@ from __future__ import annotations
 import os
 import sys
 
+from jobs_pipeline import DiscardingStream
 
-class _RaisingStream:
+
+class _RaisingStream(DiscardingStream):
     """A ``sys.stdout`` that cannot say whether it is closed (``closed`` raises)."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
 
     @property
     def closed(self) -> bool:

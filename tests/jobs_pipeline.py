@@ -72,21 +72,25 @@ def report_then_return(message: str) -> int:
     return os.getpid()
 
 
-class _StopOnInspection:
-    """A ``sys.stdout`` that stops its worker (SIGSTOP) when asked whether it is closed.
-
-    The worker asks in its clean-up after the job: after it took the ticket of the job it holds next,
-    before it wrote that job's STARTED.
-    """
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
+class DiscardingStream:
+    """A ``sys.stdout`` replacement that drops what is written; subclasses make it hostile."""
 
     def write(self, text: str) -> int:
         return len(text)
 
     def flush(self) -> None:
         pass
+
+
+class _StopOnInspection(DiscardingStream):
+    """A ``sys.stdout`` that stops its worker (SIGSTOP) when asked whether it is closed.
+
+    The worker asks in its clean-up after the job: after the job's Done left, before it takes the
+    ticket of the job it holds next.
+    """
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
 
     @property
     def closed(self) -> bool:

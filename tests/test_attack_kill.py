@@ -21,15 +21,15 @@ from genro_tasks._process_backend import _OWED_LIMIT, ProcessBackend
 from genro_tasks_worker._protocol import DONE_OK
 from jobs_kill import leave_a_child_then_exit, leave_a_ticking_timer, leave_hostile_stdout, stop_then_return_bytes
 from jobs_pipeline import mark_started, sleep_then_pid, stop_in_clean_up_after
-from test_pipelining import _appears, _busy_worker, _held_ahead
+from test_pipelining import _appears, _busy_worker, _held_ahead, _stopper_then_held
 
 
 @pytest.mark.parametrize("kind", ["closed-raises", "flush-exits"])
 async def test_a_job_that_leaves_a_hostile_stdout_keeps_its_result_and_its_worker(tmp_path: Path, kind: str) -> None:
     """The worker's own code after the job (flushing, restoring std streams) survives what the job left.
 
-    The job is held behind another, so the worker takes the next job's ticket before its clean-up: its
-    result leaves after that clean-up, and a clean-up that raised lost it (WorkerCrashed).
+    The job is held behind another, and another is held behind it: a flush or a clean-up that raised
+    took the worker down, losing the job's result (WorkerCrashed) or the next job the worker holds.
     """
     trace = tmp_path / "trace"
     async with TaskManager(1) as tm:
@@ -85,17 +85,11 @@ async def test_shutdown_waiting_for_a_held_job_whose_worker_is_stuck_in_the_clea
     That job's result is not held back by the clean-up (it completes), and the held job, which the stuck
     worker never started, runs on a replacement: the shutdown returns, nothing left RUNNING for ever.
     """
-    base, trace = tmp_path / "stopper", tmp_path / "trace"
+    trace = tmp_path / "trace"
     tm = TaskManager(1)
     await tm.startup()
     try:
-        _long, pid, release = await _busy_worker(tm, tmp_path)
-        stopper = tm.submit(stop_in_clean_up_after, str(base))
-        ahead = tm.submit(mark_started, str(trace))
-        for tid in (stopper, ahead):
-            await _held_ahead(tm, tid, pid)
-        (tmp_path / "stopper.release").touch()
-        release.touch()
+        _long, pid, stopper, ahead = await _stopper_then_held(tm, tmp_path)
         with trio.fail_after(20):
             await _appears(tmp_path / "stopper.stopped")
         with trio.fail_after(10):

@@ -152,22 +152,11 @@ async def test_a_held_job_whose_worker_is_stuck_in_the_clean_up_before_it_runs_o
     The result is not held back by the clean-up. The held job never began: the worker, silent while it
     owes that job's STARTED, is replaced, and the job runs once, on the replacement.
     """
-    base, trace = tmp_path / "stopper", tmp_path / "trace"
-    marker = tmp_path / "stopper.stopped"
+    trace = tmp_path / "trace"
     async with TaskManager(1) as tm:
-        long, pid, release = await _busy_worker(tm, tmp_path)
-        # Held behind the long job: the stopper (it stops its worker in the clean-up after it returns),
-        # then the job that must still run once.
-        stopper = tm.submit(stop_in_clean_up_after, str(base))
-        ahead = tm.submit(mark_started, str(trace))
-        for tid in (stopper, ahead):
-            await _held_ahead(tm, tid, pid)
-        (tmp_path / "stopper.release").touch()
-        release.touch()
-        with trio.fail_after(20):
-            assert await tm.result(long) == pid
-            assert await tm.result(stopper) == pid
-            await _appears(marker)  # the worker stops itself before it takes the ticket of `ahead`
+        # Held behind the long job: the stopper, then the job that must still run once.
+        long, pid, stopper, ahead = await _stopper_then_held(tm, tmp_path)
+        await _stuck_after_both_returned(tm, tmp_path, pid, long, stopper)  # before it takes `ahead`'s ticket
         assert (await tm.info(ahead)).status is TaskStatus.PENDING
         with trio.fail_after(10):
             ran_on = await tm.result(ahead)
@@ -184,20 +173,10 @@ async def test_cancelling_a_held_job_while_its_worker_is_stuck_in_the_clean_up_b
     The job never started: CANCELLED at once, never run. The stuck worker, handed the next job, is
     replaced (it owes that job's STARTED), and that job runs on the replacement.
     """
-    base, trace = tmp_path / "stopper", tmp_path / "trace"
-    marker = tmp_path / "stopper.stopped"
+    trace = tmp_path / "trace"
     async with TaskManager(1) as tm:
-        long, pid, release = await _busy_worker(tm, tmp_path)
-        stopper = tm.submit(stop_in_clean_up_after, str(base))
-        ahead = tm.submit(mark_started, str(trace))
-        for tid in (stopper, ahead):
-            await _held_ahead(tm, tid, pid)
-        (tmp_path / "stopper.release").touch()
-        release.touch()
-        with trio.fail_after(20):
-            assert await tm.result(long) == pid
-            assert await tm.result(stopper) == pid
-            await _appears(marker)
+        long, pid, stopper, ahead = await _stopper_then_held(tm, tmp_path)
+        await _stuck_after_both_returned(tm, tmp_path, pid, long, stopper)
         with trio.fail_after(10):
             assert await tm.cancel(ahead) is True
         info = await tm.info(ahead)
@@ -285,6 +264,31 @@ async def _busy_worker(tm: TaskManager, tmp_path: Path, warm_up: float = 0.0) ->
     await wait_status(tm, first, TaskStatus.RUNNING)
     assert (await tm.info(first)).worker_pid == pid
     return first, pid, release
+
+
+async def _stopper_then_held(tm: TaskManager, tmp_path: Path) -> tuple[str, int, str, str]:
+    """Hold, behind a long job on the only worker, a stopper then ``mark_started(tmp_path / "trace")``; release both.
+
+    The stopper stops its worker (SIGSTOP) in the clean-up after it returns, before that worker takes
+    the held job's ticket; it touches ``tmp_path / "stopper.stopped"`` just before.
+    Returns the long job's id, its worker's pid, the stopper's id and the held job's id.
+    """
+    long, pid, release = await _busy_worker(tm, tmp_path)
+    stopper = tm.submit(stop_in_clean_up_after, str(tmp_path / "stopper"))
+    ahead = tm.submit(mark_started, str(tmp_path / "trace"))
+    for tid in (stopper, ahead):
+        await _held_ahead(tm, tid, pid)
+    (tmp_path / "stopper.release").touch()
+    release.touch()
+    return long, pid, stopper, ahead
+
+
+async def _stuck_after_both_returned(tm: TaskManager, tmp_path: Path, pid: int, long: str, stopper: str) -> None:
+    """After :func:`_stopper_then_held`: both jobs return on ``pid``, then the stopper's worker stops itself."""
+    with trio.fail_after(20):
+        assert await tm.result(long) == pid
+        assert await tm.result(stopper) == pid
+        await _appears(tmp_path / "stopper.stopped")
 
 
 def _held_by(tm: TaskManager, ids: list[str], pid: int) -> list[str]:
