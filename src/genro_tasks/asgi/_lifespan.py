@@ -125,22 +125,32 @@ class TaskManagerLifespan:
             self._sigterm_scope.cancel()  # a SIGTERM held meanwhile takes effect now
 
     async def _shutdown_on_sigterm(self) -> None:
-        """Until the manager is shut down, a SIGTERM shuts it down (bounded) before it ends the process."""
-        with trio.open_signal_receiver(signal.SIGTERM) as signals, self._sigterm_scope:
-            async for _ in signals:
-                break
-            else:  # pragma: no cover - the receiver never ends by itself
-                return
-            with trio.CancelScope(shield=True):
-                await self._shutdown()
-            signal.raise_signal(signal.SIGTERM)  # held by the receiver: delivered as it closes
+        """Until the manager is shut down, a SIGTERM shuts it down (bounded) before it ends the process.
+
+        The lifespan's end stops the watch (the signal's disposition is put back); a SIGTERM that
+        arrived is delivered then, and ends the process. A drain it started is cancelled with the
+        lifespan, like the lifespan's own: the manager's shutdown then kills what still runs.
+        """
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            received = False
+            with self._sigterm_scope:
+                async for _ in signals:
+                    received = True
+                    break
+            if received:
+                try:
+                    await self._shutdown()
+                finally:
+                    signal.raise_signal(signal.SIGTERM)  # held by the receiver: delivered as it closes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point.
 
         **Cancellation:** For a request, as the wrapped app. During lifespan,
         cancellation while the manager shuts down (or ``shutdown_timeout``
-        running out) kills every worker first (see :meth:`TaskManager.shutdown`).
+        running out) kills every worker first (see :meth:`TaskManager.shutdown`),
+        also when a SIGTERM began that shutdown (the SIGTERM then ends the
+        process). The lifespan's SIGTERM handling ends with it, however it ends.
         """
         if scope["type"] != "lifespan":
             scope[SCOPE_KEY] = self.tasks
