@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import io
 import json
 import os
 import shutil
 import sys
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -150,7 +151,14 @@ def run_command(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO 
     if os.path.isfile(store) and os.path.getsize(store) == 0:
         err.write(f"error: {store!r} is an empty file, not a task store (reading never creates a store)\n")
         return EXIT_USAGE
-    command = {"ls": _ls, "groups": _groups, "show": _show, "watch": _watch, "cancel": _cancel}[args.command]
+    commands: dict[str, Callable[[str, argparse.Namespace, TextIO], Awaitable[int]]] = {
+        "ls": _ls,
+        "groups": _groups,
+        "show": _show,
+        "watch": _watch,
+        "cancel": functools.partial(_cancel, err=err),  # it may say on ``err`` what it waits for
+    }
+    command = commands[args.command]
     try:
         return trio.run(command, store, args, out)
     except KeyboardInterrupt:
@@ -348,8 +356,8 @@ async def _watch(store: str, args: argparse.Namespace, out: TextIO) -> int:
 EXPLAIN_AFTER = 1.0
 
 
-async def _explain_wait(store: str, task_id: str, grace: float | None) -> None:
-    """``cancel`` of a task another process runs waits for that process: after a while, say so."""
+async def _explain_wait(store: str, task_id: str, grace: float | None, err: TextIO) -> None:
+    """``cancel`` of a task another process runs waits for that process: after a while, say so on ``err``."""
     await trio.sleep(EXPLAIN_AFTER + (grace or 0.0))  # a graceful cancel may take its grace
     try:
         owner = await trio.to_thread.run_sync(owner_of, store, task_id)
@@ -363,18 +371,18 @@ async def _explain_wait(store: str, task_id: str, grace: float | None) -> None:
         "running": "it has not acted on the request yet",
         "on another machine": "it runs on another machine",
     }[doing]
-    sys.stderr.write(
+    err.write(
         f"waiting for pid {pid}, the process running task {task_id!r}, to kill its job: {why}. "
         "Ctrl-C stops waiting; the cancel request stays.\n"
     )
-    sys.stderr.flush()
+    err.flush()
 
 
-async def _cancel(store: str, args: argparse.Namespace, out: TextIO) -> int:
+async def _cancel(store: str, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     async with _client(store) as tm:
         await _info(tm, args.task_id)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_explain_wait, store, args.task_id, args.grace)
+            nursery.start_soon(_explain_wait, store, args.task_id, args.grace, err)
             cancelled = await tm.cancel(args.task_id, grace=args.grace)
             nursery.cancel_scope.cancel()
         info = await tm.info(args.task_id)
