@@ -1049,9 +1049,10 @@ class StoreThread:
         self._seen = top
         rows.sort(key=lambda r: r.rev)
         numbers = self._numbers
-        if numbers:  # tasks we inserted that another process claimed, or that ended elsewhere: not ours
+        if numbers:  # tasks we inserted that another process claimed, or that ended: no longer ours
             for row in rows:
-                if row.id in numbers and (row.owner != self.owner or row.status in _TERMINAL):
+                # (one that waits in the shared queue, owned by nobody, is still ours to claim)
+                if row.id in numbers and (row.owner not in (None, self.owner) or row.status in _TERMINAL):
                     del numbers[row.id]
             for tid in gone:
                 numbers.pop(tid, None)
