@@ -24,8 +24,8 @@ again: its ticket and its frame are sent anew); if the worker had taken it,
 every job before it on that worker has ended (their Done are in the pipe),
 and the worker is killed the moment it reports that job STARTED. When a
 worker dies, the jobs whose tickets were taken back (or that never reported
-STARTED, for a worker that died on its own) are reported lost before they
-started, and the scheduler queues them again. A worker that owes the parent
+STARTED: its pipe is read to the end first, however it died) are reported lost
+before they started, and the scheduler queues them again. A worker that owes the parent
 bytes (the STARTED of the job it is to start next, or what a cancel waits for)
 and moves none for :data:`_OWED_LIMIT` is stuck between jobs: it is killed.
 

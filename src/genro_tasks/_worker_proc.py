@@ -211,7 +211,8 @@ class WorkerProcess:
         self.timer: trio.CancelScope | None = None
         #: Set when its job pipe is closed (STOPPING): kill at this trio time if still alive.
         self.stop_deadline = math.inf
-        #: Jobs being killed that wait for what it owes since it took its next ticket (a Done, a STARTED),
+        #: Jobs being killed that wait for what it owes them (a result arriving; a Done, or a STARTED,
+        #: once it took its next ticket),
         #: the trio time to give up waiting (for those, or for the STARTED of a job it has to start next)
         #: unless bytes moved, and :meth:`traffic` then.
         self.owed: set[int] = set()
