@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import math
+import tracemalloc
 
 import pytest
 import trio
@@ -123,6 +124,38 @@ async def test_leaving_watch_early_releases(tasks: TaskManager) -> None:
             break
     gc.collect()
     assert testing.watcher_count(tasks, tid) == 0
+
+
+async def test_watching_a_long_task_again_and_again_stays_small(tasks: TaskManager) -> None:
+    # A dashboard polling a long job opens and drops a watcher per request: the record must
+    # not keep a slot for each dropped one (they are swept as the list grows).
+
+    tid = tasks.submit(slow_task, 60)
+    await wait_status(tasks, tid, TaskStatus.RUNNING)
+    keep = [tasks.watch(tid) for _ in range(3)]  # some stay alive throughout
+
+    async def drop_watchers(n: int) -> None:
+        for _ in range(n):
+            async for _info in tasks.watch(tid):
+                break
+
+    with trio.fail_after(60):
+        await drop_watchers(1_000)  # warm-up: caches, interned strings
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            await drop_watchers(20_000)
+            gc.collect()
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+    assert testing.watcher_count(tasks, tid) == len(keep)
+    assert grown < 100_000, f"{grown} bytes kept after 20,000 dropped watchers"
+    with trio.fail_after(20):
+        assert await tasks.cancel(tid)
+        for watcher in keep:
+            assert [i.status async for i in watcher][-1] is TaskStatus.CANCELLED
 
 
 async def test_change_stream_many_subscribers(tasks: TaskManager) -> None:

@@ -24,7 +24,7 @@ from genro_tasks_worker._chunk import MapChunk, Outcomes
 from genro_tasks_worker._protocol import Failure
 
 from ._errors import RemoteError, UnpicklableResult
-from ._task import TaskInfo, TaskRecord, TaskStatus, remote_exception
+from ._task import TaskInfo, TaskRecord, TaskStatus, follow, remote_exception
 
 if TYPE_CHECKING:
     from ._manager import TaskManager
@@ -42,13 +42,6 @@ CHUNK_SECONDS = 0.005
 CHUNK_GROWTH = 4
 CHUNK_MAX = 1000
 CHUNK_BYTES = 1 << 20
-
-
-def _follow(rec: TaskRecord, sink: Any) -> None:
-    """Register ``sink`` (weakly) to receive every new snapshot of ``rec``."""
-    if rec.watchers is None:
-        rec.watchers = weakref.WeakSet()
-    rec.watchers.add(sink)
 
 
 class AsCompleted:
@@ -71,7 +64,7 @@ class AsCompleted:
                 self._ready.append(rec.snapshot())
             else:
                 self._waiting += 1
-                _follow(rec, self)
+                follow(rec, weakref.ref(self))
 
     def _push(self, rec: TaskRecord) -> None:
         if not rec.status.is_terminal:
@@ -124,7 +117,7 @@ class AllEnded:
             elif rec.task_id not in followed:
                 followed.add(rec.task_id)
                 self._left += 1
-                _follow(rec, self)
+                follow(rec, weakref.ref(self))
 
     def _push(self, rec: TaskRecord) -> None:
         status = rec.status
@@ -427,7 +420,7 @@ class TaskMap:
                 queue.append(rec)
             else:
                 pending[rec.task_id] = rec
-                _follow(rec, self)
+                follow(rec, weakref.ref(self))
 
     async def _fill(self) -> None:
         """Submit items until ``max_in_flight`` tasks are submitted and not yet yielded."""
@@ -455,7 +448,7 @@ class TaskMap:
                 self._queue.append(rec)
             else:
                 self._pending[rec.task_id] = rec
-                _follow(rec, self)
+                follow(rec, weakref.ref(self))
 
     async def _take(self, count: int) -> tuple[Any, ...]:
         """Up to ``count`` next items of the input (fewer at its end)."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._task import _TERMINAL, GroupInfo, TaskInfo, TaskRecord, TaskStatus
+from ._task import _TERMINAL, GroupInfo, TaskInfo, TaskRecord, TaskStatus, follow
 from ._watch import ChangeStream, TaskWatcher
 
 #: How many groups whose tasks all finished are remembered (oldest forgotten first).
@@ -103,8 +103,10 @@ class ChangeHub:
         if rec is not None:
             watchers = rec.watchers
             if watchers is not None:
-                for watcher in watchers:
-                    watcher._push(rec)
+                for ref in watchers if len(watchers) == 1 else tuple(watchers):
+                    watcher = ref()
+                    if watcher is not None:
+                        watcher._push(rec)
                 if rec.status.is_terminal:
                     rec.watchers = None
             if self._streams:
@@ -146,9 +148,7 @@ class ChangeHub:
         """A watcher of ``rec`` that receives its changes from now on."""
         watcher = TaskWatcher(rec)
         if not rec.status.is_terminal:
-            if rec.watchers is None:
-                rec.watchers = weakref.WeakSet()
-            rec.watchers.add(watcher)
+            follow(rec, weakref.ref(watcher))
         return watcher
 
     def open_stream(self, max_pending: int) -> ChangeStream:

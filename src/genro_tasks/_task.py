@@ -32,6 +32,29 @@ class Sink(Protocol):
     def _push(self, rec: TaskRecord) -> None: ...
 
 
+def follow(rec: TaskRecord, sink: weakref.ref[Sink]) -> None:
+    """Register a sink (by its weak reference) to be told of every change of ``rec``.
+
+    A sink following many tasks passes the same reference each time (a reference
+    without callback is shared anyway). Dead references are swept each time the
+    list doubles, so a long-lived task watched again and again stays small.
+    """
+    watchers = rec.watchers
+    if watchers is None:
+        rec.watchers = [sink]
+        return
+    n = len(watchers)
+    if n >= 8 and not n & (n - 1):
+        watchers[:] = [ref for ref in watchers if ref() is not None]
+    watchers.append(sink)
+
+
+def live_watchers(rec: TaskRecord) -> int:
+    """How many sinks following ``rec`` are still alive."""
+    watchers = rec.watchers
+    return 0 if watchers is None else sum(1 for ref in watchers if ref() is not None)
+
+
 class TaskStatus(enum.StrEnum):
     """Where a task is in its life.
 
@@ -266,8 +289,10 @@ class TaskRecord:
         self._failure: BaseException | Failure | None = None
         self._done: trio.Event | None = None
         self.version = 0
-        #: Live TaskWatchers (and other sinks) of this task, weakly held, created on first use.
-        self.watchers: weakref.WeakSet[Sink] | None = None
+        #: Weak references to the TaskWatchers (and other sinks) of this task, created on first use
+        #: (see :func:`follow`); dropped when it ends. A plain list: a WeakSet per task cost more than
+        #: the rest of a gathered task's bookkeeping.
+        self.watchers: list[weakref.ref[Sink]] | None = None
         self.memory_limit = memory_limit
         #: Set once the manager has accounted for this task's terminal state.
         self.noted = False

@@ -38,7 +38,7 @@ from ._backend import (
     Unreturnable,
 )
 from ._manager import TaskManager
-from ._task import TaskInfo, TaskStatus
+from ._task import TaskInfo, TaskStatus, live_watchers
 
 
 def worker_pids(tm: TaskManager) -> frozenset[int]:
@@ -111,8 +111,7 @@ def change_count(tm: TaskManager, task_id: str) -> int:
 
 def watcher_count(tm: TaskManager, task_id: str) -> int:
     """How many live :meth:`~TaskManager.watch` iterators follow the task."""
-    watchers = tm._registry.get(task_id).watchers
-    return 0 if watchers is None else len(watchers)
+    return live_watchers(tm._registry.get(task_id))
 
 
 def stream_count(tm: TaskManager) -> int:
