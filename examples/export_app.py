@@ -124,7 +124,11 @@ async def check_export(scope: Scope, send: Send, task_id: str) -> None:
         return
     body = info_to_json(info)
     if info.status.value == "completed":
-        body["report_path"] = await tm.result(task_id)
+        try:
+            body["report_path"] = await tm.result(task_id)
+        except KeyError:  # cleared (retention, or another process) between info() and result()
+            await send_json(send, 404, {"error": f"no export {task_id!r}"})
+            return
     await send_json(send, 200, body)
 
 

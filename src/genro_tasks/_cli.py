@@ -360,7 +360,8 @@ async def _explain_wait(store: str, task_id: str, grace: float | None, err: Text
     """``cancel`` of a task another process runs waits for that process: after a while, say so on ``err``."""
     await trio.sleep(EXPLAIN_AFTER + (grace or 0.0))  # a graceful cancel may take its grace
     try:
-        owner = await trio.to_thread.run_sync(owner_of, store, task_id)
+        # abandoned if the cancel ends first: a read of the file, nothing to undo
+        owner = await trio.to_thread.run_sync(owner_of, store, task_id, abandon_on_cancel=True)
     except Exception:  # only an explanation: never let it break the cancel
         owner = None
     if owner is None:
