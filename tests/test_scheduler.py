@@ -81,6 +81,26 @@ async def test_priority_then_fifo(fake: Harness) -> None:
     assert order == [first.seq, high1.seq, high2.seq, low.seq, low2.seq]
 
 
+async def test_a_requeued_task_keeps_its_place_among_younger_ones(fake: Harness) -> None:
+    # Lost before it started, a task goes back to the queue at its submission's place: ahead of
+    # those of its priority submitted after it, behind any of a higher priority.
+    first = fake.submit("first")
+    young = [fake.submit(f"young{i}") for i in range(3)]
+    urgent = fake.submit("urgent", priority=1)
+    fake.backend.lose(first.seq, exitcode=-9)
+    assert _status(first) is TaskStatus.PENDING
+    cancelled = young[1]
+    fake.scheduler.cancel(cancelled)  # a stale entry in the queue, skipped
+    later = fake.submit("later")
+    order = []
+    while fake.backend.jobs:
+        (key,) = fake.backend.jobs
+        order.append(key)
+        fake.backend.start(key)
+        fake.backend.finish(key, key)
+    assert order == [urgent.seq, first.seq, young[0].seq, young[2].seq, later.seq]
+
+
 async def test_pending_until_started_then_one_terminal(fake: Harness) -> None:
     rec = fake.submit("t")
     assert _status(rec) is TaskStatus.PENDING  # handed to the backend, not started

@@ -1,7 +1,7 @@
 """The scheduler: the queue, the deadlines and the task state machine.
 
-It owns every task's life after ``submit``: the dispatch queue (a heap:
-higher priority first, FIFO among equals), the jobs in flight on the
+It owns every task's life after ``submit``: the dispatch queue (higher
+priority first, FIFO among equals: one lane per priority, see :class:`RunQueue`), the jobs in flight on the
 backend, their deadlines (a timeout counts from RUNNING; a graceful cancel
 has a grace period), and every transition PENDING → RUNNING → exactly one of
 COMPLETED / FAILED / CANCELLED. It knows *why* it asked the backend to kill a
@@ -27,7 +27,9 @@ import enum
 import heapq
 import logging
 import math
-from collections.abc import Callable
+from bisect import bisect
+from collections import deque
+from collections.abc import Callable, Iterable
 
 import trio
 from trio.lowlevel import enable_ki_protection
@@ -58,6 +60,61 @@ from ._task import TaskRecord, TaskStatus, error_text, remote_exception
 from ._util import describe, only_cancelled, root_cause
 
 log = logging.getLogger("genro_tasks")
+
+
+class RunQueue:
+    """Sequence numbers of queued tasks: the highest priority first, the oldest (lowest seq) first among equals.
+
+    One FIFO lane per priority in use, and a small heap of those priorities: taking the
+    next task is a ``popleft``, not a heap pop whose cost (and cache misses) grows with
+    the number queued. A task that comes back with an older seq (requeued after its
+    worker died before starting it, or after a retry back-off) takes its place by seq.
+    It may hold stale seqs (tasks cancelled while queued): the caller skips them.
+    """
+
+    __slots__ = ("_lanes", "_len", "_priorities")
+
+    def __init__(self, items: Iterable[tuple[int, int]] = ()) -> None:
+        self._lanes: dict[int, deque[int]] = {}
+        #: The negated priorities that have a lane (a heap: the highest priority on top).
+        self._priorities: list[int] = []
+        self._len = 0
+        for priority, seq in sorted(items, key=lambda item: item[1]):
+            self.push(priority, seq)
+
+    def push(self, priority: int, seq: int) -> None:
+        lane = self._lanes.get(priority)
+        if lane is None:
+            self._lanes[priority] = deque((seq,))
+            heapq.heappush(self._priorities, -priority)
+        elif lane[-1] < seq:
+            lane.append(seq)
+        else:  # an older task back in the queue: its place among its elders
+            lane.insert(bisect(lane, seq), seq)
+        self._len += 1
+
+    def pop(self) -> int:
+        """The next seq (the queue must not be empty)."""
+        priority = -self._priorities[0]
+        lane = self._lanes[priority]
+        seq = lane.popleft()
+        if not lane:
+            del self._lanes[priority]
+            heapq.heappop(self._priorities)
+        self._len -= 1
+        return seq
+
+    def clear(self) -> None:
+        self._lanes.clear()
+        self._priorities.clear()
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
 
 #: How often a task whose worker died before starting it is sent again.
 MAX_REQUEUES = 3
@@ -122,9 +179,8 @@ class Scheduler(BackendListener):
         self.failure: BaseException | None = None
         #: The last worker start failure, until a worker starts fine again.
         self.start_error: BaseException | None = None
-        # The heap holds only (-priority, seq) int pairs, which the cyclic GC
-        # stops tracking; the records live in _queued, keyed by seq.
-        self._queue: list[tuple[int, int]] = []
+        # The queue holds only seqs (plain ints); the records live in _queued, keyed by seq.
+        self._queue = RunQueue()
         self._queued: dict[int, TaskRecord] = {}
         # The jobs handed to the backend ("flights"), and what little state some of them carry
         # (kept in separate maps, so the usual job costs no allocation):
@@ -252,7 +308,7 @@ class Scheduler(BackendListener):
 
         With ``dispatch=False`` (queueing many at once), call :meth:`dispatch` after the last.
         """
-        heapq.heappush(self._queue, (-rec.priority, rec.seq))
+        self._queue.push(rec.priority, rec.seq)
         self._queued[rec.seq] = rec
         if self._drained.is_set():
             self._drained = trio.Event()
@@ -286,7 +342,7 @@ class Scheduler(BackendListener):
         free = backend.free_slots()
         left = False
         while free > 0 and queue:
-            rec = queued.pop(heapq.heappop(queue)[1], None)
+            rec = queued.pop(queue.pop(), None)
             if rec is None:
                 continue  # cancelled while queued
             left = True
@@ -353,8 +409,7 @@ class Scheduler(BackendListener):
                     taken.append(rec)
         if taken:
             if len(self._queue) > 2 * len(self._queued) + 64:  # too many stale entries: compact
-                self._queue = [(-r.priority, r.seq) for r in self._queued.values()]
-                heapq.heapify(self._queue)
+                self._queue = RunQueue((r.priority, r.seq) for r in self._queued.values())
             self._on_room()
         return taken
 
@@ -397,8 +452,7 @@ class Scheduler(BackendListener):
             if self._queued.pop(key, None) is None and self._backoff.pop(key, None) is None:  # pragma: no cover
                 return
             if len(self._queue) > 2 * len(self._queued) + 64:  # too many stale entries: compact
-                self._queue = [(-r.priority, r.seq) for r in self._queued.values()]
-                heapq.heapify(self._queue)
+                self._queue = RunQueue((r.priority, r.seq) for r in self._queued.values())
             rec.finish_cancelled("cancelled while queued")
             log.debug("task %r cancelled while queued", rec.task_id)
             self._on_change(rec)
