@@ -90,7 +90,8 @@ class AsCompleted:
         while not self._ready:
             if self._waiting <= 0:
                 raise StopAsyncIteration
-            self._wakeup = trio.Event()
+            if self._wakeup is None:  # several readers share one wake-up: each one pushed wakes them all
+                self._wakeup = trio.Event()
             await self._wakeup.wait()
         return self._ready.popleft()
 

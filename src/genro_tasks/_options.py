@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import inspect
+import sys
 import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, overload
@@ -431,8 +432,11 @@ class SubmitMethods:
         if chunksize is None:
             if options.retries or options.timeout is not None or is_async:
                 chunksize = 1  # their promises are per task: keep one item per task
-        elif isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-            raise ValueError(f"map(chunksize=...) must be a positive int or None (automatic), not {chunksize!r}")
+        elif isinstance(chunksize, bool) or not isinstance(chunksize, int) or not 1 <= chunksize <= sys.maxsize:
+            raise ValueError(
+                "map(chunksize=...) must be a positive int (at most sys.maxsize) or None (automatic), "
+                f"not {chunksize!r}"
+            )
         elif chunksize > 1 and options.retries:
             raise ValueError(
                 f"map(chunksize={chunksize}) with retries={options.retries}: retries re-run a whole task, and a "

@@ -12,7 +12,7 @@ import io
 import os
 import pickle
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from genro_tasks_worker._protocol import PICKLE_PROTOCOL
@@ -101,10 +101,19 @@ def prepare_initializer(
     initializer: Callable[..., object] | None, initargs: Any
 ) -> tuple[tuple[Any, ...], bytes | None]:
     """Check the initializer and its arguments; return them as a tuple and pickled (None: no initializer)."""
-    try:
-        initargs = tuple(initargs)
-    except TypeError:
-        raise TypeError(f"initargs must be a tuple of arguments for the initializer, not {initargs!r}") from None
+    # A str, bytes or dict is iterable, but never meant as the arguments one by one (initargs="x" lacks a comma).
+    args: tuple[Any, ...] | None = None
+    if not isinstance(initargs, str | bytes | bytearray | Mapping):
+        try:
+            args = tuple(initargs)
+        except TypeError:
+            pass
+    if args is None:
+        raise TypeError(
+            f"initargs must be a tuple of arguments for the initializer, not {initargs!r}; "
+            "for a single argument write initargs=(value,)"
+        )
+    initargs = args
     if initializer is None:
         return initargs, None
     if not callable(initializer):

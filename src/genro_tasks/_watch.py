@@ -56,11 +56,15 @@ class TaskWatcher:
         """
         if self._finished or self._closed:
             raise StopAsyncIteration
-        if not self._pending:
-            self._wakeup = trio.Event()
-            await self._wakeup.wait()
-        else:
+        if self._pending:
             await trio.lowlevel.checkpoint()
+        # Another reader may take a snapshot (or close the watcher) meanwhile: check again after each wait.
+        while not self._pending or self._closed:
+            if self._finished or self._closed:
+                raise StopAsyncIteration
+            if self._wakeup is None:  # several readers share one wake-up
+                self._wakeup = trio.Event()
+            await self._wakeup.wait()
         info = self._pending.pop(0)
         if info.status.is_terminal:
             self._finished = True
@@ -72,6 +76,9 @@ class TaskWatcher:
         **Cancellation:** A checkpoint only; the watcher is closed either way.
         """
         self._closed = True
+        if self._wakeup is not None:  # a reader waiting for the next snapshot ends too
+            self._wakeup.set()
+            self._wakeup = None
         await trio.lowlevel.checkpoint()
 
 
@@ -121,7 +128,8 @@ class ChangeStream:
         while not self._pending:
             if self._closed:
                 raise StopAsyncIteration
-            self._wakeup = trio.Event()
+            if self._wakeup is None:  # several readers share one wake-up: close() ends them all
+                self._wakeup = trio.Event()
             await self._wakeup.wait()
         if self._closed:
             raise StopAsyncIteration
