@@ -49,6 +49,8 @@ class AsCompleted:
 
     Returned by :meth:`TaskManager.as_completed`. Tasks already finished
     come first (in the order given); each distinct task is yielded once.
+    Several trio tasks may read it at once: each item goes to one of them,
+    and all of them stop once every task was yielded.
     """
 
     def __init__(self, records: Iterable[TaskRecord]) -> None:

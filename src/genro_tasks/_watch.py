@@ -71,7 +71,7 @@ class TaskWatcher:
         return info
 
     async def aclose(self) -> None:
-        """Stop watching; the iterator ends. Dropping it has the same effect.
+        """Stop watching; the iterator ends (a read waiting on it too). Dropping it has the same effect.
 
         **Cancellation:** A checkpoint only; the watcher is closed either way.
         """
