@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
-from conftest import wait_until
+from conftest import pid_gone, wait_until
 from genro_tasks import TaskCancelled, TaskInfo, TaskManager, TaskStatus, testing
+from genro_tasks._process_backend import ProcessBackend
+from genro_tasks_worker._protocol import DONE_ERROR
+from jobs_attack_api import stop_then_raise_large
 from jobs_many import sleep_forever, square
 
 
@@ -150,3 +158,58 @@ async def test_watch_shared_by_two_readers_ends_for_both(tasks: TaskManager) -> 
             await trio.testing.wait_all_tasks_blocked()
             await tasks.cancel(task_id)
     assert seen == [TaskStatus.RUNNING, TaskStatus.CANCELLED]
+
+
+# ------------------------------------------------------------------------ a retry racing a cancel
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+async def test_a_cancel_racing_a_failure_that_would_be_retried_stops_the_retries(tmp_path: Path) -> None:
+    """The attempt has failed and its (32 MiB) error is half-way through the pipe when the cancel comes.
+
+    The cancel waits for the error (the attempt ended on its own), and then no further attempt may
+    start: the caller asked the task to stop. The task ends FAILED with that error, as it would
+    without retries, and ``cancel`` returns False.
+    """
+    size, marker = 32 << 20, tmp_path / "raising"
+    async with TaskManager(1) as tm:
+        with trio.fail_after(20):
+            pid = await tm.run(os.getpid)
+        assert tm._scheduler is not None
+        backend = tm._scheduler.backend
+        assert isinstance(backend, ProcessBackend)
+        [worker] = backend.workers
+        tid = tm.options(retries=3, retry_backoff=0).submit(stop_then_raise_large, str(marker), size)
+        try:
+            with trio.fail_after(20):
+                while not (marker.exists() and _stopped(pid)):  # noqa: ASYNC110 - another process: look every 5 ms
+                    await trio.sleep(0.005)
+            # Let the worker run only while this process is blocked, so it only fills the pipe; then let the
+            # parent read with the worker frozen: until the parent holds part of the error and waits for the rest.
+            with trio.fail_after(20):
+                while (worker.reader.framer.receiving or (0, 0))[0] != DONE_ERROR:
+                    os.kill(pid, signal.SIGCONT)
+                    time.sleep(0.02)  # noqa: ASYNC251
+                    os.kill(pid, signal.SIGSTOP)
+                    await trio.sleep(0.01)
+            async with trio.open_nursery() as nursery:
+                cancelled: list[bool] = []
+
+                async def cancel() -> None:
+                    cancelled.append(await tm.cancel(tid))
+
+                nursery.start_soon(cancel)
+                await trio.testing.wait_all_tasks_blocked()
+                assert testing.kill_requested(tm, tid)
+                os.kill(pid, signal.SIGCONT)  # the error arrives in full
+                with trio.fail_after(10):
+                    await wait_until(tm, lambda: testing.status(tm, tid).is_terminal)
+        finally:
+            if not pid_gone(pid):
+                os.kill(pid, signal.SIGCONT)
+        info = await tm.info(tid)
+        assert (info.status, info.attempt, cancelled) == (TaskStatus.FAILED, 1, [False])
+        with pytest.raises(ValueError, match=r"eeee"):
+            await tm.result(tid)

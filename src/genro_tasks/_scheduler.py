@@ -562,18 +562,20 @@ class Scheduler(BackendListener):
         rec = self._flights.pop(key, None)
         if rec is None:
             return
-        _reason, graceful = self._forget(key)
+        reason, graceful = self._forget(key)
         if type(outcome) is Returned:
             rec.finish_ok(outcome.value)
         elif isinstance(outcome, Raised):
             failure = outcome.failure
+            # The attempt ended on its own while its kill was asked: a cancel still stops further attempts.
+            may_retry = reason is not KillReason.CANCEL
             if graceful:
                 rec.finish_cancelled(f"cancelled gracefully; the job ended with {failure.type_name}: {failure.message}")
             elif failure.type_name == "MemoryError" and rec.memory_limit is not None:
                 over = MemoryLimitExceeded(rec.task_id, rec.memory_limit, failure.traceback)
-                self._fail(rec, over, self._retry_on_matches(rec, over))
+                self._fail(rec, over, may_retry and self._retry_on_matches(rec, over))
             else:
-                self._fail(rec, failure, self._retry_on_matches(rec, failure))
+                self._fail(rec, failure, may_retry and self._retry_on_matches(rec, failure))
         elif isinstance(outcome, TooLarge):
             rec.finish_failed(MessageTooLarge(rec.task_id, outcome.what, outcome.size, outcome.limit))
         elif isinstance(outcome, Unreturnable):
