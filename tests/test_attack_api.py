@@ -213,3 +213,19 @@ async def test_a_cancel_racing_a_failure_that_would_be_retried_stops_the_retries
         assert (info.status, info.attempt, cancelled) == (TaskStatus.FAILED, 1, [False])
         with pytest.raises(ValueError, match=r"eeee"):
             await tm.result(tid)
+
+
+# ------------------------------------------------------------------- tm.map and an operator's requeue
+async def test_unordered_map_item_requeued_before_it_is_yielded_yields_its_new_attempt(tasks: TaskManager) -> None:
+    with trio.fail_after(30):
+        async with tasks.map(square, [1, 2], ordered=False, chunksize=1) as it:
+            first = await it.__anext__()
+            group = it.group
+            await wait_until(tasks, lambda: tasks.group_info(group).completed == 2)
+            ids = [info.task_id for info in tasks.list_tasks() if info.group == group]
+            [other] = [task_id for task_id in ids if await tasks.result(task_id) != first]
+            await tasks.requeue(other)  # finished, not yielded yet: the operator runs it again
+            rest = [value async for value in it]
+    assert sorted([first, *rest]) == [1, 4]
+    info = await tasks.info(other)
+    assert (info.status, info.attempt) == (TaskStatus.COMPLETED, 2)

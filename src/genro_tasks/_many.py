@@ -282,7 +282,7 @@ class TaskMap:
                     assert rec is not None
                     if rec.status.is_terminal:
                         await trio.lowlevel.checkpoint()
-                    else:
+                    while not rec.status.is_terminal:  # (again after a wait: an operator may have requeued it)
                         await rec.wait_done()
                     queue.popleft()
                 else:
@@ -470,12 +470,18 @@ class TaskMap:
         """Unordered: the next finished record to yield; None when every item was yielded."""
         if self._queue:
             await trio.lowlevel.checkpoint()
-        while not self._queue:
-            if not self._pending:
-                return None
-            self._wakeup = trio.Event()
-            await self._wakeup.wait()
-        return self._queue.popleft()
+        while True:
+            while not self._queue:
+                if not self._pending:
+                    return None
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+            rec = self._queue[0]
+            if rec.status.is_terminal:
+                return self._queue.popleft()
+            # An operator requeued it after it finished: yield how its new attempt ends (kept in the
+            # queue meanwhile, so that leaving early cancels it too).
+            await rec.wait_done()
 
     def _push(self, rec: TaskRecord) -> None:
         """A followed task changed (unordered mode): note it once it finished."""

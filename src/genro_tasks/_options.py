@@ -434,7 +434,7 @@ class SubmitMethods:
                 chunksize = 1  # their promises are per task: keep one item per task
         elif isinstance(chunksize, bool) or not isinstance(chunksize, int) or not 1 <= chunksize <= sys.maxsize:
             raise ValueError(
-                "map(chunksize=...) must be a positive int (at most sys.maxsize) or None (automatic), "
+                "map(chunksize=...) must be a positive int or None (automatic), an int at most sys.maxsize; "
                 f"not {chunksize!r}"
             )
         elif chunksize > 1 and options.retries:
