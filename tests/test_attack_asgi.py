@@ -1,0 +1,113 @@
+"""Attacks on the ASGI API, the dashboard and the example application, each
+against a real hypercorn (trio worker) and real worker processes.
+
+What held is listed in the module's report; the tests here are the defects that
+were found, each failing on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, serve
+from genro_tasks import TaskManager, TaskStatus, testing
+from jobs import slow_task
+from test_asgi import allow_all, api_app, running
+
+
+async def test_a_repeated_parameter_is_refused_naming_it() -> None:
+    """``?id=a&id=b`` used to act on ``a`` silently (and ``?limit=1&limit=500`` to list 1):
+    a proxy or an authorisation layer reading the other value would disagree with the API."""
+    tm = TaskManager(1)
+    async with running(api_app(tm, authorize=allow_all)) as url, httpx.AsyncClient(base_url=url) as client:
+        blocker = tm.submit(slow_task, 60)
+        queued = tm.submit(slow_task, 60)
+        with trio.fail_after(20):
+            reply = await client.get("/api/tasks", params=[("limit", "1"), ("limit", "500")])
+            assert reply.status_code == 400
+            assert "'limit'" in reply.json()["error"]
+            reply = await client.post(
+                "/api/task/cancel", params=[("id", queued), ("id", blocker)], headers={"X-Genro-Tasks": "1"}
+            )
+            assert reply.status_code == 400
+            assert "'id'" in reply.json()["error"]
+            reply = await client.post(
+                f"/api/tasks/{queued}/cancel", params=[("grace", "1"), ("grace", "2")], headers={"X-Genro-Tasks": "1"}
+            )
+            assert reply.status_code == 400
+            assert "'grace'" in reply.json()["error"]
+            assert await tm.status(queued) is TaskStatus.PENDING  # nothing was cancelled
+            assert await tm.status(blocker) in (TaskStatus.PENDING, TaskStatus.RUNNING)
+            single = await client.get("/api/tasks", params={"limit": "1"})
+            assert single.status_code == 200
+            assert len(single.json()["tasks"]) == 1
+
+
+async def test_groups_have_a_query_form_for_names_a_browser_resolves() -> None:
+    """A group named ``..`` (a legal name) had no route a browser could reach:
+    ``groups/../cancel`` is resolved to ``cancel``. ``/group?name=`` and
+    ``/group/cancel?name=`` reach any group, as ``/task?id=`` reaches any task."""
+    tm = TaskManager(1)
+    async with running(api_app(tm, authorize=allow_all)) as url, httpx.AsyncClient(base_url=url) as client:
+        dots = tm.options(group="..")
+        first, second = dots.submit(slow_task, 60), dots.submit(slow_task, 60)
+        with trio.fail_after(20):
+            info = await client.get("/api/group", params={"name": ".."})
+            assert info.status_code == 200
+            assert info.json()["total"] == 2
+            assert (await client.head("/api/group", params={"name": ".."})).status_code == 200
+            missing = await client.get("/api/group")
+            assert missing.status_code == 400
+            assert "name" in missing.json()["error"]
+            assert (await client.get("/api/group", params={"name": "nope"})).status_code == 404
+            unguarded = await client.post("/api/group/cancel", params={"name": ".."})
+            assert unguarded.status_code == 403
+            assert (await client.get("/api/group/cancel", params={"name": ".."})).status_code == 405
+            reply = await client.post("/api/group/cancel", params={"name": ".."}, headers={"X-Genro-Tasks": "1"})
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["cancelled"] == 2
+            assert await tm.status(first) is TaskStatus.CANCELLED
+            assert await tm.status(second) is TaskStatus.CANCELLED
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found: install Debian's 'chromium' package")
+def test_dashboard_cancels_a_group_named_dot_dot(tmp_path: Path) -> None:
+    """The dashboard's "cancel group" posted to ``groups/../cancel``, which the
+    browser resolved to ``cancel`` (404): a group named ``..`` could not be cancelled."""
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with serve("browser_app_attack:app") as server:
+        with urllib.request.urlopen(urllib.request.Request(server + "/setup-dot-group", method="POST"), timeout=30):
+            pass
+        with playwright_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 520})
+                page.set_default_timeout(30_000)
+                alerts: list[str] = []
+
+                def answer(dialog: object) -> None:
+                    if dialog.type == "alert":  # type: ignore[attr-defined]
+                        alerts.append(dialog.message)  # type: ignore[attr-defined]
+                    dialog.accept()  # type: ignore[attr-defined]
+
+                page.on("dialog", answer)
+                page.goto(server + "/tasks/")
+                group = 'tr.group[data-group=".."]'
+                page.wait_for_function(
+                    "s => document.querySelector(s)?.textContent.includes('1 running')", arg=f"{group} td.status"
+                )
+                page.click(f"{group} button.cancel")
+                page.wait_for_function(
+                    "s => document.querySelector(s).textContent.includes('2/2 done')",
+                    arg=f"{group} td.counts",
+                    timeout=10_000,
+                )
+                assert "2 cancelled" in page.inner_text(f"{group} td.status")
+                assert alerts == []
+            finally:
+                browser.close()
