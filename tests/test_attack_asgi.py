@@ -48,6 +48,32 @@ async def test_a_repeated_parameter_is_refused_naming_it() -> None:
             assert len(single.json()["tasks"]) == 1
 
 
+async def test_example_app_refuses_a_user_id_no_report_can_be_named_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 400-digit user_id was accepted (202) and the export then failed with
+    ``OSError: File name too long``; it is now refused at the call, naming user_id."""
+    from examples import export_app
+
+    monkeypatch.setenv("EXPORT_REPORT_DIR", str(tmp_path))
+    app = export_app.make_app(max_workers=1, store=tmp_path / "tasks.db")
+    header = {"X-Requested-With": "exports"}
+    async with running(app) as url, httpx.AsyncClient(base_url=url) as client:
+        with trio.fail_after(20):
+            for bad in ("9" * 400, "-1", "1" + "0" * 18):
+                reply = await client.post("/exports", params={"user_id": bad, "seconds": 1}, headers=header)
+                assert reply.status_code == 422, bad
+                assert "user_id" in reply.json()["error"]
+            repeated = await client.post("/exports", params=[("user_id", "1"), ("user_id", "2")], headers=header)
+            assert repeated.status_code == 422
+            assert "user_id" in repeated.json()["error"]
+            assert app.tasks.list_tasks() == []
+            good = await client.post("/exports", params={"user_id": 10**17, "seconds": 0.01}, headers=header)
+            assert good.status_code == 202
+            task_id = good.json()["task_id"]
+            await testing.wait_for_status(app.tasks, task_id, TaskStatus.COMPLETED)
+
+
 async def test_groups_have_a_query_form_for_names_a_browser_resolves() -> None:
     """A group named ``..`` (a legal name) had no route a browser could reach:
     ``groups/../cancel`` is resolved to ``cancel``. ``/group?name=`` and
