@@ -17,6 +17,7 @@ import trio
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS, serve
 from genro_tasks import TaskManager, TaskStatus, testing
 from jobs import slow_task
+from jobs_api import many_numbers
 from test_asgi import allow_all, api_app, running
 
 
@@ -137,3 +138,36 @@ def test_dashboard_cancels_a_group_named_dot_dot(tmp_path: Path) -> None:
                 assert alerts == []
             finally:
                 browser.close()
+
+
+async def test_a_large_result_is_served_without_stalling_the_event_loop() -> None:
+    """``GET /tasks/{id}/result`` encoded a large result with one ``json.dumps`` call:
+    the loop (every other request, stream and the scheduler) stood still for most of
+    the request. The longest pause of the loop must now be a small part of it."""
+    tm = TaskManager(1)
+    async with running(api_app(tm)) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
+        count = 3_000_000
+        task_id = tm.submit(many_numbers, count)
+        with trio.fail_after(60):
+            await tm.result(task_id)  # fetched and unpickled now: the request below only encodes
+            longest = 0.0
+            served = trio.Event()
+
+            async def ticker() -> None:
+                nonlocal longest
+                last = trio.current_time()
+                while not served.is_set():
+                    await trio.sleep(0.001)
+                    now = trio.current_time()
+                    longest = max(longest, now - last)
+                    last = now
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ticker)
+                began = trio.current_time()
+                reply = await client.get(f"/api/tasks/{task_id}/result")
+                took = trio.current_time() - began
+                served.set()
+        assert reply.status_code == 200
+        assert reply.json()["result"][-1] == count - 1
+        assert longest < took / 3, (longest, took)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,7 +16,7 @@ from ._events import EventStreams
 from ._http import HTTPError, Receive, Scope, Send, check_method, head_only, query_params, send_body, send_json
 from ._lifespan import METRICS_KEY, task_manager
 from ._listing import list_page
-from ._serialize import group_to_json, info_to_json
+from ._serialize import group_to_json, info_to_json, json_bytes
 
 #: ``authorize(scope, action, task_id)``: True (or an awaitable of True) allows the action.
 Authorize = Callable[[Scope, str, "str | None"], "bool | Awaitable[bool]"]
@@ -317,13 +316,13 @@ class TaskAPI:
             )
             return
         try:
-            payload = json.dumps({"task_id": task_id, "result": value}, allow_nan=False)
+            payload = await json_bytes({"task_id": task_id, "result": value})
         except (TypeError, ValueError, RecursionError) as exc:
             await send_json(
                 send, 409, {"error": f"the result of task {task_id!r} is not JSON-serialisable ({type(exc).__name__})"}
             )
             return
-        await send_body(send, 200, payload.encode(), b"application/json")
+        await send_body(send, 200, payload, b"application/json")
 
 
 async def _info(tm: TaskManager, task_id: str) -> TaskInfo:
