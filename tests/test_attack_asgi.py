@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ import trio
 
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS, serve
 from genro_tasks import TaskManager, TaskStatus, testing
+from genro_tasks.asgi import Receive, Scope, Send, TaskManagerLifespan
 from jobs import slow_task
 from jobs_api import many_numbers
 from test_asgi import allow_all, api_app, running
@@ -171,3 +173,94 @@ async def test_a_large_result_is_served_without_stalling_the_event_loop() -> Non
         assert reply.status_code == 200
         assert reply.json()["result"][-1] == count - 1
         assert longest < took / 3, (longest, took)
+
+
+async def _drive_lifespan(app: TaskManagerLifespan, events: list[str]) -> list[dict[str, Any]]:
+    """Send ``events`` to ``app``'s lifespan as a server does; return what it answered."""
+    sent: list[dict[str, Any]] = []
+    pending = iter(events)
+    answered = trio.Event()
+
+    async def receive() -> dict[str, Any]:
+        kind = next(pending, None)
+        if kind is None:
+            await trio.sleep_forever()
+        return {"type": kind}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+        answered.set()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+
+            async def lifespan() -> None:
+                try:
+                    await app({"type": "lifespan"}, receive, send)
+                except RuntimeError:
+                    pass  # an app that raises: the server logs it
+
+            nursery.start_soon(lifespan)
+            await answered.wait()
+            if sent[0]["type"] == "lifespan.startup.failed":
+                nursery.cancel_scope.cancel()  # as hypercorn: it stops the lifespan and exits
+    return sent
+
+
+async def test_an_app_that_fails_its_startup_leaves_no_manager_running() -> None:
+    """The wrapped app answering ``lifespan.startup.failed`` (the server will not run)
+    left the manager it wraps running, with its worker processes, for good: nothing
+    would ever shut it down."""
+
+    async def refuses(scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "lifespan"
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "the app's database is down"})
+
+    tm = TaskManager(2)
+    app = TaskManagerLifespan(refuses, tm)
+    sent = await _drive_lifespan(app, ["lifespan.startup"])
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert "database is down" in sent[0]["message"]
+    assert not tm.is_running
+    assert testing.worker_pids(tm) == frozenset()
+
+
+async def test_an_app_that_raises_at_shutdown_still_shuts_the_manager_down() -> None:
+    """The wrapped app raising on ``lifespan.shutdown`` skipped the manager's shutdown:
+    its running task was never drained and its workers outlived the lifespan."""
+    tm = TaskManager(1)
+
+    async def breaks_at_shutdown(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        raise RuntimeError("the app's own shutdown failed")
+
+    app = TaskManagerLifespan(breaks_at_shutdown, tm, shutdown_timeout=20)
+    events = ["lifespan.startup"]
+    sent: list[dict[str, Any]] = []
+    task_id = ""
+
+    async def receive() -> dict[str, Any]:
+        nonlocal task_id
+        if events:
+            return {"type": events.pop()}
+        task_id = tm.submit(slow_task, 1)
+        await testing.wait_for_status(tm, task_id, TaskStatus.RUNNING)
+        return {"type": "lifespan.shutdown"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    raised: list[BaseException] = []
+    with trio.fail_after(30):
+        try:
+            await app({"type": "lifespan"}, receive, send)
+        except* RuntimeError as group:  # the app's error goes on to the server, which logs it
+            raised.extend(group.exceptions)
+    assert "own shutdown failed" in str(raised[0])
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete"]
+    assert not tm.is_running
+    assert testing.worker_pids(tm) == frozenset()
+    assert await tm.result(task_id) == "done"  # drained, not lost
