@@ -264,3 +264,60 @@ async def test_an_app_that_raises_at_shutdown_still_shuts_the_manager_down() -> 
     assert not tm.is_running
     assert testing.worker_pids(tm) == frozenset()
     assert await tm.result(task_id) == "done"  # drained, not lost
+
+
+async def test_a_malformed_ungrouped_flag_is_refused_naming_it() -> None:
+    """``?ungrouped=yes`` was read as "no" and listed every task, grouped or not."""
+    tm = TaskManager(1)
+    async with running(api_app(tm)) as url, httpx.AsyncClient(base_url=url) as client:
+        tm.options(group="nightly").submit(slow_task, 60)
+        loose = tm.submit(slow_task, 60)
+        with trio.fail_after(20):
+            for bad in ("yes", "2", "on"):
+                reply = await client.get("/api/tasks", params={"ungrouped": bad})
+                assert reply.status_code == 400, bad
+                assert "ungrouped" in reply.json()["error"]
+            for good, ids in (("1", [loose]), ("true", [loose]), ("0", None), ("false", None)):
+                reply = await client.get("/api/tasks", params={"ungrouped": good})
+                assert reply.status_code == 200
+                listed = [t["task_id"] for t in reply.json()["tasks"]]
+                assert listed == ids if ids is not None else len(listed) == 2
+
+
+async def test_every_mutating_route_goes_through_authorize_whatever_the_method() -> None:
+    """With an ``authorize`` that refuses, no route and no method changes anything:
+    POST is refused with 403, every other method (HEAD, GET, OPTIONS, PUT) with 405."""
+    asked: list[tuple[str, str | None]] = []
+
+    def refuse(scope: Scope, action: str, task_id: str | None) -> bool:
+        asked.append((action, task_id))
+        return False
+
+    tm = TaskManager(1)
+    async with running(api_app(tm, authorize=refuse)) as url, httpx.AsyncClient(base_url=url) as client:
+        running_id = tm.options(group="g").submit(slow_task, 60)
+        with trio.fail_after(30):
+            await testing.wait_for_status(tm, running_id, TaskStatus.RUNNING)
+        queued_id = tm.submit(slow_task, 60)
+        later_id = tm.submit(slow_task, 0)
+        routes = {
+            f"/api/tasks/{running_id}/cancel": ("cancel", running_id),
+            f"/api/task/cancel?id={queued_id}": ("cancel", queued_id),
+            f"/api/tasks/{later_id}/requeue": ("requeue", later_id),
+            f"/api/task/requeue?id={later_id}": ("requeue", later_id),
+            "/api/groups/g/cancel": ("cancel_group", "g"),
+            "/api/group/cancel?name=g": ("cancel_group", "g"),
+            "/api/clear": ("clear", None),
+        }
+        with trio.fail_after(30):
+            for route, expected in routes.items():
+                asked.clear()
+                reply = await client.post(route, headers={"X-Genro-Tasks": "1"})
+                assert reply.status_code == 403, route
+                assert asked == [expected], route
+                for method in ("HEAD", "GET", "OPTIONS", "PUT", "DELETE"):
+                    reply = await client.request(method, route, headers={"X-Genro-Tasks": "1"})
+                    assert reply.status_code == 405, (method, route)
+            assert await tm.status(running_id) is TaskStatus.RUNNING
+            assert await tm.status(queued_id) is TaskStatus.PENDING
+            assert len(tm.list_tasks()) == 3
