@@ -41,6 +41,8 @@ from .export_jobs import clean_stale_parts, generate_report, report_dir
 #: this app never grants), so a hostile page cannot start exports in a user's name.
 CSRF_HEADER = (b"x-requested-with", b"exports")
 MAX_SECONDS = 60.0
+#: The largest user id: its report's file name stays short (an unbounded one failed the export).
+MAX_USER_ID = 10**18 - 1
 
 
 def local_operator(scope: Scope, action: str, task_id: str | None) -> bool:
@@ -76,17 +78,25 @@ async def start_export(scope: Scope, send: Send) -> None:
     """POST /exports?user_id=N[&seconds=S]: submit the export, answer with its id at once.
 
     403 without the ``X-Requested-With: exports`` header, 422 for a bad
-    ``user_id`` or ``seconds`` (a finite number in (0, 60]), 429 when the
-    queue is full (``max_queued``), with ``Retry-After``.
+    ``user_id`` (an integer in [0, 10**18)) or ``seconds`` (a finite number
+    in (0, 60]) or a parameter given twice, 429 when the queue is full
+    (``max_queued``), with ``Retry-After``.
     """
     if CSRF_HEADER not in scope.get("headers", []):
         await send_json(send, 403, {"error": "missing header 'X-Requested-With: exports' (cross-site protection)"})
         return
-    query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode("latin-1")).items()}
+    parsed = parse_qs(scope["query_string"].decode("latin-1"))
+    repeated = [name for name, values in parsed.items() if len(values) > 1]
+    if repeated:
+        await send_json(send, 422, {"error": f"parameter {repeated[0]!r} is given more than once: give it once"})
+        return
+    query = {k: v[0] for k, v in parsed.items()}
     try:
         user_id = int(query.get("user_id", ""))
     except ValueError:
-        await send_json(send, 422, {"error": "user_id must be an integer"})
+        user_id = -1
+    if not 0 <= user_id <= MAX_USER_ID:
+        await send_json(send, 422, {"error": f"user_id must be an integer between 0 and {MAX_USER_ID}"})
         return
     try:
         seconds = float(query.get("seconds", "6"))

@@ -18,3 +18,8 @@ def own_keywords(
 
 def triple(n: int) -> int:
     return 3 * n
+
+
+def many_numbers(n: int) -> list[int]:
+    """A large JSON-serialisable result: ``[0, 1, ..., n - 1]``."""
+    return list(range(n))

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 from .._manager import TaskManager
 from .._task import TaskInfo, TaskStatus
 from ._dashboard import send_page, send_script, status_table
 from ._events import EventStreams
-from ._http import HTTPError, Receive, Scope, Send, check_method, head_only, send_body, send_json
+from ._http import HTTPError, Receive, Scope, Send, check_method, head_only, query_params, send_body, send_json
 from ._lifespan import METRICS_KEY, task_manager
 from ._listing import list_page
-from ._serialize import group_to_json, info_to_json
+from ._serialize import group_to_json, info_to_json, json_bytes
 
 #: ``authorize(scope, action, task_id)``: True (or an awaitable of True) allows the action.
 Authorize = Callable[[Scope, str, "str | None"], "bool | Awaitable[bool]"]
@@ -29,7 +28,8 @@ class TaskAPI:
     """A mountable ASGI app: JSON API, SSE streams and a dashboard over a TaskManager.
 
     Routes, relative to where it is mounted (``scope["root_path"]``). Every
-    GET also answers HEAD; a wrong method gets 405 with ``Allow``. Task ids
+    GET also answers HEAD; a wrong method gets 405 with ``Allow``, a query
+    parameter given twice 400. Task ids
     are one percent-encoded path segment each, so every id ``submit``
     accepts is addressable (``export/42`` is ``export%2F42``).
 
@@ -47,6 +47,8 @@ class TaskAPI:
     ``GET /groups/{group}``      one group
     ``POST /groups/{group}/cancel``  cancel its queued and running tasks
                                  (``authorize``, action ``cancel_group``)
+    ``/group?name={group}``      the same two group routes with the name in the query
+                                 (``/group/cancel?name=``), as ``/task?id=`` for tasks
     ``GET /tasks/{id}/result``   the result if COMPLETED and JSON-serialisable, else 409
     ``GET /tasks/{id}/events``   Server-Sent Events: the task's snapshots until it ends
     ``/task?id={id}`` ...        the same five routes with the id in the query
@@ -138,7 +140,7 @@ class TaskAPI:
         if head:
             send = head_only(send)
         parts = _segments(scope)
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        query = query_params(scope)
         tm = self.manager(scope)
         if not parts or parts == ["dashboard.js"]:  # static: they hold no task data
             check_method(method, "GET")
@@ -174,6 +176,10 @@ class TaskAPI:
             await send_body(send, 200, body, b"text/plain; version=0.0.4; charset=utf-8")
         elif first == "groups" and len(rest) <= 2:
             await self._groups(tm, scope, method, rest, send)
+        elif first == "group" and len(rest) <= 1:  # ?name=...: for names a browser cannot put in a path
+            if not query.get("name", [""])[0]:
+                raise HTTPError(400, "missing ?name=<group name>")
+            await self._groups(tm, scope, method, [query["name"][0], *rest], send)
         elif first == "clear" and not rest:
             check_method(method, "POST")
             await self._guard(scope, "clear", None)
@@ -310,13 +316,13 @@ class TaskAPI:
             )
             return
         try:
-            payload = json.dumps({"task_id": task_id, "result": value}, allow_nan=False)
+            payload = await json_bytes({"task_id": task_id, "result": value})
         except (TypeError, ValueError, RecursionError) as exc:
             await send_json(
                 send, 409, {"error": f"the result of task {task_id!r} is not JSON-serialisable ({type(exc).__name__})"}
             )
             return
-        await send_body(send, 200, payload.encode(), b"application/json")
+        await send_body(send, 200, payload, b"application/json")
 
 
 async def _info(tm: TaskManager, task_id: str) -> TaskInfo:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qs
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,6 +40,19 @@ def head_only(send: Send) -> Send:
         await send(message)
 
     return send_head
+
+
+def query_params(scope: Scope) -> dict[str, list[str]]:
+    """The query string's parameters (one value each), else 400 naming a repeated one.
+
+    A parameter given twice (``?id=a&id=b``) is refused rather than read one way
+    here and another way by a proxy or an authorisation layer in front.
+    """
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    for name, values in query.items():
+        if len(values) > 1:
+            raise HTTPError(400, f"parameter {name!r} is given {len(values)} times: give it once")
+    return query
 
 
 def int_param(query: dict[str, list[str]], name: str, default: int, low: int, high: int) -> int:

@@ -23,7 +23,9 @@ class TaskManagerLifespan:
     the event; on shutdown it is shut down after the app has finished its own
     shutdown. Every ``http`` and ``websocket`` scope gets the manager as
     ``scope["genro_tasks"]``. Works whether or not the wrapped app handles
-    lifespan events itself.
+    lifespan events itself. If the wrapped app answers
+    ``lifespan.startup.failed`` or raises on ``lifespan.shutdown``, the
+    manager is shut down all the same.
 
     Shutdown is bounded by default, so it ends well within a server's own
     shutdown timeout: queued tasks are CANCELLED at once, running tasks get
@@ -197,13 +199,15 @@ class TaskManagerLifespan:
             kind = message["type"]
             if kind == "lifespan.startup.complete" and startup_error:
                 message = {"type": "lifespan.startup.failed", "message": f"TaskManager: {startup_error[0]}"}
-            elif kind == "lifespan.shutdown.complete":
-                await self._shutdown()
+            elif kind == "lifespan.shutdown.complete" or (kind == "lifespan.startup.failed" and self.tasks.is_running):
+                await self._shutdown()  # a failed startup too: the server will not run, nothing may outlive it
             await send(message)
 
         try:
             await self.app(scope, app_receive, app_send)
         except Exception:
+            if seen and "lifespan.shutdown" in seen:
+                await self._shutdown()  # the app's own shutdown failed: the manager's still runs
             if seen:
                 raise
         if seen:

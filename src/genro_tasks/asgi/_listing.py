@@ -51,7 +51,10 @@ def list_page(tm: TaskManager, query: dict[str, list[str]], *, tracebacks: bool)
     offset = int_param(query, "offset", 0, 0, 10**9)
     text = query.get("q", [""])[0].strip().lower()
     group = query.get("group", [""])[0]
-    ungrouped = query.get("ungrouped", [""])[0] in ("1", "true")
+    flag = query.get("ungrouped", [""])[0].lower()
+    if flag not in ("", "0", "1", "false", "true"):
+        raise HTTPError(400, f"ungrouped must be 1 (or true) to list only tasks without a group, or 0; not {flag!r}")
+    ungrouped = flag in ("1", "true")
 
     infos = tm.list_tasks()
     counts = dict.fromkeys((s.value for s in TaskStatus), 0)

@@ -240,7 +240,7 @@
   }
   async function cancelGroup(name) {
     if (!confirm("Cancel every queued and running task of group " + name + "? Running jobs are hard-killed.")) return;
-    const r = await api("groups/" + encodeURIComponent(name) + "/cancel", { method: "POST", headers: { "X-Genro-Tasks": "1" } });
+    const r = await api("group/cancel?name=" + encodeURIComponent(name), { method: "POST", headers: { "X-Genro-Tasks": "1" } });
     if (!r.ok) alert((await r.json()).error || "cancel failed");
     await loadGroups();
   }
