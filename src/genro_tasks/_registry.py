@@ -218,6 +218,13 @@ class TaskRegistry(ABC):
         """Snapshots of the kept tasks (of one status, or all), oldest first."""
 
     @abstractmethod
+    def records(self) -> list[TaskRecord]:
+        """The kept records themselves, oldest first: a listing filters and sorts them, then snapshots a page.
+
+        Live objects: read them in the trio thread, at once, and never change them.
+        """
+
+    @abstractmethod
     def clear_finished(self) -> int:
         """Forget every finished task; return how many."""
 
@@ -416,6 +423,10 @@ class KeyedRegistry(TaskRegistry):
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def records(self) -> list[TaskRecord]:
+        self.prune()
+        return list(self._records.values())
 
     def find(self, status: TaskStatus | None) -> list[TaskInfo]:
         self.prune()

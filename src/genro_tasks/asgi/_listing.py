@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from .._manager import TaskManager
-from .._task import TaskInfo, TaskStatus
+from .._task import TaskRecord, TaskStatus
 from ._http import HTTPError, int_param
 from ._serialize import info_to_json
 
 MAX_LIMIT = 500
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RANK = {s: i for i, s in enumerate(TaskStatus)}
 
-#: ``?sort=`` keys (prefix with ``-`` for descending).
-SORT_KEYS: dict[str, Callable[[TaskInfo], Any]] = {
-    "created_at": lambda i: i.created_at,
-    "started_at": lambda i: i.started_at or _EPOCH,
-    "completed_at": lambda i: i.completed_at or _EPOCH,
-    "task_id": lambda i: i.task_id,
-    "name": lambda i: i.name,
-    "status": lambda i: _RANK[i.status],
-    "progress": lambda i: -1.0 if i.progress is None else i.progress,
-    "priority": lambda i: i.priority,
+#: ``?sort=`` keys (prefix with ``-`` for descending), read from the records (a page is snapshotted, not the rest).
+SORT_KEYS: dict[str, Callable[[TaskRecord], Any]] = {
+    "created_at": lambda r: r.created,
+    "started_at": lambda r: r.started or 0.0,
+    "completed_at": lambda r: r.completed or 0.0,
+    "task_id": lambda r: r.task_id,
+    "name": lambda r: r.name,
+    "status": lambda r: _RANK[r.status],
+    "progress": lambda r: -1.0 if r.progress is None else r.progress,
+    "priority": lambda r: r.priority,
 }
 
 
@@ -56,29 +55,30 @@ def list_page(tm: TaskManager, query: dict[str, list[str]], *, tracebacks: bool)
         raise HTTPError(400, f"ungrouped must be 1 (or true) to list only tasks without a group, or 0; not {flag!r}")
     ungrouped = flag in ("1", "true")
 
-    infos = tm.list_tasks()
-    counts = dict.fromkeys((s.value for s in TaskStatus), 0)
-    for info in infos:
-        counts[info.status.value] += 1
+    # The records themselves, filtered and sorted; only the page is snapshotted (copying every
+    # kept task held the event loop for about 0.4 s per request at 100,000 tasks).
+    records = tm._kept_records()
+    by_status = Counter(rec.status for rec in records)
+    counts = {s.value: by_status[s] for s in TaskStatus}
     if group:
-        infos = [i for i in infos if i.group == group]
+        records = [r for r in records if r.group == group]
     elif ungrouped:
-        infos = [i for i in infos if i.group is None]
+        records = [r for r in records if r.group is None]
     if status is not None:
-        infos = [i for i in infos if i.status is status]
+        records = [r for r in records if r.status is status]
     if text:
-        infos = [i for i in infos if text in _haystack(i)]
+        records = [r for r in records if text in _haystack(r)]
     if sort != "created_at":  # the listing is already oldest first
-        infos.sort(key=key, reverse=sort.startswith("-"))
-    page = infos[offset : offset + limit]
+        records.sort(key=key, reverse=sort.startswith("-"))
+    page = [rec.snapshot() for rec in records[offset : offset + limit]]
     return {
         "tasks": [info_to_json(i, tracebacks=tracebacks) for i in page],
-        "total": len(infos),
+        "total": len(records),
         "limit": limit,
         "offset": offset,
         "counts": counts,
     }
 
 
-def _haystack(info: TaskInfo) -> str:
-    return f"{info.task_id}\n{info.name}\n{info.progress_message or ''}\n{info.error or ''}".lower()
+def _haystack(rec: TaskRecord) -> str:
+    return f"{rec.task_id}\n{rec.name}\n{rec.progress_message or ''}\n{rec.error or ''}".lower()

@@ -84,7 +84,8 @@ class TaskMetrics(Collector):
         depth = GaugeMetricFamily(
             "genro_tasks_queue_depth", "Tasks PENDING (queued or handed to a worker), by priority", labels=["priority"]
         )
-        by_priority = Counter(info.priority for info in tm.list_tasks(TaskStatus.PENDING))
+        pending = TaskStatus.PENDING  # from the records: no snapshot of every queued task per scrape
+        by_priority = Counter(rec.priority for rec in tm._kept_records() if rec.status is pending)
         for priority, count in sorted(by_priority.items()):
             depth.add_metric([str(priority)], count)
         yield depth
