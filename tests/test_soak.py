@@ -8,6 +8,7 @@ Set GENRO_TASKS_SOAK_TASKS to change the number of tasks.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 
@@ -45,7 +46,11 @@ def zombies_under(pid: int) -> list[int]:
     return found
 
 
-async def test_soak_100k_tasks() -> None:
+async def test_soak_100k_tasks(caplog: pytest.LogCaptureFixture) -> None:
+    # pytest keeps every captured log record for its report: the thousands of warnings the crashes
+    # cause ("worker ... died ...; requeueing it") grew the RSS by about 15 MB per 100,000 tasks and
+    # failed the flat-memory check (the same run outside pytest stays flat, within 1 MB).
+    caplog.set_level(logging.ERROR, logger="genro_tasks")
     total = int(os.environ.get("GENRO_TASKS_SOAK_TASKS", "100000"))
     rng = random.Random(2026)
     samples: list[dict[str, int]] = []
@@ -102,11 +107,12 @@ async def test_soak_100k_tasks() -> None:
     assert outcomes[TaskStatus.PENDING] == outcomes[TaskStatus.RUNNING] == 0
     assert all(s["zombies"] == 0 for s in samples)
     assert all(s["tracked"] <= 2_000 for s in samples)
-    # Descriptors do not leak: their floor after warm-up never rises. A sample may
-    # catch a worker being replaced (its pipes and pidfd open while its
+    # Descriptors do not leak: their floor after warm-up never rises (it may fall: the count is the
+    # whole process's, and descriptors an earlier test of the session left may close meanwhile).
+    # A sample may catch a worker being replaced (its pipes and pidfd open while its
     # predecessor's are not yet released): at most two workers' worth above it.
     fds = [s["fds"] for s in samples[min(3, len(samples) - 1) :]]
     quarter = max(1, len(fds) // 4)
-    assert min(fds[-quarter:]) == min(fds[:quarter]), fds
+    assert min(fds[-quarter:]) <= min(fds[:quarter]), fds
     assert max(fds) <= min(fds) + 2 * PARENT_FDS_PER_WORKER, fds
     assert abs(last["rss"] - warm["rss"]) <= 0.10 * warm["rss"]
