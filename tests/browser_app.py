@@ -1,5 +1,5 @@
-"""The ASGI app the browser test drives: a TaskManager with one worker, the
-dashboard mounted under /tasks/, and two routes that set the scene."""
+"""The ASGI app the browser tests drive: a TaskManager with one worker, the
+dashboard mounted under /tasks/, and routes that set the scene."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from genro_tasks.asgi import Receive, Scope, Send, TaskAPI, TaskManagerLifespan,
 from jobs import hostile_progress, progress_steps, simple_task, slow_task
 
 HOSTILE = '<img src=x onerror="window.pwned=1">'
+#: A legal group name that a browser resolves when it is a path segment, even percent-encoded.
+DOT_GROUP = ".."
 
 
 def allow(scope: Scope, action: str, task_id: str | None) -> bool:
@@ -35,6 +37,10 @@ async def routes(scope: Scope, receive: Receive, send: Send) -> None:
         nightly.submit(slow_task, 60, task_id="n-slow")
         nightly.submit(slow_task, 60, task_id="n-queued")
         tm.submit(simple_task, 2, task_id="loose")
+    elif path == "/setup-dot-group":
+        dots = tm.options(group=DOT_GROUP)
+        dots.submit(slow_task, 60, task_id="dot-running")
+        dots.submit(slow_task, 60, task_id="dot-queued")
     elif path == "/release":
         await tm.cancel("blocker")
     await send({"type": "http.response.start", "status": 204, "headers": []})

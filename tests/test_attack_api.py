@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,10 @@ import trio.testing
 
 from conftest import pid_gone, wait_until
 from genro_tasks import TaskCancelled, TaskInfo, TaskManager, TaskStatus, testing
-from genro_tasks._process_backend import ProcessBackend
 from genro_tasks_worker._protocol import DONE_ERROR
 from jobs_attack_api import stop_then_raise_large
 from jobs_many import sleep_forever, square
+from test_attack_kill import hold_mid_frame, only_worker, stopped
 
 
 async def completed_again(tm: TaskManager, task_id: str) -> None:
@@ -161,11 +160,6 @@ async def test_watch_shared_by_two_readers_ends_for_both(tasks: TaskManager) -> 
 
 
 # ------------------------------------------------------------------------ a retry racing a cancel
-def _stopped(pid: int) -> bool:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] == "T"
-
-
 async def test_a_cancel_racing_a_failure_that_would_be_retried_stops_the_retries(tmp_path: Path) -> None:
     """The attempt has failed and its (32 MiB) error is half-way through the pipe when the cancel comes.
 
@@ -177,23 +171,13 @@ async def test_a_cancel_racing_a_failure_that_would_be_retried_stops_the_retries
     async with TaskManager(1) as tm:
         with trio.fail_after(20):
             pid = await tm.run(os.getpid)
-        assert tm._scheduler is not None
-        backend = tm._scheduler.backend
-        assert isinstance(backend, ProcessBackend)
-        [worker] = backend.workers
+        worker = only_worker(tm)
         tid = tm.options(retries=3, retry_backoff=0).submit(stop_then_raise_large, str(marker), size)
         try:
             with trio.fail_after(20):
-                while not (marker.exists() and _stopped(pid)):  # noqa: ASYNC110 - another process: look every 5 ms
+                while not (marker.exists() and stopped(pid)):  # noqa: ASYNC110 - another process: look every 5 ms
                     await trio.sleep(0.005)
-            # Let the worker run only while this process is blocked, so it only fills the pipe; then let the
-            # parent read with the worker frozen: until the parent holds part of the error and waits for the rest.
-            with trio.fail_after(20):
-                while (worker.reader.framer.receiving or (0, 0))[0] != DONE_ERROR:
-                    os.kill(pid, signal.SIGCONT)
-                    time.sleep(0.02)  # noqa: ASYNC251
-                    os.kill(pid, signal.SIGSTOP)
-                    await trio.sleep(0.01)
+            await hold_mid_frame(worker, pid, DONE_ERROR)  # the parent holds part of the error
             async with trio.open_nursery() as nursery:
                 cancelled: list[bool] = []
 

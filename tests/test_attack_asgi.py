@@ -109,7 +109,7 @@ def test_dashboard_cancels_a_group_named_dot_dot(tmp_path: Path) -> None:
     """The dashboard's "cancel group" posted to ``groups/../cancel``, which the
     browser resolved to ``cancel`` (404): a group named ``..`` could not be cancelled."""
     playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    with serve("browser_app_attack:app") as server:
+    with serve("browser_app:app") as server:
         with urllib.request.urlopen(urllib.request.Request(server + "/setup-dot-group", method="POST"), timeout=30):
             pass
         with playwright_api.sync_playwright() as pw:

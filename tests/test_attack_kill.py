@@ -18,6 +18,7 @@ import trio.testing
 from conftest import pid_gone, wait_pids_gone, wait_status
 from genro_tasks import TaskCancelled, TaskManager, TaskStatus, WorkerCrashed, testing
 from genro_tasks._process_backend import _OWED_LIMIT, ProcessBackend
+from genro_tasks._worker_proc import WorkerProcess
 from genro_tasks_worker._protocol import DONE_OK
 from jobs_kill import leave_a_child_then_exit, leave_a_ticking_timer, leave_hostile_stdout, stop_then_return_bytes
 from jobs_pipeline import mark_started, sleep_then_pid, stop_in_clean_up_after
@@ -116,10 +117,33 @@ async def test_a_worker_that_dies_on_its_own_takes_what_its_job_left_in_its_proc
         await wait_pids_gone([child], 10)
 
 
-def _stopped(pid: int) -> bool:
+def stopped(pid: int) -> bool:
     """True if process ``pid`` is stopped (SIGSTOP)."""
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def only_worker(tm: TaskManager) -> WorkerProcess:
+    """The one worker process of a single-worker manager (its framer shows what the parent is reading)."""
+    assert tm._scheduler is not None
+    backend = tm._scheduler.backend
+    assert isinstance(backend, ProcessBackend)
+    [worker] = backend.workers
+    return worker
+
+
+async def hold_mid_frame(worker: WorkerProcess, pid: int, kind: int) -> None:
+    """With worker ``pid`` stopped (SIGSTOP) before sending a large ``kind`` frame: until the parent holds part of it.
+
+    The worker runs only while this process (its trio loop included) is blocked, so it only fills the
+    pipe; then the parent reads with the worker frozen again. It ends frozen, the frame half read.
+    """
+    with trio.fail_after(20):
+        while (worker.reader.framer.receiving or (0, 0))[0] != kind:
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.02)  # noqa: ASYNC251
+            os.kill(pid, signal.SIGSTOP)
+            await trio.sleep(0.01)
 
 
 @pytest.mark.parametrize("then", ["bytes flow again", "frozen for good"])
@@ -134,25 +158,14 @@ async def test_a_cancel_while_a_large_result_arrives_waits_for_it_while_bytes_fl
     async with TaskManager(1) as tm:
         with trio.fail_after(20):
             pid = await tm.run(sleep_then_pid, 0)
-        assert tm._scheduler is not None
-        backend = tm._scheduler.backend
-        assert isinstance(backend, ProcessBackend)
-        [worker] = backend.workers
+        worker = only_worker(tm)
         tid = tm.submit(stop_then_return_bytes, str(marker), size)
         try:
             with trio.fail_after(20):
                 await _appears(marker)
-                while not _stopped(pid):  # noqa: ASYNC110
+                while not stopped(pid):  # noqa: ASYNC110
                     await trio.sleep(0.005)
-            # Let the worker run only while this process (its trio loop included) is blocked, so it only
-            # fills the pipe; then let the parent read with the worker frozen: until the parent holds
-            # part of the result and waits for the rest.
-            with trio.fail_after(20):
-                while (worker.reader.framer.receiving or (0, 0))[0] != DONE_OK:
-                    os.kill(pid, signal.SIGCONT)
-                    time.sleep(0.02)  # noqa: ASYNC251
-                    os.kill(pid, signal.SIGSTOP)
-                    await trio.sleep(0.01)
+            await hold_mid_frame(worker, pid, DONE_OK)  # the parent holds part of the result
             async with trio.open_nursery() as nursery:
                 cancelled: list[bool] = []
 
