@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import trio
 import trio.testing
 
 from conftest import pid_gone, wait_until
-from genro_tasks import TaskCancelled, TaskInfo, TaskManager, TaskStatus, testing
+from genro_tasks import TaskCancelled, TaskInfo, TaskManager, TaskStatus, TaskWatcher, testing
 from genro_tasks_worker._protocol import DONE_ERROR
 from jobs_attack_api import stop_then_raise_large
 from jobs_many import sleep_forever, square
@@ -121,7 +122,10 @@ async def test_change_stream_shared_by_two_readers_ends_for_both_when_closed(tas
     assert sorted(ended) == [1, 2]
 
 
-async def test_watch_closed_while_a_reader_waits_ends_that_reader(tasks: TaskManager) -> None:
+async def _read_a_watch_until(
+    tasks: TaskManager, readers: int, end: Callable[[str, TaskWatcher], Awaitable[object]]
+) -> tuple[str, list[TaskStatus]]:
+    """``readers`` trio tasks read one watcher of a running task until ``end(task_id, watcher)``; what they saw."""
     task_id = tasks.submit(sleep_forever)
     await wait_until(tasks, lambda: testing.status(tasks, task_id) is TaskStatus.RUNNING)
     watcher = tasks.watch(task_id)
@@ -133,29 +137,21 @@ async def test_watch_closed_while_a_reader_waits_ends_that_reader(tasks: TaskMan
 
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader)
-            await trio.testing.wait_all_tasks_blocked()  # it read the RUNNING snapshot and waits for more
-            await watcher.aclose()
+            for _ in range(readers):
+                nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()  # each read the RUNNING snapshot and waits for more
+            await end(task_id, watcher)
+    return task_id, seen
+
+
+async def test_watch_closed_while_a_reader_waits_ends_that_reader(tasks: TaskManager) -> None:
+    task_id, seen = await _read_a_watch_until(tasks, 1, lambda _task_id, watcher: watcher.aclose())
     assert seen == [TaskStatus.RUNNING]
     assert testing.status(tasks, task_id) is TaskStatus.RUNNING  # closing the view leaves the task alone
 
 
 async def test_watch_shared_by_two_readers_ends_for_both(tasks: TaskManager) -> None:
-    task_id = tasks.submit(sleep_forever)
-    await wait_until(tasks, lambda: testing.status(tasks, task_id) is TaskStatus.RUNNING)
-    watcher = tasks.watch(task_id)
-    seen: list[TaskStatus] = []
-
-    async def reader() -> None:
-        async for info in watcher:
-            seen.append(info.status)
-
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader)
-            nursery.start_soon(reader)
-            await trio.testing.wait_all_tasks_blocked()
-            await tasks.cancel(task_id)
+    _task_id, seen = await _read_a_watch_until(tasks, 2, lambda task_id, _watcher: tasks.cancel(task_id))
     assert seen == [TaskStatus.RUNNING, TaskStatus.CANCELLED]
 
 
