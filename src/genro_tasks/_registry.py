@@ -429,10 +429,7 @@ class KeyedRegistry(TaskRegistry):
         return list(self._records.values())
 
     def find(self, status: TaskStatus | None) -> list[TaskInfo]:
-        self.prune()
-        if status is None:
-            return [rec.snapshot() for rec in self._records.values()]
-        return [rec.snapshot() for rec in self._records.values() if rec.status is status]
+        return [rec.snapshot() for rec in self.records() if status is None or rec.status is status]
 
 
 class MemoryRegistry(KeyedRegistry):
