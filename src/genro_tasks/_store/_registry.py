@@ -18,6 +18,7 @@ dispatched at once without waiting for the disk.
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import logging
 import os
@@ -123,6 +124,8 @@ class StoreRegistry(KeyedRegistry):
         self._live = False
         self._lazy: Callable[[tuple[Any, ...]], None] = _refuse
         self._broken: BaseException | None = None
+        #: Why the disk refuses the writer's rounds (see ``StoreThread._refused_round``); None while it writes.
+        self._refused: str | None = None
 
     # ------------------------------------------------------------ lifespan
     async def open(self, scheduler: Scheduler) -> None:
@@ -148,6 +151,11 @@ class StoreRegistry(KeyedRegistry):
                     f"this user ({_user()}) cannot write the file or its directory, and even reading a store "
                     "writes to it (each process registers itself; WAL keeps -wal and -shm files beside it): "
                     "run as the application's user, or give this one write access to both"
+                )
+            elif isinstance(exc, sqlite3.OperationalError) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (10, 13):
+                hint = (
+                    "the disk refused a write (it is full, or the file reached this process's file size limit, "
+                    "ulimit -f): free space there, or raise the limit"
                 )
             else:
                 hint = "check that its directory exists and is writable, and that the path is not a directory"
@@ -203,11 +211,13 @@ class StoreRegistry(KeyedRegistry):
             assert self._thread is not None
             self._thread.put((SYNC,))  # wake it: the group commit should not wait for its poll
             self._sent += 1
-        while self._done < target and self._broken is None and not self._is_stopped():
+        while self._done < target and self._broken is None and self._refused is None and not self._is_stopped():
             await self._advanced.wait()
         await trio.lowlevel.checkpoint()
         if self._broken is not None:
             raise RuntimeError(f"the task store {self.store.path!r} failed: {self._broken!r}") from self._broken
+        if self._refused is not None and self._done < target:
+            raise OSError(errno.ENOSPC, self._refused)
 
     async def sync(self) -> None:
         """Read what other processes changed, now (a lookup that missed may find it after this).
@@ -216,6 +226,9 @@ class StoreRegistry(KeyedRegistry):
         """
         if not self._is_stopped():
             self._put((SYNC,))
+            if self._refused is not None:  # the writes wait for room; the reads go on at each attempt
+                await self._advanced.wait()
+                return
             await self.flush()
 
     def _is_stopped(self) -> bool:
@@ -258,6 +271,8 @@ class StoreRegistry(KeyedRegistry):
 
     # -------------------------------------------------- submitting, claiming
     def admit(self, rec: TaskRecord, scheduler: Scheduler, *, chosen_id: bool = False) -> None:
+        if self._refused is not None:
+            raise OSError(errno.ENOSPC, f"Task {rec.task_id!r} ({rec.name}) was not submitted: {self._refused}")
         tid = rec.task_id
         metadata = _metadata_blob(rec)  # before anything is recorded: unstorable metadata is refused here
         self._records[tid] = rec
@@ -536,10 +551,12 @@ class StoreRegistry(KeyedRegistry):
         advanced = self._advanced
         self._advanced = trio.Event()
         advanced.set()
+        self._refused = batch.refused
         if batch.error is not None and self._broken is None:
             self._broken = batch.error
             if self._scheduler is not None:
                 self._scheduler.failed(batch.error)
+            self._lose_sight(batch.error)
         if batch.stopped and self._stopped is not None:
             self._live = False
             self._stopped.set()
@@ -549,6 +566,25 @@ class StoreRegistry(KeyedRegistry):
         if batch.beat:
             self._shed()
         self.on_idle()
+
+    def _lose_sight(self, error: BaseException) -> None:
+        """The writer thread died: every task this mirror follows and the scheduler does not hold ends here.
+
+        Their rows would never move again in this process (a queued task, another
+        process's running one): whoever awaits them gets ``TaskLost`` instead of waiting forever.
+        """
+        self._open.clear()
+        for rec in list(self._records.values()):
+            if not rec.status.is_terminal:
+                rec.finish_failed(
+                    TaskLost(
+                        rec.task_id,
+                        f"this process lost its task store {self.store.path!r} ({type(error).__name__}: {error}); "
+                        "the task may still run, or have run, in another process: look it up there, or here after "
+                        "a restart",
+                    )
+                )
+                super().changed(rec)
 
     def _shed(self) -> None:
         """Give back to the shared queue the claimed tasks that now wait behind long jobs here.

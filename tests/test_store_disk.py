@@ -1,0 +1,135 @@
+"""The shared store on a hostile disk: full, past the file size limit, files deleted or replaced, tables dropped.
+
+Real processes on real SQLite files. A full disk is simulated without
+privileges by an application that lowers its own file size limit
+(tests/store_disk_app.py); the rest happens to a manager in this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+import jobs_store
+from genro_tasks import ManagerClosed, SQLiteStore, TaskLost, TaskManager, TaskStatus, testing
+
+APP = str(Path(__file__).with_name("store_disk_app.py"))
+
+
+async def run_app(*args: str) -> list[dict[str, object]]:
+    """Run the application to its end; its JSON lines."""
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [sys.executable, APP, *args], capture_stdout=True, capture_stderr=True, check=False
+        )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    return [json.loads(line) for line in done.stdout.decode().splitlines()]
+
+
+def integrity(db: Path) -> str:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+async def test_a_full_disk_refuses_submissions_keeps_what_was_durable_and_recovers(tmp_path: Path) -> None:
+    db, gate = tmp_path / "tasks.db", tmp_path / "gate"
+    full, room = await run_app("full", str(db), str(gate))
+    # flush() and submit() say what is wrong and what to do, naming the store.
+    for text in (full["flushed"], full["refused"]):
+        assert isinstance(text, str)
+        assert str(db) in text
+        assert "file size limit" in text
+        assert "raise that limit" in text
+    assert "was not submitted" in str(full["refused"])
+    assert full["value"] == 7
+    # Room came back: the task that ended meanwhile, the submission accepted before the refusal was known
+    # and one submitted after all ran, and everything is in the file.
+    assert room["results"] == [4 * room["limit"], 3]  # type: ignore[operator]
+    async with TaskManager(max_workers=0, store=db) as tm:
+        ids = [*room["acked"], room["running"], room["accepted"], room["after"]]  # type: ignore[misc]
+        infos = [await tm.info(t) for t in ids]
+        assert [i.status for i in infos] == [TaskStatus.COMPLETED] * len(ids)
+        assert await tm.gather(room["acked"]) == list(range(5))  # type: ignore[arg-type]
+        assert await tm.result(room["running"]) == 7  # type: ignore[arg-type]
+        assert await tm.result(room["after"]) == 3  # type: ignore[arg-type]
+    assert integrity(db) == "ok"
+
+
+async def test_a_result_too_big_for_the_disk_fails_alone_and_says_why(tmp_path: Path) -> None:
+    db = tmp_path / "tasks.db"
+    (out,) = await run_app("big", str(db))
+    assert out["here"] == 64 << 20  # the process that ran it holds the value
+    assert out["value"] == 5  # and the store kept working for the rest
+    async with TaskManager(max_workers=0, store=db) as tm:
+        assert (await tm.info(out["huge"])).status is TaskStatus.COMPLETED  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError, match=r"value \(\d+ bytes\) could not be stored: .*file size limit"):
+            await tm.result(out["huge"])  # type: ignore[arg-type]
+        assert await tm.result(out["small"]) == 5  # type: ignore[arg-type]
+    assert integrity(db) == "ok"
+
+
+def _delete_all(db: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        os.unlink(f"{db}{suffix}")
+
+
+def _delete_wal_and_shm(db: Path) -> None:
+    for suffix in ("-wal", "-shm"):
+        os.unlink(f"{db}{suffix}")
+
+
+def _replace(db: Path) -> None:
+    other = db.with_name("other.db")
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    os.replace(other, db)  # mv other.db tasks.db
+
+
+@pytest.mark.parametrize(
+    ("attack", "said"),
+    [(_delete_all, "the file deleted"), (_delete_wal_and_shm, "its -wal deleted"), (_replace, "the file replaced")],
+    ids=["rm", "rm-wal-shm", "mv-over"],
+)
+async def test_a_store_file_deleted_or_replaced_under_a_running_manager_stops_it_loudly(
+    tmp_path: Path, attack: object, said: str
+) -> None:
+    db = tmp_path / "tasks.db"
+    async with TaskManager(max_workers=1, store=db) as tm, TaskManager(max_workers=0, store=db) as client:
+        running = tm.submit(jobs_store.announce_and_sleep)
+        queued = client.submit(jobs_store.double, 1)  # in the shared queue, behind the running task
+        with trio.fail_after(20):
+            await testing.wait_for_status(tm, running, TaskStatus.RUNNING)
+        await client.flush()
+        attack(db)  # type: ignore[operator]
+        # Both managers notice at their next heartbeat (about a second), and say what happened.
+        with trio.fail_after(10):
+            with pytest.raises(Exception, match=f"changed under this process \\({said}") as lost:
+                await tm.result(running)
+            with pytest.raises(TaskLost, match="lost its task store"):
+                await client.result(queued)
+        assert "Restart every process" in str(lost.value.__cause__ or lost.value)
+        with pytest.raises(ManagerClosed):
+            tm.submit(jobs_store.double, 2)
+        with pytest.raises(ManagerClosed):
+            client.submit(jobs_store.double, 2)
+
+
+async def test_a_writer_broken_by_another_program_fails_every_caller_instead_of_hanging(tmp_path: Path) -> None:
+    db = tmp_path / "tasks.db"
+    async with TaskManager(max_workers=0, store=SQLiteStore(db)) as tm:
+        queued = tm.submit(jobs_store.double, 1)  # nobody runs it: it waits in the shared queue
+        await tm.flush()
+        with contextlib.closing(sqlite3.connect(db)) as conn:  # another program drops a table it needs
+            conn.execute("DROP TABLE processes")
+        with trio.fail_after(10):
+            with pytest.raises(TaskLost, match=r"lost its task store .*no such table: processes"):
+                await tm.result(queued)
+        with pytest.raises(ManagerClosed):
+            tm.submit(jobs_store.double, 2)
