@@ -9,11 +9,14 @@ started before, and keep the usual limit. Prints one JSON line per step.
 while the disk is full; then room comes back and the manager works again.
 
 ``python tests/store_disk_app.py big PATH``: a 64 MiB result that cannot fit; the rest still fits.
+
+``python tests/store_disk_app.py stop PATH``: the application stops while the disk is still full.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import signal
@@ -104,9 +107,26 @@ async def big(path: str) -> None:
         say(huge=huge, here=here, small=small, value=value)
 
 
+async def stop(path: str) -> None:
+    async with TaskManager(max_workers=1, store=path) as tm:
+        acked = [tm.submit(jobs.length, b"x" * i) for i in range(3)]
+        assert await tm.gather(acked) == list(range(3))
+        await tm.flush()
+        limit = max(os.path.getsize(path), os.path.getsize(path + "-wal"))
+        limit_file_size(limit)
+        lost = tm.submit(jobs.length, b"y" * (4 * limit))
+        with trio.fail_after(10):
+            await flush_error(tm)
+        say(acked=acked, lost=lost)
+    say(stopped=True)
+
+
 def main() -> None:
+    logging.basicConfig(level=logging.WARNING)  # what an operator sees
     if sys.argv[1] == "full":
         trio.run(full, sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "stop":
+        trio.run(stop, sys.argv[2])
     else:
         trio.run(big, sys.argv[2])
 

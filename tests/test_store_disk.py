@@ -23,13 +23,15 @@ from genro_tasks import ManagerClosed, SQLiteStore, TaskLost, TaskManager, TaskS
 APP = str(Path(__file__).with_name("store_disk_app.py"))
 
 
-async def run_app(*args: str) -> list[dict[str, object]]:
-    """Run the application to its end; its JSON lines."""
+async def run_app(*args: str, stderr: list[str] | None = None) -> list[dict[str, object]]:
+    """Run the application to its end; its JSON lines (and its standard error, in ``stderr``)."""
     with trio.fail_after(60):
         done = await trio.run_process(
             [sys.executable, APP, *args], capture_stdout=True, capture_stderr=True, check=False
         )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
+    if stderr is not None:
+        stderr.append(done.stderr.decode())
     return [json.loads(line) for line in done.stdout.decode().splitlines()]
 
 
@@ -72,6 +74,23 @@ async def test_a_result_too_big_for_the_disk_fails_alone_and_says_why(tmp_path: 
         with pytest.raises(RuntimeError, match=r"value \(\d+ bytes\) could not be stored: .*file size limit"):
             await tm.result(out["huge"])  # type: ignore[arg-type]
         assert await tm.result(out["small"]) == 5  # type: ignore[arg-type]
+    assert integrity(db) == "ok"
+
+
+async def test_an_application_stopping_on_a_full_disk_stops_and_says_what_it_could_not_write(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "tasks.db"
+    stderr: list[str] = []
+    out, stopped = await run_app("stop", str(db), stderr=stderr)
+    assert stopped == {"stopped": True}
+    assert "stopping without writing" in stderr[0]
+    assert "(1 submissions)" in stderr[0]
+    async with TaskManager(max_workers=0, store=db) as tm:
+        assert await tm.gather(out["acked"]) == list(range(3))  # type: ignore[arg-type]
+        with pytest.raises(KeyError):
+            await tm.info(out["lost"])  # type: ignore[arg-type]
+        assert not [i for i in tm.list_tasks() if not i.status.is_terminal]
     assert integrity(db) == "ok"
 
 

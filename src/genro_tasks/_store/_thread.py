@@ -977,10 +977,13 @@ class StoreThread:
         The task keeps its status; this process still holds the outcome in memory, and
         ``result()`` in any other process (or after a restart) raises the error.
         """
-        kept = [(n, blob) for n, blob in values if len(blob) <= BIG_OUTCOME]
-        for n, blob in chain(values, errors):
-            if len(blob) > BIG_OUTCOME:
-                what = "value" if (n, blob) in values else "error"
+        kept_values: list[tuple[int, bytes]] = []
+        kept_errors: list[tuple[int, bytes]] = []
+        for what, outcomes, kept in (("value", values, kept_values), ("error", errors, kept_errors)):
+            for n, blob in outcomes:
+                if len(blob) <= BIG_OUTCOME:
+                    kept.append((n, blob))
+                    continue
                 log.error(
                     "genro_tasks: a task's %s of %d bytes was left out of the store: %s",
                     what,
@@ -991,9 +994,8 @@ class StoreThread:
                     f"this task's {what} ({len(blob)} bytes) could not be stored: {self._refused_why}. "
                     "Only the process that ran it holds it (until it stops); run the task again once there is room"
                 )
-                errors = [(m, b) for m, b in errors if m != n]
-                errors.append((n, pickle.dumps(error, 5)))
-        return kept, errors
+                kept_errors.append((n, pickle.dumps(error, 5)))
+        return kept_values, kept_errors
 
     def _write_progress(self, rev: int) -> None:
         assert self._conn is not None
