@@ -152,3 +152,51 @@ async def test_a_writer_broken_by_another_program_fails_every_caller_instead_of_
                 await tm.result(queued)
         with pytest.raises(ManagerClosed):
             tm.submit(jobs_store.double, 2)
+
+
+async def test_a_manager_whose_writer_fails_ends_its_tasks_in_the_file_for_the_others(tmp_path: Path) -> None:
+    """The failing process lives on, so nobody would recover its tasks: it ends them itself, as its death would."""
+    db = tmp_path / "tasks.db"
+    async with TaskManager(max_workers=1, store=db) as owner:
+        running = owner.submit(jobs_store.announce_and_sleep)
+        with trio.fail_after(20):
+            await testing.wait_for_status(owner, running, TaskStatus.RUNNING)
+        queued = owner.submit(jobs_store.double, 5)  # claimed here, behind the running job
+        await owner.flush()
+        async with TaskManager(max_workers=1, store=db) as other:
+            with contextlib.closing(sqlite3.connect(db)) as conn:  # another program refuses the owner's heartbeat
+                (mine,) = conn.execute("SELECT owner FROM tasks WHERE id = ?", (running,)).fetchone()
+                conn.execute(
+                    "CREATE TRIGGER refuse BEFORE UPDATE OF heartbeat ON processes "
+                    f"WHEN NEW.owner = '{mine}' BEGIN SELECT RAISE(ABORT, 'heartbeat refused'); END"
+                )
+            with trio.fail_after(10):
+                with pytest.raises(Exception, match="heartbeat refused"):
+                    await owner.result(running)
+                await testing.wait_for_status(other, running, TaskStatus.FAILED)
+                assert await other.result(queued) == 10
+            with pytest.raises(TaskLost, match=r"store writer of its TaskManager process .* failed"):
+                await other.result(running)
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["status = 'paused'", "status = 'failed', error = x'41', completed = 1.0"],
+    ids=["unknown-status", "blob-error"],
+)
+async def test_a_row_another_program_wrote_wrong_stops_the_manager_instead_of_crashing_trio(
+    tmp_path: Path, change: str
+) -> None:
+    db = tmp_path / "tasks.db"
+    async with TaskManager(max_workers=0, store=db) as tm:
+        tid = tm.submit(jobs_store.double, 1)
+        await tm.flush()
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            (rev,) = conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'rev' RETURNING value").fetchone()
+            conn.execute(f"UPDATE tasks SET {change}, rev = ? WHERE id = ?", (rev, tid))
+            conn.commit()
+        with trio.fail_after(10):
+            with pytest.raises(Exception, match="cannot"):
+                await tm.result(tid)
+        with pytest.raises(ManagerClosed, match="another program or a newer genro_tasks"):
+            tm.submit(jobs_store.double, 2)

@@ -176,7 +176,7 @@ class StoreRegistry(KeyedRegistry):
         rows.sort(key=lambda r: r.created)
         self._apply_rows(rows, initial=True)
         token = trio.lowlevel.current_trio_token()
-        deliver = self._deliver
+        deliver = self._deliver_safely
 
         def hand_over(batch: Batch) -> None:
             try:
@@ -518,6 +518,35 @@ class StoreRegistry(KeyedRegistry):
         self._unloaded.discard(tid)
 
     # ------------------------------------------------------ from the thread
+    def _deliver_safely(self, batch: Batch) -> None:
+        """Apply a batch; if the file held what this process cannot apply, stop the manager instead of trio.
+
+        An exception escaping a ``run_sync_soon`` callback would crash the whole trio run.
+        """
+        try:
+            self._deliver(batch)
+        except Exception as exc:
+            error = RuntimeError(
+                f"the task store {self.store.path!r} holds data this process cannot apply ({type(exc).__name__}: "
+                f"{exc}); another program or a newer genro_tasks wrote it. Put the file right, or upgrade this process"
+            )
+            error.__cause__ = exc
+            log.critical("genro_tasks: %s", error, exc_info=exc)
+            self._fail(error)
+            self.detach()  # the writer writes what is pending (the ends of the tasks failed here) and stops
+
+    def _fail(self, error: BaseException) -> None:
+        """The store failed: fail the manager, and every task this mirror follows, and wake every waiter."""
+        if self._broken is not None:
+            return
+        self._broken = error
+        if self._scheduler is not None:
+            self._scheduler.failed(error)
+        self._lose_sight(error)
+        advanced = self._advanced
+        self._advanced = trio.Event()
+        advanced.set()
+
     def _deliver(self, batch: Batch) -> None:
         """Apply what the writer thread did and read (runs in the trio thread)."""
         taken = False
@@ -552,11 +581,8 @@ class StoreRegistry(KeyedRegistry):
         self._advanced = trio.Event()
         advanced.set()
         self._refused = batch.refused
-        if batch.error is not None and self._broken is None:
-            self._broken = batch.error
-            if self._scheduler is not None:
-                self._scheduler.failed(batch.error)
-            self._lose_sight(batch.error)
+        if batch.error is not None:
+            self._fail(batch.error)
         if batch.stopped and self._stopped is not None:
             self._live = False
             self._stopped.set()

@@ -81,6 +81,7 @@ _REFUSED_CODES = (10, 13)
 _TERMINAL = ("completed", "failed", "cancelled")
 _TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 _STATUS_TEXT = {status: status.value for status in TaskStatus}
+_STATUS_VALUES = frozenset(_STATUS_TEXT.values())
 #: The end columns (after its status) of a task inserted PENDING (see ``StoreThread._insert``).
 _PENDING_END = (None, None, None, None, None, None, None)
 _LOST = "its TaskManager process (pid {pid}) died while it ran; the job may or may not have finished"
@@ -475,6 +476,8 @@ class StoreThread:
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None
+                if batch.error is not None and not isinstance(batch.error, StoreMoved):
+                    self._abandon(batch.error)
             if (
                 batch.done != self._done
                 or batch.refused is not None
@@ -487,6 +490,50 @@ class StoreThread:
             ):
                 self._done = batch.done
                 deliver(batch)
+
+    def _abandon(self, error: BaseException) -> None:
+        """The thread failed: end this process's tasks in the file, on a new connection, as its death would.
+
+        The process lives on, so no other process would recover them: its
+        running tasks (their workers are killed) become FAILED with ``TaskLost``
+        and its claimed tasks go back to the queue. Best effort: the failure may
+        prevent it (then they wait until this process exits, as the log says).
+        Not for a store file that was replaced: the file at the path is another one.
+        """
+        detail = (
+            f"the task store writer of its TaskManager process (pid {self.pid}) failed "
+            f"({type(error).__name__}: {error}); its worker was killed"
+        )
+        try:
+            conn = sqlite3.connect(self.store.path, timeout=self.store.busy_timeout, isolation_level=None)
+        except sqlite3.Error as exc:  # pragma: no cover - it opened a moment ago
+            log.error("genro_tasks: cannot end this process's tasks in the store: %s", exc)
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            rev = self._next_rev_on(conn)
+            now = time.time()
+            conn.execute(
+                f"UPDATE tasks SET status = 'failed', error = {_LOST_SQL}, completed = ?, cancel_req = 0, "
+                "payload = NULL, rev = ? WHERE owner = ? AND status = 'running'",
+                (detail, now, rev, self.owner),
+            )
+            conn.execute(
+                "UPDATE tasks SET owner = NULL, rev = ? WHERE owner = ? AND status = 'pending'", (rev, self.owner)
+            )
+            conn.execute("COMMIT")
+            conn.execute("DELETE FROM processes WHERE owner = ?", (self.owner,))
+        except sqlite3.Error as exc:
+            log.error(
+                "genro_tasks: cannot end this process's tasks in the store %r (%s: %s): other processes see them "
+                "as they were until this process (pid %d) exits",
+                self.store.path,
+                type(exc).__name__,
+                exc,
+                self.pid,
+            )
+        finally:
+            conn.close()
 
     def _round(self, batch: Batch) -> bool:
         """One group commit plus a read of the others' changes; True once STOP was processed."""
@@ -674,9 +721,11 @@ class StoreThread:
 
     def _next_rev(self) -> int:
         assert self._conn is not None
-        return int(
-            self._conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'rev' RETURNING value").fetchone()[0]
-        )
+        return self._next_rev_on(self._conn)
+
+    @staticmethod
+    def _next_rev_on(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'rev' RETURNING value").fetchone()[0])
 
     # ------------------------------------------------------------- writes
     def _apply_all(
@@ -1253,6 +1302,13 @@ class StoreThread:
                 return [], []
             seen = self._seen
             rows = [Row(*r) for r in conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE rev > ?", (seen,))]
+            for row in rows:
+                if row.status not in _STATUS_VALUES:
+                    raise RuntimeError(
+                        f"the task store {self.store.path!r} holds a row this process cannot read: task {row.id!r} "
+                        f"has status {row.status!r} (not one of {', '.join(sorted(_STATUS_VALUES))}); another "
+                        "program or a newer genro_tasks wrote it. Put the row right, or upgrade this process"
+                    )
             gone = [r[0] for r in conn.execute("SELECT id FROM gone WHERE rev > ?", (seen,))]
         finally:
             conn.execute("COMMIT")
