@@ -11,6 +11,8 @@ while the disk is full; then room comes back and the manager works again.
 ``python tests/store_disk_app.py big PATH``: a 64 MiB result that cannot fit; the rest still fits.
 
 ``python tests/store_disk_app.py stop PATH``: the application stops while the disk is still full.
+
+``python tests/store_disk_app.py open PATH``: a store opened on a disk already full.
 """
 
 from __future__ import annotations
@@ -121,12 +123,23 @@ async def stop(path: str) -> None:
     say(stopped=True)
 
 
+async def open_full(path: str) -> None:
+    limit_file_size(0)
+    try:
+        async with TaskManager(max_workers=1, store=path):
+            say(error="")
+    except RuntimeError as exc:
+        say(error=str(exc))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)  # what an operator sees
     if sys.argv[1] == "full":
         trio.run(full, sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "stop":
         trio.run(stop, sys.argv[2])
+    elif sys.argv[1] == "open":
+        trio.run(open_full, sys.argv[2])
     else:
         trio.run(big, sys.argv[2])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import sys
 from pathlib import Path
@@ -94,6 +95,14 @@ async def test_an_application_stopping_on_a_full_disk_stops_and_says_what_it_cou
     assert integrity(db) == "ok"
 
 
+async def test_a_store_opened_on_a_full_disk_says_so(tmp_path: Path) -> None:
+    db = tmp_path / "tasks.db"
+    (out,) = await run_app("open", str(db))
+    assert str(db) in str(out["error"])
+    assert "file size limit" in str(out["error"])
+    assert "raise the limit" in str(out["error"])
+
+
 def _delete_all(db: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         os.unlink(f"{db}{suffix}")
@@ -102,6 +111,10 @@ def _delete_all(db: Path) -> None:
 def _delete_wal_and_shm(db: Path) -> None:
     for suffix in ("-wal", "-shm"):
         os.unlink(f"{db}{suffix}")
+
+
+def _delete_directory(db: Path) -> None:
+    shutil.rmtree(db.parent)  # rm -r var/
 
 
 def _replace(db: Path) -> None:
@@ -113,13 +126,19 @@ def _replace(db: Path) -> None:
 
 @pytest.mark.parametrize(
     ("attack", "said"),
-    [(_delete_all, "the file deleted"), (_delete_wal_and_shm, "its -wal deleted"), (_replace, "the file replaced")],
-    ids=["rm", "rm-wal-shm", "mv-over"],
+    [
+        (_delete_all, "the file deleted"),
+        (_delete_wal_and_shm, "its -wal deleted"),
+        (_replace, "the file replaced"),
+        (_delete_directory, "the file deleted"),
+    ],
+    ids=["rm", "rm-wal-shm", "mv-over", "rm-r-directory"],
 )
 async def test_a_store_file_deleted_or_replaced_under_a_running_manager_stops_it_loudly(
     tmp_path: Path, attack: object, said: str
 ) -> None:
-    db = tmp_path / "tasks.db"
+    (tmp_path / "var").mkdir()
+    db = tmp_path / "var" / "tasks.db"
     async with TaskManager(max_workers=1, store=db) as tm, TaskManager(max_workers=0, store=db) as client:
         running = tm.submit(jobs_store.announce_and_sleep)
         queued = client.submit(jobs_store.double, 1)  # in the shared queue, behind the running task
