@@ -13,6 +13,8 @@ while the disk is full; then room comes back and the manager works again.
 ``python tests/store_disk_app.py stop PATH``: the application stops while the disk is still full.
 
 ``python tests/store_disk_app.py open PATH``: a store opened on a disk already full.
+
+``python tests/store_disk_app.py submit PATH``: submit one task with room (a process beside ``full``).
 """
 
 from __future__ import annotations
@@ -75,11 +77,16 @@ async def full(path: str, gate: str) -> None:
             refused = ""
         except OSError as exc:
             refused = str(exc)
+        # Another process (with room: it raises the limit it inherits) submits: this one still sees it.
+        child = await trio.run_process([sys.executable, __file__, "submit", path], capture_stdout=True)
+        elsewhere = child.stdout.decode().strip()
+        with trio.fail_after(10):
+            seen = (await tm.info(elsewhere)).status.value
         with open(gate, "w"):
             pass
         with trio.fail_after(10):
             value = await tm.result(running)  # it ended while the disk was full: this process knows its end
-        say(step="full", flushed=flushed, refused=refused, value=value)
+        say(step="full", flushed=flushed, refused=refused, value=value, seen=seen)
         unlimit_file_size()
         with trio.fail_after(10):
             while True:
@@ -90,7 +97,7 @@ async def full(path: str, gate: str) -> None:
                     await trio.sleep(0.05)
         after = tm.submit(jobs.length, b"a" * 3)
         with trio.fail_after(20):
-            results = [await tm.result(accepted), await tm.result(after)]
+            results = [await tm.result(accepted), await tm.result(after), await tm.result(elsewhere)]
         await tm.flush()
         say(step="room", limit=limit, acked=acked, running=running, accepted=accepted, after=after, results=results)
 
@@ -132,12 +139,22 @@ async def open_full(path: str) -> None:
         say(error=str(exc))
 
 
+async def submit(path: str) -> None:
+    unlimit_file_size()
+    async with TaskManager(max_workers=0, store=path) as tm:
+        tid = tm.submit(jobs.length, b"abc")
+        await tm.flush()
+    print(tid, flush=True)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)  # what an operator sees
     if sys.argv[1] == "full":
         trio.run(full, sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "stop":
         trio.run(stop, sys.argv[2])
+    elif sys.argv[1] == "submit":
+        trio.run(submit, sys.argv[2])
     elif sys.argv[1] == "open":
         trio.run(open_full, sys.argv[2])
     else:

@@ -54,7 +54,8 @@ async def test_a_full_disk_refuses_submissions_keeps_what_was_durable_and_recove
     assert full["value"] == 7
     # Room came back: the task that ended meanwhile, the submission accepted before the refusal was known
     # and one submitted after all ran, and everything is in the file.
-    assert room["results"] == [4 * room["limit"], 3]  # type: ignore[operator]
+    assert full["seen"] == "pending"  # a task another process submitted meanwhile was seen here
+    assert room["results"] == [4 * room["limit"], 3, 3]  # type: ignore[operator]
     async with TaskManager(max_workers=0, store=db) as tm:
         ids = [*room["acked"], room["running"], room["accepted"], room["after"]]  # type: ignore[misc]
         infos = [await tm.info(t) for t in ids]
@@ -219,3 +220,15 @@ async def test_a_row_another_program_wrote_wrong_stops_the_manager_instead_of_cr
                 await tm.result(tid)
         with pytest.raises(ManagerClosed, match="another program or a newer genro_tasks"):
             tm.submit(jobs_store.double, 2)
+
+
+async def test_a_store_holding_a_row_written_wrong_is_refused_at_startup_with_the_reason(tmp_path: Path) -> None:
+    db = tmp_path / "tasks.db"
+    async with TaskManager(max_workers=0, store=db) as tm:
+        tid = tm.submit(jobs_store.double, 1)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("UPDATE tasks SET status = 'failed', error = x'41', completed = 1.0 WHERE id = ?", (tid,))
+        conn.commit()
+    later = TaskManager(max_workers=0, store=db)
+    with pytest.raises(RuntimeError, match=r"cannot open the task store .*cannot apply .*another program"):
+        await later.startup()

@@ -173,8 +173,16 @@ class StoreRegistry(KeyedRegistry):
         self._lazy = thread.put_lazy
         self._live = True
         self._stopped = trio.Event()
-        rows.sort(key=lambda r: r.created)
-        self._apply_rows(rows, initial=True)
+        try:
+            rows.sort(key=lambda r: r.created)
+            self._apply_rows(rows, initial=True)
+        except Exception as exc:  # a row another program wrote wrong: no manager on this file
+            await trio.to_thread.run_sync(thread.close)
+            raise RuntimeError(
+                f"cannot open the task store {self.store.path!r}: it holds data this process cannot apply "
+                f"({type(exc).__name__}: {exc}); another program or a newer genro_tasks wrote it. Put the file "
+                "right, or upgrade this process"
+            ) from exc
         token = trio.lowlevel.current_trio_token()
         deliver = self._deliver_safely
 

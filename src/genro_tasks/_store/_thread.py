@@ -290,14 +290,19 @@ def refusal_text(path: str, exc: BaseException) -> str:
     )
 
 
-def _file_ids(path: str) -> tuple[tuple[int, int] | None, ...]:
-    """The (device, inode) of the store file and of its -wal and -shm files (None for a missing one)."""
+def _file_ids(path: str, before: tuple[tuple[int, int] | None, ...] = ()) -> tuple[tuple[int, int] | None, ...]:
+    """The (device, inode) of the store file and of its -wal and -shm files (None for a missing one).
+
+    A file that cannot be looked at (its directory made unreadable) keeps its id in ``before``.
+    """
     ids: list[tuple[int, int] | None] = []
-    for name in (path, path + "-wal", path + "-shm"):
+    for i, name in enumerate((path, path + "-wal", path + "-shm")):
         try:
             st = os.stat(name)
         except FileNotFoundError:
             ids.append(None)
+        except OSError:
+            ids.append(before[i] if i < len(before) else None)
         else:
             ids.append((st.st_dev, st.st_ino))
     return tuple(ids)
@@ -439,6 +444,13 @@ class StoreThread:
         self._deliver = deliver
         self._thread = threading.Thread(target=self._run, name="genro_tasks store", daemon=True)
         self._thread.start()
+
+    def close(self) -> None:
+        """Close the connection of a writer opened but never started (blocking, briefly)."""
+        assert self._thread is None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def join(self, timeout: float) -> None:
         if self._thread is not None:
@@ -584,7 +596,10 @@ class StoreThread:
                     raise
                 if self._conn is not None and self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
-                return self._refused_round(exc, writes, claims, taken, stop, now, batch)
+                if self._refused_round(exc, writes, claims, taken, stop, now, batch):
+                    return True
+                batch.rows, batch.gone = self._read_changes(force=False)  # the others' changes still come in
+                return False
             if self._refusal is not None:
                 log.warning("genro_tasks store %r: writes work again", self.store.path)
                 self._refusal = None
@@ -692,7 +707,7 @@ class StoreThread:
         SQLite keeps writing to a deleted (or replaced) file: another process would then open a
         different file at the same path, and the two would diverge without a word.
         """
-        now = _file_ids(self.store.path)
+        now = _file_ids(self.store.path, self._ids)
         if now == self._ids:
             return
         changed = [
