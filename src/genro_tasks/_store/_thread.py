@@ -471,7 +471,7 @@ class StoreThread:
             self._sleeping = False
             self._urgent = False
             self._wake.clear()
-            batch = Batch(self._done)
+            batch = Batch(self._done, refused=self._refusal)  # the state the trio side mirrors, in every batch
             try:
                 stopped = self._round(batch)
             except BaseException as exc:  # the store broke: tell the manager, which fails loudly
@@ -602,7 +602,7 @@ class StoreThread:
                 return False
             if self._refusal is not None:
                 log.warning("genro_tasks store %r: writes work again", self.store.path)
-                self._refusal = None
+                self._refusal = batch.refused = None
                 self._stop_refused_at = None
             self._lean = False
         batch.done = self._done + taken
