@@ -590,7 +590,28 @@ class StoreThread:
             self._check_files()
         if writes or claims or beat or progress or prune:
             try:
-                self._transaction(writes, claims, stop, progress, beat, prune, pruned, now, batch)
+                self._begin()
+                rev = self._next_rev()
+                foreign = self._reread
+                foreign |= self._apply_all(writes, claims, stop, rev, now, batch)
+                if progress or stop:
+                    self._write_progress(rev)
+                    self._last_progress = now
+                if beat:
+                    conn.execute(
+                        "UPDATE processes SET heartbeat = ?, seen = ? WHERE owner = ?", (now, self._seen, self.owner)
+                    )
+                    foreign |= self._check_owners(rev, now)
+                    self._last_beat = now
+                    batch.beat = True
+                if prune:
+                    self._prune(rev, now, pruned)
+                if stop:
+                    conn.execute("DELETE FROM processes WHERE owner = ?", (self.owner,))
+                conn.execute("COMMIT")
+                if rev - 1 == self._seen and not foreign:
+                    self._seen = rev  # nobody else wrote in between: our own rows need no re-reading
+                self._reread = foreign
             except sqlite3.Error as exc:
                 if not _refused(exc):
                     raise
@@ -611,42 +632,6 @@ class StoreThread:
         batch.rows = rows
         batch.gone = pruned + gone if pruned else gone
         return stop
-
-    def _transaction(
-        self,
-        writes: list[tuple[Any, ...]],
-        claims: list[int],
-        stop: bool,
-        progress: bool,
-        beat: bool,
-        prune: bool,
-        pruned: list[str],
-        now: float,
-        batch: Batch,
-    ) -> None:
-        """The round's group commit: its writes, claims, progress, heartbeat and retention in one transaction."""
-        conn = self._conn
-        assert conn is not None
-        self._begin()
-        rev = self._next_rev()
-        foreign = self._reread
-        foreign |= self._apply_all(writes, claims, stop, rev, now, batch)
-        if progress or stop:
-            self._write_progress(rev)
-            self._last_progress = now
-        if beat:
-            conn.execute("UPDATE processes SET heartbeat = ?, seen = ? WHERE owner = ?", (now, self._seen, self.owner))
-            foreign |= self._check_owners(rev, now)
-            self._last_beat = now
-            batch.beat = True
-        if prune:
-            self._prune(rev, now, pruned)
-        if stop:
-            conn.execute("DELETE FROM processes WHERE owner = ?", (self.owner,))
-        conn.execute("COMMIT")
-        if rev - 1 == self._seen and not foreign:
-            self._seen = rev  # nobody else wrote in between: our own rows need no re-reading
-        self._reread = foreign
 
     def _refused_round(
         self,
