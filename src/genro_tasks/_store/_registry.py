@@ -18,6 +18,7 @@ dispatched at once without waiting for the disk.
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import logging
 import os
@@ -123,6 +124,8 @@ class StoreRegistry(KeyedRegistry):
         self._live = False
         self._lazy: Callable[[tuple[Any, ...]], None] = _refuse
         self._broken: BaseException | None = None
+        #: Why the disk refuses the writer's rounds (see ``StoreThread._refused_round``); None while it writes.
+        self._refused: str | None = None
 
     # ------------------------------------------------------------ lifespan
     async def open(self, scheduler: Scheduler) -> None:
@@ -149,6 +152,11 @@ class StoreRegistry(KeyedRegistry):
                     "writes to it (each process registers itself; WAL keeps -wal and -shm files beside it): "
                     "run as the application's user, or give this one write access to both"
                 )
+            elif isinstance(exc, sqlite3.OperationalError) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (10, 13):
+                hint = (
+                    "the disk refused a write (it is full, or the file reached this process's file size limit, "
+                    "ulimit -f): free space there, or raise the limit"
+                )
             else:
                 hint = "check that its directory exists and is writable, and that the path is not a directory"
             raise RuntimeError(
@@ -165,10 +173,18 @@ class StoreRegistry(KeyedRegistry):
         self._lazy = thread.put_lazy
         self._live = True
         self._stopped = trio.Event()
-        rows.sort(key=lambda r: r.created)
-        self._apply_rows(rows, initial=True)
+        try:
+            rows.sort(key=lambda r: r.created)
+            self._apply_rows(rows, initial=True)
+        except Exception as exc:  # a row another program wrote wrong: no manager on this file
+            await trio.to_thread.run_sync(thread.close)
+            raise RuntimeError(
+                f"cannot open the task store {self.store.path!r}: it holds data this process cannot apply "
+                f"({type(exc).__name__}: {exc}); another program or a newer genro_tasks wrote it. Put the file "
+                "right, or upgrade this process"
+            ) from exc
         token = trio.lowlevel.current_trio_token()
-        deliver = self._deliver
+        deliver = self._deliver_safely
 
         def hand_over(batch: Batch) -> None:
             try:
@@ -203,11 +219,13 @@ class StoreRegistry(KeyedRegistry):
             assert self._thread is not None
             self._thread.put((SYNC,))  # wake it: the group commit should not wait for its poll
             self._sent += 1
-        while self._done < target and self._broken is None and not self._is_stopped():
+        while self._done < target and self._broken is None and self._refused is None and not self._is_stopped():
             await self._advanced.wait()
         await trio.lowlevel.checkpoint()
         if self._broken is not None:
             raise RuntimeError(f"the task store {self.store.path!r} failed: {self._broken!r}") from self._broken
+        if self._refused is not None and self._done < target:
+            raise OSError(errno.ENOSPC, self._refused)
 
     async def sync(self) -> None:
         """Read what other processes changed, now (a lookup that missed may find it after this).
@@ -216,6 +234,9 @@ class StoreRegistry(KeyedRegistry):
         """
         if not self._is_stopped():
             self._put((SYNC,))
+            if self._refused is not None:  # the writes wait for room; the reads go on at each attempt
+                await self._advanced.wait()
+                return
             await self.flush()
 
     def _is_stopped(self) -> bool:
@@ -258,6 +279,8 @@ class StoreRegistry(KeyedRegistry):
 
     # -------------------------------------------------- submitting, claiming
     def admit(self, rec: TaskRecord, scheduler: Scheduler, *, chosen_id: bool = False) -> None:
+        if self._refused is not None:
+            raise OSError(errno.ENOSPC, f"Task {rec.task_id!r} ({rec.name}) was not submitted: {self._refused}")
         tid = rec.task_id
         metadata = _metadata_blob(rec)  # before anything is recorded: unstorable metadata is refused here
         self._records[tid] = rec
@@ -503,6 +526,35 @@ class StoreRegistry(KeyedRegistry):
         self._unloaded.discard(tid)
 
     # ------------------------------------------------------ from the thread
+    def _deliver_safely(self, batch: Batch) -> None:
+        """Apply a batch; if the file held what this process cannot apply, stop the manager instead of trio.
+
+        An exception escaping a ``run_sync_soon`` callback would crash the whole trio run.
+        """
+        try:
+            self._deliver(batch)
+        except Exception as exc:
+            error = RuntimeError(
+                f"the task store {self.store.path!r} holds data this process cannot apply ({type(exc).__name__}: "
+                f"{exc}); another program or a newer genro_tasks wrote it. Put the file right, or upgrade this process"
+            )
+            error.__cause__ = exc
+            log.critical("genro_tasks: %s", error, exc_info=exc)
+            self._fail(error)
+            self.detach()  # the writer writes what is pending (the ends of the tasks failed here) and stops
+
+    def _fail(self, error: BaseException) -> None:
+        """The store failed: fail the manager, and every task this mirror follows, and wake every waiter."""
+        if self._broken is not None:
+            return
+        self._broken = error
+        if self._scheduler is not None:
+            self._scheduler.failed(error)
+        self._lose_sight(error)
+        advanced = self._advanced
+        self._advanced = trio.Event()
+        advanced.set()
+
     def _deliver(self, batch: Batch) -> None:
         """Apply what the writer thread did and read (runs in the trio thread)."""
         taken = False
@@ -536,10 +588,9 @@ class StoreRegistry(KeyedRegistry):
         advanced = self._advanced
         self._advanced = trio.Event()
         advanced.set()
-        if batch.error is not None and self._broken is None:
-            self._broken = batch.error
-            if self._scheduler is not None:
-                self._scheduler.failed(batch.error)
+        self._refused = batch.refused
+        if batch.error is not None:
+            self._fail(batch.error)
         if batch.stopped and self._stopped is not None:
             self._live = False
             self._stopped.set()
@@ -549,6 +600,25 @@ class StoreRegistry(KeyedRegistry):
         if batch.beat:
             self._shed()
         self.on_idle()
+
+    def _lose_sight(self, error: BaseException) -> None:
+        """The writer thread died: every task this mirror follows and the scheduler does not hold ends here.
+
+        Their rows would never move again in this process (a queued task, another
+        process's running one): whoever awaits them gets ``TaskLost`` instead of waiting forever.
+        """
+        self._open.clear()
+        for rec in list(self._records.values()):
+            if not rec.status.is_terminal:
+                rec.finish_failed(
+                    TaskLost(
+                        rec.task_id,
+                        f"this process lost its task store {self.store.path!r} ({type(error).__name__}: {error}); "
+                        "the task may still run, or have run, in another process: look it up there, or here after "
+                        "a restart",
+                    )
+                )
+                super().changed(rec)
 
     def _shed(self) -> None:
         """Give back to the shared queue the claimed tasks that now wait behind long jobs here.

@@ -19,7 +19,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import pickle
+import resource
 import sqlite3
 import threading
 import time
@@ -67,10 +69,19 @@ PRUNE_EVERY = 0.1
 PRUNE_AT_LEAST = 1.0
 #: How often a task whose owner died before starting it goes back to the queue.
 MAX_REQUEUES = 3
+#: Seconds between attempts to write a round the disk refused (full, or past the file size limit).
+RETRY_REFUSED = 0.5
+#: How long a stopping writer keeps retrying a refused round before it gives up (and logs what it lost).
+STOP_GIVE_UP = 2.0
+#: A task's outcome larger than this is left out of a round the disk refused, so the rest can be written.
+BIG_OUTCOME = 1 << 20
+#: SQLite's primary result codes of a write the disk refused: SQLITE_IOERR, SQLITE_FULL.
+_REFUSED_CODES = (10, 13)
 
 _TERMINAL = ("completed", "failed", "cancelled")
 _TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 _STATUS_TEXT = {status: status.value for status in TaskStatus}
+_STATUS_VALUES = frozenset(_STATUS_TEXT.values())
 #: The end columns (after its status) of a task inserted PENDING (see ``StoreThread._insert``).
 _PENDING_END = (None, None, None, None, None, None, None)
 _LOST = "its TaskManager process (pid {pid}) died while it ran; the job may or may not have finished"
@@ -236,6 +247,65 @@ class Batch:
     stopped: bool = False
     #: The round beat the heartbeat (about once a second): a time to look at the tasks held here.
     beat: bool = False
+    #: Why the disk refuses this writer's rounds (they are retried); None once a round is written.
+    refused: str | None = None
+
+
+class StoreMoved(RuntimeError):
+    """The store file (or its -wal or -shm file) was deleted or replaced under a running manager."""
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is the disk refusing a write (full, file size limit, I/O error): worth retrying."""
+    return isinstance(exc, sqlite3.OperationalError) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _REFUSED_CODES
+
+
+def refusal_text(path: str, exc: BaseException) -> str:
+    """What to tell the operator when the disk refuses writes to the store at ``path``: the cause and the fix."""
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    sizes = []
+    for name in (path, path + "-wal"):
+        try:
+            sizes.append(os.path.getsize(name))
+        except OSError:
+            pass
+    try:
+        stat = os.statvfs(os.path.dirname(path))
+        free: int | None = stat.f_bavail * stat.f_frsize
+    except OSError:
+        free = None
+    if soft != resource.RLIM_INFINITY and sizes and max(sizes) >= soft:
+        cause = f"its file reached this process's file size limit (RLIMIT_FSIZE, ulimit -f: {soft} bytes)"
+        fix = "raise that limit"
+    elif (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == 13 or (free is not None and free < (64 << 20)):
+        cause = "the disk holding it is full" + ("" if free is None else f" ({free} bytes free)")
+        fix = "free space on that disk"
+    else:
+        cause = "the disk refused a write"
+        fix = "check that disk (dmesg, df)"
+    return (
+        f"the task store {path!r} cannot be written: {cause} ({type(exc).__name__}: {exc}); {fix}. "
+        f"What was written stays; pending writes are kept and retried every {RETRY_REFUSED:g}s, and until one "
+        "is written this TaskManager refuses new submissions"
+    )
+
+
+def _file_ids(path: str, before: tuple[tuple[int, int] | None, ...] = ()) -> tuple[tuple[int, int] | None, ...]:
+    """The (device, inode) of the store file and of its -wal and -shm files (None for a missing one).
+
+    A file that cannot be looked at (its directory made unreadable) keeps its id in ``before``.
+    """
+    ids: list[tuple[int, int] | None] = []
+    for i, name in enumerate((path, path + "-wal", path + "-shm")):
+        try:
+            st = os.stat(name)
+        except FileNotFoundError:
+            ids.append(None)
+        except OSError:
+            ids.append(before[i] if i < len(before) else None)
+        else:
+            ids.append((st.st_dev, st.st_ino))
+    return tuple(ids)
 
 
 def connect(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
@@ -311,6 +381,15 @@ class StoreThread:
         self._prune_batch = max(1, max_finished // 8)
         self._reread = False
         self.pid, self.pid_start = my_identity()
+        #: The (device, inode) of the store's files as this connection opened them (see ``_check_files``).
+        self._ids: tuple[tuple[int, int] | None, ...] = ()
+        #: Why the disk refuses our rounds (None while they are written), and since when a stop waits for it.
+        self._refusal: str | None = None
+        self._stop_refused_at: float | None = None
+        #: The last round was refused: the next one leaves out outcomes larger than ``BIG_OUTCOME``.
+        self._lean = False
+        #: What the disk said when it last refused a round (for the outcomes left out).
+        self._refused_why = ""
 
     # ------------------------------------------------------------ trio side
     def put(self, op: tuple[Any, ...]) -> None:
@@ -353,6 +432,7 @@ class StoreThread:
             self._prune(rev, now)
             conn.execute("COMMIT")
             self._last_beat = self._last_prune = now
+            self._ids = _file_ids(store.path)
             return self._read_changes(force=True)[0]
         except BaseException:
             self._conn = None
@@ -364,6 +444,13 @@ class StoreThread:
         self._deliver = deliver
         self._thread = threading.Thread(target=self._run, name="genro_tasks store", daemon=True)
         self._thread.start()
+
+    def close(self) -> None:
+        """Close the connection of a writer opened but never started (blocking, briefly)."""
+        assert self._thread is None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def join(self, timeout: float) -> None:
         if self._thread is not None:
@@ -377,12 +464,14 @@ class StoreThread:
         stopped = False
         while not stopped:
             self._sleeping = True
-            if not self._urgent:
+            if self._refusal is not None:  # the disk refused the last round: retry at a slower pace
+                self._wake.wait(RETRY_REFUSED)
+            elif not self._urgent:
                 self._wake.wait(poll)
             self._sleeping = False
             self._urgent = False
             self._wake.clear()
-            batch = Batch(self._done)
+            batch = Batch(self._done, refused=self._refusal)  # the state the trio side mirrors, in every batch
             try:
                 stopped = self._round(batch)
             except BaseException as exc:  # the store broke: tell the manager, which fails loudly
@@ -399,8 +488,11 @@ class StoreThread:
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None
+                if batch.error is not None and not isinstance(batch.error, StoreMoved):
+                    self._abandon(batch.error)
             if (
                 batch.done != self._done
+                or batch.refused is not None
                 or batch.claims
                 or batch.cancels
                 or batch.rows
@@ -410,6 +502,50 @@ class StoreThread:
             ):
                 self._done = batch.done
                 deliver(batch)
+
+    def _abandon(self, error: BaseException) -> None:
+        """The thread failed: end this process's tasks in the file, on a new connection, as its death would.
+
+        The process lives on, so no other process would recover them: its
+        running tasks (their workers are killed) become FAILED with ``TaskLost``
+        and its claimed tasks go back to the queue. Best effort: the failure may
+        prevent it (then they wait until this process exits, as the log says).
+        Not for a store file that was replaced: the file at the path is another one.
+        """
+        detail = (
+            f"the task store writer of its TaskManager process (pid {self.pid}) failed "
+            f"({type(error).__name__}: {error}); its worker was killed"
+        )
+        try:
+            conn = sqlite3.connect(self.store.path, timeout=self.store.busy_timeout, isolation_level=None)
+        except sqlite3.Error as exc:  # pragma: no cover - it opened a moment ago
+            log.error("genro_tasks: cannot end this process's tasks in the store: %s", exc)
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            rev = self._next_rev_on(conn)
+            now = time.time()
+            conn.execute(
+                f"UPDATE tasks SET status = 'failed', error = {_LOST_SQL}, completed = ?, cancel_req = 0, "
+                "payload = NULL, rev = ? WHERE owner = ? AND status = 'running'",
+                (detail, now, rev, self.owner),
+            )
+            conn.execute(
+                "UPDATE tasks SET owner = NULL, rev = ? WHERE owner = ? AND status = 'pending'", (rev, self.owner)
+            )
+            conn.execute("COMMIT")
+            conn.execute("DELETE FROM processes WHERE owner = ?", (self.owner,))
+        except sqlite3.Error as exc:
+            log.error(
+                "genro_tasks: cannot end this process's tasks in the store %r (%s: %s): other processes see them "
+                "as they were until this process (pid %d) exits",
+                self.store.path,
+                type(exc).__name__,
+                exc,
+                self.pid,
+            )
+        finally:
+            conn.close()
 
     def _round(self, batch: Batch) -> bool:
         """One group commit plus a read of the others' changes; True once STOP was processed."""
@@ -450,35 +586,126 @@ class StoreThread:
         if ops:  # more than a round's worth: the next round starts at once
             self._urgent = True
             batch.claims_whole = False  # ops handed over before a claim may be among those left
+        if beat:
+            self._check_files()
         if writes or claims or beat or progress or prune:
-            self._begin()
-            rev = self._next_rev()
-            foreign = self._reread
-            foreign |= self._apply_all(writes, claims, stop, rev, now, batch)
-            if progress or stop:
-                self._write_progress(rev)
-                self._last_progress = now
-            if beat:
-                conn.execute(
-                    "UPDATE processes SET heartbeat = ?, seen = ? WHERE owner = ?", (now, self._seen, self.owner)
-                )
-                foreign |= self._check_owners(rev, now)
-                self._last_beat = now
-                batch.beat = True
-            if prune:
-                self._prune(rev, now, pruned)
-            if stop:
-                conn.execute("DELETE FROM processes WHERE owner = ?", (self.owner,))
-            conn.execute("COMMIT")
-            if rev - 1 == self._seen and not foreign:
-                self._seen = rev  # nobody else wrote in between: our own rows need no re-reading
-            self._reread = foreign
+            try:
+                self._begin()
+                rev = self._next_rev()
+                foreign = self._reread
+                foreign |= self._apply_all(writes, claims, stop, rev, now, batch)
+                if progress or stop:
+                    self._write_progress(rev)
+                    self._last_progress = now
+                if beat:
+                    conn.execute(
+                        "UPDATE processes SET heartbeat = ?, seen = ? WHERE owner = ?", (now, self._seen, self.owner)
+                    )
+                    foreign |= self._check_owners(rev, now)
+                    self._last_beat = now
+                    batch.beat = True
+                if prune:
+                    self._prune(rev, now, pruned)
+                if stop:
+                    conn.execute("DELETE FROM processes WHERE owner = ?", (self.owner,))
+                conn.execute("COMMIT")
+                if rev - 1 == self._seen and not foreign:
+                    self._seen = rev  # nobody else wrote in between: our own rows need no re-reading
+                self._reread = foreign
+            except sqlite3.Error as exc:
+                if not _refused(exc):
+                    raise
+                if self._conn is not None and self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if self._refused_round(exc, writes, claims, taken, stop, now, batch):
+                    return True
+                batch.rows, batch.gone = self._read_changes(force=False)  # the others' changes still come in
+                return False
+            if self._refusal is not None:
+                log.warning("genro_tasks store %r: writes work again", self.store.path)
+                self._refusal = batch.refused = None
+                self._stop_refused_at = None
+            self._lean = False
         batch.done = self._done + taken
         rows, gone = self._read_changes(force=self._reread)
         self._reread = False
         batch.rows = rows
         batch.gone = pruned + gone if pruned else gone
         return stop
+
+    def _refused_round(
+        self,
+        exc: sqlite3.Error,
+        writes: list[tuple[Any, ...]],
+        claims: list[int],
+        taken: int,
+        stop: bool,
+        now: float,
+        batch: Batch,
+    ) -> bool:
+        """The disk refused the round (rolled back): keep its writes and claims for the next one.
+
+        The round is tried again at once without its largest outcomes (one that cannot
+        fit must not hold back every other write); if that is refused too, the disk is
+        full: the trio side is told (``Batch.refused``), and rounds are retried every
+        ``RETRY_REFUSED`` seconds, every other one without the largest outcomes, until
+        one is written. A stopping writer gives up after ``STOP_GIVE_UP`` seconds, says
+        what it could not write, and stops (True).
+        """
+        batch.claims.clear()
+        batch.cancels.clear()
+        batch.beat = False
+        batch.claims_whole = True
+        self.ops.extendleft(reversed(writes))
+        self.claims.extendleft(reversed(claims))
+        batch.done = self._done + taken - len(writes)
+        self._refused_why = refusal_text(self.store.path, exc)
+        first = self._refusal is None
+        if first and not self._lean:
+            self._lean = True
+            self._urgent = True
+            return False
+        self._refusal = batch.refused = self._refused_why
+        if first:
+            log.error("genro_tasks: %s", self._refusal)
+        if stop:
+            if self._stop_refused_at is None:
+                self._stop_refused_at = now
+            if now - self._stop_refused_at >= STOP_GIVE_UP:
+                log.error(
+                    "genro_tasks: stopping without writing %d pending operations (%d submissions) to the task "
+                    "store %r: %s",
+                    len(self.ops) - 1,
+                    sum(1 for op in self.ops if op[0] == INSERT),
+                    self.store.path,
+                    self._refusal,
+                )
+                batch.done += len(self.ops)
+                self.ops.clear()
+                return True
+        self._lean = not self._lean
+        return False
+
+    def _check_files(self) -> None:
+        """Raise :class:`StoreMoved` if the store's files on disk are no longer the ones this connection has open.
+
+        SQLite keeps writing to a deleted (or replaced) file: another process would then open a
+        different file at the same path, and the two would diverge without a word.
+        """
+        now = _file_ids(self.store.path, self._ids)
+        if now == self._ids:
+            return
+        changed = [
+            f"{name} {'deleted' if here is None else 'replaced'}"
+            for name, was, here in zip(("the file", "its -wal", "its -shm"), self._ids, now, strict=True)
+            if was != here
+        ]
+        raise StoreMoved(
+            f"the task store {self.store.path!r} changed under this process ({', '.join(changed)}): what this "
+            "TaskManager writes would go to a file no other process sees, so it stopped (its running and queued "
+            "tasks failed here). Restart every process using the store; never delete, move or copy over a "
+            "store or its -wal and -shm files while a process has it open"
+        )
 
     def _begin(self) -> None:
         conn = self._conn
@@ -494,9 +721,11 @@ class StoreThread:
 
     def _next_rev(self) -> int:
         assert self._conn is not None
-        return int(
-            self._conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'rev' RETURNING value").fetchone()[0]
-        )
+        return self._next_rev_on(self._conn)
+
+    @staticmethod
+    def _next_rev_on(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'rev' RETURNING value").fetchone()[0])
 
     # ------------------------------------------------------------- writes
     def _apply_all(
@@ -778,6 +1007,8 @@ class StoreThread:
         for present, group in groups.items():
             if group:
                 self._many(_finish_sql(present), group)
+        if self._lean:
+            values, errors = self._leave_out_big(values, errors)
         for kind, blobs in (("value", values), ("error", errors)):
             if blobs:
                 self._many(
@@ -786,6 +1017,34 @@ class StoreThread:
                     blobs,
                 )
         self._finishes += len(recs)
+
+    def _leave_out_big(
+        self, values: list[tuple[int, bytes]], errors: list[tuple[int, bytes]]
+    ) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+        """The outcomes of a round after the disk refused one: each too big for it becomes an error saying so.
+
+        The task keeps its status; this process still holds the outcome in memory, and
+        ``result()`` in any other process (or after a restart) raises the error.
+        """
+        kept_values: list[tuple[int, bytes]] = []
+        kept_errors: list[tuple[int, bytes]] = []
+        for what, outcomes, kept in (("value", values, kept_values), ("error", errors, kept_errors)):
+            for n, blob in outcomes:
+                if len(blob) <= BIG_OUTCOME:
+                    kept.append((n, blob))
+                    continue
+                log.error(
+                    "genro_tasks: a task's %s of %d bytes was left out of the store: %s",
+                    what,
+                    len(blob),
+                    self._refused_why,
+                )
+                error = RuntimeError(
+                    f"this task's {what} ({len(blob)} bytes) could not be stored: {self._refused_why}. "
+                    "Only the process that ran it holds it (until it stops); run the task again once there is room"
+                )
+                kept_errors.append((n, pickle.dumps(error, 5)))
+        return kept_values, kept_errors
 
     def _write_progress(self, rev: int) -> None:
         assert self._conn is not None
@@ -1043,6 +1302,13 @@ class StoreThread:
                 return [], []
             seen = self._seen
             rows = [Row(*r) for r in conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE rev > ?", (seen,))]
+            for row in rows:
+                if row.status not in _STATUS_VALUES:
+                    raise RuntimeError(
+                        f"the task store {self.store.path!r} holds a row this process cannot read: task {row.id!r} "
+                        f"has status {row.status!r} (not one of {', '.join(sorted(_STATUS_VALUES))}); another "
+                        "program or a newer genro_tasks wrote it. Put the row right, or upgrade this process"
+                    )
             gone = [r[0] for r in conn.execute("SELECT id FROM gone WHERE rev > ?", (seen,))]
         finally:
             conn.execute("COMMIT")
