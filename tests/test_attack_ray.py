@@ -66,12 +66,16 @@ async def progress_message(tm: TaskManager, task_id: str) -> str:
     return message
 
 
-async def run_script(code: str, tmp_path: Path) -> str:
-    """Run ``code`` in a new Python process (Ray's files under ``tmp_path``); its stdout and stderr."""
+async def run_script(code: str, tmp_path: Path, limit: float = 50) -> str:
+    """Run ``code`` in a new Python process (Ray's files under ``tmp_path``); its stdout and stderr.
+
+    A script still running after ``limit`` seconds prints its threads' stacks and exits (failing the test).
+    """
     from ray_helpers import assert_no_ray_left
 
     script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(code))
+    header = f"import faulthandler\nfaulthandler.dump_traceback_later({limit}, exit=True)\n"
+    script.write_text(header + textwrap.dedent(code))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     env.pop("RAY_ADDRESS", None)
     env["RAY_TMPDIR"] = str(tmp_path)
@@ -118,7 +122,7 @@ async def test_without_ray_the_import_says_how_to_install_it(tmp_path: Path) -> 
             print("ImportError:", exc)
     """
     with trio.fail_after(30):
-        output = await run_script(code, tmp_path)
+        output = await run_script(code, tmp_path, limit=20)
     assert "pip install 'genro-tasks[ray]'" in output
 
 
@@ -141,8 +145,8 @@ async def test_a_wrong_cluster_address_fails_at_once_naming_the_option_and_the_f
 
         trio.run(main)
     """
-    with trio.fail_after(60):
-        output = await run_script(code, tmp_path)
+    with trio.fail_after(80):
+        output = await run_script(code, tmp_path, limit=45)
     assert f"RuntimeError: RayBackend could not join Ray (address='127.0.0.1:{port}')" in output
     assert "ray start --head" in output
 
@@ -180,7 +184,7 @@ async def test_ray_shut_down_under_the_manager_fails_its_tasks_and_nothing_hangs
 
         trio.run(main)
     """
-    with trio.fail_after(80):
+    with trio.fail_after(90):
         output = await run_script(code, tmp_path)
     assert output.count("failed") >= 4, output
     assert "refused:" in output, output
@@ -188,6 +192,32 @@ async def test_ray_shut_down_under_the_manager_fails_its_tasks_and_nothing_hangs
 
 
 # ---------------------------------------------------------------- attacks that held
+
+
+async def test_ctrl_c_in_the_application_while_ray_jobs_run(tmp_path_factory: pytest.TempPathFactory) -> None:
+    tmp_path = tmp_path_factory.mktemp("ki")  # Ray's socket paths must stay short
+    code = f"""
+        import os, signal, trio
+        from genro_tasks import TaskManager, TaskStatus, testing
+        from genro_tasks.ray import RayBackend
+        from jobs import announce_and_sleep
+
+        async def main():
+            options = dict(num_cpus=2, _temp_dir={str(tmp_path)!r}, log_to_driver=False)
+            async with TaskManager(backend=RayBackend(init_options=options)) as tm:
+                ids = [tm.submit(announce_and_sleep, 600) for _ in range(4)]
+                await testing.wait_for_status(tm, ids[0], TaskStatus.RUNNING)
+                os.kill(os.getpid(), signal.SIGINT)
+                await trio.sleep(60)
+
+        try:
+            trio.run(main)
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt reached the application")
+    """
+    with trio.fail_after(90):
+        output = await run_script(code, tmp_path)  # and the Ray the backend started is gone
+    assert "KeyboardInterrupt reached the application" in output, output
 
 
 async def test_exits_and_base_exceptions_fail_only_their_task(ray_tm: TaskManager) -> None:
@@ -299,3 +329,14 @@ async def test_retries_on_crash_are_the_callers_explicit_choice(ray_tm: TaskMana
         with pytest.raises(WorkerCrashed):
             await ray_tm.result(task_id)
     assert starts.read_text().count("started") == 3  # the one run, then this task's two attempts
+
+
+async def test_a_job_asking_for_resources_no_node_has_stays_pending_and_can_be_cancelled() -> None:
+    async with TaskManager(backend=RayBackend(task_options={"resources": {"no_such_resource": 1}})) as tm:
+        with trio.fail_after(30):
+            task_id = tm.options(timeout=0.2).submit(simple_task, 1)
+            with trio.move_on_after(1):  # Ray keeps it queued: it must not look started meanwhile
+                await wait_status(tm, task_id, TaskStatus.RUNNING)
+            assert testing.status(tm, task_id) is TaskStatus.PENDING  # the timeout counts from the start
+            assert await tm.cancel(task_id)
+        assert testing.status(tm, task_id) is TaskStatus.CANCELLED
