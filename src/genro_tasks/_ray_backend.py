@@ -371,7 +371,9 @@ class RayBackend(ExecutionBackend):
             with self._refs_changed:
                 self._collecting = False
                 self._refs_changed.notify()
-            collector.join()
+            collector.join(_SETTLE_LIMIT)
+            if collector.is_alive():  # pragma: no cover - stuck in a call into a Ray that is gone
+                log.warning("Ray backend: the collector thread is stuck in a Ray call; leaving it behind")
             if self._owns_ray:
                 try:
                     ray.shutdown()
