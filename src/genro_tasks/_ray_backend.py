@@ -26,6 +26,11 @@ Three parts, each with one job:
 
 Ray never re-runs a task here (``max_retries=0``): a worker or node death is
 reported lost, never retryable, and the scheduler records WorkerCrashed.
+
+If the application shuts Ray down under the backend (``ray.shutdown()``), the
+threads notice (:meth:`RayBackend._ray_alive`) before their next Ray call, which
+would otherwise start a new local Ray: the collector reports every job in flight
+lost, and :meth:`RayBackend.serve` then fails, so the manager refuses more work.
 """
 
 from __future__ import annotations
@@ -42,9 +47,16 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import ray
-import ray.exceptions
 import trio
+
+try:
+    import ray
+    import ray.exceptions
+except ImportError as exc:  # the extra is not installed: say how to install it
+    raise ImportError(
+        f"genro_tasks.ray needs Ray, which could not be imported ({exc}): pip install 'genro-tasks[ray]'",
+        name="ray",
+    ) from exc
 from trio.lowlevel import enable_ki_protection
 
 from genro_tasks_worker._framing import Framer
@@ -84,6 +96,8 @@ log = logging.getLogger("genro_tasks")
 _DEATH_LIMIT = 10.0
 #: How long stopping waits for Ray to report every job in flight after they were all cancelled.
 _SETTLE_LIMIT = 15.0
+#: How long joining a cluster at ``host:port`` waits for the head to accept a connection.
+_PROBE_LIMIT = 10.0
 #: How long a new tracker connection may take to send its token.
 _HELLO_LIMIT = 10.0
 #: How long the collector's ``ray.wait`` blocks before looking again at the refs in flight: a ref
@@ -91,6 +105,11 @@ _HELLO_LIMIT = 10.0
 _COLLECT_POLL = 0.01
 #: With prefetch, how long the collector may hold a job's end to report several together.
 _GATHER_DELAY = 0.002
+# Ray's calls without its automatic ``ray.init()``: if the application shut Ray down under this
+# backend, they raise instead of starting a new local Ray.
+_ray_wait = getattr(ray.wait, "__wrapped__", ray.wait)
+_ray_get = getattr(ray.get, "__wrapped__", ray.get)
+_ray_cancel = getattr(ray.cancel, "__wrapped__", ray.cancel)
 _TRACKER_KINDS = frozenset({READY, STARTED, PROGRESS})
 _STOP = ("stop",)
 
@@ -186,8 +205,17 @@ class RayBackend(ExecutionBackend):
                 "RayBackend(task_options=...) cannot set max_retries: a job is never run twice silently "
                 "(a worker or node death fails its task with WorkerCrashed); resubmit it yourself if that is safe"
             )
+        if task_options.get("num_returns", 1) != 1:
+            raise ValueError(
+                "RayBackend(task_options=...) cannot set num_returns: each job's Ray task returns one value "
+                "(how the job ended); return a tuple from the job instead"
+            )
         task_options["max_retries"] = 0
         task_options.setdefault("num_cpus", 1)
+        try:  # Ray checks the names, types and values of the options (without joining Ray)
+            ray.remote(job_function(("", 0, b""))).options(**task_options)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"RayBackend(task_options=...) is not valid for Ray: {exc}") from exc
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"RayBackend(prefetch=...) must be an int >= 0, not {prefetch!r}")
         if tracker_host is not None and (not isinstance(tracker_host, str) or not tracker_host):
@@ -219,12 +247,19 @@ class RayBackend(ExecutionBackend):
         # it puts (key, value, error) of ended tasks in the inbox.
         self._refs: dict[int, Any] = {}
         self._refs_changed = threading.Condition()
+        #: The refs of the jobs in flight when Ray went away (never freed: see _abandon).
+        self._dead_refs: list[Any] = []
+        #: The collector has reported every job in flight lost, Ray being gone.
+        self._abandoned = False
         self._collecting = True
         self._inbox: collections.deque[tuple[int, Any, BaseException | None]] = collections.deque()
         self._wake_scheduled = False
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._connected = trio.Event()
         self._connect_error: BaseException | None = None
+        #: Why Ray went away under this backend (``ray.shutdown()`` by the application), once it did.
+        self._gone: BaseException | None = None
+        self._gone_event = trio.Event()
         self._owns_ray = False
         self._host = ""
         self._port = 0
@@ -274,7 +309,21 @@ class RayBackend(ExecutionBackend):
         if self._connect_error is not None:
             listener.start_failed(self._connect_error, none_left=True)
             await trio.sleep_forever()
-        tracker = (await trio.open_tcp_listeners(0, host=self._host))[0]
+        try:
+            tracker = (await trio.open_tcp_listeners(0, host=self._host))[0]
+        except OSError as exc:
+            error = RuntimeError(
+                f"RayBackend could not open its tracker on {self._host!r} ({exc}): "
+                + (
+                    "tracker_host must be an address of this machine that Ray workers can reach"
+                    if self._tracker_host is not None
+                    else "pass RayBackend(tracker_host=...), an address of this machine that Ray workers can reach"
+                )
+            )
+            error.__cause__ = exc
+            self._connect_error = error  # free_slots() stays 0
+            listener.start_failed(error, none_left=True)
+            await trio.sleep_forever()
         self._port = tracker.socket.getsockname()[1]
         self._tracker_address = (self._host, self._port, self._token)
         assert self._nursery is not None
@@ -282,7 +331,9 @@ class RayBackend(ExecutionBackend):
         log.info("Ray backend ready: %d slots, tracker on %s:%d", self.capacity, self._host, self._port)
         listener.all_ready()
         listener.capacity_changed()
-        await trio.sleep_forever()
+        await self._gone_event.wait()
+        assert self._gone is not None
+        raise self._gone  # the jobs in flight were reported lost; the manager fails what is queued
 
     async def _run_tracker(self, task_status: trio.TaskStatus[None]) -> None:
         """The trio side's own tasks (tracker, inbox), shielded: they outlive a cancel until every job settled."""
@@ -320,7 +371,9 @@ class RayBackend(ExecutionBackend):
             with self._refs_changed:
                 self._collecting = False
                 self._refs_changed.notify()
-            collector.join()
+            collector.join(_SETTLE_LIMIT)
+            if collector.is_alive():  # pragma: no cover - stuck in a call into a Ray that is gone
+                log.warning("Ray backend: the collector thread is stuck in a Ray call; leaving it behind")
             if self._owns_ray:
                 try:
                     ray.shutdown()
@@ -333,24 +386,31 @@ class RayBackend(ExecutionBackend):
             self._submit(command[1])
         elif what == "cancel":
             _, key, force = command
+            if not self._ray_alive():
+                return  # every job Ray had is reported lost by the collector
             ref = self._refs.get(key)
             if ref is not None:
                 try:
-                    ray.cancel(ref, force=force)
-                except Exception as exc:  # the task ended meanwhile, or Ray refuses: its end still comes
+                    _ray_cancel(ref, force=force)
+                except (Exception, SystemExit) as exc:  # the task ended meanwhile, or Ray refuses: its end still comes
                     log.debug("ray.cancel of job #%d: %s", key, exc)
         else:
             assert what == "connect"
             try:
                 self._connect()
             except BaseException as exc:
-                error = RuntimeError(f"RayBackend could not join Ray (address={self.address!r}): {exc}")
+                error = RuntimeError(
+                    f"RayBackend could not join Ray (address={self.address!r}): {exc}; start the cluster "
+                    "(`ray start --head`) or pass RayBackend(address=...) the address of its head ('host:6379'), "
+                    "or address=None to start a local Ray"
+                )
                 error.__cause__ = exc
                 self._connect_error = error
             self._to_trio(self._connected.set)
 
     def _connect(self) -> None:
         if not ray.is_initialized():
+            _probe(self.address or os.environ.get("RAY_ADDRESS"))
             options = {"include_dashboard": False, **self._init_options}
             ray.init(address=self.address, **options)
             self._owns_ray = True
@@ -365,43 +425,58 @@ class RayBackend(ExecutionBackend):
         if self._remote is None:  # the tracker's address is known by the first job
             self._remote = ray.remote(job_function(self._tracker_address)).options(**self._task_options)
         remote = self._remote.remote
+        alive = ray.is_initialized
         submitted: list[tuple[int, Any]] = []
         for key, payload in jobs:
+            if self._gone is not None or not alive():  # .remote() would start a new local Ray
+                self._ray_alive()
+                self._deliver([(key, None, self._gone)])
+                continue
             try:
                 submitted.append((key, remote(job_argument(key, payload))))
             except BaseException as exc:
                 self._deliver([(key, None, exc)])
         with self._refs_changed:
-            self._refs.update(submitted)
-            self._refs_changed.notify()
+            if self._gone is None:
+                self._refs.update(submitted)
+                self._refs_changed.notify()
+                return
+            self._dead_refs.extend(ref for _key, ref in submitted)  # Ray went away meanwhile (see _abandon)
+        self._deliver([(key, None, self._gone) for key, _ref in submitted])
 
     def _collect_loop(self) -> None:
         """The collector thread: gather the tasks that ended, a batch per ``ray.wait``, until stopped."""
         refs, changed = self._refs, self._refs_changed
         while True:
             with changed:
-                while not refs and self._collecting:
+                while not refs and self._collecting and self._gone is None:
                     changed.wait()
                 if not self._collecting:
                     return
                 keys = {ref: key for key, ref in refs.items()}
             in_flight = list(keys)
+            if not self._ray_alive():  # checked first: a Ray call now would start a new local Ray
+                self._abandon(keys)
+                return
             # Beyond the slots, jobs wait in Ray's queue (prefetch) and keep its workers busy: as many
             # ends as there are such jobs may be gathered together, for at most _GATHER_DELAY.
             together = min(len(in_flight) - self.capacity, len(in_flight) // 2)
             try:
                 ready: list[Any] = []
                 if together > 1:
-                    ready = ray.wait(in_flight, num_returns=together, timeout=_GATHER_DELAY)[0]
+                    ready = _ray_wait(in_flight, num_returns=together, timeout=_GATHER_DELAY)[0]
                 if not ready:
-                    ready, rest = ray.wait(in_flight, num_returns=1, timeout=_COLLECT_POLL)
+                    ready, rest = _ray_wait(in_flight, num_returns=1, timeout=_COLLECT_POLL)
                     if not ready:
                         continue
                     if rest:
-                        ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+                        ready += _ray_wait(rest, num_returns=len(rest), timeout=0)[0]
                 ended = self._gather(keys, ready)
-            except Exception as exc:  # pragma: no cover - Ray itself is broken: these jobs cannot be followed
-                log.exception("Ray backend: collecting results failed")
+            except (Exception, SystemExit) as exc:  # Ray is broken, or gone (a wait it shuts down raises SystemExit)
+                if not self._ray_alive():
+                    self._abandon(keys)
+                    return
+                log.exception("Ray backend: collecting results failed")  # pragma: no cover - Ray is broken
                 ended = [(key, None, exc) for key in keys.values()]
             with changed:
                 for key, _value, _error in ended:
@@ -412,16 +487,43 @@ class RayBackend(ExecutionBackend):
     def _gather(keys: dict[Any, int], ready: list[Any]) -> list[tuple[int, Any, BaseException | None]]:
         """The values of the ``ready`` refs: one ``ray.get`` for all, or one each if some task failed."""
         try:
-            values = ray.get(ready)
+            values = _ray_get(ready)
         except Exception:
             ended: list[tuple[int, Any, BaseException | None]] = []
             for ref in ready:
                 try:
-                    ended.append((keys[ref], ray.get(ref), None))
+                    ended.append((keys[ref], _ray_get(ref), None))
                 except Exception as exc:
                     ended.append((keys[ref], None, exc))
             return ended
         return [(keys[ref], value, None) for ref, value in zip(ready, values, strict=True)]
+
+    def _abandon(self, keys: dict[Any, int]) -> None:
+        """The collector, once Ray is gone: report every job in flight lost, and keep their refs forever.
+
+        A ref freed while ``ray.shutdown()`` tears Ray down makes Ray end the whole process; once
+        that is over (or when this backend is collected) freeing one is harmless.
+        """
+        with self._refs_changed:
+            self._dead_refs.extend(keys)
+            self._refs.clear()
+            self._collecting = False  # the refs of jobs submitted from now on are dropped with their error
+        self._inbox.extend((key, None, self._gone) for key in keys.values())
+        self._abandoned = True  # after the extend: the trio side fails the manager once it settled these
+        self._deliver([])
+
+    def _ray_alive(self) -> bool:
+        """A Ray-side thread: whether this process is still joined to Ray; if not, tell the trio side, once."""
+        if self._gone is None and ray.is_initialized():
+            return True
+        if self._gone is None:
+            self._gone = RuntimeError(
+                "Ray was shut down under the TaskManager (ray.shutdown() was called while it ran): the jobs on Ray "
+                "were lost and this TaskManager runs no more; shut the TaskManager down before calling ray.shutdown()"
+            )
+            with self._refs_changed:  # the collector reports the jobs in flight lost, then the trio side stops
+                self._refs_changed.notify()
+        return False
 
     def _deliver(self, ended: list[tuple[int, Any, BaseException | None]]) -> None:
         """A Ray-side thread: hand how these jobs ended to the trio thread (one wake-up per batch)."""
@@ -534,6 +636,8 @@ class RayBackend(ExecutionBackend):
             self._wake_scheduled = False
             while inbox:
                 self._settle(*inbox.popleft())
+            if self._abandoned and not inbox:
+                self._gone_event.set()
 
     def _settle(self, key: int, value: Any, error: BaseException | None) -> None:
         job = self._jobs.get(key)
@@ -635,7 +739,7 @@ class RayBackend(ExecutionBackend):
 
     # ------------------------------------------------------------ the scheduler's calls
     def free_slots(self) -> int:
-        if self._stopping or not self._connected.is_set() or self._connect_error is not None:
+        if self._stopping or not self._connected.is_set() or self._connect_error is not None or self._gone:
             return 0
         in_flight = len(self._jobs)
         free = self.capacity + self._prefetch - in_flight
@@ -722,6 +826,22 @@ async def _wait_exited(pid: int) -> None:
         await trio.lowlevel.wait_readable(fd)
     finally:
         os.close(fd)
+
+
+def _probe(address: str | None) -> None:
+    """Fail at once if nothing listens at a cluster address ``host:port`` (``ray.init`` would retry for minutes)."""
+    if address is None:
+        return
+    scheme, _, rest = address.rpartition("://")
+    if scheme and scheme != "ray":  # not an address this backend can probe
+        return
+    host, colon, port = rest.rpartition(":")
+    if not colon or not port.isdigit():  # "auto", "local", or not host:port: Ray decides
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=_PROBE_LIMIT).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {host}:{port} within {_PROBE_LIMIT:g}s ({exc})") from exc
 
 
 def _ray_detail(exc: BaseException) -> str:
