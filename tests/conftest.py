@@ -35,10 +35,14 @@ def statuses(tm: TaskManager, ids: list[str]) -> list[TaskStatus]:
 
 
 def pid_gone(pid: int) -> bool:
-    """True if ``pid`` has exited (a zombie counts as exited)."""
+    """True if ``pid`` has exited (a zombie counts as exited, and so does one being reaped).
+
+    While its parent reaps it, a process reads as ``X`` (dead) for an instant before its
+    /proc entry goes: a check made then must not call it alive.
+    """
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except (FileNotFoundError, ProcessLookupError):  # ProcessLookupError: reaped between open and read
         return True
 
