@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import trio
@@ -17,6 +17,24 @@ async def tasks() -> AsyncIterator[TaskManager]:
     yield tm
     with trio.fail_after(30):
         await tm.shutdown(wait=False)
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One local Ray for the module's Ray tests (a RayBackend uses the Ray this process joined)."""
+    from ray_helpers import local_ray
+
+    with local_ray(tmp_path_factory.mktemp("ray")):
+        yield
+
+
+@pytest.fixture
+async def ray_tm() -> AsyncIterator[TaskManager]:
+    """A started manager on the Ray this process joined (use with ``local_ray``), killed at teardown."""
+    from ray_helpers import ray_manager
+
+    async with ray_manager() as tm:
+        yield tm
 
 
 async def wait_until(tm: TaskManager, predicate: Callable[[], bool], timeout: float = 20) -> None:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+
+import trio
+
+from genro_tasks import TaskManager
 
 TESTS = Path(__file__).resolve().parent
 
@@ -69,3 +73,18 @@ def ray_env(temp_dir: str) -> Iterator[None]:
                 del os.environ[name]
             else:
                 os.environ[name] = value
+
+
+@contextlib.asynccontextmanager
+async def ray_manager() -> AsyncIterator[TaskManager]:
+    """A started manager on the Ray this process joined; killed (``shutdown(wait=False)``) after."""
+    from genro_tasks.ray import RayBackend
+
+    tm = TaskManager(backend=RayBackend())
+    with trio.fail_after(30):
+        await tm.startup()
+    try:
+        yield tm
+    finally:
+        with trio.fail_after(30):
+            await tm.shutdown(wait=False)

@@ -11,7 +11,7 @@ import os
 import socket
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,24 +39,6 @@ from genro_tasks.ray import RayBackend
 pytestmark = pytest.mark.usefixtures("local_ray")
 
 TESTS = Path(__file__).resolve().parent
-
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    from ray_helpers import local_ray
-
-    with local_ray(tmp_path_factory.mktemp("ray")):
-        yield
-
-
-@pytest.fixture
-async def ray_tm() -> AsyncIterator[TaskManager]:
-    tm = TaskManager(backend=RayBackend())
-    with trio.fail_after(30):
-        await tm.startup()
-    yield tm
-    with trio.fail_after(30):
-        await tm.shutdown(wait=False)
 
 
 async def progress_message(tm: TaskManager, task_id: str) -> str:

@@ -11,7 +11,7 @@ same contract.
 from __future__ import annotations
 
 import pickle
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -37,15 +37,6 @@ BACKENDS: dict[str, Callable[[], ExecutionBackend]] = {
 }
 #: Backends whose workers are a fixed pool of processes of their own (a dead one is replaced).
 POOLS = frozenset({"process-forkserver", "process-spawn"})
-
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """One local Ray for this module's Ray cases (a RayBackend uses the Ray this process joined)."""
-    from ray_helpers import local_ray
-
-    with local_ray(tmp_path_factory.mktemp("ray")):
-        yield
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import traceback
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,24 +43,6 @@ pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'
 from genro_tasks.ray import RayBackend
 
 pytestmark = pytest.mark.usefixtures("local_ray")
-
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    from ray_helpers import local_ray
-
-    with local_ray(tmp_path_factory.mktemp("ray")):
-        yield
-
-
-@pytest.fixture
-async def ray_tm() -> AsyncIterator[TaskManager]:
-    tm = TaskManager(backend=RayBackend())
-    with trio.fail_after(30):
-        await tm.startup()
-    yield tm
-    with trio.fail_after(30):
-        await tm.shutdown(wait=False)
 
 
 async def running_pid(tm: TaskManager, task_id: str) -> int:

@@ -17,9 +17,9 @@ from conftest import pid_gone, wait_status
 from genro_tasks import TaskManager, TaskStatus, WorkerCrashed
 from jobs import simple_task
 from jobs_ray import announce_then_sleep
+from ray_helpers import ray_manager
 
 pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' (.ci/run does)")
-from genro_tasks.ray import RayBackend
 
 
 class TwoNodes:
@@ -59,12 +59,8 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
 
 @pytest.fixture
 async def cluster_tm(two_nodes: TwoNodes) -> AsyncIterator[TaskManager]:
-    tm = TaskManager(backend=RayBackend())
-    with trio.fail_after(30):
-        await tm.startup()
-    yield tm
-    with trio.fail_after(30):
-        await tm.shutdown(wait=False)
+    async with ray_manager() as tm:
+        yield tm
 
 
 async def one_per_node(tm: TaskManager) -> dict[str, tuple[str, int]]:
