@@ -103,6 +103,12 @@ _HELLO_LIMIT = 10.0
 #: How long the collector's ``ray.wait`` blocks before looking again at the refs in flight: a ref
 #: submitted while it waits is seen only then (the jobs it already waits on still end at once).
 _COLLECT_POLL = 0.01
+#: How often the owner thread, idle, checks that Ray is still there while jobs are in flight: a
+#: ``ray.wait`` under way when the application shuts Ray down may never return, so the collector
+#: cannot be the only one to notice.
+_ALIVE_POLL = 0.2
+#: How long stopping waits for the collector once Ray is gone (it may be stuck in a Ray call for good).
+_GONE_JOIN = 1.0
 #: With prefetch, how long the collector may hold a job's end to report several together.
 _GATHER_DELAY = 0.002
 # Ray's calls without its automatic ``ray.init()``: if the application shut Ray down under this
@@ -251,6 +257,8 @@ class RayBackend(ExecutionBackend):
         self._dead_refs: list[Any] = []
         #: The collector has reported every job in flight lost, Ray being gone.
         self._abandoned = False
+        #: Set (under ``_refs_changed``) by the first :meth:`_abandon`: the jobs are reported lost once.
+        self._abandoning = False
         self._collecting = True
         self._inbox: collections.deque[tuple[int, Any, BaseException | None]] = collections.deque()
         self._wake_scheduled = False
@@ -357,7 +365,12 @@ class RayBackend(ExecutionBackend):
         collector.start()
         try:
             while True:
-                batch = [commands.get()]
+                try:
+                    batch = [commands.get(timeout=_ALIVE_POLL)]
+                except queue.Empty:
+                    if self._refs and not self._ray_alive():
+                        self._abandon()  # the collector may be stuck in a wait Ray will never end
+                    continue
                 while True:
                     try:
                         batch.append(commands.get_nowait())
@@ -371,7 +384,7 @@ class RayBackend(ExecutionBackend):
             with self._refs_changed:
                 self._collecting = False
                 self._refs_changed.notify()
-            collector.join(_SETTLE_LIMIT)
+            collector.join(_SETTLE_LIMIT if self._gone is None else _GONE_JOIN)
             if collector.is_alive():  # pragma: no cover - stuck in a call into a Ray that is gone
                 log.warning("Ray backend: the collector thread is stuck in a Ray call; leaving it behind")
             if self._owns_ray:
@@ -456,7 +469,7 @@ class RayBackend(ExecutionBackend):
                 keys = {ref: key for key, ref in refs.items()}
             in_flight = list(keys)
             if not self._ray_alive():  # checked first: a Ray call now would start a new local Ray
-                self._abandon(keys)
+                self._abandon()
                 return
             # Beyond the slots, jobs wait in Ray's queue (prefetch) and keep its workers busy: as many
             # ends as there are such jobs may be gathered together, for at most _GATHER_DELAY.
@@ -474,11 +487,13 @@ class RayBackend(ExecutionBackend):
                 ended = self._gather(keys, ready)
             except (Exception, SystemExit) as exc:  # Ray is broken, or gone (a wait it shuts down raises SystemExit)
                 if not self._ray_alive():
-                    self._abandon(keys)
+                    self._abandon()
                     return
                 log.exception("Ray backend: collecting results failed")  # pragma: no cover - Ray is broken
                 ended = [(key, None, exc) for key in keys.values()]
             with changed:
+                if self._abandoning:  # the owner thread reported these lost while this wait hung
+                    return
                 for key, _value, _error in ended:
                     del refs[key]
             self._deliver(ended)
@@ -498,17 +513,24 @@ class RayBackend(ExecutionBackend):
             return ended
         return [(keys[ref], value, None) for ref, value in zip(ready, values, strict=True)]
 
-    def _abandon(self, keys: dict[Any, int]) -> None:
-        """The collector, once Ray is gone: report every job in flight lost, and keep their refs forever.
+    def _abandon(self) -> None:
+        """Ray is gone: report every job in flight lost (once), and keep their refs forever.
 
-        A ref freed while ``ray.shutdown()`` tears Ray down makes Ray end the whole process; once
-        that is over (or when this backend is collected) freeing one is harmless.
+        Called by the collector, or by the idle owner thread when the collector is stuck in a
+        Ray call that will not return. A ref freed while ``ray.shutdown()`` tears Ray down
+        makes Ray end the whole process; once that is over (or when this backend is
+        collected) freeing one is harmless.
         """
         with self._refs_changed:
-            self._dead_refs.extend(keys)
+            if self._abandoning:
+                return
+            self._abandoning = True
+            lost = list(self._refs.items())
+            self._dead_refs.extend(ref for _key, ref in lost)
             self._refs.clear()
             self._collecting = False  # the refs of jobs submitted from now on are dropped with their error
-        self._inbox.extend((key, None, self._gone) for key in keys.values())
+            self._refs_changed.notify()
+        self._inbox.extend((key, None, self._gone) for key, _ref in lost)
         self._abandoned = True  # after the extend: the trio side fails the manager once it settled these
         self._deliver([])
 
