@@ -52,6 +52,7 @@ from ._thread import (
     Row,
     StoreThread,
     read_outcome,
+    written_wrong,
 )
 
 log = logging.getLogger("genro_tasks")
@@ -180,8 +181,7 @@ class StoreRegistry(KeyedRegistry):
             await trio.to_thread.run_sync(thread.close)
             raise RuntimeError(
                 f"cannot open the task store {self.store.path!r}: it holds data this process cannot apply "
-                f"({type(exc).__name__}: {exc}); another program or a newer genro_tasks wrote it. Put the file "
-                "right, or upgrade this process"
+                f"({type(exc).__name__}: {exc}); {written_wrong()}"
             ) from exc
         token = trio.lowlevel.current_trio_token()
         deliver = self._deliver_safely
@@ -536,7 +536,7 @@ class StoreRegistry(KeyedRegistry):
         except Exception as exc:
             error = RuntimeError(
                 f"the task store {self.store.path!r} holds data this process cannot apply ({type(exc).__name__}: "
-                f"{exc}); another program or a newer genro_tasks wrote it. Put the file right, or upgrade this process"
+                f"{exc}); {written_wrong()}"
             )
             error.__cause__ = exc
             log.critical("genro_tasks: %s", error, exc_info=exc)

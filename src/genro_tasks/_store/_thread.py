@@ -290,6 +290,11 @@ def refusal_text(path: str, exc: BaseException) -> str:
     )
 
 
+def written_wrong(fix: str = "the file") -> str:
+    """The cause and the fix to name when a store holds what this process cannot apply."""
+    return f"another program or a newer genro_tasks wrote it. Put {fix} right, or upgrade this process"
+
+
 def _file_ids(path: str, before: tuple[tuple[int, int] | None, ...] = ()) -> tuple[tuple[int, int] | None, ...]:
     """The (device, inode) of the store file and of its -wal and -shm files (None for a missing one).
 
@@ -1306,8 +1311,8 @@ class StoreThread:
                 if row.status not in _STATUS_VALUES:
                     raise RuntimeError(
                         f"the task store {self.store.path!r} holds a row this process cannot read: task {row.id!r} "
-                        f"has status {row.status!r} (not one of {', '.join(sorted(_STATUS_VALUES))}); another "
-                        "program or a newer genro_tasks wrote it. Put the row right, or upgrade this process"
+                        f"has status {row.status!r} (not one of {', '.join(sorted(_STATUS_VALUES))}); "
+                        + written_wrong("the row")
                     )
             gone = [r[0] for r in conn.execute("SELECT id FROM gone WHERE rev > ?", (seen,))]
         finally:
