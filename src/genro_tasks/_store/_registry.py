@@ -51,6 +51,7 @@ from ._thread import (
     Claimed,
     Row,
     StoreThread,
+    disk_refused,
     read_outcome,
     written_wrong,
 )
@@ -153,7 +154,7 @@ class StoreRegistry(KeyedRegistry):
                     "writes to it (each process registers itself; WAL keeps -wal and -shm files beside it): "
                     "run as the application's user, or give this one write access to both"
                 )
-            elif isinstance(exc, sqlite3.OperationalError) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (10, 13):
+            elif disk_refused(exc):
                 hint = (
                     "the disk refused a write (it is full, or the file reached this process's file size limit, "
                     "ulimit -f): free space there, or raise the limit"

@@ -255,7 +255,7 @@ class StoreMoved(RuntimeError):
     """The store file (or its -wal or -shm file) was deleted or replaced under a running manager."""
 
 
-def _refused(exc: BaseException) -> bool:
+def disk_refused(exc: BaseException) -> bool:
     """Whether ``exc`` is the disk refusing a write (full, file size limit, I/O error): worth retrying."""
     return isinstance(exc, sqlite3.OperationalError) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _REFUSED_CODES
 
@@ -618,7 +618,7 @@ class StoreThread:
                     self._seen = rev  # nobody else wrote in between: our own rows need no re-reading
                 self._reread = foreign
             except sqlite3.Error as exc:
-                if not _refused(exc):
+                if not disk_refused(exc):
                     raise
                 if self._conn is not None and self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
