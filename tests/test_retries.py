@@ -101,7 +101,7 @@ async def test_timeout_is_retried(tasks: TaskManager) -> None:
 
 
 async def test_cancel_while_waiting_to_retry(tasks: TaskManager, tmp_path: Path) -> None:
-    tid = tasks.options(retries=1, retry_backoff=3600).submit(flaky, str(tmp_path / "n"), 1)
+    tid = tasks.options(retries=1, retry_backoff=3600, retry_backoff_max=3600).submit(flaky, str(tmp_path / "n"), 1)
     with trio.fail_after(30):
         await wait_until(tasks, lambda: testing.snapshot(tasks, tid).attempt == 2)
         assert await tasks.status(tid) is TaskStatus.PENDING
@@ -112,7 +112,7 @@ async def test_cancel_while_waiting_to_retry(tasks: TaskManager, tmp_path: Path)
 async def test_shutdown_cancels_a_task_waiting_to_retry(tmp_path: Path) -> None:
     tm = TaskManager(max_workers=1)
     async with tm:
-        tid = tm.options(retries=1, retry_backoff=3600).submit(flaky, str(tmp_path / "n"), 1)
+        tid = tm.options(retries=1, retry_backoff=3600, retry_backoff_max=3600).submit(flaky, str(tmp_path / "n"), 1)
         with trio.fail_after(30):
             await wait_until(tm, lambda: testing.snapshot(tm, tid).attempt == 2)
             await tm.shutdown(wait=True, cancel_pending=True)
@@ -140,6 +140,20 @@ def test_backoff_doubles_up_to_its_cap() -> None:
 def test_bad_retry_options_are_refused_at_the_call(option: str, value: object, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TaskOptions(**{option: value})  # type: ignore[arg-type]
+
+
+async def test_a_backoff_above_its_cap_is_refused_at_the_call(tasks: TaskManager) -> None:
+    """Not cut to the cap in silence: a wait of an hour asked for would have been a minute."""
+    with pytest.raises(ValueError, match=r"retry_backoff=3600 is above retry_backoff_max=60 \(the default\)") as err:
+        tasks.options(retries=1, retry_backoff=3600)
+    assert "pass retry_backoff_max=3600 (or more) too, or a smaller retry_backoff" in str(err.value)
+    with pytest.raises(ValueError, match=r"retry_backoff=10 is above retry_backoff_max=5:"):
+        TaskOptions(retry_backoff=10, retry_backoff_max=5)
+    with pytest.raises(ValueError, match=r"retry_backoff=1 \(the default\) is above retry_backoff_max=0\.5:"):
+        tasks.options(retry_backoff_max=0.5)  # against the default backoff, named in the message
+    assert tasks.options(retry_backoff=3600, retry_backoff_max=3600) is not None
+    assert TaskOptions(retry_backoff=0, retry_backoff_max=0).retry_delay(4) == 0
+    assert tasks.list_tasks() == []  # nothing was queued by the refused calls
 
 
 def test_retry_on_crash_must_be_a_bool() -> None:
@@ -201,7 +215,9 @@ async def test_no_new_attempt_once_shutdown_began(tmp_path: Path) -> None:
 
 
 async def test_group_counts_follow_retries_and_requeue(tasks: TaskManager, tmp_path: Path) -> None:
-    tid = tasks.options(group="rq", retries=1, retry_backoff=3600).submit(flaky, str(tmp_path / "n"), 1)
+    tid = tasks.options(group="rq", retries=1, retry_backoff=3600, retry_backoff_max=3600).submit(
+        flaky, str(tmp_path / "n"), 1
+    )
     with trio.fail_after(30):
         await wait_until(tasks, lambda: testing.snapshot(tasks, tid).attempt == 2)
         info = tasks.group_info("rq")  # waiting to retry: live, not FAILED

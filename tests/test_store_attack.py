@@ -156,7 +156,9 @@ async def test_shutdown_gives_a_task_waiting_to_retry_back_to_the_queue(tmp_path
         for wait in (True, False):
             counter.unlink(missing_ok=True)
             async with TaskManager(max_workers=1, store=db) as first:
-                tid = client.options(retries=1, retry_backoff=3600).submit(jobs_store_many.fail_until, str(counter), 1)
+                tid = client.options(retries=1, retry_backoff=3600, retry_backoff_max=3600).submit(
+                    jobs_store_many.fail_until, str(counter), 1
+                )
                 with trio.fail_after(30):
                     await testing.wait_until(client, functools.partial(_at_attempt, client, tid, 2))
                 with trio.fail_after(20):

@@ -66,7 +66,9 @@ class TaskOptions:
         retry_backoff: Seconds to wait before the first retry; each further
             retry waits twice as long as the one before, at most
             ``retry_backoff_max``. 0 retries at once.
-        retry_backoff_max: The longest wait between two attempts, in seconds.
+        retry_backoff_max: The longest wait between two attempts, in seconds;
+            at least ``retry_backoff`` (a larger ``retry_backoff`` is refused,
+            not cut to it).
         retry_on: Which errors of an attempt are retried: exception types
             (matched with ``isinstance`` against the error as ``result()``
             would raise it: the job's own exception rebuilt with tblib, or
@@ -106,12 +108,25 @@ class TaskOptions:
             "retry_backoff_max",
             check_seconds("retry_backoff_max", self.retry_backoff_max, allow_zero=True, allow_none=False),
         )
+        if self.retry_backoff > self.retry_backoff_max:
+            raise ValueError(
+                f"retry_backoff={self.retry_backoff:g}{_default_note('retry_backoff', self.retry_backoff)} is above "
+                f"retry_backoff_max={self.retry_backoff_max:g}"
+                f"{_default_note('retry_backoff_max', self.retry_backoff_max)}: every wait would be cut to "
+                f"{self.retry_backoff_max:g}s; pass retry_backoff_max={self.retry_backoff:g} (or more) too, "
+                "or a smaller retry_backoff"
+            )
         object.__setattr__(self, "retry_on", check_retry_on(self.retry_on))
         check_bool("retry_on_crash", self.retry_on_crash)
 
     def retry_delay(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt + 1`` once attempt ``attempt`` (1-based) failed."""
         return min(self.retry_backoff * 2.0 ** min(attempt - 1, 64), self.retry_backoff_max)
+
+
+def _default_note(name: str, value: float) -> str:
+    """`` (the default)`` when ``value`` is the default of the TaskOptions field ``name``."""
+    return " (the default)" if value == TaskOptions.__dataclass_fields__[name].default else ""
 
 
 #: What a ``submit``/``submit_wait``/``run`` call asked for, before any check:
