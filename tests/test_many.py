@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
 import pytest
 import trio
@@ -303,3 +304,49 @@ async def test_map_waits_for_room_under_max_queued() -> None:
     async with TaskManager(max_workers=1, max_queued=2) as tm:
         with trio.fail_after(30):
             assert [v async for v in tm.map(square, range(10), max_in_flight=8)] == [x * x for x in range(10)]
+
+
+@pytest.mark.parametrize("source", ["iterable", "async-iterable"])
+async def test_a_huge_max_in_flight_over_an_endless_input_does_not_hold_the_event_loop(
+    tasks: TaskManager, source: str
+) -> None:
+    """max_in_flight bounds what is in flight, not how long one fill may keep other tasks waiting."""
+    pulled = 0
+    pulled_at_tick = 0
+    ticks = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal pulled
+        for x in itertools.count():
+            if pulled - pulled_at_tick > 50_000:  # (before: the first fill never ended)
+                raise AssertionError(f"{pulled - pulled_at_tick} items were submitted without a schedule point")
+            pulled += 1
+            yield x
+
+    async def endless_async() -> AsyncGenerator[int]:
+        for x in endless():  # never awaits: it is the map that must let other tasks run
+            yield x
+
+    async def ticker() -> None:
+        nonlocal pulled_at_tick, ticks
+        while True:
+            pulled_at_tick = pulled
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    got = 0
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery, contextlib.aclosing(endless_async()) as async_items:
+            nursery.start_soon(ticker)
+            items = endless() if source == "iterable" else async_items
+            async with tasks.map(square, items, max_in_flight=10**9, chunksize=1) as it:
+                async for value in it:
+                    assert value == got * got
+                    got += 1
+                    if got == 10:
+                        break
+            nursery.cancel_scope.cancel()
+    assert ticks > 10
+    # Every task of the batch not yielded was cancelled on leaving; none is left queued.
+    group = tasks.group_info(it.group)
+    assert (group.pending, group.running) == (0, 0)

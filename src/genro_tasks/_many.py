@@ -35,6 +35,11 @@ log = logging.getLogger("genro_tasks")
 #: How long an early exit waits, shielded, for the kill of the batch's tasks.
 _CANCEL_LIMIT = 10.0
 
+#: Most tasks one ``__anext__`` submits before it waits (a few milliseconds of the event loop):
+#: a large ``max_in_flight`` is reached over several calls, so a huge one over an endless input
+#: cannot hold the loop, and the first result comes without waiting for the whole fill.
+FILL_BURST = 512
+
 # Automatic chunk size (``chunksize=None``): chunks grow until one takes about CHUNK_SECONDS of
 # the worker's time, at most GROWTH times the size last measured, and at most CHUNK_MAX items or
 # CHUNK_BYTES of pickled arguments (what a chunk keeps in the parent's memory while in flight).
@@ -403,9 +408,10 @@ class TaskMap:
         queue = self._queue
         pending = self._pending
         limit = self._max_in_flight
-        if len(queue) + len(pending) > limit // 2:
+        in_flight = len(queue) + len(pending)
+        if in_flight > limit // 2:
             return  # refill in bursts: the scheduler's queue stays fed, workers are not woken one job at a time
-        while len(queue) + len(pending) < limit:
+        for _ in range(min(limit - in_flight, FILL_BURST)):
             if self._chunksize == 1:
                 try:
                     item = next(items)
@@ -426,13 +432,13 @@ class TaskMap:
                 follow(rec, weakref.ref(self))
 
     async def _fill(self) -> None:
-        """Submit items until ``max_in_flight`` tasks are submitted and not yet yielded."""
+        """Submit items until ``max_in_flight`` tasks are submitted and not yet yielded (``FILL_BURST`` at most)."""
         if self._exhausted:
             return
         manager = self._manager
         options = self._options
         wait_for_room = manager._max_queued is not None
-        while len(self._queue) + len(self._pending) < self._max_in_flight:
+        for _ in range(min(self._max_in_flight - len(self._queue) - len(self._pending), FILL_BURST)):
             batch = await self._take(self._chunksize)
             if not batch:
                 self._exhausted = True

@@ -387,7 +387,9 @@ class SubmitMethods:
                 Default: 64 times ``max_workers`` with ``chunksize=1`` (small
                 tasks need a deep window to keep the workers busy), else 4
                 times ``max_workers`` (chunks); on a client-only manager
-                (``max_workers=0`` on a store) as with 8 workers.
+                (``max_workers=0`` on a store) as with 8 workers. At most 512
+                are submitted before each wait for a result, so a larger
+                window fills over the first results.
             return_exceptions: Yield what a failed item raised as a value
                 instead of raising it (which cancels the rest of the batch).
             chunksize: Items per task. ``1``: one task per item (each item
