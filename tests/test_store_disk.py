@@ -195,6 +195,10 @@ async def test_a_manager_whose_writer_fails_ends_its_tasks_in_the_file_for_the_o
                     await owner.result(running)
                 await testing.wait_for_status(other, running, TaskStatus.FAILED)
                 assert await other.result(queued) == 10
+            # Here, the task it had claimed is not said to have failed with the manager: it went back
+            # to the shared queue, and another process ran it.
+            with pytest.raises(TaskLost, match=r"lost its task store .* may still run, or have run, in another"):
+                await owner.result(queued)
             with pytest.raises(TaskLost, match=r"store writer of its TaskManager process .* failed"):
                 await other.result(running)
 

@@ -545,12 +545,19 @@ class StoreRegistry(KeyedRegistry):
             self.detach()  # the writer writes what is pending (the ends of the tasks failed here) and stops
 
     def _fail(self, error: BaseException) -> None:
-        """The store failed: fail the manager, and every task this mirror follows, and wake every waiter."""
+        """The store failed: fail the manager, and every task this mirror follows, and wake every waiter.
+
+        The tasks claimed here that no worker started go back to the shared queue
+        (the writer, or ``_abandon`` if it died, puts them there), so here they end
+        as tasks this process lost sight of, not as tasks that failed with it.
+        """
         if self._broken is not None:
             return
         self._broken = error
-        if self._scheduler is not None:
-            self._scheduler.failed(error)
+        scheduler = self._scheduler
+        if scheduler is not None:
+            self.release(scheduler.take_back_waiting(len(self._owned)))
+            scheduler.failed(error)
         self._lose_sight(error)
         advanced = self._advanced
         self._advanced = trio.Event()
