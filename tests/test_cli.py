@@ -175,3 +175,18 @@ async def test_bad_usage_is_a_clear_error(tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert b"empty file" in refused.stderr
     assert empty.stat().st_size == 0  # left as it was
+
+
+async def test_ls_aligns_ids_by_the_columns_they_take_on_a_terminal(tmp_path: Path) -> None:
+    """A wide character takes two columns, a combining accent none: the next column still lines up."""
+    db = tmp_path / "tasks.db"
+    ids = ["報告書-1", "report-22", "e\u0301te\u0301"]  # 8, 9 and 3 columns
+    async with TaskManager(max_workers=1, store=db) as tm:
+        await tm.gather([tm.submit(jobs.add, 1, 1, task_id=tid) for tid in ids])
+        await tm.flush()
+    listed = await cli("ls", "--store", str(db))
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line for line in listed.stdout.decode().splitlines()[1:]}
+    assert rows["報告書-1"].startswith("報告書-1   completed ")
+    assert rows["report-22"].startswith("report-22  completed ")
+    assert rows["e\u0301te\u0301"].startswith("e\u0301te\u0301        completed ")

@@ -284,11 +284,12 @@ async def test_a_deploy_lets_every_server_process_finish_its_running_exports(
 
 
 async def test_ls_on_a_terminal_fits_rows_with_a_very_long_id(tmp_path: Path) -> None:
-    """One 300-character id must not push every other column off an 80-column terminal."""
+    """One 300-character id must not push every other column off an 80-column terminal (nor a wide one)."""
     db = tmp_path / "tasks.db"
     long_id = "export-" + "x" * 293
+    wide_id = "報告" * 60  # 240 columns
     async with TaskManager(max_workers=1, store=db) as tm:
-        await tm.gather([tm.submit(jobs.add, 1, 1, task_id=long_id), tm.submit(jobs.add, 2, 2, task_id="short")])
+        await tm.gather([tm.submit(jobs.add, n, 1, task_id=tid) for n, tid in enumerate((long_id, wide_id, "short"))])
         await tm.flush()
     primary, secondary = pty.openpty()
     try:
@@ -309,6 +310,9 @@ async def test_ls_on_a_terminal_fits_rows_with_a_very_long_id(tmp_path: Path) ->
         if secondary != -1:
             os.close(secondary)
     lines = text.decode().splitlines()
-    assert len(lines) == 3, lines
-    assert all(len(line) <= 80 for line in lines), lines
+    assert len(lines) == 4, lines
+    columns = [len(line) + line.count("報") + line.count("告") for line in lines]  # (each of those takes two)
+    assert all(n <= 80 for n in columns), lines
     assert all(" completed " in line for line in lines[1:]), lines
+    statuses = {line.index(" completed ") + line.count("報") + line.count("告") for line in lines[1:]}
+    assert len(statuses) == 1, lines  # the status column lines up

@@ -136,6 +136,34 @@ def _shown(text: str, *, lines: bool = False) -> str:
     return "".join(out)
 
 
+def _cells(text: str) -> int:
+    """Columns ``text`` takes on a terminal: 2 per wide character (CJK), 0 per combining mark."""
+    if text.isascii():
+        return len(text)
+    return sum(_char_cells(char) for char in text)
+
+
+def _char_cells(char: str) -> int:
+    if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def _fit(text: str, width: int) -> str:
+    """``text`` padded with spaces to ``width`` columns, or cut to ``width - 1`` and "…"."""
+    cells = _cells(text)
+    if cells <= width:
+        return text + " " * (width - cells)
+    kept, used = [], 0
+    for char in text:
+        used += _char_cells(char)
+        if used > width - 1:
+            break
+        kept.append(char)
+    cut = "".join(kept) + "…"
+    return cut + " " * (width - _cells(cut))
+
+
 def run_command(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Run one store command; return the exit status."""
     for stream in (out, err):  # text this terminal cannot encode is shown escaped, never a traceback
@@ -278,7 +306,7 @@ def _print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
     """Aligned columns, fitted to a terminal's width: the widest columns (a very long id) are
     cut first, down to :data:`_NARROWEST`, then the last column."""
     rows = [tuple(_shown(cell) for cell in row) for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    widths = [max(_cells(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     width = shutil.get_terminal_size((120, 24)).columns
     if out.isatty():
         room = width - 2 * len(widths) - _NARROWEST  # what the columns but the last may take
@@ -286,11 +314,10 @@ def _print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
             widest = widths.index(max(widths))
             widths[widest] = max(_NARROWEST, widths[widest] - (sum(widths) - room))
     for row in rows:
-        cells = (cell if len(cell) <= w else cell[: w - 1] + "…" for cell, w in zip(row, widths, strict=False))
-        head = "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True))
+        head = "  ".join(_fit(cell, w) for cell, w in zip(row, widths, strict=False))
         line = f"{head}  {row[-1]}".rstrip()
-        if out.isatty() and len(line) > width:
-            line = line[: width - 1] + "…"
+        if out.isatty() and _cells(line) > width:
+            line = _fit(line, width).rstrip()
         out.write(line + "\n")
 
 
