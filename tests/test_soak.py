@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import statistics
 
 import pytest
 import trio
@@ -23,6 +24,8 @@ pytestmark = pytest.mark.slow
 
 #: Descriptors the parent holds for one worker: job, result and cancel pipes, pidfd, sentinel.
 PARENT_FDS_PER_WORKER = 5
+#: Descriptors a spawn holds a moment more: the child's ends of its pipes, the forkserver's socket.
+SPAWN_FDS = 3
 BATCH = 5_000
 
 
@@ -107,12 +110,13 @@ async def test_soak_100k_tasks(caplog: pytest.LogCaptureFixture) -> None:
     assert outcomes[TaskStatus.PENDING] == outcomes[TaskStatus.RUNNING] == 0
     assert all(s["zombies"] == 0 for s in samples)
     assert all(s["tracked"] <= 2_000 for s in samples)
-    # Descriptors do not leak: their floor after warm-up never rises (it may fall: the count is the
-    # whole process's, and descriptors an earlier test of the session left may close meanwhile).
-    # A sample may catch a worker being replaced (its pipes and pidfd open while its
-    # predecessor's are not yet released): at most two workers' worth above it.
+    # Descriptors do not leak: their usual count (the median) after warm-up never rises. A sample
+    # may catch workers being replaced: fewer (a dead worker's released, its successor's not yet
+    # open) or more (a successor's pipes, pidfd and the spawn's own descriptors open while its
+    # predecessor's are not yet released), for both workers at most. Measured: 7 above, 16 below.
     fds = [s["fds"] for s in samples[min(3, len(samples) - 1) :]]
     quarter = max(1, len(fds) // 4)
-    assert min(fds[-quarter:]) <= min(fds[:quarter]), fds
-    assert max(fds) <= min(fds) + 2 * PARENT_FDS_PER_WORKER, fds
+    usual = statistics.median(fds)
+    assert statistics.median(fds[-quarter:]) <= statistics.median(fds[:quarter]), fds
+    assert max(fds) <= usual + 2 * (PARENT_FDS_PER_WORKER + SPAWN_FDS), fds
     assert abs(last["rss"] - warm["rss"]) <= 0.10 * warm["rss"]
