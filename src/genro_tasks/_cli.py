@@ -144,7 +144,7 @@ def _cells(text: str) -> int:
 
 
 def _char_cells(char: str) -> int:
-    if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+    if unicodedata.category(char) in ("Mn", "Me", "Cf"):  # combining marks, zero-width format characters
         return 0
     return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
 
